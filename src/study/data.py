@@ -1,0 +1,531 @@
+"""The datasets as normalised tensors in memory: `prepare` fetches, verifies and lays out the raw files, `load` reads.
+
+Imports nothing from the study package. torchvision reads the IDX files; the mnist1d package generates MNIST-1D offline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import os
+import random
+import shutil
+import struct
+import sys
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.datasets
+from torch import Tensor
+
+FASHION_SOURCES_DEBIAN = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
+DATASETS = ("fashion_mnist", "mnist", "mnist1d")
+NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28)
+IDX_LABELS_MAGIC = 2049  # unsigned bytes, one dimension
+IDX_IMAGES_MAGIC = 2051  # unsigned bytes, three dimensions
+
+
+class DataError(RuntimeError):
+    """A data problem, worded for the user: which file, what is wrong with it, how to get a good copy."""
+
+
+@dataclass(frozen=True)
+class RawFile:
+    """One of the four IDX files that torchvision's dataset classes read from <root>/<FashionMNIST|MNIST>/raw/."""
+
+    name: str  # decompressed name, as torchvision reads it
+    count: int  # examples its header must declare
+    sha256: str | None  # of the decompressed file; None where no digest is pinned (MNIST: structural checks only)
+    gz_md5: str | None  # of the .gz, as torchvision.datasets.MNIST.resources lists it; None where not pinned
+
+
+RAW_FILES: dict[str, tuple[RawFile, ...]] = {
+    # Debian repacks the .gz files (their md5s differ from upstream's), so Fashion-MNIST is pinned by the
+    # decompressed content, which equals upstream's.
+    "fashion_mnist": (
+        RawFile(
+            "train-images-idx3-ubyte", 60000, "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888", None
+        ),
+        RawFile(
+            "train-labels-idx1-ubyte", 60000, "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9", None
+        ),
+        RawFile(
+            "t10k-images-idx3-ubyte", 10000, "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b", None
+        ),
+        RawFile(
+            "t10k-labels-idx1-ubyte", 10000, "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", None
+        ),
+    ),
+    "mnist": (
+        RawFile("train-images-idx3-ubyte", 60000, None, "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+        RawFile("train-labels-idx1-ubyte", 60000, None, "d53e105ee54ea40749a09fcbcd1e9432"),
+        RawFile("t10k-images-idx3-ubyte", 10000, None, "9fb629c4189551a2d022fa330f9573f3"),
+        RawFile("t10k-labels-idx1-ubyte", 10000, None, "ec29112dd5afa0611ce80d1b7f02629c"),
+    ),
+}
+TORCHVISION_CLASSES = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST"}  # also the folder names under root
+
+MNIST1D_FILE = "mnist1d.npz"
+MNIST1D_VERSION = "0.0.2.post1"  # the mnist1d release whose generator was checked against the constants below
+# mnist1d.data.get_dataset_args() as published (its download url left out: the set is generated, never downloaded).
+MNIST1D_ARGS = {
+    "num_samples": 5000,
+    "train_split": 0.8,
+    "template_len": 12,
+    "padding": [36, 60],
+    "scale_coeff": 0.4,
+    "max_translation": 48,
+    "corr_noise_scale": 0.25,
+    "iid_noise_scale": 2e-2,
+    "shear_scale": 0.75,
+    "shuffle_seq": False,
+    "final_seq_length": 40,
+    "seed": 42,
+}
+MNIST1D_TEMPLATES_SHA256 = "8a0e30f6b693eaa3acc8e8ccea0c0f662c521adb06ba2306b542ce52f53491f5"  # bytes of x, t, y
+MNIST1D_ARRAYS = {  # name: (shape, dtype) as make_dataset returns them
+    "x": ((4000, 40), "float64"),
+    "y": ((4000,), "int64"),
+    "x_test": ((1000, 40), "float64"),
+    "y_test": ((1000,), "int64"),
+}
+MNIST1D_SHA256 = "2377c0b18c9f643da2b39e66086395782aac2fcfdd678b89f55a22b17ec47631"  # bytes of those arrays, in order
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: tensors have no single truth value, so compare fields explicitly
+class Dataset:
+    """A dataset after split, trimming, normalisation and label noise. Inputs are [N, D] float32, labels [N] int64."""
+
+    name: str
+    x_train: Tensor
+    y_train: Tensor  # noisy where label_noise > 0: what the models train on
+    y_train_clean: Tensor
+    flipped: Tensor  # [N] bool, True where y_train differs from y_train_clean
+    x_val: Tensor
+    y_val: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int
+
+    @property
+    def input_dim(self) -> int:
+        return self.x_train.shape[1]
+
+    def sizes(self) -> dict[str, int]:
+        sizes = {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)}
+        return {**sizes, "flipped": int(self.flipped.sum())}
+
+
+# ---- where the files come from ---------------------------------------------------------------------------------------
+
+
+def _check_dataset(dataset: str) -> None:
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; known datasets: {', '.join(DATASETS)}")
+
+
+def _get_a_copy(dataset: str) -> str:
+    if dataset == "fashion_mnist":
+        return (
+            "Get a good copy: apt-get install --reinstall dataset-fashion-mnist, or put the four IDX files "
+            "(.gz or decompressed) in a directory and set STUDY_DATA_DIR."
+        )
+    if dataset == "mnist":
+        return (
+            "Get a good copy: put MNIST's four IDX files (the .gz files torchvision lists, or decompressed) in a "
+            "directory and set STUDY_DATA_DIR, or run the data stage once online so torchvision downloads them."
+        )
+    return (
+        f"It is generated offline by the data stage with mnist1d {MNIST1D_VERSION} "
+        f"(pip install mnist1d=={MNIST1D_VERSION}); rerun the data stage (dvc repro) to rebuild it."
+    )
+
+
+def _rebuild(dataset: str) -> str:
+    if dataset == "mnist1d":
+        return _get_a_copy(dataset)
+    get_a_copy = _get_a_copy(dataset)
+    return f"Rebuild it with the data stage (dvc repro); if that fails too, {get_a_copy[0].lower()}{get_a_copy[1:]}"
+
+
+def _source_file(directory: Path, name: str) -> Path | None:
+    """The .gz if present (MNIST's .gz is checkable against torchvision's md5), else the decompressed file."""
+    for candidate in (directory / f"{name}.gz", directory / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def resolve_source(dataset: str, data_dir: str | None) -> Path | None:
+    """The directory holding the four raw IDX files, or None: nothing local (torchvision downloads when online).
+
+    In order: data_dir (from the params), else STUDY_DATA_DIR; a directory named there is used or refused, never
+    skipped. It may hold the files directly or in torchvision's layout (<dir>/FashionMNIST/raw). Then, for
+    Fashion-MNIST, Debian's directory when it holds the files. MNIST-1D is generated, so it has no source.
+    """
+    _check_dataset(dataset)
+    if dataset == "mnist1d":
+        return None
+    names = [spec.name for spec in RAW_FILES[dataset]]
+    env_dir = os.environ.get("STUDY_DATA_DIR") or None
+    named, origin = (data_dir, "data_dir in the params") if data_dir else (env_dir, "STUDY_DATA_DIR")
+    if named:
+        base = Path(named).expanduser()
+        if not base.is_dir():
+            raise DataError(f"{base} (from {origin}): no such directory. {_get_a_copy(dataset)}")
+        for candidate in (base / TORCHVISION_CLASSES[dataset] / "raw", base):
+            if all(_source_file(candidate, name) for name in names):
+                return candidate
+        missing = [name for name in names if _source_file(base, name) is None]
+        raise DataError(
+            f"{base} (from {origin}): missing {', '.join(missing)} (each as .gz or decompressed, directly in it or "
+            f"under {TORCHVISION_CLASSES[dataset]}/raw/). {_get_a_copy(dataset)}"
+        )
+    if dataset == "fashion_mnist" and all(_source_file(FASHION_SOURCES_DEBIAN, name) for name in names):
+        return FASHION_SOURCES_DEBIAN
+    return None
+
+
+# ---- verification ----------------------------------------------------------------------------------------------------
+
+
+def _digest(path: Path, algorithm: str) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, algorithm).hexdigest()
+
+
+def _check_idx(spec: RawFile, path: Path, shown: Path, fix: str) -> None:
+    """Structure of an IDX file (magic, declared count and shape against the file length, label range), so that a
+    bad file gets a specific message before torchvision reads it."""
+    is_labels = "labels" in spec.name
+    magic, dims = (IDX_LABELS_MAGIC, 1) if is_labels else (IDX_IMAGES_MAGIC, 3)
+    header_len = 4 * (1 + dims)
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        header = f.read(header_len)
+    if len(header) < header_len:
+        raise DataError(f"{shown}: {size} bytes, shorter than an IDX header (file is truncated). {fix}")
+    found_magic, count, *shape = struct.unpack(f">{1 + dims}I", header)  # IDX headers are big-endian
+    if found_magic != magic:
+        kind = "label" if is_labels else "image"
+        raise DataError(
+            f"{shown}: IDX magic number {found_magic}, expected {magic} (an {kind} file of unsigned bytes); "
+            f"the file is corrupt or not {spec.name}. {fix}"
+        )
+    if count != spec.count:
+        raise DataError(f"{shown}: header declares {count} examples, expected {spec.count}. {fix}")
+    if not is_labels and tuple(shape) != IMAGE_SHAPE:
+        raise DataError(f"{shown}: header declares {shape[0]}x{shape[1]} images, expected 28x28. {fix}")
+    expected = header_len + count * int(np.prod(shape, dtype=np.int64))
+    if size != expected:
+        raise DataError(
+            f"{shown}: {size} bytes, but its header declares {count} examples, {expected} bytes "
+            f"(file is truncated or has trailing bytes). {fix}"
+        )
+    if is_labels:
+        labels = np.frombuffer(path.read_bytes(), dtype=np.uint8, offset=header_len)
+        if labels.size and int(labels.max()) >= NUM_CLASSES:
+            raise DataError(f"{shown}: label {int(labels.max())} out of range 0..{NUM_CLASSES - 1}. {fix}")
+
+
+def _verify_raw(dataset: str, spec: RawFile, path: Path, *, shown: Path | None = None, fix: str) -> str:
+    """Checks one decompressed IDX file; returns its sha256. `shown` names the file the user can act on."""
+    shown = shown or path
+    if not path.is_file():
+        raise DataError(f"{shown}: missing. {fix}")
+    _check_idx(spec, path, shown, fix)
+    digest = _digest(path, "sha256")
+    if spec.sha256 is not None and digest != spec.sha256:
+        raise DataError(f"{shown}: checksum mismatch (file is corrupt or truncated). {fix}")
+    fashion = {other.name: other.sha256 for other in RAW_FILES["fashion_mnist"]}
+    if dataset == "mnist" and digest == fashion.get(spec.name):  # same names and format: an easy mix-up
+        raise DataError(f"{shown}: this is Fashion-MNIST's {spec.name}, not MNIST's. {fix}")
+    return digest
+
+
+def _check_mnist1d(arrays: dict[str, np.ndarray], shown: str, fix: str) -> None:
+    for key, (shape, dtype) in MNIST1D_ARRAYS.items():
+        if key not in arrays:
+            raise DataError(f"{shown}: no array {key!r}. {fix}")
+        if arrays[key].shape != shape or arrays[key].dtype != np.dtype(dtype):
+            raise DataError(
+                f"{shown}: array {key!r} is {arrays[key].dtype} {arrays[key].shape}, expected {dtype} {shape}. {fix}"
+            )
+    for key in ("y", "y_test"):
+        if arrays[key].min() < 0 or arrays[key].max() >= NUM_CLASSES:
+            raise DataError(f"{shown}: labels in {key!r} out of range 0..{NUM_CLASSES - 1}. {fix}")
+    digest = hashlib.sha256()
+    for key in MNIST1D_ARRAYS:
+        digest.update(np.ascontiguousarray(arrays[key]).tobytes())
+    if digest.hexdigest() != MNIST1D_SHA256:
+        raise DataError(
+            f"{shown}: checksum mismatch, not the published MNIST-1D set (corrupt or generated differently). {fix}"
+        )
+
+
+# ---- prepare: the data stage -----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _temporary_beside(dest: Path) -> Iterator[Path]:
+    """A temporary path in dest's directory, moved onto dest (atomically, os.replace) only if the block succeeds."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _install(dataset: str, spec: RawFile, src: Path, dest: Path, progress: bool) -> str:
+    """Copies (decompressing a .gz) src to dest, verified before it lands there; returns its sha256."""
+    fix = _get_a_copy(dataset)
+    if progress:
+        print(f"data: {src} -> {dest}", file=sys.stderr)
+    if src.suffix == ".gz" and spec.gz_md5 is not None and _digest(src, "md5") != spec.gz_md5:
+        raise DataError(f"{src}: md5 differs from torchvision's list (file is corrupt, truncated or repacked). {fix}")
+    with _temporary_beside(dest) as tmp:
+        with tmp.open("wb") as out:
+            if src.suffix == ".gz":
+                try:
+                    with gzip.open(src, "rb") as compressed:
+                        shutil.copyfileobj(compressed, out, 1 << 20)
+                except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+                    raise DataError(f"{src}: not a complete gzip file ({err}): truncated or corrupt. {fix}") from err
+            else:
+                with src.open("rb") as plain:
+                    shutil.copyfileobj(plain, out, 1 << 20)
+        return _verify_raw(dataset, spec, tmp, shown=src, fix=fix)
+
+
+def _download(dataset: str, root: Path, progress: bool) -> None:
+    """torchvision's own download, into a scratch folder first so that a failed one leaves nothing behind."""
+    raw = root / TORCHVISION_CLASSES[dataset] / "raw"
+    root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=root, prefix=".download."))
+    debian = dataset == "fashion_mnist"
+    try:
+        cls = getattr(torchvision.datasets, TORCHVISION_CLASSES[dataset])
+        try:
+            for train in (True, False):
+                cls(str(scratch), train=train, download=True)
+        except Exception as err:  # no network shows up as URLError, OSError or RuntimeError depending on the mirror
+            places = "no data_dir, no STUDY_DATA_DIR" + (f", none in {FASHION_SOURCES_DEBIAN}" if debian else "")
+            install = "apt-get install -y dataset-fashion-mnist, or " if debian else ""
+            raise DataError(
+                f"{raw}: no local {TORCHVISION_CLASSES[dataset]} files ({places}) and torchvision's download failed "
+                f"({type(err).__name__}: {err}). Install them: {install}put the four IDX files in a directory and "
+                "set STUDY_DATA_DIR."
+            ) from err
+        downloaded = scratch / TORCHVISION_CLASSES[dataset] / "raw"
+        for spec in RAW_FILES[dataset]:
+            _install(dataset, spec, downloaded / spec.name, raw / spec.name, progress)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _global_rngs_kept() -> Iterator[None]:
+    """mnist1d seeds the global random and numpy generators; put them back so generating has no side effects."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez's format (readable by np.load with allow_pickle=False), with fixed zip timestamps so that the same
+    arrays always give the same bytes (a stable sha256 for the manifest and DVC)."""
+    with _temporary_beside(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
+        for key, array in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
+
+
+def _prepare_mnist1d(root: Path, progress: bool) -> dict[str, str]:
+    import mnist1d.data  # only the data stage generates; it also pulls in requests, which nothing here uses
+
+    fix = _get_a_copy("mnist1d")
+    args = mnist1d.data.get_dataset_args(as_dict=True)
+    published = {key: value for key, value in args.items() if key != "url"}
+    if published != MNIST1D_ARGS:
+        changed = ", ".join(
+            sorted(k for k in published.keys() | MNIST1D_ARGS.keys() if published.get(k) != MNIST1D_ARGS.get(k))
+        )
+        raise DataError(f"mnist1d.data.get_dataset_args(): defaults differ from the published ones ({changed}). {fix}")
+    templates = mnist1d.data.get_templates()
+    digest = hashlib.sha256()
+    for key in ("x", "t", "y"):
+        digest.update(np.ascontiguousarray(templates[key]).tobytes())
+    if digest.hexdigest() != MNIST1D_TEMPLATES_SHA256:
+        raise DataError(f"mnist1d.data.get_templates(): the digit templates differ from the published ones. {fix}")
+    if progress:
+        print(f"data: generating MNIST-1D -> {root / MNIST1D_FILE}", file=sys.stderr)
+    with _global_rngs_kept():
+        generated = mnist1d.data.make_dataset(mnist1d.data.get_dataset_args(), templates)
+    arrays = {key: np.ascontiguousarray(generated[key]) for key in MNIST1D_ARRAYS}
+    _check_mnist1d(arrays, "mnist1d.data.make_dataset()", fix)
+    _write_npz(root / MNIST1D_FILE, arrays)
+    return {MNIST1D_FILE: _digest(root / MNIST1D_FILE, "sha256")}
+
+
+def prepare(dataset: str, data_dir: str | None, root: Path, *, progress: bool = True) -> dict[str, str]:
+    """The data stage: lays the dataset out under root, verified, and returns {file name: sha256} of what it wrote.
+
+    Fashion-MNIST and MNIST: the four decompressed IDX files in root/<FashionMNIST|MNIST>/raw/ (torchvision's layout),
+    copied from resolve_source(...); with no source, files already verified in root are kept, else torchvision
+    downloads. MNIST-1D: root/mnist1d.npz, generated with mnist1d's published defaults (never downloaded).
+    Every file is written to a temporary name and moved into place only after it passed its checks.
+    """
+    _check_dataset(dataset)
+    root = Path(root)
+    if dataset == "mnist1d":
+        return _prepare_mnist1d(root, progress)
+    raw = root / TORCHVISION_CLASSES[dataset] / "raw"
+    source = resolve_source(dataset, data_dir)
+    if source is not None:
+        return {
+            spec.name: _install(dataset, spec, _source_file(source, spec.name), raw / spec.name, progress)
+            for spec in RAW_FILES[dataset]
+        }
+    try:
+        return _manifest(dataset, raw)
+    except DataError:
+        _download(dataset, root, progress)
+    return _manifest(dataset, raw)
+
+
+def _manifest(dataset: str, raw: Path) -> dict[str, str]:
+    fix = _rebuild(dataset)
+    return {spec.name: _verify_raw(dataset, spec, raw / spec.name, fix=fix) for spec in RAW_FILES[dataset]}
+
+
+# ---- load ------------------------------------------------------------------------------------------------------------
+
+
+def _read_idx(dataset: str, root: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Inputs in [0, 1] as float32 [N, 784] and labels int64 [N], train then test, read through torchvision."""
+    _manifest(dataset, root / TORCHVISION_CLASSES[dataset] / "raw")  # verified before torchvision touches them
+    cls = getattr(torchvision.datasets, TORCHVISION_CLASSES[dataset])
+    arrays = []
+    for train in (True, False):
+        try:
+            split = cls(str(root), train=train, download=False)
+        except (RuntimeError, AssertionError, ValueError, TypeError) as err:
+            folder = root / TORCHVISION_CLASSES[dataset]
+            raise DataError(f"{folder}: torchvision could not read it ({err}). {_rebuild(dataset)}") from err
+        arrays += [split.data.reshape(len(split.data), -1).to(torch.float32) / 255.0, split.targets.to(torch.int64)]
+    return tuple(arrays)
+
+
+def _read_mnist1d(root: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    path = root / MNIST1D_FILE
+    fix = _rebuild("mnist1d")
+    if not path.is_file():
+        raise DataError(f"{path}: missing. {fix}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise DataError(f"{path}: not a readable .npz ({err}); it is corrupt or truncated. {fix}") from err
+    _check_mnist1d(arrays, str(path), fix)
+    x_train, x_test = (torch.from_numpy(arrays[key]).to(torch.float32) for key in ("x", "x_test"))
+    return x_train, torch.from_numpy(arrays["y"]), x_test, torch.from_numpy(arrays["y_test"])
+
+
+def _flip_labels(labels: Tensor, rate: float, seed: int, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Symmetric label noise: each label flips with probability `rate` to a uniformly chosen *other* class.
+
+    Both draws are made for every example, so the flipped set depends on (seed, N) only and grows with the rate:
+    at one seed, the labels flipped at 20% are among those flipped at 40%.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    flipped = torch.rand(len(labels), generator=generator) < rate
+    shift = torch.randint(1, num_classes, (len(labels),), generator=generator)  # 1..K-1: never the same class
+    return torch.where(flipped, (labels + shift) % num_classes, labels), flipped
+
+
+def load(
+    dataset: str,
+    root: Path,
+    *,
+    val_size: int,
+    split_seed: int,
+    train_size: int,
+    test_size: int,
+    label_noise: float,
+    noise_seed: int,
+) -> Dataset:
+    """Reads what prepare() wrote under root (verified again) and returns the split, normalised dataset.
+
+    Validation: the first val_size of a permutation of the training set seeded by split_seed; training: the rest,
+    or its first train_size when train_size > 0. Test: the first test_size examples when test_size > 0.
+    Inputs are standardised with one scalar mean and std of the training split (after images are scaled to [0, 1]).
+    Label noise touches the training labels only; validation and test labels stay clean.
+    """
+    _check_dataset(dataset)
+    root = Path(root)
+    if dataset == "mnist1d":
+        x_all, y_all, x_test, y_test = _read_mnist1d(root)
+    else:
+        x_all, y_all, x_test, y_test = _read_idx(dataset, root)
+
+    n_all, n_test = len(y_all), len(y_test)
+    if val_size < 0 or train_size < 0 or test_size < 0:
+        sizes = f"val_size={val_size}, train_size={train_size}, test_size={test_size}"
+        raise DataError(f"{sizes}: sizes cannot be negative.")
+    if val_size + 1 > n_all:
+        raise DataError(f"val_size={val_size} leaves no training example: {dataset} has {n_all} training examples.")
+    if train_size > n_all - val_size:
+        left = n_all - val_size
+        raise DataError(f"train_size={train_size}: only {left} training examples are left after val_size={val_size}.")
+    if test_size > n_test:
+        raise DataError(f"test_size={test_size}: {dataset} has {n_test} test examples.")
+    if not 0.0 <= label_noise <= 1.0:
+        raise DataError(f"label_noise={label_noise}: a share of the training labels, between 0 and 1.")
+
+    order = torch.randperm(n_all, generator=torch.Generator().manual_seed(split_seed))
+    val_index, train_index = order[:val_size], order[val_size:]
+    if train_size > 0:
+        train_index = train_index[:train_size]
+    if test_size > 0:
+        x_test, y_test = x_test[:test_size], y_test[:test_size]
+
+    x_train = x_all[train_index]
+    mean, std = x_train.mean(), x_train.std(correction=0)
+    if not std > 0:
+        raise DataError(
+            f"{root}: the {dataset} training inputs are constant; the files are corrupt. {_rebuild(dataset)}"
+        )
+
+    def standardise(x: Tensor) -> Tensor:
+        return ((x - mean) / std).contiguous()
+
+    y_train_clean = y_all[train_index]
+    y_train, flipped = _flip_labels(y_train_clean, label_noise, noise_seed, NUM_CLASSES)
+    return Dataset(
+        name=dataset,
+        x_train=standardise(x_train),
+        y_train=y_train,
+        y_train_clean=y_train_clean,
+        flipped=flipped,
+        x_val=standardise(x_all[val_index]),
+        y_val=y_all[val_index],
+        x_test=standardise(x_test),
+        y_test=y_test,
+        num_classes=NUM_CLASSES,
+    )
