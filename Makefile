@@ -1,0 +1,50 @@
+# Two commands do everything on a fresh machine: `make study` and `make test` (see README.md).
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+FASHION := /usr/share/datasets/fashion-mnist
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: study test dashboard setup data-source browser-deps lint
+
+study: setup data-source
+	dvc repro
+
+test: setup data-source browser-deps
+	$(PY) -m pytest
+
+dashboard: setup
+	$(PY) -m study dashboard
+
+lint: setup
+	$(VENV)/bin/ruff check src tests
+
+setup: $(STAMP)
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# torch/torchvision first, pinned: these are the releases pip can take offline here (CPU machines run the CPU path).
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Fashion-MNIST's IDX files: STUDY_DATA_DIR when set, else Debian's dataset-fashion-mnist package.
+data-source:
+	@if [ -n "$$STUDY_DATA_DIR" ]; then echo "data: using STUDY_DATA_DIR=$$STUDY_DATA_DIR"; \
+	elif [ -f $(FASHION)/train-images-idx3-ubyte.gz ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "data: installing Debian's dataset-fashion-mnist"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else echo "data: Fashion-MNIST not found. Run 'sudo apt-get install dataset-fashion-mnist', or put the four"; \
+	  echo "      IDX files (train-images-idx3-ubyte.gz, ...) in a directory and set STUDY_DATA_DIR to it."; exit 1; fi
+
+# Headless Chromium for the browser tests (pytest -m browser).
+browser-deps:
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "browser tests: installing Debian's chromium"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "browser tests: chromium not found; install Debian's chromium package to run them"; fi

@@ -1,0 +1,1 @@
+"""The loss study: identical networks trained with different classification losses."""

@@ -1,0 +1,181 @@
+"""``study``: one subcommand per pipeline stage (parse, load, call, write) plus ``bench`` and ``dashboard``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from study import config, tables
+from study.config import ConfigError, StudyConfig
+from study.data import DataError
+
+CHECKPOINT_EXIT = 130  # what a shell reports for a process stopped by SIGINT
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, DataError) as err:
+        print(f"study {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"study {args.command}: interrupted", file=sys.stderr)
+        return CHECKPOINT_EXIT
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="study", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    def with_params(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--params", type=Path, required=True, help="params file, e.g. experiments/study.yaml")
+
+    def with_condition(p: argparse.ArgumentParser) -> None:
+        with_params(p)
+        p.add_argument("--condition", required=True, help="a condition of the params file, e.g. fashion_sgd")
+        p.add_argument("--data", type=Path, required=True, help="directory the data stage prepared")
+        p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow (overrides the params)")
+        p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    p = command("data", data_cmd, "verify and prepare every dataset the conditions use")
+    with_params(p)
+    p.add_argument("--out", type=Path, required=True, help="directory to prepare the data in")
+
+    p = command("tune", tune_cmd, "train each loss over the lr grid on the validation split; pick its lr")
+    with_condition(p)
+    p.add_argument("--out", type=Path, required=True, help="the condition's results directory")
+
+    p = command("train", train_cmd, "train every loss x seed of a condition in lockstep with the tuned lrs")
+    with_condition(p)
+    p.add_argument("--lrs", type=Path, required=True, help="lr.json written by the tune stage")
+    p.add_argument("--out", type=Path, required=True, help="the condition's results directory")
+    p.add_argument("--checkpoint", type=Path, default=None, help="where an interrupted run saves and resumes")
+
+    p = command("probe", probe_cmd, "closed-form loss and logit gradient against confidence; analytic claims")
+    with_params(p)
+    p.add_argument("--out", type=Path, required=True, help="directory for penalty.csv and claims.csv")
+
+    p = command("report", report_cmd, "figures, report.md, index.html and metrics.json from results/ only")
+    with_params(p)
+    p.add_argument("--results", type=Path, required=True, help="the results directory")
+    p.add_argument("--out", type=Path, required=True, help="report directory")
+    p.add_argument("--metrics", type=Path, required=True, help="DVC metrics file to write")
+
+    p = command("bench", bench_cmd, "measure the lockstep trainer against per-model loops, side by side")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--data", type=Path, default=Path("data"), help="directory the data stage prepared")
+    p.add_argument("--seconds", type=float, default=6.0, help="time budget of each timed measurement")
+
+    p = command("dashboard", dashboard_cmd, "start the MLflow dashboard on the study's store")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=5000)
+    return parser
+
+
+# ---- stages -------------------------------------------------------------------------------------------------
+
+
+def data_cmd(args: argparse.Namespace) -> None:
+    from study import data
+
+    cfg = config.load(args.params)
+    datasets = sorted({cond.dataset for cond in cfg.conditions.values()})
+    manifest = {name: data.prepare(name, cfg.data_dir, args.out) for name in datasets}
+    tables.write_json(manifest, args.out / "manifest.json")
+
+
+def tune_cmd(args: argparse.Namespace) -> None:
+    from study import runner
+
+    cfg, cond = _load(args)
+    if cond.name not in cfg.tune:
+        raise ConfigError(f"{cfg.path}: {cond.name} is not in study.tune; its learning rates come from {cond.lr_from}")
+    runner.tune(cfg, cond, data_root=args.data, out=args.out, tracking=not args.no_tracking,
+                progress=not args.no_progress)
+
+
+def train_cmd(args: argparse.Namespace) -> None:
+    from study import runner
+
+    cfg, cond = _load(args)
+    lrs = _read_lrs(args.lrs, cfg)
+    runner.train_condition(cfg, cond, lrs, data_root=args.data, out=args.out, checkpoint=args.checkpoint,
+                 tracking=not args.no_tracking, progress=not args.no_progress)
+
+
+def probe_cmd(args: argparse.Namespace) -> None:
+    from study import probe
+
+    cfg = config.load(args.params)
+    sweep = probe.sweep(cfg.losses, max_margin=cfg.probe.max_margin, points=cfg.probe.points, eps=cfg.smoothing_eps)
+    tables.write_csv(sweep, args.out / "penalty.csv")
+    tables.write_csv(probe.claims(), args.out / "claims.csv")
+
+
+def report_cmd(args: argparse.Namespace) -> None:
+    from study import document
+
+    cfg = config.load(args.params)
+    document.build(args.results, list(cfg.conditions), args.out, args.metrics)
+
+
+def bench_cmd(args: argparse.Namespace) -> None:
+    from study import bench
+
+    bench.main(data_root=args.data, as_json=args.json, seconds=args.seconds)
+
+
+def dashboard_cmd(args: argparse.Namespace) -> None:
+    from study import tracking
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"study dashboard: warning: binding to {args.host} exposes every run to the network", file=sys.stderr)
+    uri = tracking.default_uri(repo_root())
+    print(f"MLflow dashboard on http://{args.host}:{args.port} (store: {tracking.redact(uri)})", file=sys.stderr)
+    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                               "--host", args.host, "--port", str(args.port)])
+
+
+# ---- helpers ------------------------------------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace) -> tuple[StudyConfig, config.Condition]:
+    overrides = {"tracking": False} if args.no_tracking else {}
+    cfg = config.load(args.params, **overrides)
+    return cfg, cfg.condition(args.condition)
+
+
+def _read_lrs(path: Path, cfg: StudyConfig) -> dict[str, float]:
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run the tune stage first (dvc repro runs it), or pass --lrs")
+    lrs = tables.read_lrs(path)
+    missing = [loss for loss in cfg.losses if loss not in lrs]
+    if missing:
+        raise ConfigError(f"{path} has no tuned lr for {', '.join(missing)}: rerun the tune stage for these losses")
+    return lrs
+
+
+def repo_root() -> Path:
+    """The repository the study lives in. ``dvc exp run --queue`` runs in a temporary copy under
+    ``<repo>/.dvc/tmp/exps/``; runs started there belong to the repository above it."""
+    cwd = Path.cwd().resolve()
+    parts = cwd.parts
+    for i in range(len(parts) - 2):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return cwd
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,32 @@
+"""Gradient magnitudes of stacked models: global and per-layer parameter-gradient norms, per-example logit
+gradients. Imports only torch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+
+def layer_norms(weight_grads: Sequence[Tensor], bias_grads: Sequence[Tensor]) -> Tensor:
+    """L2 norm of each layer's gradient (weight and bias together), per model: [M, L] from [M, ...] grads."""
+    squares = [w.flatten(1).pow(2).sum(1) + b.flatten(1).pow(2).sum(1) for w, b in zip(weight_grads, bias_grads)]
+    return torch.stack(squares, dim=1).sqrt()
+
+
+def global_norm(layer: Tensor) -> Tensor:
+    """The clip_grad_norm_ convention: the L2 norm over all parameters, from per-layer norms [M, L] -> [M]."""
+    return layer.pow(2).sum(dim=1).sqrt()
+
+
+def logit_grads(loss_fn: Callable[[Tensor, Tensor], Tensor], logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-example loss [N] and its gradient with respect to the example's own logits [N, K].
+
+    Examples are independent, so the gradient of the summed loss holds each example's own gradient.
+    """
+    logits = logits.detach().requires_grad_(True)
+    with torch.enable_grad():
+        per_example = loss_fn(logits, labels)
+        (grad,) = torch.autograd.grad(per_example.sum(), logits)
+    return per_example.detach(), grad

@@ -1,0 +1,253 @@
+"""Runs the tune and train stages: data, trainer, tracker, checkpoint and tables wired together.
+
+Serves ``cli``; the only place that knows both the trainer and the tracker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import signal
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from study import data, tables, tracking, train
+from study.config import Condition, StudyConfig, flatten
+from study.losses import CONVENTIONS
+from study.model import describe
+from study.records import ExampleStats, Record
+
+TRAIN_OUTPUTS = (tables.HISTORY, tables.EXAMPLES, tables.SUMMARY, tables.SETUP)
+TUNE_CRITERION = "final validation accuracy after tune_epochs, mean over tune seeds (diverged = worst)"
+
+
+def tune(cfg: StudyConfig, cond: Condition, *, data_root: Path, out: Path, tracking: bool, progress: bool) -> None:
+    """Every loss over the lr grid on the validation split (test data is never looked at); writes the chosen lr
+    per loss with its evidence."""
+    dataset = _load_data(cond, data_root)
+    short = dataclasses.replace(cond, epochs=cond.tune_epochs)
+    members = train.grid(cfg.losses, cond.tune_seeds, {loss: cond.lr_grid for loss in cfg.losses})
+    settings = _settings(cfg, splits=("val",), instrument=False, progress=progress)
+    trainer = train.Trainer(short, dataset, members, settings)
+    with _tracker(cfg, cond, "tune", members, tuned=False, enabled=tracking) as tracker:
+        records: list[Record] = []
+        _collect(trainer.run(), tracker, into=records)
+        history = tables.history_frame(records, condition=cond.name, dataset=cond.dataset)
+        lrs, scores = choose_lrs(history, cfg.losses, cond.lr_grid)
+        tables.write_csv(history, out / tables.TUNE)
+        tables.write_json({"source": cond.name, "criterion": TUNE_CRITERION, "lrs": lrs, "scores": scores},
+                          out / tables.LRS)
+        tracker.log_artifacts([out / tables.LRS])
+
+
+def choose_lrs(history: pd.DataFrame, loss_names, grid) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Per loss, the lr of the grid with the best final validation accuracy (mean over tune seeds).
+
+    A seed that diverged scores zero; ties go to the smaller lr."""
+    val = history.query("split == 'val' and metric == 'accuracy'")
+    final = val.loc[val.groupby(["loss", "lr", "seed"])["step"].idxmax()]
+    last_step = history["step"].max()
+    lrs, scores = {}, {}
+    for loss in loss_names:
+        per_lr = {}
+        for lr in grid:
+            rows = final[(final["loss"] == loss) & np.isclose(final["lr"], lr)]
+            finished = rows[rows["step"] == last_step]["value"]
+            seeds = history[(history["loss"] == loss) & np.isclose(history["lr"], lr)]["seed"].nunique()
+            per_lr[lr] = float(finished.sum() / seeds) if seeds else 0.0
+        best = max(per_lr.values())
+        lrs[loss] = min(lr for lr, score in per_lr.items() if score == best)
+        scores[loss] = {f"{lr:g}": score for lr, score in per_lr.items()}
+    return lrs, scores
+
+
+def train_condition(cfg: StudyConfig, cond: Condition, lrs: dict[str, float], *, data_root: Path, out: Path,
+                    checkpoint: Path | None, tracking: bool, progress: bool) -> None:
+    """Every loss x seed in lockstep with its tuned lr; resumable from ``checkpoint`` after SIGINT/SIGTERM."""
+    dataset = _load_data(cond, data_root)
+    members = train.grid(cfg.losses, cfg.seeds, {loss: [lrs[loss]] for loss in cfg.losses})
+    settings = _settings(cfg, splits=("val", "test"), instrument=True, progress=progress)
+    trainer = train.Trainer(cond, dataset, members, settings)
+    for name in TRAIN_OUTPUTS:  # nothing from an earlier run may look like this run's output
+        (out / name).unlink(missing_ok=True)
+
+    saved = Checkpoint(checkpoint, _fingerprint(cfg, cond, lrs, dataset.sizes())) if checkpoint else None
+    items: list[Record | ExampleStats] = []
+    state = saved.load() if saved else None
+    if state is not None:
+        trainer.load(state["trainer"])
+        items = _decode(state["items"])
+    with _tracker(cfg, cond, "train", members, tuned=True, enabled=tracking) as tracker:
+        tracker.log([item for item in items if isinstance(item, Record)])
+        with _stop_signals() as stopping:
+            try:
+                _collect(trainer.run(stop=stopping), tracker, into=items, keep_examples=True)
+            except train.Interrupted:
+                if saved:
+                    saved.save({"trainer": trainer.state(), "items": _encode(items)})
+                raise KeyboardInterrupt from None
+        records = [item for item in items if isinstance(item, Record)]
+        history = tables.history_frame(records, condition=cond.name, dataset=cond.dataset)
+        summary = tables.summarise(history, cond.targets)
+        setup = _setup(cfg, cond, dataset, trainer, lrs)
+        tables.write_parquet(
+            tables.examples_frame([i for i in items if isinstance(i, ExampleStats)],
+                                  condition=cond.name, dataset=cond.dataset),
+            out / tables.EXAMPLES)
+        tables.write_json(setup, out / tables.SETUP)
+        tables.write_csv(summary, out / tables.SUMMARY)
+        tables.write_csv(history, out / tables.HISTORY)  # last: its presence means the stage finished
+        for row in summary.itertuples():
+            tracker.set_summary(row.run, {k: v for k, v in row._asdict().items()
+                                          if k.startswith(("final_", "best_", "steps_to")) and _finite(v)})
+        tracker.log_artifacts([out / tables.SUMMARY, out / tables.SETUP])
+    if saved:
+        saved.remove()
+
+
+def _collect(stream: Iterator[Record | ExampleStats], tracker, *, into: list, keep_examples: bool = False) -> None:
+    """Drain a trainer's stream into ``into`` (kept even if the stream raises); Records also go to the tracker,
+    which sends them in batches off the training loop."""
+    items = into
+    pending: list[Record] = []
+    for item in stream:
+        if isinstance(item, Record):
+            items.append(item)
+            pending.append(item)
+            if len(pending) >= 500:
+                tracker.log(pending)
+                pending = []
+        elif keep_examples:
+            items.append(item)
+    tracker.log(pending)
+
+
+def _load_data(cond: Condition, root: Path) -> data.Dataset:
+    return data.load(cond.dataset, root, val_size=cond.val_size, split_seed=cond.split_seed,
+                     train_size=cond.train_size, test_size=cond.test_size, label_noise=cond.label_noise,
+                     noise_seed=cond.noise_seed)
+
+
+def _settings(cfg: StudyConfig, *, splits, instrument: bool, progress: bool) -> train.Settings:
+    return train.Settings(
+        loss_options={loss: cfg.loss_options(loss) for loss in cfg.losses}, confident=cfg.confident,
+        ece_bins=cfg.ece_bins, device=cfg.device, splits=splits, instrument=instrument, progress=progress)
+
+
+@contextmanager
+def _tracker(cfg: StudyConfig, cond: Condition, stage: str, members, *, tuned: bool, enabled: bool):
+    runs = [tracking.RunSpec(m.loss, m.lr, m.seed, tuned=tuned, conventions=CONVENTIONS[m.loss]) for m in members]
+    with tracking.open_tracker(enabled=enabled and cfg.tracking, experiment=cfg.experiment, condition=cond.name,
+                               stage=stage, dataset=cond.dataset, params=flatten(cfg, cond.name),
+                               runs=runs) as tracker:
+        yield tracker
+
+
+def _setup(cfg: StudyConfig, cond: Condition, dataset: data.Dataset, trainer: train.Trainer, lrs) -> dict:
+    sizes = (dataset.input_dim, *cond.hidden, dataset.num_classes)
+    params = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cond).items()}
+    return {
+        "condition": cond.name, "dataset": cond.dataset, "params": params, "sizes": dataset.sizes(),
+        "model": describe(sizes), "losses": list(cfg.losses), "seeds": list(cfg.seeds),
+        "lrs": {loss: lrs[loss] for loss in cfg.losses}, "lr_source": cond.lr_from,
+        "steps_per_epoch": trainer.steps_per_epoch, "total_steps": trainer.total_steps,
+        "device": str(trainer.device), "confident": cfg.confident, "ece_bins": cfg.ece_bins,
+        "smoothing_eps": cfg.smoothing_eps,
+    }
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+# ---- interruption -------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _stop_signals():
+    """While the block runs, SIGINT and SIGTERM ask training to pause at the next step boundary (a second
+    signal interrupts at once). Yields the ``stop()`` callable the trainer polls."""
+    requested = []
+
+    def handler(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: bool(requested)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class Checkpoint:
+    """An interrupted run's state, written atomically and loaded with ``weights_only=True`` (no pickle code)."""
+
+    def __init__(self, path: Path, fingerprint: str):
+        self.path, self.fingerprint = Path(path), fingerprint
+
+    def save(self, state: dict) -> None:
+        with tables.atomic_path(self.path) as tmp:
+            torch.save({"fingerprint": self.fingerprint, **state}, tmp)
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, weights_only=True, map_location="cpu")
+        except Exception as err:  # truncated or foreign file: start over, loudly
+            warnings.warn(f"checkpoint {self.path} is unreadable ({type(err).__name__}); training from scratch",
+                          stacklevel=2)
+            return None
+        if state.get("fingerprint") != self.fingerprint:
+            warnings.warn(f"checkpoint {self.path} belongs to other params or data; training from scratch",
+                          stacklevel=2)
+            return None
+        return state
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _fingerprint(cfg: StudyConfig, cond: Condition, lrs: dict[str, float], sizes: dict) -> str:
+    what = {"condition": dataclasses.asdict(cond), "losses": cfg.losses, "seeds": cfg.seeds, "lrs": lrs,
+            "eps": cfg.smoothing_eps, "confident": cfg.confident, "ece_bins": cfg.ece_bins, "sizes": sizes,
+            "device": cfg.device}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=list).encode()).hexdigest()
+
+
+_EXAMPLE_ARRAYS = ("index", "label", "predicted", "p_true", "confidence", "loss_value", "logit_grad_norm")
+
+
+def _encode(items: list[Record | ExampleStats]) -> list:
+    """Records and example stats as tuples, dicts and tensors: what ``torch.load(weights_only=True)`` accepts."""
+    out = []
+    for item in items:
+        if isinstance(item, Record):
+            out.append(("record", *dataclasses.astuple(item)))
+        else:
+            arrays = {name: torch.from_numpy(np.ascontiguousarray(getattr(item, name))) for name in _EXAMPLE_ARRAYS}
+            out.append(("examples", item.loss, item.lr, item.seed, item.epoch, item.step, item.split, arrays))
+    return out
+
+
+def _decode(encoded: list) -> list[Record | ExampleStats]:
+    items: list[Record | ExampleStats] = []
+    for kind, *fields in encoded:
+        if kind == "record":
+            items.append(Record(*fields))
+        else:
+            *head, arrays = fields
+            items.append(ExampleStats(*head, **{name: arrays[name].numpy() for name in _EXAMPLE_ARRAYS}))
+    return items
+

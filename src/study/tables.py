@@ -1,0 +1,143 @@
+"""Column names and file formats under ``results/``: records to long DataFrames and back.
+
+Serves the CLI and the report; imports only ``study.records`` from the study.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from study.records import ExampleStats, Record
+
+KEYS = ["condition", "dataset", "loss", "lr", "seed"]
+HISTORY_COLUMNS = [*KEYS, "epoch", "step", "split", "metric", "value"]
+EXAMPLE_COLUMNS = [
+    *KEYS, "epoch", "step", "split", "index", "label", "predicted", "p_true", "confidence", "loss_value",
+    "logit_grad_norm",
+]
+
+# File names inside results/<condition>/ (the directory itself is a CLI argument, written once in dvc.yaml).
+HISTORY = "history.csv"  # train stage: long scalars, HISTORY_COLUMNS
+EXAMPLES = "examples.parquet"  # train stage: per-example probe/test measurements, EXAMPLE_COLUMNS
+SUMMARY = "summary.csv"  # train stage: one row per run
+SETUP = "setup.json"  # train stage: the condition's resolved params, data sizes and learning rates
+TUNE = "tune.csv"  # tune stage: validation history of the lr grid, HISTORY_COLUMNS
+LRS = "lr.json"  # tune stage: {"source": condition, "lrs": {loss: lr}, "criterion": ...}
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside ``path``; move it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def history_frame(records: Iterable[Record], *, condition: str, dataset: str) -> pd.DataFrame:
+    rows = [
+        (condition, dataset, r.loss, r.lr, r.seed, r.epoch, r.step, r.split, r.metric, r.value) for r in records
+    ]
+    frame = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+    return frame.astype({"lr": float, "seed": int, "epoch": float, "step": int, "value": float})
+
+
+def examples_frame(stats: Iterable[ExampleStats], *, condition: str, dataset: str) -> pd.DataFrame:
+    parts = []
+    for s in stats:
+        n = len(s.index)
+        parts.append(pd.DataFrame({
+            "condition": condition, "dataset": dataset, "loss": s.loss, "lr": s.lr, "seed": s.seed,
+            "epoch": s.epoch, "step": s.step, "split": s.split,
+            "index": s.index.astype(np.int32), "label": s.label.astype(np.int16),
+            "predicted": s.predicted.astype(np.int16), "p_true": s.p_true.astype(np.float32),
+            "confidence": s.confidence.astype(np.float32), "loss_value": s.loss_value.astype(np.float32),
+            "logit_grad_norm": s.logit_grad_norm.astype(np.float32),
+        }, index=pd.RangeIndex(n)))
+    if not parts:
+        return pd.DataFrame(columns=EXAMPLE_COLUMNS)
+    return pd.concat(parts, ignore_index=True)[EXAMPLE_COLUMNS]
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def write_json(data: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_history(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"condition": str, "dataset": str, "loss": str, "split": str, "metric": str})
+
+
+def read_examples(path: Path) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def read_lrs(path: Path) -> dict[str, float]:
+    """The tuned learning rate per loss, from a tune stage's ``lr.json``."""
+    return {loss: float(lr) for loss, lr in read_json(path)["lrs"].items()}
+
+
+def steps_to_target(curve: pd.DataFrame, target: float) -> float:
+    """First step whose value reaches ``target`` in a single run's (step, value) curve; NaN when never reached
+    (right-censored at the run's last step)."""
+    reached = curve[curve["value"] >= target]
+    return float(reached["step"].min()) if len(reached) else float("nan")
+
+
+def summarise(history: pd.DataFrame, targets) -> pd.DataFrame:
+    """One row per run: final and best numbers, divergence, and steps to each validation-accuracy target."""
+    rows = []
+    for (condition, dataset, loss, lr, seed), run in history.groupby(KEYS, sort=False):
+        def last(split: str, metric: str, run: pd.DataFrame = run) -> float:
+            sel = run[(run["split"] == split) & (run["metric"] == metric)]
+            return float(sel.loc[sel["step"].idxmax(), "value"]) if len(sel) else float("nan")
+
+        val_acc = run[(run["split"] == "val") & (run["metric"] == "accuracy")].sort_values("step")
+        test_acc = run[(run["split"] == "test") & (run["metric"] == "accuracy")].set_index("step")["value"]
+        best = val_acc.loc[val_acc["value"].idxmax()] if len(val_acc) else None
+        diverged = run[run["metric"] == "diverged_step"]["value"]
+        row = {
+            "condition": condition, "dataset": dataset, "loss": loss, "lr": lr, "seed": seed,
+            "run": f"{loss}-lr{lr:g}-s{seed}",
+            "final_val_accuracy": last("val", "accuracy"),
+            "final_test_accuracy": last("test", "accuracy"),
+            "final_test_nll": last("test", "nll"),
+            "final_test_ece": last("test", "ece"),
+            "best_val_accuracy": float(best["value"]) if best is not None else float("nan"),
+            "best_val_step": int(best["step"]) if best is not None else -1,
+            "test_accuracy_at_best_val": float(test_acc.get(best["step"], float("nan"))) if best is not None
+            else float("nan"),
+            "diverged_step": float(diverged.iloc[0]) if len(diverged) else float("nan"),
+        }
+        for target in targets:
+            row[f"steps_to_{target:g}"] = steps_to_target(val_acc, target)
+        rows.append(row)
+    return pd.DataFrame(rows)

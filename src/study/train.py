@@ -1,0 +1,510 @@
+"""Lockstep training of a condition's grid (losses x seeds x learning rates) on shared batches.
+
+Yields ``Record`` and ``ExampleStats``; writes no files and knows no tracker.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from study import grads, losses
+from study.config import Condition
+from study.data import Dataset
+from study.model import MLP, init_mlp
+from study.records import ExampleStats, Record
+
+PROBE_SEED = 0  # which test examples form the probe set: fixed, independent of every training seed
+MEMO_SIZE = 5000  # training examples watched for memorisation of flipped labels
+EVAL_CHUNK = 2000  # examples per forward pass during evaluation
+ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults
+ADAM_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model of the grid. Its initial weights and its batch order depend on ``seed`` alone."""
+
+    loss: str
+    lr: float
+    seed: int
+
+
+def grid(loss_names: Sequence[str], seeds: Sequence[int], lrs: Mapping[str, Sequence[float]]) -> list[Member]:
+    """Members ordered by loss, then lr, then seed (so each loss owns one contiguous slice of the stack)."""
+    return [Member(loss, lr, seed) for loss in loss_names for lr in lrs[loss] for seed in seeds]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What training reads besides the condition and the data."""
+
+    loss_options: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    confident: float = 0.9  # max softmax probability from which a wrong prediction counts as confident
+    ece_bins: int = 15
+    device: str = "cpu"
+    splits: tuple[str, ...] = ("val", "test")  # evaluated splits; tuning looks at "val" only
+    instrument: bool = True  # gradient norms, probe-set logit gradients, per-example test outputs
+    progress: bool = True
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def batch_order(num_examples: int, seed: int, epoch: int) -> Tensor:
+    """The permutation of training examples for one epoch: a function of (seed, epoch) alone, never of the loss."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_examples, generator=generator)
+
+
+class Stack:
+    """M MLPs held as stacked tensors, ``weights[l]`` [M, in, out] and ``biases[l]`` [M, out], so that one
+    batched matrix product steps every model at once."""
+
+    def __init__(self, sizes: Sequence[int], seeds: Sequence[int], device: torch.device):
+        nets = {seed: init_mlp(sizes, seed) for seed in dict.fromkeys(seeds)}
+        layers = range(len(sizes) - 1)
+        self.sizes = tuple(sizes)
+        self.weights = [_stacked([nets[s].layers[i].weight.T for s in seeds], device) for i in layers]
+        self.biases = [_stacked([nets[s].layers[i].bias for s in seeds], device) for i in layers]
+
+    @property
+    def params(self) -> list[Tensor]:
+        return [*self.weights, *self.biases]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits [M, B, K] from inputs [M, B, D] (one batch per model) or [B, D] (shared by all models)."""
+        last = len(self.weights) - 1
+        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            # matmul folds a shared [B, D] input into one product per model without copying it M times.
+            x = torch.baddbmm(bias[:, None], x, weight) if x.dim() == 3 else torch.matmul(x, weight) + bias[:, None]
+            if i < last:
+                x = torch.relu(x)
+        return x
+
+    def member(self, m: int) -> MLP:
+        """Model ``m`` as a plain MLP (for tests and checks)."""
+        net = MLP(self.sizes)
+        with torch.no_grad():
+            for layer, weight, bias in zip(net.layers, self.weights, self.biases):
+                layer.weight.copy_(weight[m].T)
+                layer.bias.copy_(bias[m])
+        return net
+
+
+def _stacked(tensors: list[Tensor], device: torch.device) -> Tensor:
+    return torch.stack([t.detach() for t in tensors]).to(device).contiguous().requires_grad_(True)
+
+
+class StackedSGD:
+    """torch.optim.SGD with momentum (no dampening, no weight decay), one learning rate per model."""
+
+    def __init__(self, params: list[Tensor], lr: Tensor, momentum: float):
+        self.params, self.lr, self.momentum = params, lr, momentum
+        self.buffers = [torch.zeros_like(p) for p in params]
+
+    def step(self) -> None:
+        with torch.no_grad():
+            for p, buf in zip(self.params, self.buffers):
+                buf.mul_(self.momentum).add_(p.grad)
+                p.sub_(_per_model(self.lr, p) * buf)
+
+    def state(self) -> dict:
+        return {"buffers": self.buffers}
+
+    def load(self, state: dict) -> None:
+        for buf, saved in zip(self.buffers, state["buffers"]):
+            buf.copy_(saved)
+
+    def reset(self, m: int) -> None:
+        for buf in self.buffers:
+            buf[m] = 0
+
+
+class StackedAdam:
+    """torch.optim.Adam (default betas and eps, no weight decay), one learning rate per model."""
+
+    def __init__(self, params: list[Tensor], lr: Tensor):
+        self.params, self.lr, self.steps = params, lr, 0
+        self.first = [torch.zeros_like(p) for p in params]
+        self.second = [torch.zeros_like(p) for p in params]
+
+    def step(self) -> None:
+        beta1, beta2 = ADAM_BETAS
+        self.steps += 1
+        correction1 = 1 - beta1**self.steps
+        root_correction2 = math.sqrt(1 - beta2**self.steps)
+        with torch.no_grad():
+            for p, m1, m2 in zip(self.params, self.first, self.second):
+                m1.lerp_(p.grad, 1 - beta1)
+                m2.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                denom = (m2.sqrt() / root_correction2).add_(ADAM_EPS)
+                p.sub_(_per_model(self.lr / correction1, p) * m1 / denom)
+
+    def state(self) -> dict:
+        return {"first": self.first, "second": self.second, "steps": self.steps}
+
+    def load(self, state: dict) -> None:
+        for buf, saved in zip([*self.first, *self.second], [*state["first"], *state["second"]]):
+            buf.copy_(saved)
+        self.steps = int(state["steps"])
+
+    def reset(self, m: int) -> None:
+        for buf in [*self.first, *self.second]:
+            buf[m] = 0
+
+
+def _per_model(values: Tensor, like: Tensor) -> Tensor:
+    """[M] -> [M, 1, ...] to broadcast against a stacked tensor."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+@dataclass(frozen=True)
+class _Split:
+    x: Tensor
+    y: Tensor
+
+
+class Trainer:
+    """Trains ``members`` in lockstep; ``run()`` yields their measurements. ``state()``/``load()`` checkpoint it."""
+
+    def __init__(self, cond: Condition, data: Dataset, members: Sequence[Member], settings: Settings):
+        if not members:
+            raise ValueError("no models to train: the grid is empty")
+        self.cond, self.members, self.settings = cond, list(members), settings
+        self.device = resolve_device(settings.device)
+        dev = self.device
+        self.train_x, self.train_y = data.x_train.to(dev), data.y_train.to(dev)
+        self.splits = {"val": _Split(data.x_val.to(dev), data.y_val.to(dev)),
+                       "test": _Split(data.x_test.to(dev), data.y_test.to(dev))}
+        self.steps_per_epoch = len(data.y_train) // cond.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"condition {cond.name}: {len(data.y_train)} training examples cannot fill one batch of "
+                f"{cond.batch_size}; lower batch_size or raise train_size"
+            )
+        self.total_steps = self.steps_per_epoch * cond.epochs
+        per_eval = self.steps_per_epoch / cond.evals_per_epoch
+        self.eval_steps = {round(k * per_eval) for k in range(1, cond.epochs * cond.evals_per_epoch + 1)}
+
+        self.seeds = list(dict.fromkeys(m.seed for m in self.members))
+        self.seed_of = torch.tensor([self.seeds.index(m.seed) for m in self.members], device=dev)
+        self.groups = _loss_groups(self.members, settings.loss_options)
+        self.stack = Stack((data.input_dim, *cond.hidden, data.num_classes), [m.seed for m in self.members], dev)
+        lr = torch.tensor([m.lr for m in self.members], dtype=torch.float32, device=dev)
+        if cond.optimizer == "sgd":
+            self.opt = StackedSGD(self.stack.params, lr, cond.momentum)
+        else:
+            self.opt = StackedAdam(self.stack.params, lr)
+
+        probe_order = torch.randperm(len(data.y_test), generator=torch.Generator().manual_seed(PROBE_SEED))
+        self.probe_index = probe_order[: cond.probe_size].sort().values
+        self.memo = None
+        if data.flipped.any():
+            watch = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(PROBE_SEED))
+            watch = watch[:MEMO_SIZE].to(dev)
+            self.memo = (watch, data.y_train_clean.to(dev)[watch], data.flipped.to(dev)[watch])
+
+        self.step = 0
+        self.diverged_at = torch.full((len(self.members),), -1, dtype=torch.long, device=dev)
+        self.dead: set[int] = set()
+        self.window_loss = torch.zeros(len(self.members), device=dev)
+        self.window_steps = 0
+
+    # ---- checkpointing -------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        """Everything ``run()`` needs to continue bit-for-bit: tensors, lists and numbers only."""
+        return {
+            "step": self.step, "params": [p.detach().clone() for p in self.stack.params], "opt": self.opt.state(),
+            "diverged_at": self.diverged_at.clone(), "dead": sorted(self.dead),
+            "window_loss": self.window_loss.clone(), "window_steps": self.window_steps,
+        }
+
+    def load(self, state: dict) -> None:
+        with torch.no_grad():
+            for p, saved in zip(self.stack.params, state["params"]):
+                p.copy_(saved)
+        self.opt.load(state["opt"])
+        self.step = int(state["step"])
+        self.diverged_at.copy_(state["diverged_at"])
+        self.dead = set(state["dead"])
+        self.window_loss.copy_(state["window_loss"])
+        self.window_steps = int(state["window_steps"])
+
+    # ---- the loop ------------------------------------------------------------------------------------------
+    def run(self, stop: Callable[[], bool] = lambda: False) -> Iterator[Record | ExampleStats]:
+        """Train to the end, yielding measurements. When ``stop()`` turns true the loop pauses at a step boundary
+        and raises ``Interrupted`` (``state()`` then resumes from exactly there)."""
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.cond.name, unit="step",
+                   disable=not self.settings.progress, mininterval=1.0, dynamic_ncols=True)
+        try:
+            if self.step == 0:
+                yield from self._evaluate()
+            while self.step < self.total_steps:
+                if stop():
+                    raise Interrupted(self.step)
+                epoch, position = divmod(self.step, self.steps_per_epoch)
+                orders = torch.stack([batch_order(len(self.train_y), s, epoch) for s in self.seeds])  # [S, N]
+                bar.set_description(f"{self.cond.name} epoch {epoch + 1}/{self.cond.epochs}")
+                for start in range(position * self.cond.batch_size,
+                                   self.steps_per_epoch * self.cond.batch_size, self.cond.batch_size):
+                    batch = orders[:, start:start + self.cond.batch_size].to(self.device)  # [S, B]
+                    log_now = (self.step + 1) % self.cond.log_every == 0
+                    logit_grads, layer_norms = self._train_step(batch, measure=log_now)
+                    self.step += 1
+                    bar.update()
+                    if log_now:
+                        yield from self._log_train(logit_grads, layer_norms, bar)
+                    if self.step in self.eval_steps or self.step == self.total_steps:
+                        yield from self._evaluate()
+                    if self.step >= self.total_steps:
+                        break
+                    if stop():
+                        raise Interrupted(self.step)
+        finally:
+            bar.close()
+
+    def _train_step(self, batch: Tensor, *, measure: bool) -> tuple[Tensor | None, Tensor | None]:
+        index = batch[self.seed_of]  # [M, B]: each model gets the batch of its own seed
+        x, y = self.train_x[index], self.train_y[index]  # [M, B, D], [M, B]
+        logits = self.stack.forward(x)  # [M, B, K]
+        if measure and self.settings.instrument:
+            logits.retain_grad()
+        per_example = self._per_example(logits, y)  # [M, B]
+        batch_loss = per_example.mean(dim=1)  # [M]
+        for p in self.stack.params:
+            p.grad = None
+        batch_loss.sum().backward()  # models are independent: each gets the gradient of its own mean loss
+        with torch.no_grad():
+            bad = ~torch.isfinite(batch_loss) & (self.diverged_at < 0)
+            self.diverged_at.masked_fill_(bad, self.step)
+            self.window_loss.add_(batch_loss.detach())
+        self.window_steps += 1
+        logit_grads = layer_norms = None
+        if measure and self.settings.instrument:
+            with torch.no_grad():
+                # x B undoes the 1/B of the batch mean: these are per-example gradients.
+                logit_grads = (logits.grad * logits.shape[1]).norm(dim=2).mean(dim=1)  # [M]
+                layer_norms = grads.layer_norms([w.grad for w in self.stack.weights],
+                                                [b.grad for b in self.stack.biases])  # [M, L]
+        self.opt.step()
+        return logit_grads, layer_norms
+
+    def _per_example(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Each model's own loss on its own logits: [M, N, K], [M, N] -> [M, N]."""
+        k = logits.shape[-1]
+        parts = [fn(logits[s].reshape(-1, k), labels[s].reshape(-1)).view(s.stop - s.start, -1)
+                 for fn, s in self.groups]
+        return torch.cat(parts)
+
+    def _retire_diverged(self) -> Iterator[Record]:
+        """Sync the divergence flags; a model whose loss went non-finite stops: no measurement after that step."""
+        for m, at in enumerate(self.diverged_at.tolist()):
+            if at >= 0 and m not in self.dead:
+                self.dead.add(m)
+                with torch.no_grad():
+                    for p in self.stack.params:
+                        p[m] = 0  # keep its (now meaningless) arithmetic finite and cheap
+                    self.opt.lr[m] = 0
+                self.opt.reset(m)
+                yield self._record(m, "train", "diverged_step", float(at), step=at)
+
+    def _log_train(self, logit_grads: Tensor | None, layer_norms: Tensor | None, bar: tqdm) -> Iterator[Record]:
+        yield from self._retire_diverged()
+        window = (self.window_loss / self.window_steps).tolist()
+        self.window_loss.zero_()
+        self.window_steps = 0
+        values: dict[str, list[float]] = {"loss": window}
+        if layer_norms is not None:
+            values["grad_norm"] = grads.global_norm(layer_norms).tolist()
+            for i, column in enumerate(layer_norms.T.tolist(), start=1):
+                values[f"grad_norm_layer{i}"] = column
+            values["logit_grad_norm"] = logit_grads.tolist()
+        for m in self._alive():
+            for metric, column in values.items():
+                yield self._record(m, "train", metric, column[m])
+        bar.set_postfix({name: f"{_mean(window[s.start:s.stop]):.3g}" for name, s in self._named_groups()},
+                        refresh=False)
+
+    def _evaluate(self) -> Iterator[Record | ExampleStats]:
+        yield from self._retire_diverged()
+        last = self.step == self.total_steps
+        alive = self._alive()
+        outputs = {}
+        with torch.no_grad():
+            for split in self.settings.splits:
+                data = self.splits[split]
+                logits = self._logits(data.x)
+                outputs[split] = logits
+                for metric, values in self._metrics(logits, data.y).items():
+                    for m in alive:
+                        yield self._record(m, split, metric, values[m])
+            if self.memo is not None:
+                yield from self._memorisation(alive)
+        if not self.settings.instrument:
+            return
+        if "test" in outputs:
+            test = self.splits["test"]
+            yield from self._examples(outputs["test"][:, self.probe_index], test.y[self.probe_index],
+                                      self.probe_index, "probe", alive)
+            if last:
+                yield from self._examples(outputs["test"], test.y, torch.arange(len(test.y)), "test", alive)
+        if last and "val" in outputs and "test" in outputs:
+            yield from self._temperature(outputs["val"], outputs["test"], alive)
+
+    def _logits(self, x: Tensor) -> Tensor:
+        return torch.cat([self.stack.forward(x[i:i + EVAL_CHUNK]) for i in range(0, len(x), EVAL_CHUNK)], dim=1)
+
+    def _metrics(self, logits: Tensor, labels: Tensor) -> dict[str, list[float]]:
+        """Per-model metrics of logits [M, N, K] against labels [N]; softmax-based ones hold for every loss."""
+        m, n, k = logits.shape
+        log_probs = logits.log_softmax(dim=2)
+        probs = log_probs.exp()
+        confidence, predicted = probs.max(dim=2)  # [M, N]
+        correct = predicted == labels
+        targets = torch.nn.functional.one_hot(labels, k).to(probs.dtype)
+        nll = -log_probs.gather(2, labels.expand(m, n)[..., None]).squeeze(2)  # [M, N]
+        own = self._per_example(logits, labels.expand(m, n))
+        wrong_confident = ~correct & (confidence >= self.settings.confident)
+        metrics = {
+            "accuracy": correct.float().mean(dim=1),
+            "nll": nll.mean(dim=1),
+            "brier": (probs - targets).pow(2).sum(dim=2).mean(dim=1),
+            "ece": expected_calibration_error(confidence, correct, self.settings.ece_bins),
+            "confidence": confidence.mean(dim=1),
+            "loss": own.mean(dim=1),
+            "confident_wrong_rate": wrong_confident.float().mean(dim=1),
+            "confident_wrong_loss_share": _share(own, wrong_confident),
+            "confident_wrong_nll_share": _share(nll, wrong_confident),
+        }
+        return {name: values.tolist() for name, values in metrics.items()}
+
+    def _memorisation(self, alive: list[int]) -> Iterator[Record]:
+        watch, clean, flipped = self.memo
+        predicted = self._logits(self.train_x[watch]).argmax(dim=2)  # [M, W]
+        noisy = self.train_y[watch]
+        values = {
+            ("train_flipped", "memorised"): (predicted == noisy)[:, flipped].float().mean(dim=1),
+            ("train_flipped", "recovered"): (predicted == clean)[:, flipped].float().mean(dim=1),
+            ("train_clean", "accuracy"): (predicted == clean)[:, ~flipped].float().mean(dim=1),
+        }
+        for (split, metric), column in values.items():
+            column = column.tolist()
+            for m in alive:
+                yield self._record(m, split, metric, column[m])
+
+    def _examples(self, logits: Tensor, labels: Tensor, index: Tensor, split: str,
+                  alive: list[int]) -> Iterator[ExampleStats]:
+        probs = logits.softmax(dim=2)
+        confidence, predicted = probs.max(dim=2)
+        p_true = probs.gather(2, labels.expand(logits.shape[:2])[..., None]).squeeze(2)
+        per_example, norms = [], []
+        for fn, s in self.groups:
+            count = s.stop - s.start
+            value, grad = grads.logit_grads(fn, logits[s].reshape(-1, logits.shape[2]), labels.repeat(count))
+            per_example.append(value.view(count, -1))
+            norms.append(grad.norm(dim=1).view(count, -1))
+        columns = {"loss_value": torch.cat(per_example), "logit_grad_norm": torch.cat(norms),
+                   "p_true": p_true, "confidence": confidence, "predicted": predicted}
+        columns = {name: values.cpu().numpy() for name, values in columns.items()}
+        index_np, labels_np = index.cpu().numpy(), labels.cpu().numpy()
+        for m in alive:
+            member = self.members[m]
+            yield ExampleStats(member.loss, member.lr, member.seed, self._epoch(), self.step, split, index_np,
+                               labels_np, **{name: values[m] for name, values in columns.items()})
+
+    def _temperature(self, val_logits: Tensor, test_logits: Tensor, alive: list[int]) -> Iterator[Record]:
+        """Temperature scaling (Guo et al. 2017): T minimising validation NLL, then test NLL and ECE at that T."""
+        temperature = fit_temperature(val_logits, self.splits["val"].y)  # [M]
+        scaled = test_logits / temperature[:, None, None]
+        metrics = self._metrics(scaled, self.splits["test"].y)
+        temperature = temperature.tolist()
+        for m in alive:
+            yield self._record(m, "val", "temperature", temperature[m])
+            yield self._record(m, "test", "nll_ts", metrics["nll"][m])
+            yield self._record(m, "test", "ece_ts", metrics["ece"][m])
+
+    def _alive(self) -> list[int]:
+        return [m for m in range(len(self.members)) if m not in self.dead]
+
+    def _named_groups(self) -> list[tuple[str, slice]]:
+        return [(self.members[s.start].loss, s) for _, s in self.groups]
+
+    def _epoch(self) -> float:
+        return round(self.step / self.steps_per_epoch, 4)
+
+    def _record(self, m: int, split: str, metric: str, value: float, *, step: int | None = None) -> Record:
+        member = self.members[m]
+        step = self.step if step is None else step
+        return Record(member.loss, member.lr, member.seed, round(step / self.steps_per_epoch, 4), step, split,
+                      metric, float(value))
+
+
+class Interrupted(Exception):
+    """Training paused at a step boundary because it was asked to stop; the trainer's state resumes it."""
+
+    def __init__(self, step: int):
+        super().__init__(f"training interrupted at step {step}")
+        self.step = step
+
+
+def fit(cond: Condition, data: Dataset, members: Sequence[Member],
+        settings: Settings) -> Iterator[Record | ExampleStats]:
+    """Train ``members`` on ``data`` in lockstep and yield every measurement."""
+    return Trainer(cond, data, members, settings).run()
+
+
+def _loss_groups(members: Sequence[Member], options: Mapping[str, Mapping[str, float]]) -> list[tuple[Callable, slice]]:
+    groups: list[tuple[Callable, slice]] = []
+    for m, member in enumerate(members):
+        if groups and members[groups[-1][1].start].loss == member.loss:
+            groups[-1] = (groups[-1][0], slice(groups[-1][1].start, m + 1))
+        else:
+            if any(members[s.start].loss == member.loss for _, s in groups):
+                raise ValueError("members must be ordered by loss (use train.grid)")
+            groups.append((losses.build(member.loss, options.get(member.loss)), slice(m, m + 1)))
+    return groups
+
+
+def expected_calibration_error(confidence: Tensor, correct: Tensor, bins: int) -> Tensor:
+    """ECE over equal-width bins of max probability, (lower, upper] membership: sum_b n_b/n |acc_b - conf_b|.
+
+    [M, N] confidences and correctness -> [M]."""
+    m, n = confidence.shape
+    which = (confidence * bins).ceil().long().clamp(1, bins) - 1  # (lower, upper]; confidence > 0 always
+    gap = torch.zeros(m, bins, dtype=confidence.dtype, device=confidence.device)
+    gap.scatter_add_(1, which, correct.to(confidence.dtype) - confidence)  # sum over bin of (acc - conf)
+    return gap.abs().sum(dim=1) / n
+
+
+def fit_temperature(logits: Tensor, labels: Tensor, grid_points: int = 601) -> Tensor:
+    """Per-model temperature in [0.05, 20] minimising NLL on a log grid (about 1% resolution): [M, N, K] -> [M]."""
+    temperatures = torch.logspace(math.log10(0.05), math.log10(20.0), grid_points, device=logits.device)
+    m, n, _ = logits.shape
+    index = labels.expand(m, n)[..., None]
+    best_nll = torch.full((m,), math.inf, device=logits.device)
+    best = torch.ones(m, device=logits.device)
+    for t in temperatures:
+        nll = -(logits / t).log_softmax(dim=2).gather(2, index).squeeze(2).mean(dim=1)
+        better = nll < best_nll
+        best_nll = torch.where(better, nll, best_nll)
+        best = torch.where(better, t, best)
+    return best
+
+
+def _share(per_example: Tensor, mask: Tensor) -> Tensor:
+    total = per_example.sum(dim=1)
+    return torch.where(total > 0, (per_example * mask).sum(dim=1) / total, torch.zeros_like(total))
+
+
+def _mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
