@@ -68,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("report", report_cmd, "figures, report.md, index.html and metrics.json from results/ only")
     with_params(p)
-    p.add_argument("--results", type=Path, required=True, help="the results directory")
+    p.add_argument("--results", type=Path, required=True, help="directory holding one results folder per condition")
+    p.add_argument("--probe", type=Path, required=True, help="the probe stage's output directory")
     p.add_argument("--out", type=Path, required=True, help="report directory")
     p.add_argument("--metrics", type=Path, required=True, help="DVC metrics file to write")
 
@@ -127,7 +128,7 @@ def report_cmd(args: argparse.Namespace) -> None:
     from study import document
 
     cfg = config.load(args.params)
-    document.build(args.results, list(cfg.conditions), args.out, args.metrics)
+    document.build(args.results, args.probe, list(cfg.conditions), args.out, args.metrics)
 
 
 def bench_cmd(args: argparse.Namespace) -> None:

@@ -25,7 +25,7 @@ from study.losses import CONVENTIONS
 from study.model import describe
 from study.records import ExampleStats, Record
 
-TRAIN_OUTPUTS = (tables.HISTORY, tables.EXAMPLES, tables.SUMMARY, tables.SETUP)
+TRAIN_OUTPUTS = (tables.HISTORY, tables.EXAMPLES, tables.SUMMARY, tables.SETUP, tables.CURVES)
 TUNE_CRITERION = "final validation accuracy after tune_epochs, mean over tune seeds (diverged = worst)"
 
 
@@ -104,6 +104,7 @@ def train_condition(cfg: StudyConfig, cond: Condition, lrs: dict[str, float], *,
             out / tables.EXAMPLES)
         tables.write_json(setup, out / tables.SETUP)
         tables.write_csv(summary, out / tables.SUMMARY)
+        tables.write_csv(tables.curves(history), out / tables.CURVES)
         tables.write_csv(history, out / tables.HISTORY)  # last: its presence means the stage finished
         for row in summary.itertuples():
             tracker.set_summary(row.run, {k: v for k, v in row._asdict().items()

@@ -28,6 +28,7 @@ EXAMPLE_COLUMNS = [
 HISTORY = "history.csv"  # train stage: long scalars, HISTORY_COLUMNS
 EXAMPLES = "examples.parquet"  # train stage: per-example probe/test measurements, EXAMPLE_COLUMNS
 SUMMARY = "summary.csv"  # train stage: one row per run
+CURVES = "curves.csv"  # train stage: mean validation accuracy per loss and step, for `dvc plots show`
 SETUP = "setup.json"  # train stage: the condition's resolved params, data sizes and learning rates
 TUNE = "tune.csv"  # tune stage: validation history of the lr grid, HISTORY_COLUMNS
 LRS = "lr.json"  # tune stage: {"source": condition, "lrs": {loss: lr}, "criterion": ...}
@@ -141,3 +142,11 @@ def summarise(history: pd.DataFrame, targets) -> pd.DataFrame:
             row[f"steps_to_{target:g}"] = steps_to_target(val_acc, target)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def curves(history: pd.DataFrame) -> pd.DataFrame:
+    """Validation accuracy per loss and step, averaged over seeds: the long ``step, loss, val_accuracy`` table
+    that DVC's ``by_loss`` plot template draws as one line per loss."""
+    val = history[(history["split"] == "val") & (history["metric"] == "accuracy")]
+    mean = val.groupby(["loss", "step"], sort=False)["value"].mean().reset_index()
+    return mean.rename(columns={"value": "val_accuracy"})[["step", "loss", "val_accuracy"]]
