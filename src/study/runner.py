@@ -39,7 +39,7 @@ def tune(cfg: StudyConfig, cond: Condition, *, data_root: Path, out: Path, track
     trainer = train.Trainer(short, dataset, members, settings)
     with _tracker(cfg, cond, "tune", members, tuned=False, enabled=tracking) as tracker:
         records: list[Record] = []
-        _collect(trainer.run(), tracker, into=records)
+        collect(trainer.run(), tracker, into=records)
         history = tables.history_frame(records, condition=cond.name, dataset=cond.dataset)
         lrs, scores = choose_lrs(history, cfg.losses, cond.lr_grid)
         tables.write_csv(history, out / tables.TUNE)
@@ -89,7 +89,7 @@ def train_condition(cfg: StudyConfig, cond: Condition, lrs: dict[str, float], *,
         tracker.log([item for item in items if isinstance(item, Record)])
         with _stop_signals() as stopping:
             try:
-                _collect(trainer.run(stop=stopping), tracker, into=items, keep_examples=True)
+                collect(trainer.run(stop=stopping), tracker, into=items, keep_examples=True)
             except train.Interrupted:
                 if saved:
                     saved.save({"trainer": trainer.state(), "items": _encode(items)})
@@ -114,7 +114,7 @@ def train_condition(cfg: StudyConfig, cond: Condition, lrs: dict[str, float], *,
         saved.remove()
 
 
-def _collect(stream: Iterator[Record | ExampleStats], tracker, *, into: list, keep_examples: bool = False) -> None:
+def collect(stream: Iterator[Record | ExampleStats], tracker, *, into: list, keep_examples: bool = False) -> None:
     """Drain a trainer's stream into ``into`` (kept even if the stream raises); Records also go to the tracker,
     which sends them in batches off the training loop."""
     items = into

@@ -1,0 +1,192 @@
+"""``study bench``: the lockstep trainer against per-model loops and the machine's matmul peak, side by side.
+
+Every variant is timed in interleaved rounds within one process, so drifting load on a shared machine hits
+them alike; the claims are the ratios. Imports the trainer and the tracker; nothing imports this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from study import data, runner, tracking, train
+from study.config import Condition
+from study.losses import CONVENTIONS, LOSSES
+from study.model import init_mlp
+
+LOSS_NAMES = tuple(LOSSES)
+SEEDS = (0, 1, 2, 3, 4)  # the default grid: 4 losses x 5 seeds
+BATCH = 128  # the study's batch size
+CANONICAL_BATCH = 64  # the textbook loop's
+STEPS = 120  # optimizer steps per timed trainer run
+ROUNDS = 3
+
+
+def main(*, data_root: Path, as_json: bool, seconds: float) -> None:
+    results = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    peak = matmul_peak(seconds)
+    results["peak_gflops"] = peak / 1e9
+    fashion = bench_dataset("fashion_mnist", (256, 256), data_root, seconds, peak)
+    results.update(fashion)
+    results["mnist1d"] = bench_dataset("mnist1d", (100, 100), data_root, seconds, peak)
+    if as_json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(format_table(results))
+
+
+def matmul_peak(seconds: float, size: int = 2048) -> float:
+    """The machine's fp32 matrix-multiply rate in FLOP/s: the best of repeated square products."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        a @ b
+        best = max(best, 2 * size**3 / (time.perf_counter() - start))
+    return best
+
+
+def bench_dataset(name: str, hidden: tuple[int, ...], root: Path, seconds: float, peak: float) -> dict:
+    small = data.load(name, root, val_size=1000, split_seed=0, train_size=0, test_size=1000, label_noise=0.0,
+                      noise_seed=0)
+    sizes = (small.input_dim, *hidden, small.num_classes)
+    weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    models = len(LOSS_NAMES) * len(SEEDS)
+    variants: dict[str, Callable[[], float]] = {
+        "trainer": lambda: trainer_rate(small, hidden, instrument=True, track=True),
+        "trainer_plain": lambda: trainer_rate(small, hidden, instrument=False, track=False),
+        "inmemory": lambda: inmemory_rate(small, sizes, seconds / ROUNDS),
+    }
+    if name != "mnist1d":
+        variants["canonical"] = lambda: canonical_rate(name, root, sizes, seconds / ROUNDS)
+    rates = interleaved(variants, ROUNDS, label=name)
+    trainer_flops = rates["trainer"] * 6 * weights
+    out = {
+        "model": "MLP " + "-".join(map(str, sizes)),
+        "models": models,
+        "flops_per_sample": 6 * weights,
+        "trainer_model_samples_per_s": rates["trainer"],
+        "trainer_plain_model_samples_per_s": rates["trainer_plain"],
+        "inmemory_model_samples_per_s": rates["inmemory"],
+        "fraction_of_peak": trainer_flops / peak,
+        "speedup_vs_inmemory": rates["trainer"] / rates["inmemory"],
+        "tracking_overhead": rates["trainer_plain"] / rates["trainer"] - 1,
+    }
+    if "canonical" in rates:
+        out["canonical_model_samples_per_s"] = rates["canonical"]
+        out["speedup_vs_canonical"] = rates["trainer"] / rates["canonical"]
+    return out
+
+
+def interleaved(variants: dict[str, Callable[[], float]], rounds: int, *, label: str) -> dict[str, float]:
+    """Median rate of each variant over ``rounds`` rounds, the variants alternating within every round."""
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(rounds):
+        for name, measure in variants.items():
+            print(f"bench {label}: round {r + 1}/{rounds}: {name}", file=sys.stderr)
+            samples[name].append(measure())
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def trainer_rate(ds: data.Dataset, hidden: tuple[int, ...], *, instrument: bool, track: bool) -> float:
+    """Model-samples per second of the study's trainer over a whole ``run()`` (steps, periodic measurements and
+    the evaluations at step 0 and at the end), with or without instrumentation and MLflow tracking."""
+    n = STEPS * BATCH
+    cut = dataclasses.replace(ds, x_train=ds.x_train[:n], y_train=ds.y_train[:n], y_train_clean=ds.y_train_clean[:n],
+                              flipped=ds.flipped[:n])
+    cond = Condition(
+        name="bench", dataset=ds.name, hidden=hidden, optimizer="sgd", momentum=0.9, batch_size=BATCH, epochs=1,
+        label_noise=0.0, noise_seed=0, val_size=len(ds.y_val), split_seed=0, train_size=n, test_size=len(ds.y_test),
+        lr_grid=(0.03,), lr_from="bench", tune_epochs=1, tune_seeds=(0,), evals_per_epoch=1, log_every=50,
+        probe_size=256, targets=(0.5,))
+    members = train.grid(LOSS_NAMES, SEEDS, {loss: [0.03] for loss in LOSS_NAMES})
+    settings = train.Settings(loss_options={"smoothed_ce": {"eps": 0.1}}, instrument=instrument, progress=False)
+    runs = [tracking.RunSpec(m.loss, m.lr, m.seed, tuned=False, conventions=CONVENTIONS[m.loss]) for m in members]
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        trainer = train.Trainer(cond, cut, members, settings)
+        with tracking.open_tracker(enabled=track, experiment="bench", condition="bench", stage="bench",
+                                   dataset=ds.name, params={}, runs=runs, uri=f"sqlite:///{tmp}/bench.db") as tracker:
+            runner.collect(trainer.run(), tracker, into=[])
+        elapsed = time.perf_counter() - start
+    return STEPS * BATCH * len(members) / elapsed
+
+
+def inmemory_rate(ds: data.Dataset, sizes: tuple[int, ...], seconds: float) -> float:
+    """One model at a time, data already in memory as tensors, the study's batch size: samples per second."""
+    model = init_mlp(sizes, 0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9)
+    x, y = ds.x_train, ds.y_train
+    return _timed_loop(model, opt, _tensor_batches(x, y, BATCH), seconds)
+
+
+def canonical_rate(name: str, root: Path, sizes: tuple[int, ...], seconds: float) -> float:
+    """The textbook loop: torchvision dataset with ToTensor, DataLoader(batch 64, shuffle), one model at a time."""
+    from torchvision import datasets, transforms
+
+    cls = {"fashion_mnist": datasets.FashionMNIST, "mnist": datasets.MNIST}[name]
+    dataset = cls(str(root), train=True, download=False, transform=transforms.ToTensor())
+    loader = torch.utils.data.DataLoader(dataset, batch_size=CANONICAL_BATCH, shuffle=True)
+    model = init_mlp(sizes, 0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9)
+
+    def batches():
+        while True:
+            for images, labels in loader:
+                yield images.flatten(1), labels
+
+    return _timed_loop(model, opt, batches(), seconds)
+
+
+def _tensor_batches(x: torch.Tensor, y: torch.Tensor, batch: int):
+    while True:
+        order = torch.randperm(len(y))
+        for i in range(0, len(y) - batch + 1, batch):
+            index = order[i:i + batch]
+            yield x[index], y[index]
+
+
+def _timed_loop(model, opt, batches, seconds: float) -> float:
+    samples, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        x, y = next(batches)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        samples += len(y)
+    return samples / (time.perf_counter() - start)
+
+
+def format_table(results: dict) -> str:
+    rows = [("", "Fashion-MNIST", "MNIST-1D")]
+    fashion, small = results, results["mnist1d"]
+
+    def both(key: str, fmt: str) -> tuple[str, str, str]:
+        return (key, *(fmt.format(r[key]) if key in r else "n/a" for r in (fashion, small)))
+
+    rows += [
+        ("model", fashion["model"], small["model"]),
+        both("trainer_model_samples_per_s", "{:,.0f}"),
+        both("trainer_plain_model_samples_per_s", "{:,.0f}"),
+        both("inmemory_model_samples_per_s", "{:,.0f}"),
+        both("canonical_model_samples_per_s", "{:,.0f}"),
+        both("fraction_of_peak", "{:.0%}"),
+        both("speedup_vs_inmemory", "{:.1f}x"),
+        both("speedup_vs_canonical", "{:.1f}x"),
+        both("tracking_overhead", "{:+.1%}"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"fp32 matmul peak: {results['peak_gflops']:.0f} GFLOP/s on {results['threads']} threads"]
+    lines += [f"{a:<{width}}  {b:>16}  {c:>16}" for a, b, c in rows]
+    return "\n".join(lines)

@@ -1,0 +1,97 @@
+"""The real pipeline: a temporary copy of the repo with the smoke params, `dvc repro` with real dvc, git and MLflow."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import pytest
+
+from study import tables
+
+pytestmark = pytest.mark.slow
+
+CONDITIONS = ["fashion_sgd", "fashion_adam", "fashion_noise40", "mnist1d_sgd"]
+TUNED = ["fashion_sgd", "fashion_adam", "mnist1d_sgd"]
+LOSSES = ["mse", "sigmoid_bce", "softmax_nll", "smoothed_ce"]
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def test_every_stage_runs_and_writes_its_outputs(smoke_pipeline):
+    ran = stages_run(smoke_pipeline.first_output)
+    expected = {"data", "probe", "report"} | {f"tune@{c}" for c in TUNED} | {f"train@{c}" for c in CONDITIONS}
+    assert ran == expected
+    repo = smoke_pipeline.repo
+    for condition in CONDITIONS:
+        folder = repo / "results" / "conditions" / condition
+        history = tables.read_history(folder / tables.HISTORY)
+        assert list(history.columns) == tables.HISTORY_COLUMNS
+        assert set(history["loss"]) == set(LOSSES)
+        assert history["value"].notna().all()
+        examples = tables.read_examples(folder / tables.EXAMPLES)
+        assert list(examples.columns) == tables.EXAMPLE_COLUMNS
+        assert set(examples["split"]) == {"probe", "test"}
+        summary = pd.read_csv(folder / tables.SUMMARY)
+        assert len(summary) == len(LOSSES) * 2  # smoke: two seeds
+        setup = json.loads((folder / tables.SETUP).read_text())
+        assert setup["lr_source"] == ("fashion_sgd" if condition == "fashion_noise40" else condition)
+    for condition in TUNED:
+        lrs = tables.read_lrs(repo / "results" / "conditions" / condition / tables.LRS)
+        assert set(lrs) == set(LOSSES)
+    assert (repo / "results" / "probe" / "penalty.csv").is_file()
+    assert (repo / "results" / "report" / "index.html").is_file()
+    metrics = json.loads((repo / "results" / "metrics.json").read_text())
+    for condition in CONDITIONS:
+        for loss in LOSSES:
+            entry = metrics[condition][loss]
+            assert entry["n_seeds"] == 2
+            assert {"test_accuracy", "test_nll", "ece", "steps_to_target"} <= set(entry)
+
+
+def test_noise_condition_trains_with_the_clean_conditions_learning_rates(smoke_pipeline):
+    conditions = smoke_pipeline.repo / "results" / "conditions"
+    clean = tables.read_lrs(conditions / "fashion_sgd" / tables.LRS)
+    noisy = json.loads((conditions / "fashion_noise40" / tables.SETUP).read_text())["lrs"]
+    assert noisy == clean
+    assert not (conditions / "fashion_noise40" / tables.LRS).exists()
+
+
+def test_second_repro_does_nothing(smoke_pipeline):
+    assert stages_run(smoke_pipeline.second_output) == set()
+    status = smoke_pipeline.dvc("status")
+    assert "up to date" in status.stdout
+
+
+def test_a_params_change_reruns_only_what_depends_on_it(smoke_pipeline):
+    result = smoke_pipeline.dvc("exp", "run", "-S", "experiments/study.yaml:conditions.mnist1d_sgd.epochs=2")
+    ran = stages_run(result.stdout + result.stderr)
+    assert {"train@mnist1d_sgd", "tune@mnist1d_sgd", "report"} <= ran
+    assert not any(stage.endswith(("fashion_sgd", "fashion_adam", "fashion_noise40")) for stage in ran)
+    assert "probe" not in ran
+    diff = smoke_pipeline.dvc("params", "diff")
+    assert "conditions.mnist1d_sgd.epochs" in diff.stdout
+
+
+def test_mlflow_holds_every_run_ended_with_metric_histories(smoke_pipeline):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(smoke_pipeline.tracking_uri)
+    experiment = client.get_experiment_by_name("loss-study")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    assert runs and all(run.info.status == "FINISHED" for run in runs)
+    parents = {run.info.run_name for run in runs if "mlflow.parentRunId" not in run.data.tags}
+    assert {f"{c}/train" for c in CONDITIONS} | {f"{c}/tune" for c in TUNED} <= parents
+    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    train_children = [r for r in children if r.data.tags.get("stage") == "train"]
+    assert len(train_children) >= len(CONDITIONS) * len(LOSSES) * 2
+    child = next(r for r in train_children if r.info.run_name.startswith("softmax_nll-"))
+    assert re.fullmatch(r"softmax_nll-lr[0-9.e-]+-s\d", child.info.run_name)
+    for tag in ("condition", "dataset", "loss", "seed", "lr", "lr_tuned", "git_commit", "dvc_stage"):
+        assert tag in child.data.tags, tag
+    history = client.get_metric_history(child.info.run_id, "val/accuracy")
+    assert len(history) >= 2  # step 0 and the end of the epoch
+    assert len(client.get_metric_history(child.info.run_id, "train/loss")) >= 2
