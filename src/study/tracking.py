@@ -1,0 +1,534 @@
+"""MLflow tracking for browsing: the ``Tracker`` protocol, ``MlflowTracker`` and ``NullTracker``.
+
+The only module that imports mlflow (lazily, so ``NullTracker`` users never pay for it). Imports only ``records``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import math
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from study.records import Record, run_name
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+# MLflow's batch limits (mlflow.utils.validation): 1000 metrics, 100 params and 100 tags per log_batch call.
+_MAX_METRICS = 1000
+_MAX_PARAMS_TAGS = 100
+_MAX_ERROR_CHARS = 5000
+_OWNER_TAG = "study.owner"
+# On top of the 20 s SQLite busy timeout MLflow sets: 0.2, 0.4, ... 3.2 s between six attempts.
+_RETRY_ATTEMPTS = 6
+_RETRY_FIRST_WAIT_S = 0.2
+
+
+class Tracker(Protocol):
+    def log(self, records: Iterable[Record]) -> None:
+        """Queue measurements; returns at once (a single Record is accepted too)."""
+
+    def log_artifacts(self, paths: Iterable[Path]) -> None:
+        """Attach files or directories to the parent run."""
+
+    def set_summary(self, run: str, metrics: dict[str, float]) -> None:
+        """Final metrics of one child run, logged at the last step seen for it."""
+
+
+class NullTracker:
+    """Records nothing: tests, smoke runs, tracking off."""
+
+    def log(self, records: Iterable[Record]) -> None:
+        pass
+
+    def log_artifacts(self, paths: Iterable[Path]) -> None:
+        pass
+
+    def set_summary(self, run: str, metrics: dict[str, float]) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One child run: a (loss, lr, seed) of the grid. ``conventions`` are the loss's reduction choices."""
+
+    loss: str
+    lr: float
+    seed: int
+    tuned: bool  # lr picked per loss by the tuning stage (False: a shared or grid lr)
+    conventions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def run(self) -> str:
+        return run_name(self.loss, self.lr, self.seed)
+
+
+def default_uri(repo_root: Path) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the SQLite store ``mlflow.db`` at the repo root (absolute)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(repo_root / 'mlflow.db').resolve()}"
+
+
+_USERINFO_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s]*):[^@/?#\s]*@")
+_QUERY_SECRET = re.compile(r"(?P<head>[?&](?:password|passwd|pwd|token|secret|api_key)=)[^&#\s]*", re.IGNORECASE)
+_SECRET_KEY = re.compile(r"(^|[._-])(password|passwd|secret|token|api_key)($|[._-])", re.IGNORECASE)
+
+
+def redact(uri: str) -> str:
+    """Hide passwords in a URI, or in any text holding URIs: ``user:pw@host`` -> ``user:***@host``, and
+    ``?password=``/``token=``/``secret=`` query values."""
+    return _QUERY_SECRET.sub(r"\g<head>***", _USERINFO_PASSWORD.sub(r"\g<head>:***@", uri))
+
+
+def _safe_params(params: dict[str, str]) -> dict[str, str]:
+    """Params fit to record: URIs redacted, and the value of a key named like a secret hidden whole."""
+    return {k: "***" if _SECRET_KEY.search(k) else redact(str(v)) for k, v in params.items()}
+
+
+def owner_id(experiment: str, condition: str, stage: str) -> str:
+    """The ``study.owner`` tag: which (experiment, condition, stage) a run belongs to, to find stale runs."""
+    return f"{experiment}:{condition}/{stage}"
+
+
+@contextmanager
+def open_tracker(
+    *,
+    enabled: bool,
+    experiment: str,
+    condition: str,
+    stage: str,
+    dataset: str,
+    params: dict[str, str],
+    runs: Sequence[RunSpec],
+    uri: str | None = None,
+) -> Iterator[Tracker]:
+    """A parent run ``<condition>/<stage>`` with one nested child run per spec, open for the block.
+
+    On exit the runs end FINISHED; FAILED with tag ``error`` when the block raises; KILLED on
+    KeyboardInterrupt or SystemExit (SIGTERM is turned into SystemExit while the block runs). The
+    exception is re-raised. ``uri=None`` means ``default_uri(Path.cwd())``.
+    """
+    if not enabled:
+        yield NullTracker()
+        return
+    uri = uri or default_uri(Path.cwd())
+    names = [spec.run for spec in runs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate runs in {names}")
+    tracker = MlflowTracker.start(
+        uri=uri, experiment=experiment, condition=condition, stage=stage, dataset=dataset, params=params, runs=runs
+    )
+    with _sigterm_as_exit():
+        try:
+            yield tracker
+        except (KeyboardInterrupt, SystemExit) as exc:
+            finished = isinstance(exc, SystemExit) and exc.code in (0, None)
+            tracker.close("FINISHED" if finished else "KILLED")
+            raise
+        except BaseException as exc:
+            tracker.close("FAILED", error=f"{type(exc).__name__}: {exc}")
+            raise
+        tracker.close("FINISHED")
+
+
+@contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit so the runs end KILLED, unless someone else already handles SIGTERM."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def exit_on_signal(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, exit_on_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+class MlflowTracker:
+    """Sends records to MLflow from a background thread in batches; ``log`` only enqueues."""
+
+    def __init__(self, client: MlflowClient, parent_id: str, run_ids: dict[str, str], *, interval_s: float = 0.5):
+        self._client = client
+        self._parent_id = parent_id
+        self._run_ids = run_ids  # run name -> child run id
+        self._interval_s = interval_s  # how long the sender gathers records into one batch
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._last_step: dict[str, int] = {}
+        self._unknown: set[str] = set()
+        self._error: str | None = None  # the last sending problem, tagged on the parent at close
+        self._broken = False  # the store failed even after retries: later batches are dropped, not retried
+        self._dropped = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._send_loop, name="mlflow-sender", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        uri: str,
+        experiment: str,
+        condition: str,
+        stage: str,
+        dataset: str,
+        params: dict[str, str],
+        runs: Sequence[RunSpec],
+    ) -> MlflowTracker:
+        """Create the parent and child runs (after ending stale ones) and start the sender."""
+        client = _connect(uri)
+        experiment_id = _experiment_id(client, uri, experiment)
+        owner = owner_id(experiment, condition, stage)
+        _end_stale_runs(client, experiment_id, owner)
+        commit = _git_commit()
+        shared = {
+            "condition": condition,
+            "dataset": dataset,
+            "stage": stage,
+            "dvc_stage": f"{stage}@{condition}",
+            "git_commit": commit,
+            "mlflow.source.git.commit": commit,
+            _OWNER_TAG: owner,
+            "study.host": socket.gethostname(),
+            "study.pid": str(os.getpid()),
+        }
+        safe = _safe_params(params)
+        parent = _retry(client.create_run, experiment_id, run_name=f"{condition}/{stage}", tags=shared)
+        parent_id = parent.info.run_id
+        run_ids = {}
+        try:
+            _log_params(client, parent_id, safe)
+            for spec in runs:
+                tags = {
+                    **shared,
+                    "mlflow.parentRunId": parent_id,
+                    "loss": spec.loss,
+                    "seed": str(spec.seed),
+                    "lr": f"{spec.lr:g}",
+                    "lr_tuned": str(spec.tuned).lower(),
+                }
+                child = _retry(client.create_run, experiment_id, run_name=spec.run, tags=tags)
+                run_ids[spec.run] = child.info.run_id
+                own = {"loss": spec.loss, "lr": f"{spec.lr:g}", "seed": str(spec.seed)}
+                conventions = _safe_params({f"loss.{k}": str(v) for k, v in spec.conventions.items()})
+                _log_params(client, child.info.run_id, {**safe, **own, **conventions})
+        except BaseException as exc:
+            for run_id in [*run_ids.values(), parent_id]:
+                _terminate(client, run_id, "FAILED", f"{type(exc).__name__}: {exc}")
+            raise
+        return cls(client, parent_id, run_ids)
+
+    def log(self, records: Iterable[Record]) -> None:
+        if self._closed:
+            raise RuntimeError("tracker is closed")
+        batch = [records] if isinstance(records, Record) else list(records)
+        if batch:
+            self._queue.put(("records", _now_ms(), batch))
+
+    def set_summary(self, run: str, metrics: dict[str, float]) -> None:
+        if self._closed:
+            raise RuntimeError("tracker is closed")
+        self._queue.put(("summary", _now_ms(), run, dict(metrics)))
+
+    def log_artifacts(self, paths: Iterable[Path]) -> None:
+        for path in map(Path, paths):
+            if not path.exists():
+                raise FileNotFoundError(f"artifact {path} does not exist")
+            try:
+                if path.is_dir():
+                    _retry(self._client.log_artifacts, self._parent_id, str(path), artifact_path=path.name)
+                else:
+                    _retry(self._client.log_artifact, self._parent_id, str(path))
+            except Exception as exc:  # tracking is for browsing: losing it must not stop the study
+                _log.warning("MLflow: could not attach %s: %s", path, redact(str(exc)))
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until everything logged so far is sent; False on timeout."""
+        if self._closed or not self._thread.is_alive():
+            return not self._thread.is_alive()
+        done = threading.Event()
+        self._queue.put(("flush", done))
+        return done.wait(timeout_s)
+
+    def close(self, status: str, error: str | None = None) -> None:
+        """Send what is queued, then end every run with ``status`` (FINISHED, FAILED or KILLED)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(("stop",))
+        try:
+            # An interrupted run should end quickly; a finished one should keep all it measured.
+            self._thread.join(timeout=600 if status == "FINISHED" else 30)
+        except KeyboardInterrupt:  # a second Ctrl-C: give up on the queue, still end the runs
+            pass
+        if self._thread.is_alive():
+            _log.warning("MLflow: gave up sending queued metrics; the results/ tables hold them all")
+        if self._dropped:
+            _log.warning("MLflow: %d metrics were not sent: %s", self._dropped, self._error)
+        if self._error:
+            with contextlib.suppress(Exception):
+                _retry(self._client.set_tag, self._parent_id, "tracking_error", self._error[:_MAX_ERROR_CHARS])
+        for run_id in [*self._run_ids.values(), self._parent_id]:
+            _terminate(self._client, run_id, status, error)
+
+    def _send_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            items = [self._queue.get()]
+            deadline = time.monotonic() + self._interval_s
+            while items[-1][0] != "stop":
+                try:
+                    items.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
+            stopping = items[-1][0] == "stop"
+            pending = [item for item in items if item[0] in ("records", "summary")]
+            if pending:
+                try:
+                    self._send(pending)
+                except Exception as exc:  # keep the sender alive whatever one batch holds
+                    self._error = redact(f"{type(exc).__name__}: {exc}")
+                    _log.warning("MLflow: could not send a batch: %s", self._error)
+            for item in items:
+                if item[0] == "flush":
+                    item[1].set()
+
+    def _send(self, items: list[tuple]) -> None:
+        from mlflow.entities import Metric
+
+        metrics: dict[str, list[Metric]] = {}
+        tags: dict[str, dict[str, str]] = {}
+        for item in items:
+            if item[0] == "records":
+                _, timestamp, records = item
+                for record in records:
+                    run_id = self._run_id(record.run)
+                    if run_id is None:
+                        continue
+                    key, value = f"{record.split}/{record.metric}", self._number(record.value, record.run)
+                    if value is None:
+                        continue
+                    metrics.setdefault(run_id, []).append(Metric(key, value, timestamp, record.step))
+                    self._last_step[record.run] = max(record.step, self._last_step.get(record.run, 0))
+                    if key == "train/diverged_step" and math.isfinite(value):
+                        tags.setdefault(run_id, {}).update(diverged="true", diverged_step=str(int(value)))
+            else:
+                _, timestamp, run, values = item
+                run_id = self._run_id(run)
+                if run_id is not None:
+                    step = self._last_step.get(run, 0)
+                    numbers = {key: self._number(value, run) for key, value in values.items()}
+                    metrics.setdefault(run_id, []).extend(
+                        Metric(key, value, timestamp, step) for key, value in numbers.items() if value is not None
+                    )
+        for run_id in metrics.keys() | tags.keys():
+            self._send_run(run_id, metrics.get(run_id, []), tags.get(run_id, {}))
+
+    def _send_run(self, run_id: str, metrics: list, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        if self._broken:  # do not stall every later batch on retries
+            self._dropped += len(metrics)
+            return
+        run_tags = [RunTag(k, v) for k, v in tags.items()]
+        for start in range(0, max(len(metrics), 1), _MAX_METRICS):
+            chunk = metrics[start : start + _MAX_METRICS]
+            first = run_tags if start == 0 else []
+            try:
+                _retry(self._client.log_batch, run_id, metrics=chunk, tags=first, synchronous=True)
+            except Exception as exc:
+                self._error = redact(f"{type(exc).__name__}: {exc}")
+                if getattr(exc, "error_code", None) == "INVALID_PARAMETER_VALUE":  # e.g. a bad key: this batch only
+                    self._dropped += len(chunk)
+                    _log.warning("MLflow: a batch was refused: %s", self._error)
+                    continue
+                self._broken = True
+                self._dropped += len(metrics) - start
+                _log.warning("MLflow: logging failed, further metrics are dropped: %s", self._error)
+                return
+
+    def _number(self, value: object, run: str) -> float | None:
+        try:
+            return float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            _log.warning("MLflow: %r of run %s is not a number; not sent", value, run)
+            return None
+
+    def _run_id(self, run: str) -> str | None:
+        run_id = self._run_ids.get(run)
+        if run_id is None and run not in self._unknown:
+            self._unknown.add(run)
+            _log.warning("MLflow: no child run named %s was opened; its records are not sent", run)
+        return run_id
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _retry(call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """Call, retrying SQLite's "database is locked" (another process is writing) with exponential backoff."""
+    for attempt in range(_RETRY_ATTEMPTS):
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:
+            if "database is locked" not in str(exc) or attempt == _RETRY_ATTEMPTS - 1:
+                raise
+            time.sleep(_RETRY_FIRST_WAIT_S * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _quiet_mlflow() -> None:
+    """Before the first mlflow import: no telemetry, no async logging, warnings only, nothing on stdout."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # Against a tracking server, every ended run would print two "View run" lines on stdout.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # Async logging would queue a second time and lose metrics on a crash; we batch on our own thread.
+    os.environ["MLFLOW_ENABLE_ASYNC_LOGGING"] = "false"
+    # MLflow logs each "database is locked" with a traceback; _retry handles it and warns if retries run out.
+    store_log = logging.getLogger("mlflow.store.db.utils")
+    if not any(isinstance(f, _DropLockedErrors) for f in store_log.filters):
+        store_log.addFilter(_DropLockedErrors())
+
+
+class _DropLockedErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "database is locked" not in record.getMessage()
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None  # a server or another database: it creates its schema and serialises writes itself
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise schema creation and experiment creation across processes sharing one SQLite file."""
+    path = _sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _connect(uri: str) -> MlflowClient:
+    _quiet_mlflow()
+    from mlflow import MlflowClient
+
+    with _store_lock(uri), warnings.catch_warnings():  # building the client creates or migrates a new store's schema
+        warnings.simplefilter("ignore", DeprecationWarning)  # SQLAlchemy's, about MLflow's own mappers
+        return _retry(MlflowClient, tracking_uri=uri)
+
+
+def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
+    """Get or create the study's experiment; a concurrent creator winning the race is fine."""
+    from mlflow.exceptions import MlflowException
+
+    with _store_lock(uri):
+        found = _retry(client.get_experiment_by_name, name)
+        if found is None:
+            path = _sqlite_path(uri)
+            # Artifacts next to the database (as `mlflow server` does), not in ./mlruns of whatever directory runs.
+            location = str((path.parent / "mlartifacts").resolve()) if path else None
+            try:
+                return _retry(client.create_experiment, name, artifact_location=location)
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                found = _retry(client.get_experiment_by_name, name)
+                if found is None:
+                    raise
+        if found.lifecycle_stage == "deleted":
+            _log.warning("MLflow: experiment %s was deleted; restoring it", name)
+            _retry(client.restore_experiment, found.experiment_id)
+        return found.experiment_id
+
+
+def _end_stale_runs(client: MlflowClient, experiment_id: str, owner: str) -> None:
+    """Mark KILLED the RUNNING runs of this owner whose process is gone (e.g. SIGKILLed)."""
+    from mlflow.entities import ViewType
+
+    query = f"tags.`{_OWNER_TAG}` = '{owner}' and attributes.status = 'RUNNING'"
+    stale = []
+    token = None
+    while True:
+        page = _retry(client.search_runs, [experiment_id], query, ViewType.ALL, 1000, page_token=token)
+        stale.extend(page)
+        token = page.token
+        if not token:
+            break
+    for run in stale:
+        tags = run.data.tags
+        pid = tags.get("study.pid", "")
+        if tags.get("study.host") == socket.gethostname() and pid.isdigit() and _alive(int(pid)):
+            _log.warning("MLflow: run %s of %s is still being written by pid %s", run.info.run_name, owner, pid)
+            continue
+        _retry(client.set_tag, run.info.run_id, "killed_reason", "stale")
+        _retry(client.set_terminated, run.info.run_id, "KILLED")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is opening the runs anew, so an earlier run of it is over
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in params.items()]
+    for start in range(0, len(items), _MAX_PARAMS_TAGS):
+        chunk = items[start : start + _MAX_PARAMS_TAGS]
+        _retry(client.log_batch, run_id, params=chunk, synchronous=True)
+
+
+def _terminate(client: MlflowClient, run_id: str, status: str, error: str | None) -> None:
+    """End one run; failures are reported, not raised, so every run gets its try."""
+    try:
+        if error is not None:
+            _retry(client.set_tag, run_id, "error", redact(error)[:_MAX_ERROR_CHARS])
+        _retry(client.set_terminated, run_id, status)
+    except Exception as exc:
+        _log.warning("MLflow: could not end run %s as %s: %s", run_id, status, redact(str(exc)))
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
