@@ -357,3 +357,14 @@ def test_sigterm_ends_runs_killed_and_sigkill_leaves_them_for_the_next_open(uri:
     stale = [run for run in study_runs(uri).values() if run.info.status == "KILLED"
              and run.data.tags["condition"] == "sigkilled"]
     assert len(stale) == 5 and all(run.data.tags["killed_reason"] == "stale" for run in stale)
+
+
+def test_queued_experiments_log_to_the_repository_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`dvc exp run --queue` runs stages in <repo>/.dvc/tmp/exps/...: their runs go to <repo>/mlflow.db."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    workspace = tmp_path / ".dvc" / "tmp" / "exps" / "tmp" / "abc123"
+    workspace.mkdir(parents=True)
+    monkeypatch.chdir(workspace)
+    assert default_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    assert default_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"

@@ -142,7 +142,7 @@ def dashboard_cmd(args: argparse.Namespace) -> None:
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"study dashboard: warning: binding to {args.host} exposes every run to the network", file=sys.stderr)
-    uri = tracking.default_uri(repo_root())
+    uri = tracking.default_uri()
     print(f"MLflow dashboard on http://{args.host}:{args.port} (store: {tracking.redact(uri)})", file=sys.stderr)
     os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                                "--host", args.host, "--port", str(args.port)])
@@ -165,17 +165,6 @@ def _read_lrs(path: Path, cfg: StudyConfig) -> dict[str, float]:
     if missing:
         raise ConfigError(f"{path} has no tuned lr for {', '.join(missing)}: rerun the tune stage for these losses")
     return lrs
-
-
-def repo_root() -> Path:
-    """The repository the study lives in. ``dvc exp run --queue`` runs in a temporary copy under
-    ``<repo>/.dvc/tmp/exps/``; runs started there belong to the repository above it."""
-    cwd = Path.cwd().resolve()
-    parts = cwd.parts
-    for i in range(len(parts) - 2):
-        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    return cwd
 
 
 if __name__ == "__main__":

@@ -81,9 +81,20 @@ class RunSpec:
         return run_name(self.loss, self.lr, self.seed)
 
 
-def default_uri(repo_root: Path) -> str:
+def repo_root() -> Path:
+    """The repository the study lives in: the working directory, except that ``dvc exp run --queue`` runs in a
+    temporary copy under ``<repo>/.dvc/tmp/exps/``, whose runs belong to the repository above it."""
+    parts = Path.cwd().resolve().parts
+    for i in range(len(parts) - 2):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return Path(*parts)
+
+
+def default_uri(root: Path | None = None) -> str:
     """``MLFLOW_TRACKING_URI`` when set, else the SQLite store ``mlflow.db`` at the repo root (absolute)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(repo_root / 'mlflow.db').resolve()}"
+    root = repo_root() if root is None else root
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
 
 _USERINFO_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s]*):[^@/?#\s]*@")
@@ -123,12 +134,12 @@ def open_tracker(
 
     On exit the runs end FINISHED; FAILED with tag ``error`` when the block raises; KILLED on
     KeyboardInterrupt or SystemExit (SIGTERM is turned into SystemExit while the block runs). The
-    exception is re-raised. ``uri=None`` means ``default_uri(Path.cwd())``.
+    exception is re-raised. ``uri=None`` means ``default_uri()``.
     """
     if not enabled:
         yield NullTracker()
         return
-    uri = uri or default_uri(Path.cwd())
+    uri = uri or default_uri()
     names = [spec.run for spec in runs]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate runs in {names}")
