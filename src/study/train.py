@@ -305,8 +305,15 @@ class Trainer:
                  for fn, s in self.groups]
         return torch.cat(parts)
 
+    def _flag_nonfinite(self, values: list[tuple[int, float]], step: int) -> None:
+        """Mark the models with a non-finite measurement diverged at ``step`` (an earlier mark stands)."""
+        for m in {m for m, value in values if not math.isfinite(value)}:
+            if self.diverged_at[m] < 0:
+                self.diverged_at[m] = step
+
     def _retire_diverged(self) -> Iterator[Record]:
-        """Sync the divergence flags; a model whose loss went non-finite stops: no measurement after that step."""
+        """Sync the divergence flags; a model whose loss (or a measurement) went non-finite stops: no measurement
+        after that step."""
         for m, at in enumerate(self.diverged_at.tolist()):
             if at >= 0 and m not in self.dead:
                 self.dead.add(m)
@@ -318,7 +325,6 @@ class Trainer:
                 yield self._record(m, "train", "diverged_step", float(at), step=at)
 
     def _log_train(self, logit_grads: Tensor | None, layer_norms: Tensor | None, bar: tqdm) -> Iterator[Record]:
-        yield from self._retire_diverged()
         window = (self.window_loss / self.window_steps).tolist()
         self.window_loss.zero_()
         self.window_steps = 0
@@ -328,6 +334,9 @@ class Trainer:
             for i, column in enumerate(layer_norms.T.tolist(), start=1):
                 values[f"grad_norm_layer{i}"] = column
             values["logit_grad_norm"] = logit_grads.tolist()
+        # Gradients that overflow float32 while the loss is still finite: that step diverged too.
+        self._flag_nonfinite([(m, column[m]) for column in values.values() for m in self._alive()], self.step - 1)
+        yield from self._retire_diverged()
         for m in self._alive():
             for metric, column in values.items():
                 yield self._record(m, "train", metric, column[m])
@@ -338,17 +347,25 @@ class Trainer:
         yield from self._retire_diverged()
         last = self.step == self.total_steps
         alive = self._alive()
-        outputs = {}
+        outputs, measured = {}, []  # records held back until every value is known to be finite
         with torch.no_grad():
             for split in self.settings.splits:
                 data = self.splits[split]
                 logits = self._logits(data.x)
                 outputs[split] = logits
                 for metric, values in self._metrics(logits, data.y).items():
-                    for m in alive:
-                        yield self._record(m, split, metric, values[m])
+                    measured += [self._record(m, split, metric, values[m]) for m in alive]
             if self.memo is not None:
-                yield from self._memorisation(alive)
+                measured += self._memorisation(alive)
+            if self.settings.instrument and last and "val" in outputs and "test" in outputs:
+                measured += self._temperature(outputs["val"], outputs["test"], alive)
+        # Weights that overflowed in the last update, before any loss went non-finite: diverged at this step.
+        index = {(member.loss, member.lr, member.seed): m for m, member in enumerate(self.members)}
+        of = lambda record: index[record.loss, record.lr, record.seed]  # noqa: E731
+        self._flag_nonfinite([(of(record), record.value) for record in measured], self.step)
+        yield from self._retire_diverged()
+        alive = self._alive()
+        yield from (record for record in measured if of(record) in alive)
         if not self.settings.instrument:
             return
         if "test" in outputs:
@@ -357,8 +374,6 @@ class Trainer:
                                       self.probe_index, "probe", alive)
             if last:
                 yield from self._examples(outputs["test"], test.y, torch.arange(len(test.y)), "test", alive)
-        if last and "val" in outputs and "test" in outputs:
-            yield from self._temperature(outputs["val"], outputs["test"], alive)
 
     def _logits(self, x: Tensor) -> Tensor:
         return torch.cat([self.stack.forward(x[i:i + EVAL_CHUNK]) for i in range(0, len(x), EVAL_CHUNK)], dim=1)
