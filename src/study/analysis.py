@@ -1,0 +1,684 @@
+"""The report's statistics: per-seed summaries, 95% t-intervals, paired tests against softmax_nll, steps-to-target,
+calibration bins, gradient saturation, the measured claims and the content of ``results/metrics.json``.
+
+pandas, numpy and scipy only: no plotting, no file I/O, nothing from training.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+LOSS_ORDER = ("mse", "sigmoid_bce", "softmax_nll", "smoothed_ce")
+REFERENCE = "softmax_nll"  # every paired difference is (loss - softmax_nll), seed by seed
+RUN = ["condition", "loss", "lr", "seed"]  # one trained model
+LEVEL = 0.95  # confidence level of every interval
+SATURATION = 1e-3  # a wrong example's logit gradient counts as vanished below this L2 norm
+CONFIDENT = 0.9  # a wrong prediction with max probability >= this is confidently wrong (setup.json carries it too)
+
+# Per-seed quantities of the headline table: (split, metric) read at the model's last evaluation.
+FINAL = {
+    "final_accuracy": ("test", "accuracy"),
+    "test_nll": ("test", "nll"),
+    "ece": ("test", "ece"),
+}
+HIGHER_IS_BETTER = {"final_accuracy": True, "best_accuracy": True, "test_nll": False, "ece": False, "val_auc": True}
+VERDICTS = ("holds", "holds with a nuance", "does not hold here")
+
+
+def verdict_bucket(text: str) -> str:
+    """One of VERDICTS for a verdict as written by any stage ('does not hold' counts as 'does not hold here')."""
+    text = str(text).strip().lower()
+    if text.startswith("does not hold") or text.startswith("doesn't hold"):
+        return VERDICTS[2]
+    if "nuance" in text:
+        return VERDICTS[1]
+    return VERDICTS[0] if text.startswith("holds") else text
+
+
+def ordered(losses: Iterable[str]) -> list[str]:
+    """Losses in the study's fixed order; names outside it follow, sorted."""
+    present = set(losses)
+    return [loss for loss in LOSS_ORDER if loss in present] + sorted(present - set(LOSS_ORDER))
+
+
+def steps_quantity(i: int) -> str:
+    """Name of the per-seed quantity 'steps to the i-th target' (1-based)."""
+    return f"steps_to_target_{i}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Intervals and paired tests
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Mean over seeds with a two-sided t-interval; NaN bounds when fewer than two values."""
+
+    mean: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"mean": self.mean, "ci_low": self.ci_low, "ci_high": self.ci_high, "n": self.n}
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Mean paired difference (loss - reference) over seeds, its t-interval and the paired t-test p-value."""
+
+    mean: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    n: int
+
+    @property
+    def within_noise(self) -> bool | None:
+        """True when the interval covers 0; None when there is no interval (fewer than two pairs)."""
+        if not (math.isfinite(self.ci_low) and math.isfinite(self.ci_high)):
+            return None
+        return self.ci_low <= 0.0 <= self.ci_high
+
+
+def finite(values: Iterable[float]) -> np.ndarray:
+    array = np.asarray(list(values) if not isinstance(values, (np.ndarray, pd.Series)) else values, dtype=float)
+    return array[np.isfinite(array)]
+
+
+def mean_ci(values: Iterable[float], level: float = LEVEL) -> Estimate:
+    """Mean and t-interval of the finite values (non-finite ones are dropped, never averaged)."""
+    x = finite(values)
+    n = len(x)
+    if n == 0:
+        return Estimate(math.nan, math.nan, math.nan, 0)
+    mean = float(x.mean())
+    if n < 2:
+        return Estimate(mean, math.nan, math.nan, 1)
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    return Estimate(mean, mean - half, mean + half, n)
+
+
+def paired_difference(values: pd.Series, reference: pd.Series, level: float = LEVEL) -> Difference:
+    """(values - reference) on the seeds both have, with a t-interval and the paired t-test (two-sided)."""
+    joined = pd.concat({"a": values, "b": reference}, axis=1).astype(float)
+    joined = joined[np.isfinite(joined["a"]) & np.isfinite(joined["b"])]
+    diff = (joined["a"] - joined["b"]).to_numpy()
+    est = mean_ci(diff, level)
+    if est.n < 2:
+        return Difference(est.mean, est.ci_low, est.ci_high, math.nan, est.n)
+    sd = float(diff.std(ddof=1))
+    if sd <= 1e-12 * max(1.0, abs(est.mean)):
+        # The same difference on every seed: the t statistic is infinite (or 0/0 when the differences are all 0).
+        return Difference(est.mean, est.mean, est.mean, 0.0 if est.mean != 0 else 1.0, est.n)
+    t = est.mean / (sd / math.sqrt(est.n))  # the paired t-test (scipy.stats.ttest_rel) on the differences
+    p_value = float(2 * stats.t.sf(abs(t), est.n - 1))
+    return Difference(est.mean, est.ci_low, est.ci_high, p_value, est.n)
+
+
+def censored_median(steps: Iterable[float]) -> float:
+    """Median of steps-to-target where NaN means 'never reached' (right-censored, counted as +inf).
+
+    NaN when at least half the seeds never reached the target (the median is then beyond the run).
+    """
+    x = np.asarray(list(steps), dtype=float)
+    if len(x) == 0:
+        return math.nan
+    median = float(np.median(np.where(np.isnan(x), np.inf, x)))
+    return median if math.isfinite(median) else math.nan
+
+
+def band(frame: pd.DataFrame, x: str, by: Sequence[str], level: float = LEVEL) -> pd.DataFrame:
+    """Mean of ``value`` over seeds at each ``x`` with a t-interval: columns ``*by, x, mean, ci_low, ci_high, n``."""
+    data = frame[np.isfinite(frame["value"])]
+    grouped = data.groupby([*by, x], sort=True)["value"].agg(["mean", "std", "count"]).reset_index()
+    n = grouped["count"].to_numpy(dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.where(n > 1, stats.t.ppf(0.5 + level / 2, np.maximum(n - 1, 1)), np.nan)
+        half = t * grouped["std"].to_numpy(dtype=float) / np.sqrt(n)
+    grouped["ci_low"] = grouped["mean"] - half
+    grouped["ci_high"] = grouped["mean"] + half
+    return grouped.rename(columns={"count": "n"}).drop(columns="std")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tables in, per-run values out
+
+
+def drop_nonfinite(frame: pd.DataFrame, column: str = "value") -> tuple[pd.DataFrame, int]:
+    """Rows whose ``column`` is finite, and how many were dropped."""
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
+    keep = np.isfinite(values)
+    return frame[keep].reset_index(drop=True), int((~keep).sum())
+
+
+def select(frame: pd.DataFrame, split: str, metric: str) -> pd.DataFrame:
+    return frame[(frame["split"] == split) & (frame["metric"] == metric)]
+
+
+def runs(history: pd.DataFrame) -> pd.DataFrame:
+    """One row per model: ``condition, loss, lr, seed, last_step, diverged_step`` (NaN when it did not diverge)."""
+    last = history.groupby(RUN)["step"].max().rename("last_step")
+    diverged = select(history, "train", "diverged_step").groupby(RUN)["value"].min().rename("diverged_step")
+    out = pd.concat([last, diverged], axis=1).reset_index()
+    out["diverged"] = out["diverged_step"].notna()
+    return out
+
+
+def _healthy(frame: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
+    """Rows of models that did not diverge (a diverged model has no final value to average)."""
+    bad = models.loc[models["diverged"], RUN]
+    if bad.empty:
+        return frame
+    merged = frame.merge(bad.assign(_bad=True), on=RUN, how="left")
+    return frame[merged["_bad"].isna().to_numpy()]
+
+
+def last_values(history: pd.DataFrame, split: str, metric: str) -> pd.DataFrame:
+    """Value at each model's last evaluation of ``split/metric``: columns ``condition, loss, lr, seed, step, value``."""
+    rows = select(history, split, metric)
+    if rows.empty:
+        return pd.DataFrame(columns=[*RUN, "step", "value"])
+    rows = rows.reset_index(drop=True)
+    return rows.loc[rows.groupby(RUN)["step"].idxmax(), [*RUN, "step", "value"]].reset_index(drop=True)
+
+
+def best_values(history: pd.DataFrame, split: str, metric: str) -> pd.DataFrame:
+    rows = select(history, split, metric)
+    if rows.empty:
+        return pd.DataFrame(columns=[*RUN, "value"])
+    return rows.groupby(RUN)["value"].max().reset_index()
+
+
+def steps_to_target(history: pd.DataFrame, target: float) -> pd.DataFrame:
+    """First optimizer step at which validation accuracy reached ``target``, per model.
+
+    Columns ``condition, loss, lr, seed, target, step, reached, censored_at``: ``step`` is NaN when the model never
+    reached the target within its evaluations (right-censored at ``censored_at``, its last evaluation or divergence).
+    """
+    val = select(history, "val", "accuracy")
+    last = val.groupby(RUN)["step"].max().rename("censored_at")
+    hit = val[val["value"] >= target].groupby(RUN)["step"].min().rename("step")
+    out = pd.concat([last, hit], axis=1).reset_index()
+    out["target"] = float(target)
+    out["reached"] = out["step"].notna()
+    return out[[*RUN, "target", "step", "reached", "censored_at"]]
+
+
+def val_auc(history: pd.DataFrame) -> pd.DataFrame:
+    """Area under the validation-accuracy curve over steps, divided by the span: the mean validation accuracy
+    over training, the threshold-free companion of steps-to-target."""
+    val = select(history, "val", "accuracy").sort_values([*RUN, "step"])
+    rows = []
+    for key, group in val.groupby(RUN, sort=False):
+        x, y = group["step"].to_numpy(dtype=float), group["value"].to_numpy(dtype=float)
+        span = x[-1] - x[0]
+        rows.append((*key, float(np.trapezoid(y, x) / span) if span > 0 else float(y[-1])))
+    return pd.DataFrame(rows, columns=[*RUN, "value"])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Headline table
+
+
+@dataclass(frozen=True)
+class Headline:
+    """Everything the headline table and metrics.json show, long and per seed.
+
+    per_seed: ``condition, loss, lr, seed, quantity, value`` (steps are NaN when never reached; diverged models have
+    no final/best/NLL/ECE/AUC rows). summary: per condition, loss and quantity the mean, t-interval and n, and for
+    steps the censored median, n_reached and n_runs. differences: per condition, loss (not the reference) and
+    quantity the paired difference to softmax_nll. steps: per model and target the raw steps-to-target table.
+    """
+
+    per_seed: pd.DataFrame
+    summary: pd.DataFrame
+    differences: pd.DataFrame
+    steps: pd.DataFrame
+    models: pd.DataFrame
+    targets: Mapping[str, tuple[float, ...]]
+
+
+def headline(history: pd.DataFrame, targets: Mapping[str, Sequence[float]], reference: str = REFERENCE) -> Headline:
+    """Per-seed quantities of every condition in ``history``; ``targets`` maps condition -> validation accuracies."""
+    models = runs(history)
+    parts = []
+    for quantity, (split, metric) in FINAL.items():
+        parts.append(_healthy(last_values(history, split, metric), models).assign(quantity=quantity))
+    parts.append(_healthy(best_values(history, "test", "accuracy"), models).assign(quantity="best_accuracy"))
+    parts.append(_healthy(val_auc(history), models).assign(quantity="val_auc"))
+    steps = []
+    for condition, group in history.groupby("condition", sort=False):
+        for i, target in enumerate(targets.get(condition, ()), start=1):
+            table = steps_to_target(group, target).assign(quantity=steps_quantity(i))
+            steps.append(table)
+            parts.append(table[[*RUN, "quantity", "step"]].rename(columns={"step": "value"}))
+    per_seed = pd.concat([p[[*RUN, "quantity", "value"]] for p in parts], ignore_index=True)
+    per_seed["value"] = per_seed["value"].astype(float)
+    steps_table = pd.concat(steps, ignore_index=True) if steps else pd.DataFrame(
+        columns=[*RUN, "target", "step", "reached", "censored_at", "quantity"])
+    return Headline(
+        per_seed=per_seed,
+        summary=summarise(per_seed),
+        differences=differences(per_seed, reference),
+        steps=steps_table,
+        models=models,
+        targets={c: tuple(float(t) for t in ts) for c, ts in targets.items()},
+    )
+
+
+def summarise(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Mean and t-interval per condition, loss and quantity; censored median and counts for steps quantities."""
+    rows = []
+    for (condition, loss, quantity), group in per_seed.groupby(["condition", "loss", "quantity"], sort=False):
+        values = group["value"].to_numpy(dtype=float)
+        if quantity.startswith("steps_to_target"):
+            reached = np.isfinite(values)
+            rows.append({"condition": condition, "loss": loss, "quantity": quantity,
+                         "mean": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": len(values),
+                         "median": censored_median(values), "n_reached": int(reached.sum())})
+        else:
+            est = mean_ci(values)
+            rows.append({"condition": condition, "loss": loss, "quantity": quantity, **est.as_dict(),
+                         "median": math.nan, "n_reached": math.nan})
+    return pd.DataFrame(rows, columns=["condition", "loss", "quantity", "mean", "ci_low", "ci_high", "n", "median",
+                                       "n_reached"])
+
+
+def differences(per_seed: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
+    """Paired difference (loss - reference) by seed for every condition, loss and quantity.
+
+    Steps-to-target pairs only the seeds where both models reached the target (the others are counted in the
+    summary's n_reached).
+    """
+    rows = []
+    for (condition, quantity), group in per_seed.groupby(["condition", "quantity"], sort=False):
+        by_loss = {loss: g.set_index("seed")["value"] for loss, g in group.groupby("loss")}
+        if reference not in by_loss:
+            continue
+        for loss in ordered(by_loss):
+            if loss == reference:
+                continue
+            d = paired_difference(by_loss[loss], by_loss[reference])
+            rows.append({"condition": condition, "loss": loss, "quantity": quantity, "diff": d.mean,
+                         "ci_low": d.ci_low, "ci_high": d.ci_high, "p_value": d.p_value, "n": d.n,
+                         "within_noise": d.within_noise})
+    return pd.DataFrame(rows, columns=["condition", "loss", "quantity", "diff", "ci_low", "ci_high", "p_value", "n",
+                                       "within_noise"])
+
+
+def lookup(frame: pd.DataFrame, **keys) -> dict | None:
+    """The single row of ``frame`` matching ``keys`` as a dict, or None."""
+    mask = np.ones(len(frame), dtype=bool)
+    for column, value in keys.items():
+        mask &= (frame[column] == value).to_numpy()
+    rows = frame[mask]
+    return None if rows.empty else rows.iloc[0].to_dict()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Per-seed values at the last evaluation, for any list of measurements
+
+
+def final_table(history: pd.DataFrame, specs: Mapping[str, tuple[str, str]]) -> pd.DataFrame:
+    """Summary (mean, t-interval, n) of ``{quantity: (split, metric)}`` at each healthy model's last evaluation."""
+    models = runs(history)
+    parts = [_healthy(last_values(history, s, m), models).assign(quantity=q) for q, (s, m) in specs.items()]
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return summarise(pd.DataFrame(columns=[*RUN, "quantity", "value"]))
+    per_seed = pd.concat([p[[*RUN, "quantity", "value"]] for p in parts], ignore_index=True)
+    return summarise(per_seed)
+
+
+def label_noise(history: pd.DataFrame) -> pd.DataFrame:
+    """Per-seed label-noise measurements: best and final test accuracy, their drop, memorised and recovered shares
+    of the flipped training examples (final and peak), clean-train accuracy. Long: ``RUN, quantity, value``."""
+    models = runs(history)
+    parts = [
+        _healthy(best_values(history, "test", "accuracy"), models).assign(quantity="best_accuracy"),
+        _healthy(last_values(history, "test", "accuracy"), models).assign(quantity="final_accuracy"),
+        _healthy(last_values(history, "train_flipped", "memorised"), models).assign(quantity="memorised"),
+        _healthy(best_values(history, "train_flipped", "memorised"), models).assign(quantity="memorised_peak"),
+        _healthy(last_values(history, "train_flipped", "recovered"), models).assign(quantity="recovered"),
+        _healthy(last_values(history, "train_clean", "accuracy"), models).assign(quantity="clean_train_accuracy"),
+    ]
+    per_seed = pd.concat([p[[*RUN, "quantity", "value"]] for p in parts if not p.empty], ignore_index=True)
+    if per_seed.empty:
+        return per_seed
+    wide = per_seed.pivot_table(index=RUN, columns="quantity", values="value").reset_index()
+    if {"best_accuracy", "final_accuracy"} <= set(wide.columns):
+        drop = wide[RUN].assign(quantity="accuracy_drop", value=wide["best_accuracy"] - wide["final_accuracy"])
+        per_seed = pd.concat([per_seed, drop], ignore_index=True)
+    return per_seed
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Per-example tables (examples.parquet)
+
+
+def last_evaluation(examples: pd.DataFrame, split: str) -> pd.DataFrame:
+    """Rows of ``split`` at each model's last evaluation."""
+    rows = examples[examples["split"] == split]
+    if rows.empty:
+        return rows
+    last = rows.groupby(RUN)["step"].transform("max")
+    return rows[rows["step"] == last]
+
+
+def saturation(examples: pd.DataFrame, threshold: float = SATURATION) -> pd.DataFrame:
+    """Per model, among WRONG probe examples at its last evaluation, the share whose per-example logit-gradient
+    norm is below ``threshold``. Columns ``RUN, n_wrong, n_saturated, value`` (value NaN when nothing is wrong)."""
+    probe = last_evaluation(examples, "probe")
+    probe = probe[np.isfinite(probe["logit_grad_norm"].to_numpy(dtype=float))]
+    wrong = probe.assign(wrong=probe["predicted"] != probe["label"],
+                         saturated=(probe["predicted"] != probe["label"]) & (probe["logit_grad_norm"] < threshold))
+    out = wrong.groupby(RUN)[["wrong", "saturated"]].sum().reset_index()
+    out = out.rename(columns={"wrong": "n_wrong", "saturated": "n_saturated"})
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["value"] = np.where(out["n_wrong"] > 0, out["n_saturated"] / out["n_wrong"].clip(lower=1), np.nan)
+    return out
+
+
+def calibration_bins(examples: pd.DataFrame, bins: int = 15) -> pd.DataFrame:
+    """Reliability-diagram bins of the last ``test`` evaluation, pooled over seeds: equal-width bins over the max
+    probability with (lower, upper] membership (Guo et al. 2017). Columns ``condition, loss, bin, lower, upper,
+    count, accuracy, confidence``; empty bins are left out."""
+    test = last_evaluation(examples, "test")
+    conf = test["confidence"].to_numpy(dtype=float)
+    keep = np.isfinite(conf)
+    test, conf = test[keep], conf[keep]
+    index = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)
+    frame = pd.DataFrame({
+        "condition": test["condition"].to_numpy(), "loss": test["loss"].to_numpy(), "bin": index,
+        "correct": (test["predicted"].to_numpy() == test["label"].to_numpy()).astype(float), "confidence": conf,
+    })
+    out = frame.groupby(["condition", "loss", "bin"]).agg(
+        count=("correct", "size"), accuracy=("correct", "mean"), confidence=("confidence", "mean")).reset_index()
+    out["lower"] = out["bin"] / bins
+    out["upper"] = (out["bin"] + 1) / bins
+    return out
+
+
+def ece_from_bins(bins: pd.DataFrame) -> float:
+    """Expected calibration error of pooled bins: sum_b n_b/n |acc_b - conf_b|."""
+    total = bins["count"].sum()
+    if total == 0:
+        return math.nan
+    return float((bins["count"] / total * (bins["accuracy"] - bins["confidence"]).abs()).sum())
+
+
+def wrong_examples(examples: pd.DataFrame) -> pd.DataFrame:
+    """Misclassified examples of each model's last ``test`` evaluation."""
+    test = last_evaluation(examples, "test")
+    return test[test["predicted"] != test["label"]]
+
+
+def classes_from_penalty(penalty: pd.DataFrame | None) -> int | None:
+    """The number of classes K of the probe sweep: at margin 0 every logit is equal and p_true = 1/K."""
+    if penalty is None or penalty.empty:
+        return None
+    row = penalty.loc[penalty["margin"].abs().idxmin()]
+    return round(1 / float(row["p_true"])) if abs(float(row["margin"])) < 1e-9 and row["p_true"] > 0 else None
+
+
+def binned_median(frame: pd.DataFrame, x: str, y: str, edges: np.ndarray) -> pd.DataFrame:
+    """Median of ``y`` in bins of ``x`` (columns ``x, y, n``; x is the bin's geometric centre)."""
+    data = frame[np.isfinite(frame[x].to_numpy(dtype=float)) & np.isfinite(frame[y].to_numpy(dtype=float))]
+    index = np.digitize(data[x].to_numpy(dtype=float), edges) - 1
+    inside = (index >= 0) & (index < len(edges) - 1)
+    grouped = pd.DataFrame({"bin": index[inside], y: data[y].to_numpy(dtype=float)[inside]}).groupby("bin")[y]
+    out = grouped.agg(["median", "size"]).reset_index()
+    centres = np.sqrt(edges[:-1] * edges[1:]) if edges[0] > 0 else (edges[:-1] + edges[1:]) / 2
+    return pd.DataFrame({x: centres[out["bin"].to_numpy()], y: out["median"].to_numpy(), "n": out["size"].to_numpy()})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Learning-rate views from the tuning stage
+
+
+def tuning_scores(tune: pd.DataFrame) -> pd.DataFrame:
+    """Final validation accuracy of every tuning run (diverged runs get ``diverged=True`` and value NaN)."""
+    models = runs(tune)
+    last = last_values(tune, "val", "accuracy").merge(models[[*RUN, "diverged"]], on=RUN, how="right")
+    last.loc[last["diverged"], "value"] = math.nan
+    return last
+
+
+def lr_views(tune: pd.DataFrame, lrs: Mapping[str, float], targets: Sequence[float], reference: str = REFERENCE
+             ) -> pd.DataFrame:
+    """Each loss at its own tuned lr and at the reference loss's tuned lr, from the tuning runs of one condition.
+
+    Columns ``loss, view ('own lr' | 'shared lr'), lr, final_val_accuracy, steps_to_target (median), n_reached, n``.
+    Empty when the reference lr is unknown or a needed lr is not in the grid.
+    """
+    if reference not in lrs:
+        return pd.DataFrame()
+    scores = tuning_scores(tune)
+    rows = []
+    for loss in ordered(lrs):
+        for view, lr in (("own lr", lrs[loss]), ("shared lr", lrs[reference])):
+            mask = (scores["loss"] == loss) & np.isclose(scores["lr"].astype(float), lr, rtol=1e-9, atol=0)
+            if not mask.any():
+                continue
+            chosen = tune[(tune["loss"] == loss) & np.isclose(tune["lr"].astype(float), lr, rtol=1e-9, atol=0)]
+            row = {"loss": loss, "view": view, "lr": float(lr),
+                   "final_val_accuracy": mean_ci(scores.loc[mask, "value"]).mean,
+                   "n_diverged": int(scores.loc[mask, "diverged"].sum()), "n": int(mask.sum())}
+            if targets:
+                steps = steps_to_target(chosen, targets[0])
+                row["steps_to_target"] = censored_median(steps["step"])
+                row["n_reached"] = int(steps["reached"].sum())
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Measured claims of the source text
+
+
+CLAIM_COLUMNS = ["claim_id", "claim", "measured", "value", "reference", "verdict", "note", "figure"]
+SUPPORTS, CONTRADICTS, NO_DIFFERENCE = "supports", "contradicts", "no difference"
+
+
+def verdict(outcomes: Sequence[str]) -> str:
+    """'holds' when every check supports the claim, 'does not hold here' when none does, else 'holds with a
+    nuance'."""
+    if not outcomes:
+        return "not measured"
+    if all(o == SUPPORTS for o in outcomes):
+        return "holds"
+    if not any(o == SUPPORTS for o in outcomes):
+        return "does not hold here"
+    return "holds with a nuance"
+
+
+def _claim(claim_id: str, claim: str, checks: Sequence[tuple[str, str]], reference: str, note: str,
+           figure: str) -> dict:
+    """A claims-table row from its checks, each (outcome, text)."""
+    outcomes = [o for o, _ in checks]
+    return {
+        "claim_id": claim_id,
+        "claim": claim,
+        "measured": " • ".join(f"{text} → {outcome}" for outcome, text in checks) or "not measured",
+        "value": f"{sum(o == SUPPORTS for o in outcomes)}/{len(outcomes)}",
+        "reference": reference,
+        "verdict": verdict(outcomes),
+        "note": note,
+        "figure": figure,
+    }
+
+
+def _from_difference(d: Difference, positive_supports: bool) -> str:
+    if d.within_noise is not False:
+        return NO_DIFFERENCE
+    return SUPPORTS if (d.mean > 0) == positive_supports else CONTRADICTS
+
+
+def _fmt_steps(value: float) -> str:
+    return "not reached" if not math.isfinite(value) else f"{value:.0f} steps"
+
+
+def claim_faster(head: Headline, reference: str = REFERENCE, others: Sequence[str] = ("mse", "sigmoid_bce")) -> dict:
+    """'Cross-entropy gives faster training': per condition and compared loss, steps to the first target."""
+    q = steps_quantity(1)
+    checks = []
+    for condition, targets in head.targets.items():
+        ref = lookup(head.summary, condition=condition, loss=reference, quantity=q)
+        for other in others:
+            oth = lookup(head.summary, condition=condition, loss=other, quantity=q)
+            if ref is None or oth is None:
+                continue
+            text = (f"{condition} (val acc ≥ {targets[0]:g}), median: {other} {_fmt_steps(oth['median'])} "
+                    f"({int(oth['n_reached'])}/{int(oth['n'])} seeds reached it) vs {_fmt_steps(ref['median'])} "
+                    f"({int(ref['n_reached'])}/{int(ref['n'])})")
+            if ref["n_reached"] != oth["n_reached"]:
+                checks.append((SUPPORTS if ref["n_reached"] > oth["n_reached"] else CONTRADICTS,
+                               text + ", reached by different numbers of seeds"))
+                continue
+            row = lookup(head.differences, condition=condition, loss=other, quantity=q)
+            d = Difference(math.nan, math.nan, math.nan, math.nan, 0) if row is None else Difference(
+                row["diff"], row["ci_low"], row["ci_high"], row["p_value"], int(row["n"]))
+            if math.isfinite(d.mean):
+                text += f", paired Δ {d.mean:+.0f} steps"
+                if d.within_noise is not None:
+                    text += f" [{d.ci_low:+.0f}, {d.ci_high:+.0f}]"
+            checks.append((_from_difference(d, positive_supports=True), text))
+    return _claim(
+        "faster_training", "Cross-entropy results in faster training.", checks,
+        f"checks (condition × compared loss) where {reference} reached the first validation-accuracy target in "
+        "fewer steps (paired by seed, 95% CI excluding 0) or in more seeds",
+        "Each loss at its own tuned learning rate; 'no difference' when the paired CI covers 0.",
+        "steps_to_target")
+
+
+def claim_reliable(head: Headline, reference: str = REFERENCE, others: Sequence[str] = ("mse", "sigmoid_bce"),
+                   alpha: float = 0.05) -> dict:
+    """'More reliable training': fewer divergences, or a smaller seed spread of final test accuracy (one-sided
+    variance-ratio F-test at ``alpha``)."""
+    checks = []
+    for condition in head.targets:
+        acc = head.per_seed[(head.per_seed["condition"] == condition)
+                            & (head.per_seed["quantity"] == "final_accuracy")]
+        values = {loss: finite(g["value"]) for loss, g in acc.groupby("loss")}
+        div = head.models[head.models["condition"] == condition].groupby("loss")["diverged"].sum()
+        if reference not in values:
+            continue
+        for other in others:
+            if other not in values:
+                continue
+            d_ref, d_oth = int(div.get(reference, 0)), int(div.get(other, 0))
+            sd = {k: float(np.std(values[k], ddof=1)) if len(values[k]) > 1 else math.nan for k in (reference, other)}
+            text = (f"{condition}: {other} sd {sd[other]:.4f}, {d_oth} diverged vs sd {sd[reference]:.4f}, "
+                    f"{d_ref} diverged")
+            if d_ref != d_oth:
+                checks.append((SUPPORTS if d_ref < d_oth else CONTRADICTS, text))
+                continue
+            if not (math.isfinite(sd[reference]) and math.isfinite(sd[other])) or sd[reference] == sd[other]:
+                checks.append((NO_DIFFERENCE, text))
+                continue
+            small, large = (reference, other) if sd[reference] < sd[other] else (other, reference)
+            ratio = (sd[large] / sd[small]) ** 2 if sd[small] > 0 else math.inf
+            p = float(stats.f.sf(ratio, len(values[large]) - 1, len(values[small]) - 1)) if math.isfinite(
+                ratio) else 0.0
+            text += f", variance ratio {ratio:.3g} (p={p:.2g})"
+            outcome = NO_DIFFERENCE if p >= alpha else SUPPORTS if small == reference else CONTRADICTS
+            checks.append((outcome, text))
+    return _claim(
+        "reliable_training", "Cross-entropy results in more reliable training.", checks,
+        f"checks (condition × compared loss) where {reference} diverged less often, or had a significantly smaller "
+        f"seed spread of final test accuracy (one-sided F-test, p < {alpha:g})",
+        "Seed spread = standard deviation over seeds of final test accuracy; with few seeds only large differences "
+        "in spread are detectable.",
+        "headline")
+
+
+def claim_gradient(sat: pd.DataFrame, penalty: pd.DataFrame | None, reference: str = REFERENCE,
+                   others: Sequence[str] = ("mse", "sigmoid_bce"), threshold: float = SATURATION) -> dict:
+    """'The gradient stays meaningful where sigmoid/MSE saturate', checked in closed form (logit-gradient norm at
+    the most confidently wrong point of the probe sweep) and measured (paired by seed: share of wrong probe
+    examples whose gradient vanished, per condition)."""
+    checks = []
+    if penalty is not None and not penalty.empty:
+        worst = penalty.loc[penalty.groupby("loss")["p_true"].idxmin()].set_index("loss")
+        if reference in worst.index:
+            g_ref = float(worst.loc[reference, "logit_grad_norm"])
+            for other in others:
+                if other in worst.index:
+                    g_oth = float(worst.loc[other, "logit_grad_norm"])
+                    checks.append((SUPPORTS if g_ref > g_oth else CONTRADICTS,
+                                   f"closed form at p_true = {float(worst.loc[reference, 'p_true']):.2g}: {other} "
+                                   f"‖∂L/∂z‖ {g_oth:.3g} vs {g_ref:.3g}"))
+    for condition, group in sat.groupby("condition", sort=False):
+        by_loss = {loss: g.set_index("seed")["value"] for loss, g in group.groupby("loss")}
+        if reference not in by_loss:
+            continue
+        for other in others:
+            if other not in by_loss:
+                continue
+            d = paired_difference(by_loss[other], by_loss[reference])
+            text = (f"{condition}: saturated share {other} {mean_ci(by_loss[other]).mean:.1%} vs "
+                    f"{mean_ci(by_loss[reference]).mean:.1%}")
+            if math.isfinite(d.mean) and d.within_noise is not None:
+                text += f", paired Δ {d.mean:+.1%} [{d.ci_low:+.1%}, {d.ci_high:+.1%}]"
+            checks.append((_from_difference(d, positive_supports=True), text))
+    return _claim(
+        "gradient_meaningful", "The cross-entropy gradient stays meaningful where sigmoid/MSE saturate.", checks,
+        f"checks where {reference}'s logit gradient is larger in closed form, or its share of wrong probe examples "
+        f"with ‖∂L/∂z‖ < {threshold:g} at the last evaluation is significantly smaller (paired by seed)",
+        "Per-class sigmoid BCE does not saturate on a confidently wrong example: its gradient on the true class is "
+        "sigmoid(z_true) − 1. Trained networks may put few wrong examples where MSE's gradient vanishes.",
+        "logit_grad")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# metrics.json
+
+
+def _plain(value: float | int | None) -> float | int | None:
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def metrics(head: Headline, lrs: Mapping[str, Mapping[str, float]]) -> dict:
+    """{condition: {loss: {test_accuracy, test_nll, ece: {mean, ci_low, ci_high, n}, steps_to_target: {target,
+    median, n_reached, n}, n_seeds, n_diverged, lr}}}; NaN becomes None (JSON null)."""
+    out: dict = {}
+    names = {"test_accuracy": "final_accuracy", "best_test_accuracy": "best_accuracy", "test_nll": "test_nll",
+             "ece": "ece"}
+    for condition in head.targets:
+        models = head.models[head.models["condition"] == condition]
+        out[condition] = {}
+        for loss in ordered(models["loss"]):
+            entry: dict = {}
+            for key, quantity in names.items():
+                row = lookup(head.summary, condition=condition, loss=loss, quantity=quantity) or {}
+                entry[key] = {k: _plain(row.get(k, math.nan)) for k in ("mean", "ci_low", "ci_high")}
+                entry[key]["n"] = int(row.get("n", 0))
+            row = lookup(head.summary, condition=condition, loss=loss, quantity=steps_quantity(1)) or {}
+            targets = head.targets.get(condition, ())
+            entry["steps_to_target"] = {
+                "target": _plain(targets[0]) if targets else None,
+                "median": _plain(row.get("median", math.nan)),
+                "n_reached": int(row.get("n_reached", 0)),
+                "n": int(row.get("n", 0)),
+            }
+            mine = models[models["loss"] == loss]
+            entry["n_seeds"] = int(mine["seed"].nunique())
+            entry["n_diverged"] = int(mine["diverged"].sum())
+            lr = lrs.get(condition, {}).get(loss)
+            entry["lr"] = _plain(lr if lr is not None else float(mine["lr"].iloc[0]))
+            out[condition][loss] = entry
+    return out

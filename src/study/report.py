@@ -1,0 +1,525 @@
+"""The report's figures: one function per figure, long DataFrames in, a matplotlib Figure out.
+
+The only module that imports seaborn or matplotlib. It reads no files and imports nothing from training; the
+statistics come from ``study.analysis``. Every figure colours a loss with ``COLOURS`` and names it with ``LABELS``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window; set before pyplot is imported
+
+import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from study import analysis
+
+# seaborn's "colorblind" palette, one fixed entry per loss, the same in every figure.
+COLOURS = {"mse": "#de8f05", "sigmoid_bce": "#029e73", "softmax_nll": "#0173b2", "smoothed_ce": "#cc78bc"}
+_SPARE = ("#d55e00", "#ca9161", "#56b4e9", "#949494", "#fbafe4", "#ece133")  # losses added later, in order
+LABELS = {
+    "mse": "MSE on softmax (Brier)",
+    "sigmoid_bce": "sigmoid + BCE (per class)",
+    "softmax_nll": "softmax + NLL (cross-entropy)",
+    "smoothed_ce": "label-smoothed cross-entropy",
+}
+FLOOR = 1e-8  # log axes: values at or below 0 are drawn at this floor (and said so in the axis label)
+MAX_POINTS = 4000  # scatter points drawn per panel (a fixed random subset; statistics use every point)
+DPI = 100
+
+
+def colour(loss: str) -> str:
+    """The loss's fixed colour; a loss outside ``COLOURS`` gets a spare one chosen from its name (stable)."""
+    return COLOURS.get(loss) or _SPARE[sum(map(ord, loss)) % len(_SPARE)]
+
+
+def label(loss: str) -> str:
+    return LABELS.get(loss, loss)
+
+
+@contextmanager
+def _style() -> Iterator[None]:
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
+        yield
+
+
+def _figure(nrows: int, ncols: int, width: float, height: float, **kwargs) -> tuple[Figure, np.ndarray]:
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), layout="constrained", squeeze=False, **kwargs)
+    return fig, axes
+
+
+def _loss_legend(fig: Figure, losses: Sequence[str], extra: Sequence[Line2D] = ()) -> None:
+    """One legend below the panels: rows with one entry per loss (its fixed colour and label), then rows
+    explaining markers and line styles; as many entries per row as the figure's width allows."""
+    handles = [Line2D([], [], color=colour(loss), lw=2.5, marker="o", label=label(loss)) for loss in losses]
+    per_row = max(2, min(max(len(handles), len(extra)), int(fig.get_figwidth() // 2.9)))
+    rows = [handles[i:i + per_row] for i in range(0, len(handles), per_row)]
+    rows += [list(extra[i:i + per_row]) for i in range(0, len(extra), per_row)]
+    blank = Line2D([], [], alpha=0, label=" ")
+    padded = [r + [blank] * (per_row - len(r)) for r in rows]
+    ordered = [row[i] for i in range(per_row) for row in padded]  # matplotlib fills legends column by column
+    fig.legend(handles=ordered, labels=[h.get_label() for h in ordered], loc="outside lower center", ncol=per_row,
+               frameon=False)
+
+
+def _single(frame: pd.DataFrame, column: str = "condition") -> str:
+    values = frame[column].dropna().unique()
+    if len(values) != 1:
+        raise ValueError(f"expected one {column} in the frame, got {list(values)}")
+    return str(values[0])
+
+
+def _steps_per_epoch(frame: pd.DataFrame) -> float:
+    rows = frame[(frame["epoch"] > 0) & (frame["step"] > 0)]
+    return float((rows["step"] / rows["epoch"]).median()) if not rows.empty else math.nan
+
+
+def _epoch_axis(ax, steps_per_epoch: float) -> None:
+    if math.isfinite(steps_per_epoch) and steps_per_epoch > 0:
+        top = ax.secondary_xaxis("top", functions=(lambda s: s / steps_per_epoch, lambda e: e * steps_per_epoch))
+        top.set_xlabel("epoch")
+
+
+def _band_lines(ax, frame: pd.DataFrame, x: str, *, log: bool = False, linestyle: str = "-") -> list[str]:
+    """Mean over seeds per loss with its 95% t-band; ``frame`` is long (``loss, seed, x, value``)."""
+    drawn = []
+    stats = analysis.band(frame, x, ["loss"])
+    for loss in analysis.ordered(stats["loss"]):
+        s = stats[stats["loss"] == loss]
+        mean, low, high = s["mean"].to_numpy(), s["ci_low"].to_numpy(), s["ci_high"].to_numpy()
+        if log:
+            mean, low, high = (np.clip(v, FLOOR, None) for v in (mean, low, high))
+        ax.plot(s[x], mean, color=colour(loss), lw=1.6, ls=linestyle, label=label(loss))
+        ok = np.isfinite(low) & np.isfinite(high)
+        if ok.any():
+            ax.fill_between(s[x].to_numpy()[ok], low[ok], high[ok], color=colour(loss), alpha=0.2, lw=0)
+        drawn.append(loss)
+    if log:
+        ax.set_yscale("log")
+    return drawn
+
+
+class _PlainLogFormatter(mticker.LogFormatter):
+    """LogFormatter's choice of labelled ticks, written as plain numbers (0.3, 2, 0.001)."""
+
+    def _num_to_string(self, x, vmin, vmax):
+        return f"{x:g}"
+
+
+def _plain_log_ticks(ax) -> None:
+    """Log-scale y tick labels as plain numbers instead of 3×10⁻¹; minor ticks labelled on short ranges."""
+    ax.yaxis.set_major_formatter(_PlainLogFormatter())
+    ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(1.5, 0.5)))
+
+
+def _empty(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _finite(frame: pd.DataFrame, column: str = "value") -> pd.DataFrame:
+    return frame[np.isfinite(frame[column].to_numpy(dtype=float))]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Headline and setup
+
+
+def plot_headline(history: pd.DataFrame) -> Figure:
+    """Final test accuracy, test NLL and ECE per condition and loss: mean over seeds with 95% t-intervals."""
+    specs = {"final_accuracy": ("test", "accuracy"), "test_nll": ("test", "nll"), "ece": ("test", "ece")}
+    names = {"final_accuracy": "test accuracy (fraction)", "test_nll": "test NLL (nats)",
+             "ece": "ECE (expected calibration error)"}
+    table = analysis.final_table(history, specs)
+    conditions = list(dict.fromkeys(history["condition"]))
+    losses = analysis.ordered(history["loss"])
+    with _style():
+        fig, axes = _figure(1, 3, 4.0 * 3, 3.6 + 0.25 * max(len(conditions) - 2, 0))
+        width = 0.8 / max(len(losses), 1)
+        for ax, quantity in zip(axes[0], specs, strict=True):
+            for j, loss in enumerate(losses):
+                rows = table[(table["quantity"] == quantity) & (table["loss"] == loss)].set_index("condition")
+                ys = [rows["mean"].get(c, np.nan) for c in conditions]
+                lo = [rows["mean"].get(c, np.nan) - rows["ci_low"].get(c, np.nan) for c in conditions]
+                hi = [rows["ci_high"].get(c, np.nan) - rows["mean"].get(c, np.nan) for c in conditions]
+                xs = np.arange(len(conditions)) - 0.4 + width * (j + 0.5)
+                err = np.nan_to_num(np.array([lo, hi], dtype=float), nan=0.0)
+                ax.errorbar(xs, ys, yerr=err, fmt="o", color=colour(loss), capsize=3, ms=5)
+            ax.set_xticks(np.arange(len(conditions)), conditions, rotation=20, ha="right")
+            if quantity != "test_nll":  # fractions: intervals from few seeds may reach past [0, 1]
+                low, high = ax.get_ylim()
+                ax.set_ylim(max(low, 0.0), min(high, 1.0))
+            ax.set_ylabel(names[quantity])
+            ax.set_title(names[quantity].split(" (")[0])
+        fig.suptitle("Final test metrics per condition (mean over seeds, 95% t-interval)")
+        _loss_legend(fig, losses)
+    return fig
+
+
+def plot_tuning(tune: pd.DataFrame, chosen: Mapping[str, Mapping[str, float]]) -> Figure:
+    """Learning-rate tuning curves: final validation accuracy against the learning rate, one panel per tuned
+    condition; dots are tuning seeds, the line their mean, the star the learning rate chosen for each loss."""
+    scores = analysis.tuning_scores(tune)
+    conditions = list(dict.fromkeys(tune["condition"]))
+    losses = analysis.ordered(tune["loss"])
+    with _style():
+        fig, axes = _figure(1, max(len(conditions), 1), max(4.8 * len(conditions), 7.5), 3.8)
+        for ax, condition in zip(axes[0], conditions, strict=False):
+            mine = scores[scores["condition"] == condition]
+            for loss in losses:
+                rows = mine[mine["loss"] == loss]
+                ok = rows[rows["value"].notna()]
+                mean = ok.groupby("lr")["value"].mean()
+                ax.plot(mean.index, mean.to_numpy(), color=colour(loss), lw=1.5)
+                ax.scatter(ok["lr"], ok["value"], color=colour(loss), s=14, alpha=0.6)
+                bad = rows[rows["diverged"]]
+                if not bad.empty:
+                    ax.scatter(bad["lr"], np.zeros(len(bad)), color=colour(loss), marker="x", s=40)
+                lr = chosen.get(condition, {}).get(loss)
+                if lr is not None and lr in mean.index:
+                    ax.scatter([lr], [mean[lr]], color=colour(loss), marker="*", s=180, edgecolor="black",
+                               zorder=5)
+            ax.set_xscale("log")
+            grid = sorted(mine["lr"].unique())
+            ax.set_xticks(grid, [f"{lr:g}" for lr in grid])
+            ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+            ax.set_xlabel("learning rate (log scale)")
+            ax.set_ylabel("final validation accuracy (fraction)")
+            ax.set_title(condition)
+        fig.suptitle("Learning-rate tuning on the validation split")
+        extra = [Line2D([], [], color="grey", marker="*", ls="", ms=12, markeredgecolor="black", label="chosen lr"),
+                 Line2D([], [], color="grey", marker="x", ls="", label="diverged (drawn at 0)")]
+        _loss_legend(fig, losses, extra)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Convergence
+
+
+def plot_convergence(history: pd.DataFrame, targets: Sequence[float] = ()) -> Figure:
+    """Validation accuracy and training loss against optimizer steps for one condition (mean over seeds, 95% band)."""
+    condition = _single(history)
+    losses = analysis.ordered(history["loss"])
+    with _style():
+        fig, axes = _figure(1, 2, 12, 4.2)
+        ax = axes[0, 0]
+        _band_lines(ax, analysis.select(history, "val", "accuracy"), "step")
+        for i, target in enumerate(targets):  # labels alternate sides so that close targets stay readable
+            ax.axhline(target, color="black", ls=":", lw=1)
+            ax.annotate(f"target {target:g}", (0.99 if i % 2 else 0.01, target), xycoords=("axes fraction", "data"),
+                        ha="right" if i % 2 else "left", va="bottom", fontsize=8)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("validation accuracy (fraction)")
+        _epoch_axis(ax, _steps_per_epoch(history))
+        ax = axes[0, 1]
+        _band_lines(ax, _finite(analysis.select(history, "train", "loss")), "step", log=True)
+        _plain_log_ticks(ax)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("training loss, batch mean (own units, log scale)")
+        _epoch_axis(ax, _steps_per_epoch(history))
+        fig.suptitle(f"{condition}: convergence (mean over seeds, 95% t-band)")
+        _loss_legend(fig, losses)
+    return fig
+
+
+def plot_steps_to_target(history: pd.DataFrame, targets: Mapping[str, Sequence[float]]) -> Figure:
+    """Steps until validation accuracy first reaches each target: one dot per seed, a bar at the median; a hollow
+    triangle marks a seed that never reached it, drawn at its last evaluation (right-censored)."""
+    conditions = [c for c in dict.fromkeys(history["condition"]) if targets.get(c)]
+    losses = analysis.ordered(history["loss"])
+    with _style():
+        n = max(len(conditions), 1)
+        fig, axes = _figure(1, n, max(4.2 * n, 7.5), 4.2)
+        if not conditions:
+            _empty(axes[0, 0], "no targets")
+        for ax, condition in zip(axes[0], conditions, strict=False):
+            mine = history[history["condition"] == condition]
+            width = 0.8 / max(len(losses), 1)
+            for i, target in enumerate(targets[condition]):
+                table = analysis.steps_to_target(mine, target)
+                for j, loss in enumerate(losses):
+                    rows = table[table["loss"] == loss]
+                    x = i - 0.4 + width * (j + 0.5)
+                    jitter = np.linspace(-width * 0.25, width * 0.25, len(rows)) if len(rows) > 1 else [0.0]
+                    reached = rows["reached"].to_numpy()
+                    xs = x + np.asarray(jitter)
+                    ax.scatter(xs[reached], rows["step"].to_numpy()[reached], color=colour(loss), s=22, zorder=3)
+                    ax.scatter(xs[~reached], rows["censored_at"].to_numpy()[~reached], facecolor="none",
+                               edgecolor=colour(loss), marker="^", s=40, zorder=3)
+                    median = analysis.censored_median(rows["step"])
+                    if math.isfinite(median):
+                        ax.hlines(median, x - width * 0.45, x + width * 0.45, color=colour(loss), lw=3)
+            ax.set_xticks(range(len(targets[condition])),
+                          [f"val acc ≥ {t:g}" for t in targets[condition]])
+            ax.set_ylabel("optimizer steps to reach the target")
+            ax.set_ylim(bottom=0)
+            ax.set_title(condition)
+        fig.suptitle("Steps to target validation accuracy (dot = seed, bar = median)")
+        extra = [Line2D([], [], color="grey", marker="o", ls="", label="seed reached target"),
+                 Line2D([], [], color="grey", marker="^", markerfacecolor="none", ls="",
+                        label="never reached (at last evaluation)"),
+                 Line2D([], [], color="grey", lw=3, label="median over seeds")]
+        _loss_legend(fig, losses, extra)
+    return fig
+
+
+def plot_lr_views(tune: pd.DataFrame, chosen: Mapping[str, Mapping[str, float]],
+                  reference: str = analysis.REFERENCE) -> Figure:
+    """Tuned-lr vs shared-lr view from the tuning runs: validation accuracy against steps for each loss at its own
+    tuned learning rate (solid) and at the reference loss's tuned learning rate (dashed), mean over tuning seeds."""
+    conditions = [c for c in dict.fromkeys(tune["condition"]) if reference in chosen.get(c, {})]
+    losses = analysis.ordered(tune["loss"])
+    with _style():
+        n = max(len(conditions), 1)
+        fig, axes = _figure(1, n, max(5.0 * n, 7.5), 4.2)
+        if not conditions:
+            _empty(axes[0, 0], f"no tuned learning rate for {reference}")
+        for ax, condition in zip(axes[0], conditions, strict=False):
+            mine = analysis.select(tune[tune["condition"] == condition], "val", "accuracy")
+            lrs = chosen[condition]
+            for loss in losses:
+                for lr, ls in ((lrs.get(loss), "-"), (lrs[reference], "--")):
+                    if lr is None or (ls == "--" and np.isclose(lr, lrs.get(loss, math.nan))):
+                        continue
+                    rows = mine[(mine["loss"] == loss) & np.isclose(mine["lr"].astype(float), lr)]
+                    curve = rows.groupby("step")["value"].mean()
+                    ax.plot(curve.index, curve.to_numpy(), color=colour(loss), ls=ls, lw=1.5)
+            ax.set_xlabel("optimizer step (tuning run)")
+            ax.set_ylabel("validation accuracy (fraction)")
+            ax.set_title(f"{condition}: shared lr = {lrs[reference]:g}")
+        fig.suptitle(f"Own tuned learning rate vs {reference}'s learning rate (tuning runs)")
+        extra = [Line2D([], [], color="grey", ls="-", label="own tuned lr"),
+                 Line2D([], [], color="grey", ls="--", label=f"{reference}'s tuned lr (shared)")]
+        _loss_legend(fig, losses, extra)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Gradient magnitudes
+
+
+GRADIENT_PANELS = {
+    "grad_norm": "global ‖∇θ L‖ (all parameters)",
+    "grad_norm_layer1": "layer 1 ‖∇W,b L‖",
+    "grad_norm_layer2": "layer 2 ‖∇W,b L‖",
+    "grad_norm_layer3": "layer 3 (output) ‖∇W,b L‖",
+    "logit_grad_norm": "per-example ‖∂L/∂z‖, batch mean",
+}
+
+
+def plot_grad_norms(history: pd.DataFrame) -> Figure:
+    """Global, per-layer and logit gradient norms against optimizer steps for one condition (log scale)."""
+    condition = _single(history)
+    losses = analysis.ordered(history["loss"])
+    train = history[history["split"] == "train"]
+    with _style():
+        fig, axes = _figure(2, 3, 13, 7.2)
+        flat = axes.ravel()
+        for ax, (metric, title) in zip(flat, GRADIENT_PANELS.items(), strict=False):
+            rows = _finite(train[train["metric"] == metric])
+            if rows.empty:
+                _empty(ax, f"no {metric} measured")
+            else:
+                _band_lines(ax, rows, "step", log=True)
+                _plain_log_ticks(ax)
+            ax.set_title(title)
+            ax.set_xlabel("optimizer step")
+            ax.set_ylabel("L2 norm (log scale)")
+        flat[-1].axis("off")
+        fig.suptitle(f"{condition}: gradient magnitudes (mean over seeds, 95% t-band)")
+        _loss_legend(fig, losses)
+    return fig
+
+
+def plot_logit_grad(examples: pd.DataFrame, penalty: pd.DataFrame | None,
+                    threshold: float = analysis.SATURATION) -> Figure:
+    """Per-example logit-gradient norm against the probability of the true class on the probe examples (every
+    evaluation and seed) for one condition, one panel per loss: dots correct, crosses wrong, the solid line the
+    binned median, the dashed black line the closed form of the probe stage (one wrong class, the rest at 0)."""
+    condition = _single(examples)
+    probe = examples[examples["split"] == "probe"]
+    probe = probe[np.isfinite(probe["p_true"].to_numpy(dtype=float))
+                  & np.isfinite(probe["logit_grad_norm"].to_numpy(dtype=float))]
+    losses = analysis.ordered(examples["loss"])
+    edges = np.logspace(-8, 0, 33)
+    with _style():
+        ncols = min(len(losses), 4) or 1
+        fig, axes = _figure(1, ncols, max(3.6 * ncols, 7.5), 4.0, sharex=True, sharey=True)
+        for ax, loss in zip(axes[0], losses, strict=False):
+            rows = probe[probe["loss"] == loss]
+            x = np.clip(rows["p_true"].to_numpy(dtype=float), FLOOR, 1)
+            y = np.clip(rows["logit_grad_norm"].to_numpy(dtype=float), FLOOR, None)
+            wrong = (rows["predicted"] != rows["label"]).to_numpy()
+            if len(x) > MAX_POINTS:
+                keep = np.random.default_rng(0).choice(len(x), MAX_POINTS, replace=False)
+                x, y, wrong = x[keep], y[keep], wrong[keep]
+            ax.scatter(x[~wrong], y[~wrong], s=6, alpha=0.25, color=colour(loss), marker="o", lw=0, rasterized=True)
+            ax.scatter(x[wrong], y[wrong], s=12, alpha=0.5, color=colour(loss), marker="x", lw=0.8, rasterized=True)
+            med = analysis.binned_median(rows.assign(p_true=np.clip(rows["p_true"], FLOOR, 1)), "p_true",
+                                         "logit_grad_norm", edges)
+            med = med[med["n"] >= 3]
+            ax.plot(med["p_true"], np.clip(med["logit_grad_norm"], FLOOR, None), color=colour(loss), lw=2)
+            if penalty is not None and not penalty.empty:
+                closed = penalty[penalty["loss"] == loss].sort_values("p_true")
+                ax.plot(closed["p_true"], np.clip(closed["logit_grad_norm"], FLOOR, None), color="black", ls="--",
+                        lw=1.3)
+            ax.axhline(threshold, color="grey", ls=":", lw=1)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_title(label(loss), color=colour(loss))
+            ax.set_xlabel("probability of the true class p_true (log)")
+        axes[0, 0].set_ylabel(f"‖∂L/∂z‖ per example (log; floor {FLOOR:g})")
+        fig.suptitle(f"{condition}: logit gradient vs p_true on the probe examples")
+        extra = [Line2D([], [], color="grey", marker="o", ls="", label="correct"),
+                 Line2D([], [], color="grey", marker="x", ls="", label="wrong"),
+                 Line2D([], [], color="grey", lw=2, label="binned median"),
+                 Line2D([], [], color="black", ls="--", label="closed form (one wrong class)"),
+                 Line2D([], [], color="grey", ls=":", label=f"saturation threshold {threshold:g}")]
+        _loss_legend(fig, losses, extra)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Confident-wrong penalties and calibration
+
+
+def plot_penalty(penalty: pd.DataFrame) -> Figure:
+    """Closed-form loss and logit-gradient norm of every loss against the wrong-class logit margin a (one wrong
+    class at a, the others and the true class at 0), with the probability of the true class on the top axis."""
+    losses = analysis.ordered(penalty["loss"])
+    k = analysis.classes_from_penalty(penalty)
+    with _style():
+        fig, axes = _figure(1, 2, 12, 4.4, sharex=True)
+        for loss in losses:
+            rows = penalty[penalty["loss"] == loss].sort_values("margin")
+            axes[0, 0].plot(rows["margin"], rows["loss_value"], color=colour(loss), lw=2)
+            axes[0, 1].plot(rows["margin"], np.clip(rows["logit_grad_norm"], FLOOR, None), color=colour(loss), lw=2)
+        for ax in axes[0]:
+            ax.set_xlabel("wrong-class logit margin a (right = confidently wrong)")
+            ax.axvline(0, color="grey", lw=0.8)
+            if k:
+                top = ax.secondary_xaxis("top", functions=(
+                    lambda a: 1 / (k - 1 + np.exp(np.clip(a, -50, 50))),
+                    lambda p: np.log(np.clip(1 / np.clip(p, 1e-300, None) - (k - 1), 1e-300, None))))
+                lo, hi = penalty["p_true"].min(), penalty["p_true"].max()
+                ticks = [t for t in (0.1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6) if lo <= t <= hi]
+                top.set_xticks(ticks, [f"{t:g}" for t in ticks])
+                top.set_xlabel("probability of the true class p_true")
+        axes[0, 0].set_ylabel("loss on the example (own units)")
+        axes[0, 1].set_yscale("log")
+        _plain_log_ticks(axes[0, 1])
+        axes[0, 1].set_ylabel("‖∂L/∂z‖ (log scale)")
+        fig.suptitle("Closed form: penalty (left) and logit gradient (right) of a confidently wrong prediction"
+                     + (f", K = {k}" if k else ""))
+        _loss_legend(fig, losses)
+    return fig
+
+
+def plot_wrong_confidence(examples: pd.DataFrame, confident: float = analysis.CONFIDENT) -> Figure:
+    """ECDF of the probability of the true class among misclassified test examples (last evaluation, all seeds),
+    one panel per condition. Left of the dotted line, the wrong prediction is confident."""
+    wrong = analysis.wrong_examples(examples)
+    conditions = list(dict.fromkeys(examples["condition"]))
+    losses = analysis.ordered(examples["loss"])
+    with _style():
+        n = max(len(conditions), 1)
+        fig, axes = _figure(1, n, max(4.0 * n, 9), 3.9, sharey=True)
+        for ax, condition in zip(axes[0], conditions, strict=False):
+            rows = wrong[wrong["condition"] == condition]
+            rows = rows.assign(p_true=np.clip(rows["p_true"].astype(float), FLOOR, 1))
+            rows = _finite(rows, "p_true")
+            if rows.empty:
+                _empty(ax, "no misclassified test examples")
+            else:
+                present = [loss for loss in losses if (rows["loss"] == loss).any()]
+                sns.ecdfplot(data=rows, x="p_true", hue="loss", hue_order=present,
+                             palette={loss: colour(loss) for loss in present}, log_scale=(True, False), ax=ax,
+                             legend=False)
+                ax.axvline(1 - confident, color="black", ls=":", lw=1)
+            ax.set_xlabel("p_true of misclassified examples (log)")
+            ax.set_ylabel("cumulative share of wrong examples")
+            ax.set_title(condition)
+        fig.suptitle("How wrong are the mistakes? p_true among misclassified test examples")
+        extra = [Line2D([], [], color="black", ls=":", label=f"p_true = {1 - confident:g}: left of it, confidence "
+                                                             f"≥ {confident:g}")]
+        _loss_legend(fig, losses, extra)
+    return fig
+
+
+def plot_reliability(examples: pd.DataFrame, bins: int = 15) -> Figure:
+    """Reliability diagrams for one condition: accuracy against confidence in equal-width bins of the last test
+    evaluation, pooled over seeds; one panel per loss with its pooled ECE."""
+    condition = _single(examples)
+    table = analysis.calibration_bins(examples, bins)
+    losses = analysis.ordered(examples["loss"])
+    with _style():
+        ncols = min(len(losses), 4) or 1
+        fig, axes = _figure(1, ncols, max(3.4 * ncols, 7.5), 3.8, sharey=True)
+        for ax, loss in zip(axes[0], losses, strict=False):
+            rows = table[table["loss"] == loss]
+            ax.bar(rows["lower"], rows["accuracy"], width=1 / bins, align="edge", color=colour(loss), alpha=0.75,
+                   edgecolor="white")
+            ax.scatter(rows["confidence"], rows["accuracy"], color="black", s=10, zorder=3)
+            ax.plot([0, 1], [0, 1], color="black", ls="--", lw=1)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+            ax.set_title(f"{label(loss)}\nECE (pooled) = {analysis.ece_from_bins(rows):.3f}", color=colour(loss),
+                         fontsize=9)
+            ax.set_xlabel("confidence (max probability)")
+        axes[0, 0].set_ylabel("accuracy in bin (fraction)")
+        fig.suptitle(f"{condition}: reliability diagrams ({bins} bins, test split, seeds pooled)")
+        extra = [Line2D([], [], color="black", ls="--", label="perfect calibration"),
+                 Line2D([], [], color="black", marker="o", ls="", ms=4, label="mean confidence in bin")]
+        _loss_legend(fig, losses, extra)
+    return fig
+
+
+def plot_label_noise(history: pd.DataFrame) -> Figure:
+    """Label noise, one condition: best vs final test accuracy per loss (mean, 95% t-interval), and the shares of
+    flipped training examples predicted as their noisy label (memorised) or their true label (recovered)."""
+    condition = _single(history)
+    losses = analysis.ordered(history["loss"])
+    per_seed = analysis.label_noise(history)
+    with _style():
+        fig, axes = _figure(1, 3, 14, 4.2)
+        ax = axes[0, 0]
+        for j, loss in enumerate(losses):
+            for k, (quantity, marker) in enumerate((("best_accuracy", "o"), ("final_accuracy", "s"))):
+                values = per_seed.loc[(per_seed["loss"] == loss) & (per_seed["quantity"] == quantity), "value"]
+                est = analysis.mean_ci(values)
+                err = np.nan_to_num([[est.mean - est.ci_low], [est.ci_high - est.mean]], nan=0.0)
+                ax.errorbar([j + (k - 0.5) * 0.3], [est.mean], yerr=err, fmt=marker, color=colour(loss),
+                            mfc=colour(loss) if k == 0 else "white", capsize=3)
+        ax.set_xticks(range(len(losses)), losses, rotation=20, ha="right")
+        low, high = ax.get_ylim()
+        ax.set_ylim(max(low, 0.0), min(high, 1.0))  # intervals from few seeds may reach past [0, 1]
+        ax.set_ylabel("test accuracy (fraction)")
+        ax.set_title("best (filled) vs final (hollow) test accuracy")
+        for ax, metric, title in ((axes[0, 1], "memorised", "memorised: predicted as the noisy label"),
+                                  (axes[0, 2], "recovered", "recovered: predicted as the true label")):
+            rows = analysis.select(history, "train_flipped", metric)
+            if rows.empty:
+                _empty(ax, f"no {metric} measured")
+            else:
+                _band_lines(ax, rows, "step")
+            ax.set_ylim(0, 1)
+            ax.set_xlabel("optimizer step")
+            ax.set_ylabel("share of flipped training examples")
+            ax.set_title(title)
+        fig.suptitle(f"{condition}: label noise (mean over seeds, 95% t-interval)")
+        extra = [Line2D([], [], color="grey", marker="o", ls="", label="best over evaluations"),
+                 Line2D([], [], color="grey", marker="s", mfc="white", ls="", label="final")]
+        _loss_legend(fig, losses, extra)
+    return fig

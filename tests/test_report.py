@@ -1,0 +1,507 @@
+"""The report stage: analysis statistics, one figure per function, and document.build on a fabricated results tree."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from study import analysis, document, report, tables
+
+LOSSES = ["mse", "sigmoid_bce", "softmax_nll", "smoothed_ce"]
+LRS = {"mse": 0.3, "sigmoid_bce": 0.3, "softmax_nll": 0.1, "smoothed_ce": 0.1}
+GRID = [0.03, 0.1, 0.3]
+SEEDS = [0, 1, 2]
+STEPS_PER_EPOCH, EPOCHS = 10, 2
+TOTAL = STEPS_PER_EPOCH * EPOCHS
+EVALS = [0, 5, 10, 15, 20]
+TARGETS = [0.5, 0.75]
+CLEAN, NOISY = "cond_a", "cond_noise"
+DIVERGED = (CLEAN, "mse", 2, 12)  # condition, loss, seed, step
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fabricated results (the schema the train, tune and probe stages write)
+
+
+def _accuracy(loss: str, seed: int, step: int, lr: float | None = None) -> float:
+    i = LOSSES.index(loss)
+    final = (0.80, 0.82, 0.86, 0.85)[i] + 0.01 * seed
+    tau = (9.0, 6.0, 4.0, 4.5)[i] * (1 + 0.1 * seed)
+    if lr is not None:  # tuning: off the loss's own lr the curve is slower
+        tau *= 1 + 3 * abs(math.log10(lr / LRS[loss]))
+    return 0.1 + (final - 0.1) * (1 - math.exp(-step / tau))
+
+
+def fabricate_history(condition: str, *, noise: bool = False, diverged=DIVERGED) -> pd.DataFrame:
+    rows = []
+    for i, loss in enumerate(LOSSES):
+        for seed in SEEDS:
+            lr = LRS[loss]
+            stop = diverged[3] if diverged and (condition, loss, seed) == diverged[:3] else None
+
+            def add(step, split, metric, value, *, lr=lr, loss=loss, seed=seed):
+                rows.append((condition, "fashion_mnist", loss, lr, seed, step / STEPS_PER_EPOCH, step, split, metric,
+                             float(value)))
+
+            for step in range(0, TOTAL + 1, 2):
+                if stop is not None and step > stop:
+                    break
+                add(step, "train", "loss", (2.3, 0.9, 2.3, 2.4)[i] * math.exp(-step / 15) + 0.05 * (seed + 1))
+                scale = (0.2, 1.0, 1.5, 1.4)[i] / (1 + step / 8)
+                add(step, "train", "grad_norm", scale * 3)
+                for layer in (1, 2, 3):
+                    add(step, "train", f"grad_norm_layer{layer}", scale * layer)
+                add(step, "train", "logit_grad_norm", scale)
+            if stop is not None:
+                add(stop, "train", "diverged_step", stop)
+            for step in EVALS:
+                if stop is not None and step > stop:
+                    break
+                acc = _accuracy(loss, seed, step)
+                late = 0.02 * i * max(step - 10, 0) / 10 if noise else 0.0  # late degradation under label noise
+                for split, shift in (("val", 0.0), ("test", -0.01 - late)):
+                    add(step, split, "accuracy", acc + shift)
+                    add(step, split, "nll", 2.3 * (1 - acc) + 0.1 * i)
+                    add(step, split, "brier", 0.9 * (1 - acc))
+                    add(step, split, "ece", 0.02 + 0.03 * i + 0.001 * seed)
+                    add(step, split, "confidence", acc + 0.05)
+                    add(step, split, "loss", 2.0 * (1 - acc))
+                    add(step, split, "confident_wrong_rate", 0.01 * (i + 1))
+                    add(step, split, "confident_wrong_loss_share", 0.05 * (i + 1) + 0.01 * seed)
+                    add(step, split, "confident_wrong_nll_share", 0.06 * (i + 1))
+                if noise:
+                    add(step, "train_flipped", "memorised", min(0.9, 0.1 * (i + 1) * step / TOTAL + 0.01 * seed))
+                    add(step, "train_flipped", "recovered", 0.5 - 0.1 * i * step / TOTAL)
+                    add(step, "train_clean", "accuracy", acc + 0.05)
+            if stop is None:
+                add(TOTAL, "val", "temperature", 1.0 + 0.3 * i)
+                add(TOTAL, "test", "nll_ts", 2.0 * (1 - _accuracy(loss, seed, TOTAL)))
+                add(TOTAL, "test", "ece_ts", 0.01 + 0.005 * i)
+    return pd.DataFrame(rows, columns=tables.HISTORY_COLUMNS)
+
+
+def fabricate_examples(condition: str, *, diverged=DIVERGED, n_probe: int = 40, n_test: int = 200) -> pd.DataFrame:
+    rng = np.random.default_rng(zlib.crc32(condition.encode()))
+    parts = []
+    for i, loss in enumerate(LOSSES):
+        for seed in SEEDS:
+            stop = diverged[3] if diverged and (condition, loss, seed) == diverged[:3] else None
+            evals = [s for s in EVALS if stop is None or s <= stop]
+            for split, steps, n in (("probe", evals, n_probe), ("test", evals[-1:], n_test)):
+                for step in steps:
+                    label = rng.integers(0, 10, n)
+                    p_true = np.clip(rng.beta(2 + step / 4, 1.5, n), 1e-9, 1)
+                    p_true[: n // 8] = 10.0 ** rng.uniform(-6, -2, n // 8)  # some confidently wrong examples
+                    wrong = p_true < 0.5
+                    predicted = np.where(wrong, (label + 1) % 10, label)
+                    confidence = np.where(wrong, np.clip(1 - p_true, 0, 1) * 0.95, p_true)
+                    grad = {"mse": 2 * p_true * (1 - p_true), "sigmoid_bce": 0.5 + 0.5 * (1 - p_true)}.get(
+                        loss, np.sqrt(2) * (1 - p_true))
+                    parts.append(pd.DataFrame({
+                        "condition": condition, "dataset": "fashion_mnist", "loss": loss, "lr": LRS[loss],
+                        "seed": seed, "epoch": step / STEPS_PER_EPOCH, "step": step, "split": split,
+                        "index": np.arange(n, dtype=np.int32), "label": label.astype(np.int16),
+                        "predicted": predicted.astype(np.int16), "p_true": p_true.astype(np.float32),
+                        "confidence": confidence.astype(np.float32),
+                        "loss_value": (-np.log(p_true) * (1 + 0.1 * i)).astype(np.float32),
+                        "logit_grad_norm": grad.astype(np.float32),
+                    }))
+    return pd.concat(parts, ignore_index=True)[tables.EXAMPLE_COLUMNS]
+
+
+def fabricate_tune(condition: str) -> pd.DataFrame:
+    rows = []
+    for loss in LOSSES:
+        for lr in GRID:
+            for seed in (100,):
+                for step in (0, 10, 20):
+                    for metric, value in (("accuracy", _accuracy(loss, 0, step, lr)), ("nll", 1.0), ("loss", 1.0)):
+                        rows.append((condition, "fashion_mnist", loss, lr, seed, step / 10, step, "val", metric, value))
+    # one tuning run diverged
+    rows = [r for r in rows if not (r[2] == "sigmoid_bce" and r[3] == 0.03 and r[6] > 10)]
+    rows.append((condition, "fashion_mnist", "sigmoid_bce", 0.03, 100, 1.0, 10, "train", "diverged_step", 10.0))
+    return pd.DataFrame(rows, columns=tables.HISTORY_COLUMNS)
+
+
+def closed_form_penalty(max_margin: float = 12.0, points: int = 25, k: int = 10, eps: float = 0.1) -> pd.DataFrame:
+    rows = []
+    for a in np.linspace(0, max_margin, points):
+        z = np.zeros(k)
+        z[1] = a  # true class 0, one wrong class with margin a
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        t = np.eye(k)[0]
+        sig = 1 / (1 + np.exp(-z))
+        r = p - t
+        grads = {
+            "mse": 2 * (p * r - p * (p @ r)),
+            "sigmoid_bce": sig - t,
+            "softmax_nll": p - t,
+            "smoothed_ce": p - ((1 - eps) * t + eps / k),
+        }
+        values = {
+            "mse": float(r @ r),
+            "sigmoid_bce": float(-(t * np.log(sig) + (1 - t) * np.log(1 - sig)).sum()),
+            "softmax_nll": float(-np.log(p[0])),
+            "smoothed_ce": float((1 - eps) * -np.log(p[0]) + eps * np.mean(-np.log(p))),
+        }
+        for loss in LOSSES:
+            rows.append((loss, a, p[0], values[loss], float(np.linalg.norm(grads[loss])), float(grads[loss][0])))
+    return pd.DataFrame(rows, columns=["loss", "margin", "p_true", "loss_value", "logit_grad_norm", "grad_true"])
+
+
+def setup_json(condition: str, *, noise: float = 0.0, lr_source: str = CLEAN) -> dict:
+    return {
+        "condition": condition, "dataset": "fashion_mnist",
+        "params": {"hidden": [256, 256], "optimizer": "sgd" if noise else "adam", "momentum": 0.9, "batch_size": 32,
+                   "epochs": EPOCHS, "label_noise": noise, "val_size": 100, "lr_grid": GRID, "lr_from": lr_source,
+                   "tune_epochs": 2, "tune_seeds": [100], "targets": TARGETS},
+        "sizes": {"train": 320, "val": 100, "test": 200, "flipped": int(320 * noise)},
+        "model": "MLP 784-256-256-10", "losses": LOSSES, "seeds": SEEDS, "lrs": LRS, "lr_source": lr_source,
+        "steps_per_epoch": STEPS_PER_EPOCH, "total_steps": TOTAL, "device": "cpu", "confident": 0.9,
+        "ece_bins": 15, "smoothing_eps": 0.1,
+    }
+
+
+def fabricate(root: Path, *, claims: bool = True, tune: bool = True) -> Path:
+    """A results/ tree as the pipeline lays it out (``conditions/<condition>/``, ``probe/``) with a clean condition
+    (tuned here, one diverged model) and a label-noise condition."""
+    results = root / "conditions"
+    for condition, noise in ((CLEAN, 0.0), (NOISY, 0.4)):
+        directory = results / condition
+        directory.mkdir(parents=True, exist_ok=True)
+        tables.write_csv(fabricate_history(condition, noise=bool(noise)), directory / tables.HISTORY)
+        tables.write_parquet(fabricate_examples(condition), directory / tables.EXAMPLES)
+        tables.write_json(setup_json(condition, noise=noise), directory / tables.SETUP)
+    if tune:
+        tables.write_csv(fabricate_tune(CLEAN), results / CLEAN / tables.TUNE)
+        tables.write_json({"source": CLEAN, "criterion": "final validation accuracy, mean over tune seeds",
+                           "lrs": LRS, "scores": {loss: {str(lr): _accuracy(loss, 0, 20, lr) for lr in GRID}
+                                                  for loss in LOSSES}}, results / CLEAN / tables.LRS)
+    (root / "probe").mkdir(exist_ok=True)
+    closed_form_penalty().to_csv(root / "probe" / "penalty.csv", index=False)
+    if claims:
+        pd.DataFrame([
+            {"claim_id": "sigmoid_range", "claim": "The sigmoid function always outputs a number between 0 and 1.",
+             "measured": "min 0, max 1 over [-50, 50]", "value": "1", "reference": "(0, 1)", "verdict": "holds",
+             "note": "float32 rounds to exactly 0 and 1 far out", "figure": ""},
+            {"claim_id": "hpq", "claim": "H(P, Q) of the worked example", "measured": "2.0588 bits",
+             "value": "2.0588", "reference": "2.059", "verdict": "holds", "note": "", "figure": "penalty"},
+        ]).to_csv(root / "probe" / "claims.csv", index=False)
+    return root
+
+
+def build(root: Path, conditions=(CLEAN, NOISY)) -> None:
+    document.build(root / "conditions", root / "probe", list(conditions), root / "report", root / "metrics.json")
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    return fabricate(tmp_path_factory.mktemp("results") / "results")
+
+
+@pytest.fixture(scope="module")
+def built(tree: Path) -> Path:
+    build(tree)
+    return tree
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# analysis
+
+
+def test_mean_ci_is_a_t_interval_and_ignores_non_finite():
+    est = analysis.mean_ci([1.0, 2.0, 3.0, math.nan, math.inf])
+    assert est.n == 3 and est.mean == pytest.approx(2.0)
+    assert est.ci_high - est.mean == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)  # t(0.975, 2)
+    one = analysis.mean_ci([5.0])
+    assert one.mean == 5.0 and math.isnan(one.ci_low) and one.n == 1
+
+
+def test_paired_difference_pairs_by_seed():
+    a = pd.Series([1.0, 2.0, 3.5], index=[0, 1, 2])
+    b = pd.Series([0.5, 1.0, 3.0, 9.0], index=[0, 1, 2, 3])  # seed 3 has no partner
+    d = analysis.paired_difference(a, b)
+    assert d.n == 3 and d.mean == pytest.approx((0.5 + 1.0 + 0.5) / 3)
+    assert 0 < d.p_value < 1 and d.within_noise is not None
+    assert analysis.paired_difference(a.iloc[:1], b).within_noise is None
+
+
+def test_steps_to_target_is_first_crossing_and_right_censored():
+    history = fabricate_history(CLEAN)
+    steps = analysis.steps_to_target(history, 0.5)
+    row = steps[(steps["loss"] == "softmax_nll") & (steps["seed"] == 0)].iloc[0]
+    first = min(s for s in EVALS if _accuracy("softmax_nll", 0, s) >= 0.5)
+    assert row["reached"] and row["step"] == first
+    never = analysis.steps_to_target(history, 0.99)
+    assert not never["reached"].any() and never["step"].isna().all()
+    assert analysis.censored_median([10, math.nan, math.nan]) != analysis.censored_median([10, math.nan, math.nan])
+    assert analysis.censored_median([10, 20, math.nan]) == 20
+
+
+def test_headline_leaves_diverged_models_out_of_final_means():
+    head = analysis.headline(fabricate_history(CLEAN), {CLEAN: TARGETS})
+    mse = analysis.lookup(head.summary, condition=CLEAN, loss="mse", quantity="final_accuracy")
+    assert mse["n"] == len(SEEDS) - 1
+    steps = analysis.lookup(head.summary, condition=CLEAN, loss="mse", quantity="steps_to_target_1")
+    assert steps["n"] == len(SEEDS)
+    assert set(head.differences["loss"]) == {"mse", "sigmoid_bce", "smoothed_ce"}
+
+
+def test_saturation_counts_only_wrong_examples():
+    ex = fabricate_examples(CLEAN)
+    sat = analysis.saturation(ex, threshold=1e-3)
+    mse = sat[sat["loss"] == "mse"]["value"]
+    soft = sat[sat["loss"] == "softmax_nll"]["value"]
+    assert (mse > 0).all() and (soft == 0).all()
+
+
+def test_calibration_bins_use_upper_closed_bins():
+    ex = fabricate_examples(CLEAN).head(0)
+    row = dict.fromkeys(tables.EXAMPLE_COLUMNS, 0)
+    rows = [dict(row, condition="c", loss="softmax_nll", split="test", confidence=c, label=0, predicted=0)
+            for c in (1 / 15, 0.5, 1.0)]
+    ex = pd.concat([ex, pd.DataFrame(rows)], ignore_index=True)
+    bins = analysis.calibration_bins(ex, 15)
+    assert sorted(bins["bin"]) == [0, 7, 14]  # 1/15 belongs to (0, 1/15]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# figures: each returns a Figure with one legend entry per loss
+
+
+def _legend_losses(fig: Figure) -> list[str]:
+    """The loss entries of the figure's legend, in order (the legend may also explain markers)."""
+    assert len(fig.legends) == 1, "figure should have exactly one legend"
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    return [t for t in texts if t in report.LABELS.values()]
+
+
+def _check(fig: Figure, losses=LOSSES) -> None:
+    assert isinstance(fig, Figure)
+    assert sorted(_legend_losses(fig)) == sorted(report.label(loss) for loss in losses)
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            y = np.asarray(line.get_ydata(), dtype=float)
+            assert not np.isinf(y).any()
+    report.plt.close(fig)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    history = pd.concat([fabricate_history(CLEAN), fabricate_history(NOISY, noise=True, diverged=None)],
+                        ignore_index=True)
+    examples = pd.concat([fabricate_examples(CLEAN), fabricate_examples(NOISY, diverged=None)], ignore_index=True)
+    return history, examples
+
+
+def test_colours_and_labels_are_fixed_per_loss():
+    assert len(set(report.COLOURS.values())) == len(LOSSES)
+    assert set(report.COLOURS) == set(report.LABELS) == set(LOSSES)
+    assert report.colour("focal") == report.colour("focal")
+
+
+def test_plot_headline(frames):
+    _check(report.plot_headline(frames[0]))
+
+
+def test_plot_convergence_draws_one_line_per_loss(frames):
+    fig = report.plot_convergence(frames[0][frames[0]["condition"] == CLEAN], TARGETS)
+    val_axis = fig.axes[0]
+    colours = {line.get_color() for line in val_axis.get_lines() if line.get_linestyle() == "-"}
+    assert colours == {report.colour(loss) for loss in LOSSES}
+    _check(fig)
+
+
+def test_plot_steps_to_target(frames):
+    _check(report.plot_steps_to_target(frames[0], {CLEAN: TARGETS, NOISY: TARGETS}))
+
+
+def test_plot_tuning_and_lr_views():
+    tune = fabricate_tune(CLEAN)
+    _check(report.plot_tuning(tune, {CLEAN: LRS}))
+    _check(report.plot_lr_views(tune, {CLEAN: LRS}))
+
+
+def test_plot_grad_norms_is_log_scale(frames):
+    fig = report.plot_grad_norms(frames[0][frames[0]["condition"] == CLEAN])
+    assert fig.axes[0].get_yscale() == "log"
+    _check(fig)
+
+
+def test_plot_logit_grad(frames):
+    ex = frames[1][frames[1]["condition"] == CLEAN]
+    _check(report.plot_logit_grad(ex, closed_form_penalty()))
+    _check(report.plot_logit_grad(ex, None))
+
+
+def test_plot_penalty():
+    _check(report.plot_penalty(closed_form_penalty()))
+
+
+def test_plot_wrong_confidence(frames):
+    _check(report.plot_wrong_confidence(frames[1]))
+
+
+def test_plot_reliability(frames):
+    _check(report.plot_reliability(frames[1][frames[1]["condition"] == CLEAN]))
+
+
+def test_plot_label_noise(frames):
+    _check(report.plot_label_noise(frames[0][frames[0]["condition"] == NOISY]))
+
+
+def test_figures_with_fewer_losses_and_one_seed():
+    history = fabricate_history(CLEAN, diverged=None)
+    history = history[history["loss"].isin(["mse", "softmax_nll"]) & (history["seed"] == 0)]
+    _check(report.plot_convergence(history, TARGETS), ["mse", "softmax_nll"])
+    _check(report.plot_grad_norms(history), ["mse", "softmax_nll"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# document.build
+
+
+def test_build_writes_a_self_contained_report(built: Path):
+    out = built / "report"
+    html_text = (out / "index.html").read_text()
+    assert "data:image/png;base64," in html_text
+    assert not re.search(r'src="(?!data:)', html_text), "index.html must not load files"
+    assert html_text.count("<img") == len(list((out / "figures").glob("*.png")))
+    md = (out / "report.md").read_text()
+    linked = re.findall(r"\]\((figures/[^)]+\.png)\)", md)
+    assert linked and all((out / path).exists() for path in linked)
+    for section in ("## Findings", "## Setup", "## Headline table", "## Convergence speed", "## Gradient magnitudes",
+                    "## Confident-wrong penalties and calibration", "## Claims of the source text, checked"):
+        assert section in md
+    assert "sigmoid_range" not in md and "The sigmoid function always outputs" in md  # probe claims included
+    assert "faster training" in md and "more reliable training" in md
+    assert not list(built.glob(".report*")) and not list(built.glob(".metrics*"))  # no temporary leftovers
+
+
+def test_build_writes_metrics_json(built: Path):
+    metrics = json.loads((built / "metrics.json").read_text())
+    assert set(metrics) == {CLEAN, NOISY}
+    entry = metrics[CLEAN]["softmax_nll"]
+    for key in ("test_accuracy", "test_nll", "ece"):
+        assert set(entry[key]) >= {"mean", "ci_low", "ci_high"}
+        assert entry[key]["ci_low"] <= entry[key]["mean"] <= entry[key]["ci_high"]
+    assert set(entry["steps_to_target"]) >= {"median", "n_reached"}
+    assert entry["n_seeds"] == len(SEEDS) and entry["lr"] == LRS["softmax_nll"]
+    assert metrics[CLEAN]["mse"]["n_diverged"] == 1
+    assert metrics[CLEAN]["mse"]["test_accuracy"]["n"] == len(SEEDS) - 1
+    head_values = [entry["test_accuracy"]["mean"] for c in metrics.values() for entry in c.values()]
+    assert all(isinstance(v, float) and math.isfinite(v) for v in head_values)
+
+
+def test_findings_point_at_figures(built: Path):
+    md = (built / "report" / "report.md").read_text()
+    findings = md.split("## Findings")[1].split("## Setup")[0]
+    assert "fastest" in findings and "figures/steps_to_target.png" in findings
+    assert "memorised the most" in findings
+
+
+def _copy(tree: Path, to: Path, *, with_report: bool = False) -> Path:
+    ignore = None if with_report else shutil.ignore_patterns("report", "metrics.json")
+    return Path(shutil.copytree(tree, to, ignore=ignore))
+
+
+def test_numbers_follow_the_data(built: Path, tmp_path: Path):
+    before = json.loads((built / "metrics.json").read_text())
+    md_before = (built / "report" / "report.md").read_text()
+    results = _copy(built, tmp_path / "results")
+
+    path = results / "conditions" / CLEAN / tables.HISTORY
+    history = tables.read_history(path)
+    last = (history["split"] == "test") & (history["metric"] == "accuracy") & (history["step"] == TOTAL) & (
+        history["loss"] == "softmax_nll")
+    history.loc[last, "value"] = 0.123
+    tables.write_csv(history, path)
+    claims = pd.read_csv(results / "probe" / "claims.csv", dtype=str, keep_default_na=False)
+    claims.loc[claims["claim_id"] == "hpq", "measured"] = "7.777 bits"
+    claims.to_csv(results / "probe" / "claims.csv", index=False)
+    build(results)
+
+    after = json.loads((results / "metrics.json").read_text())
+    assert after[CLEAN]["softmax_nll"]["test_accuracy"]["mean"] == pytest.approx(0.123)
+    assert before[CLEAN]["softmax_nll"]["test_accuracy"]["mean"] != pytest.approx(0.123)
+    md = (results / "report" / "report.md").read_text()
+    assert "0.123" in md.split("## Headline table")[1].split("## Convergence speed")[0]
+    assert "0.123" not in md_before.split("## Headline table")[1].split("## Convergence speed")[0]
+    assert "7.777 bits" in md and "7.777 bits" not in md_before
+    assert after[NOISY] == before[NOISY]
+
+
+def test_failed_build_leaves_previous_output(built: Path, tmp_path: Path, monkeypatch):
+    results = _copy(built, tmp_path / "results", with_report=True)
+    out, metrics = results / "report", results / "metrics.json"
+    md, metrics_text = (out / "report.md").read_text(), metrics.read_text()
+    entries = sorted(p.name for p in results.iterdir())
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("figure failed")
+
+    monkeypatch.setattr(report, "plot_steps_to_target", broken)  # fails after some figures are written
+    history_path = results / "conditions" / CLEAN / tables.HISTORY
+    history = tables.read_history(history_path)
+    history.loc[history["metric"] == "accuracy", "value"] = 0.5
+    tables.write_csv(history, history_path)
+    with pytest.raises(RuntimeError, match="figure failed"):
+        build(results)
+    assert (out / "report.md").read_text() == md and metrics.read_text() == metrics_text
+    assert sorted(p.name for p in results.iterdir()) == entries  # no temporary directory or file left
+
+    fresh = tmp_path / "fresh"
+    with pytest.raises(RuntimeError):
+        document.build(results / "conditions", results / "probe", [CLEAN, NOISY], fresh / "report",
+                       fresh / "metrics.json")
+    assert not (fresh / "report").exists() and not (fresh / "metrics.json").exists()
+    assert list(fresh.iterdir()) == []
+
+
+def test_degraded_inputs_still_build(tmp_path: Path):
+    """One condition, one seed, non-finite values, no tuning runs, no claims.csv, no noise condition."""
+    results = tmp_path / "results"
+    directory = results / "conditions" / CLEAN
+    directory.mkdir(parents=True)
+    history = fabricate_history(CLEAN)
+    history = history[history["seed"] == 0].reset_index(drop=True)
+    bad = (history["split"] == "test") & (history["metric"] == "accuracy") & (history["loss"] == "softmax_nll")
+    history.loc[bad & (history["step"] == 10), "value"] = math.inf
+    history.loc[(history["metric"] == "grad_norm") & (history["step"] == 4), "value"] = math.nan
+    n_bad = int((~np.isfinite(history["value"])).sum())
+    tables.write_csv(history, directory / tables.HISTORY)
+    examples = fabricate_examples(CLEAN)
+    tables.write_parquet(examples[examples["seed"] == 0], directory / tables.EXAMPLES)
+    tables.write_json(setup_json(CLEAN) | {"seeds": [0]}, directory / tables.SETUP)
+    build(results, [CLEAN])  # and no probe/ directory at all
+
+    md = (results / "report" / "report.md").read_text()
+    assert f"dropped {n_bad} non-finite values" in md
+    assert "No condition of this study has noisy training labels" in md
+    assert "shared-lr view needs the tuning runs" in md
+    assert "claims.csv of the probe stage is missing" in md
+    assert "(1 seed)" in md
+    text = (results / "metrics.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    entry = json.loads(text)[CLEAN]["softmax_nll"]["test_accuracy"]
+    assert entry["ci_low"] is None and entry["ci_high"] is None and math.isfinite(entry["mean"])
+    html_text = (results / "report" / "index.html").read_text()
+    assert "data:image/png;base64," in html_text
+
+
+def test_missing_history_names_the_stage(tmp_path: Path):
+    results = fabricate(tmp_path / "results")
+    (results / "conditions" / NOISY / tables.HISTORY).unlink()
+    with pytest.raises(FileNotFoundError, match="train stage"):
+        build(results)
+    assert not (results / "report").exists()
