@@ -481,12 +481,14 @@ def test_degraded_inputs_still_build(tmp_path: Path):
     n_bad = int((~np.isfinite(history["value"])).sum())
     tables.write_csv(history, directory / tables.HISTORY)
     examples = fabricate_examples(CLEAN)
-    tables.write_parquet(examples[examples["seed"] == 0], directory / tables.EXAMPLES)
+    examples = examples[examples["seed"] == 0].reset_index(drop=True)
+    examples.loc[:2, "logit_grad_norm"] = np.nan
+    tables.write_parquet(examples, directory / tables.EXAMPLES)
     tables.write_json(setup_json(CLEAN) | {"seeds": [0]}, directory / tables.SETUP)
     build(results, [CLEAN])  # and no probe/ directory at all
 
     md = (results / "report" / "report.md").read_text()
-    assert f"dropped {n_bad} non-finite values" in md
+    assert f"dropped {n_bad} non-finite values" in md and "dropped 3 examples with non-finite" in md
     assert "No condition of this study has noisy training labels" in md
     assert "shared-lr view needs the tuning runs" in md
     assert "claims.csv of the probe stage is missing" in md

@@ -580,27 +580,28 @@ def claim_reliable(head: Headline, reference: str = REFERENCE, others: Sequence[
             if d_ref != d_oth:
                 checks.append((SUPPORTS if d_ref < d_oth else CONTRADICTS, text))
                 continue
-            if not (math.isfinite(sd[reference]) and math.isfinite(sd[other])) or sd[reference] == sd[other]:
-                checks.append((NO_DIFFERENCE, text))
+            if min(len(values[reference]), len(values[other])) < 3 or min(sd[reference], sd[other]) <= 0:
+                # Two seeds, or a spread of exactly 0 (e.g. collapsed models), give no usable variance ratio.
+                checks.append((NO_DIFFERENCE, text + ", spread not testable"))
                 continue
             small, large = (reference, other) if sd[reference] < sd[other] else (other, reference)
-            ratio = (sd[large] / sd[small]) ** 2 if sd[small] > 0 else math.inf
-            p = float(stats.f.sf(ratio, len(values[large]) - 1, len(values[small]) - 1)) if math.isfinite(
-                ratio) else 0.0
+            ratio = (sd[large] / sd[small]) ** 2
+            p = float(stats.f.sf(ratio, len(values[large]) - 1, len(values[small]) - 1))
             text += f", variance ratio {ratio:.3g} (p={p:.2g})"
             outcome = NO_DIFFERENCE if p >= alpha else SUPPORTS if small == reference else CONTRADICTS
             checks.append((outcome, text))
     return _claim(
         "reliable_training", "Cross-entropy results in more reliable training.", checks,
         f"checks (condition × compared loss) where {reference} diverged less often, or had a significantly smaller "
-        f"seed spread of final test accuracy (one-sided F-test, p < {alpha:g})",
+        f"seed spread of final test accuracy (one-sided F-test, p < {alpha:g}, at least 3 seeds each)",
         "Seed spread = standard deviation over seeds of final test accuracy; with few seeds only large differences "
         "in spread are detectable.",
         "headline")
 
 
-def claim_gradient(sat: pd.DataFrame, penalty: pd.DataFrame | None, reference: str = REFERENCE,
-                   others: Sequence[str] = ("mse", "sigmoid_bce"), threshold: float = SATURATION) -> dict:
+def claim_gradient(sat: pd.DataFrame, penalty: pd.DataFrame | None, conditions: Sequence[str] = (),
+                   reference: str = REFERENCE, others: Sequence[str] = ("mse", "sigmoid_bce"),
+                   threshold: float = SATURATION) -> dict:
     """'The gradient stays meaningful where sigmoid/MSE saturate', checked in closed form (logit-gradient norm at
     the most confidently wrong point of the probe sweep) and measured (paired by seed: share of wrong probe
     examples whose gradient vanished, per condition)."""
@@ -615,7 +616,8 @@ def claim_gradient(sat: pd.DataFrame, penalty: pd.DataFrame | None, reference: s
                     checks.append((SUPPORTS if g_ref > g_oth else CONTRADICTS,
                                    f"closed form at p_true = {float(worst.loc[reference, 'p_true']):.2g}: {other} "
                                    f"‖∂L/∂z‖ {g_oth:.3g} vs {g_ref:.3g}"))
-    for condition, group in sat.groupby("condition", sort=False):
+    for condition in conditions or dict.fromkeys(sat["condition"]):
+        group = sat[sat["condition"] == condition]
         by_loss = {loss: g.set_index("seed")["value"] for loss, g in group.groupby("loss")}
         if reference not in by_loss:
             continue

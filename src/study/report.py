@@ -38,6 +38,14 @@ MAX_POINTS = 4000  # scatter points drawn per panel (a fixed random subset; stat
 DPI = 100
 
 
+def save(fig: Figure, path) -> None:
+    """Write ``fig`` as a PNG and release it (pyplot keeps every open figure alive until closed)."""
+    try:
+        fig.savefig(path, dpi=DPI)
+    finally:
+        plt.close(fig)
+
+
 def colour(loss: str) -> str:
     """The loss's fixed colour; a loss outside ``COLOURS`` gets a spare one chosen from its name (stable)."""
     return COLOURS.get(loss) or _SPARE[sum(map(ord, loss)) % len(_SPARE)]
@@ -116,10 +124,17 @@ class _PlainLogFormatter(mticker.LogFormatter):
         return f"{x:g}"
 
 
-def _plain_log_ticks(ax) -> None:
-    """Log-scale y tick labels as plain numbers instead of 3×10⁻¹; minor ticks labelled on short ranges."""
-    ax.yaxis.set_major_formatter(_PlainLogFormatter())
-    ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(1.5, 0.5)))
+def _plain_log_ticks(ax, axis: str = "y", minor_thresholds: tuple[float, float] = (1.5, 0.5)) -> None:
+    """Log-scale tick labels as plain numbers instead of 3×10⁻¹; minor ticks labelled on short ranges only."""
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_formatter(_PlainLogFormatter())
+    target.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=minor_thresholds))
+
+
+def _fraction_limits(ax) -> None:
+    """Keep a fraction axis inside [0, 1]: t-bands from few seeds may reach past it."""
+    low, high = ax.get_ylim()
+    ax.set_ylim(max(low, 0.0), min(high, 1.0))
 
 
 def _empty(ax, text: str) -> None:
@@ -157,9 +172,8 @@ def plot_headline(history: pd.DataFrame) -> Figure:
                 err = np.nan_to_num(np.array([lo, hi], dtype=float), nan=0.0)
                 ax.errorbar(xs, ys, yerr=err, fmt="o", color=colour(loss), capsize=3, ms=5)
             ax.set_xticks(np.arange(len(conditions)), conditions, rotation=20, ha="right")
-            if quantity != "test_nll":  # fractions: intervals from few seeds may reach past [0, 1]
-                low, high = ax.get_ylim()
-                ax.set_ylim(max(low, 0.0), min(high, 1.0))
+            if quantity != "test_nll":
+                _fraction_limits(ax)
             ax.set_ylabel(names[quantity])
             ax.set_title(names[quantity].split(" (")[0])
         fig.suptitle("Final test metrics per condition (mean over seeds, 95% t-interval)")
@@ -220,6 +234,7 @@ def plot_convergence(history: pd.DataFrame, targets: Sequence[float] = ()) -> Fi
             ax.axhline(target, color="black", ls=":", lw=1)
             ax.annotate(f"target {target:g}", (0.99 if i % 2 else 0.01, target), xycoords=("axes fraction", "data"),
                         ha="right" if i % 2 else "left", va="bottom", fontsize=8)
+        _fraction_limits(ax)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("validation accuracy (fraction)")
         _epoch_axis(ax, _steps_per_epoch(history))
@@ -448,6 +463,7 @@ def plot_wrong_confidence(examples: pd.DataFrame, confident: float = analysis.CO
                              palette={loss: colour(loss) for loss in present}, log_scale=(True, False), ax=ax,
                              legend=False)
                 ax.axvline(1 - confident, color="black", ls=":", lw=1)
+                _plain_log_ticks(ax, "x", minor_thresholds=(1, 0.3))
             ax.set_xlabel("p_true of misclassified examples (log)")
             ax.set_ylabel("cumulative share of wrong examples")
             ax.set_title(condition)
@@ -481,7 +497,7 @@ def plot_reliability(examples: pd.DataFrame, bins: int = 15) -> Figure:
         axes[0, 0].set_ylabel("accuracy in bin (fraction)")
         fig.suptitle(f"{condition}: reliability diagrams ({bins} bins, test split, seeds pooled)")
         extra = [Line2D([], [], color="black", ls="--", label="perfect calibration"),
-                 Line2D([], [], color="black", marker="o", ls="", ms=4, label="mean confidence in bin")]
+                 Line2D([], [], color="black", marker="o", ls="", ms=4, label="bin at its mean confidence")]
         _loss_legend(fig, losses, extra)
     return fig
 
@@ -503,8 +519,7 @@ def plot_label_noise(history: pd.DataFrame) -> Figure:
                 ax.errorbar([j + (k - 0.5) * 0.3], [est.mean], yerr=err, fmt=marker, color=colour(loss),
                             mfc=colour(loss) if k == 0 else "white", capsize=3)
         ax.set_xticks(range(len(losses)), losses, rotation=20, ha="right")
-        low, high = ax.get_ylim()
-        ax.set_ylim(max(low, 0.0), min(high, 1.0))  # intervals from few seeds may reach past [0, 1]
+        _fraction_limits(ax)
         ax.set_ylabel("test accuracy (fraction)")
         ax.set_title("best (filled) vs final (hollow) test accuracy")
         for ax, metric, title in ((axes[0, 1], "memorised", "memorised: predicted as the noisy label"),
