@@ -74,3 +74,12 @@ def smoke_params(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def smoke_pipeline(tmp_path_factory):
+    """A temporary copy of this repo with the smoke params, after two real `dvc repro` runs (see smoke_repo.py).
+    Its MLflow store is ``smoke_pipeline.tracking_uri``."""
+    from smoke_repo import run_smoke_pipeline
+
+    return run_smoke_pipeline(tmp_path_factory.mktemp("smoke-repo"))
