@@ -6,6 +6,7 @@ Yields ``Record`` and ``ExampleStats``; writes no files and knows no tracker.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -216,6 +217,7 @@ class Trainer:
             self.memo = (watch, data.y_train_clean.to(dev)[watch], data.flipped.to(dev)[watch])
 
         self.step = 0
+        self.evaluation_seconds = 0.0  # wall time spent evaluating (bench separates it from training)
         self.diverged_at = torch.full((len(self.members),), -1, dtype=torch.long, device=dev)
         self.dead: set[int] = set()
         self.window_loss = torch.zeros(len(self.members), device=dev)
@@ -249,7 +251,7 @@ class Trainer:
                    disable=not self.settings.progress, mininterval=1.0, dynamic_ncols=True)
         try:
             if self.step == 0:
-                yield from self._evaluate()
+                yield from self._timed_evaluation()
             while self.step < self.total_steps:
                 if stop():
                     raise Interrupted(self.step)
@@ -266,7 +268,7 @@ class Trainer:
                     if log_now:
                         yield from self._log_train(logit_grads, layer_norms, bar)
                     if self.step in self.eval_steps or self.step == self.total_steps:
-                        yield from self._evaluate()
+                        yield from self._timed_evaluation()
                     if self.step >= self.total_steps:
                         break
                     if stop():
@@ -344,6 +346,11 @@ class Trainer:
                 yield self._record(m, "train", metric, column[m])
         bar.set_postfix({name: f"{_mean(window[s.start:s.stop]):.3g}" for name, s in self._named_groups()},
                         refresh=False)
+
+    def _timed_evaluation(self) -> Iterator[Record | ExampleStats]:
+        start = time.perf_counter()
+        yield from self._evaluate()
+        self.evaluation_seconds += time.perf_counter() - start
 
     def _evaluate(self) -> Iterator[Record | ExampleStats]:
         yield from self._retire_diverged()
