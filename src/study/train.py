@@ -355,34 +355,31 @@ class Trainer:
     def _evaluate(self) -> Iterator[Record | ExampleStats]:
         yield from self._retire_diverged()
         last = self.step == self.total_steps
-        alive = self._alive()
-        outputs, measured = {}, []  # records held back until every value is known to be finite
+        outputs: dict[str, Tensor] = {}
+        columns: dict[tuple[str, str], list[float]] = {}  # (split, metric) -> one value per model
         with torch.no_grad():
             for split in self.settings.splits:
-                data = self.splits[split]
-                logits = self._logits(data.x)
-                outputs[split] = logits
-                for metric, values in self._metrics(logits, data.y).items():
-                    measured += [self._record(m, split, metric, values[m]) for m in alive]
+                outputs[split] = self._logits(self.splits[split].x)
+                metrics = self._metrics(outputs[split], self.splits[split].y)
+                columns.update({(split, metric): values for metric, values in metrics.items()})
             if self.memo is not None:
-                measured += self._memorisation(alive)
+                columns.update(self._memorisation())
             if self.settings.instrument and last and "val" in outputs and "test" in outputs:
-                measured += self._temperature(outputs["val"], outputs["test"], alive)
-        # Weights that overflowed in the last update, before any loss went non-finite: diverged at this step.
-        index = {(member.loss, member.lr, member.seed): m for m, member in enumerate(self.members)}
-        of = lambda record: index[record.loss, record.lr, record.seed]  # noqa: E731
-        self._flag_nonfinite([(of(record), record.value) for record in measured], self.step)
+                columns.update(self._temperature(outputs["val"], outputs["test"]))
+        # Weights that overflowed in the last update before any loss went non-finite: diverged at this step.
+        self._flag_nonfinite([(m, values[m]) for values in columns.values() for m in self._alive()], self.step)
         yield from self._retire_diverged()
         alive = self._alive()
-        yield from (record for record in measured if of(record) in alive)
-        if not self.settings.instrument:
+        for (split, metric), values in columns.items():
+            for m in alive:
+                yield self._record(m, split, metric, values[m])
+        if not self.settings.instrument or "test" not in outputs:
             return
-        if "test" in outputs:
-            test = self.splits["test"]
-            yield from self._examples(outputs["test"][:, self.probe_index], test.y[self.probe_index],
-                                      self.probe_index, "probe", alive)
-            if last:
-                yield from self._examples(outputs["test"], test.y, torch.arange(len(test.y)), "test", alive)
+        test = self.splits["test"]
+        yield from self._examples(outputs["test"][:, self.probe_index], test.y[self.probe_index],
+                                  self.probe_index, "probe", alive)
+        if last:
+            yield from self._examples(outputs["test"], test.y, torch.arange(len(test.y)), "test", alive)
 
     def _logits(self, x: Tensor) -> Tensor:
         return torch.cat([self.stack.forward(x[i:i + EVAL_CHUNK]) for i in range(0, len(x), EVAL_CHUNK)], dim=1)
@@ -411,7 +408,8 @@ class Trainer:
         }
         return {name: values.tolist() for name, values in metrics.items()}
 
-    def _memorisation(self, alive: list[int]) -> Iterator[Record]:
+    def _memorisation(self) -> dict[tuple[str, str], list[float]]:
+        """How many flipped training labels each model reproduces (memorised) or corrects (recovered)."""
         watch, clean, flipped = self.memo
         predicted = self._logits(self.train_x[watch]).argmax(dim=2)  # [M, W]
         noisy = self.train_y[watch]
@@ -420,10 +418,7 @@ class Trainer:
             ("train_flipped", "recovered"): (predicted == clean)[:, flipped].float().mean(dim=1),
             ("train_clean", "accuracy"): (predicted == clean)[:, ~flipped].float().mean(dim=1),
         }
-        for (split, metric), column in values.items():
-            column = column.tolist()
-            for m in alive:
-                yield self._record(m, split, metric, column[m])
+        return {key: column.tolist() for key, column in values.items()}
 
     def _examples(self, logits: Tensor, labels: Tensor, index: Tensor, split: str,
                   alive: list[int]) -> Iterator[ExampleStats]:
@@ -445,16 +440,12 @@ class Trainer:
             yield ExampleStats(member.loss, member.lr, member.seed, self._epoch(), self.step, split, index_np,
                                labels_np, **{name: values[m] for name, values in columns.items()})
 
-    def _temperature(self, val_logits: Tensor, test_logits: Tensor, alive: list[int]) -> Iterator[Record]:
+    def _temperature(self, val_logits: Tensor, test_logits: Tensor) -> dict[tuple[str, str], list[float]]:
         """Temperature scaling (Guo et al. 2017): T minimising validation NLL, then test NLL and ECE at that T."""
         temperature = fit_temperature(val_logits, self.splits["val"].y)  # [M]
-        scaled = test_logits / temperature[:, None, None]
-        metrics = self._metrics(scaled, self.splits["test"].y)
-        temperature = temperature.tolist()
-        for m in alive:
-            yield self._record(m, "val", "temperature", temperature[m])
-            yield self._record(m, "test", "nll_ts", metrics["nll"][m])
-            yield self._record(m, "test", "ece_ts", metrics["ece"][m])
+        scaled = self._metrics(test_logits / temperature[:, None, None], self.splits["test"].y)
+        return {("val", "temperature"): temperature.tolist(), ("test", "nll_ts"): scaled["nll"],
+                ("test", "ece_ts"): scaled["ece"]}
 
     def _alive(self) -> list[int]:
         return [m for m in range(len(self.members)) if m not in self.dead]
