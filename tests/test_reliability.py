@@ -130,3 +130,66 @@ def test_after_sigkill_the_next_run_marks_the_stale_runs_killed(long_run):
     after = {r.info.run_id: r.info.status for r in long_run.runs()}
     assert all(after[r.info.run_id] == "KILLED" for r in stale)
     assert not any(status == "RUNNING" for status in after.values())
+
+
+def test_a_diverging_learning_rate_is_a_result_not_a_crash(smoke_pipeline, tmp_path):
+    """lr = 1e3 blows up some losses: those models are marked diverged (tables, MLflow tags, report), the others
+    finish, the stage exits 0 and no NaN reaches a table."""
+    repo = smoke_pipeline.repo
+    (tmp_path / "lr.json").write_text(json.dumps({"source": "test", "lrs": dict.fromkeys(LOSSES, 1e3)}))
+    out = tmp_path / "out"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "study", "train", "--params", str(repo / "experiments" / "study.yaml"),
+         "--condition", "fashion_sgd", "--data", str(repo / "data"), "--lrs", str(tmp_path / "lr.json"),
+         "--out", str(out)],
+        env={**__import__("os").environ, "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    history = tables.read_history(out / tables.HISTORY)
+    diverged = history[history["metric"] == "diverged_step"]
+    assert len(diverged) > 0
+    assert history["value"].map(float).apply(lambda v: v == v and abs(v) != float("inf")).all()
+    summary = pd.read_csv(out / tables.SUMMARY)
+    assert summary["diverged_step"].notna().sum() == diverged[["loss", "seed"]].drop_duplicates().shape[0]
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("loss-study").experiment_id])
+    tagged = {r.info.run_name for r in runs if r.data.tags.get("diverged") == "true"}
+    expected = {f"{row.loss}-lr1000-s{row.seed}" for row in diverged.itertuples()}
+    assert tagged == expected
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_checkpoints_never_unpickle_code(tmp_path, recwarn):
+    """A swapped checkpoint holding a pickled object is refused (weights_only), never executed."""
+    import pickle
+
+    import torch
+
+    from study.runner import Checkpoint
+
+    marker = tmp_path / "executed"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.write_text, ("pwned",))
+
+    path = tmp_path / "swapped.pt"
+    torch.save({"fingerprint": "x", "trainer": Payload()}, path, pickle_module=pickle)
+    assert Checkpoint(path, "x").load() is None
+    assert not marker.exists()
+    assert any("unreadable" in str(w.message) for w in recwarn)
+
+
+def test_the_dashboard_binds_to_loopback_unless_asked(monkeypatch):
+    from study import cli
+
+    calls = []
+    monkeypatch.setattr(cli.os, "execvp", lambda file, argv: calls.append(argv))
+    cli.main(["dashboard"])
+    cli.main(["dashboard", "--host", "0.0.0.0", "--port", "5123"])
+    first, second = calls
+    assert first[first.index("--host") + 1] == "127.0.0.1"
+    assert second[second.index("--host") + 1] == "0.0.0.0" and second[second.index("--port") + 1] == "5123"

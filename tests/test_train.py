@@ -421,3 +421,11 @@ def test_choose_lrs_never_prefers_a_diverged_lr():
     lrs, scores = choose_lrs(history, ["mse"], [0.1, 1.0])
     assert lrs == {"mse": 0.1}
     assert scores["mse"]["1"] < scores["mse"]["0.1"]
+
+
+def test_evaluations_run_at_step_zero_the_early_steps_and_each_interval(tiny_data):
+    cond = tiny_condition(epochs=2, evals_per_epoch=2, early_evals=(1, 2, 500))  # 500: past the end, ignored
+    records, _, trainer = run(cond, tiny_data, [Member("softmax_nll", 0.1, 0)])
+    steps = sorted({r.step for r in records if r.split == "val" and r.metric == "accuracy"})
+    half = trainer.steps_per_epoch / 2
+    assert steps == sorted({0, 1, 2, *(round(k * half) for k in range(1, 5))})

@@ -229,15 +229,24 @@ def plot_convergence(history: pd.DataFrame, targets: Sequence[float] = ()) -> Fi
     with _style():
         fig, axes = _figure(1, 2, 12, 4.2)
         ax = axes[0, 0]
-        _band_lines(ax, analysis.select(history, "val", "accuracy"), "step")
+        # Most of the race happens in the first epoch: steps on a log axis (step 0 left out), accuracy zoomed
+        # onto the targets, so that the losses' curves can be told apart.
+        accuracy = analysis.select(history, "val", "accuracy")
+        accuracy = accuracy[accuracy["step"] > 0]
+        _band_lines(ax, accuracy, "step")
+        ax.set_xscale("log")
         for i, target in enumerate(targets):  # labels alternate sides so that close targets stay readable
             ax.axhline(target, color="black", ls=":", lw=1)
             ax.annotate(f"target {target:g}", (0.99 if i % 2 else 0.01, target), xycoords=("axes fraction", "data"),
                         ha="right" if i % 2 else "left", va="bottom", fontsize=8)
-        _fraction_limits(ax)
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("validation accuracy (fraction)")
-        _epoch_axis(ax, _steps_per_epoch(history))
+        means = accuracy.groupby(["loss", "step"])["value"].mean()
+        if len(means) and targets:
+            top = min(1.0, float(means.max()) + 0.01)
+            ax.set_ylim(max(0.0, min(min(targets) - 0.08, top - 0.2)), top)
+        else:
+            _fraction_limits(ax)
+        ax.set_xlabel("optimizer step (log scale)")
+        ax.set_ylabel("validation accuracy (fraction, zoomed)")
         ax = axes[0, 1]
         _band_lines(ax, _finite(analysis.select(history, "train", "loss")), "step", log=True)
         _plain_log_ticks(ax)

@@ -197,6 +197,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cond.epochs
         per_eval = self.steps_per_epoch / cond.evals_per_epoch
         self.eval_steps = {round(k * per_eval) for k in range(1, cond.epochs * cond.evals_per_epoch + 1)}
+        self.eval_steps |= {step for step in cond.early_evals if step < self.total_steps}
 
         self.seeds = list(dict.fromkeys(m.seed for m in self.members))
         self.seed_of = torch.tensor([self.seeds.index(m.seed) for m in self.members], device=dev)

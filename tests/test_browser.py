@@ -1,0 +1,145 @@
+"""The report and the MLflow dashboard in real headless Chromium (Debian's `chromium`, driven by Playwright).
+
+Screenshots land in test-artifacts/. Run only these tests with `pytest -m browser`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+SECTIONS = ["Findings", "Setup", "Headline table", "Convergence speed", "Gradient magnitudes",
+            "Confident-wrong penalties and calibration", "Claims of the source text, checked"]
+# This machine has no network and no display: keep Chromium from reaching out or looking for a GPU.
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--disable-quic"]
+
+
+def find_chromium() -> str:
+    """Debian's Chromium; installed here when missing and we are root (as `make test` does)."""
+    path = shutil.which("chromium")
+    if path is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False, capture_output=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        path = shutil.which("chromium")
+    if path is None:
+        pytest.fail("Chromium is not installed: `apt-get install chromium` (make test installs it)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=find_chromium(), headless=True,
+            args=CHROMIUM_FLAGS, viewport={"width": 1280, "height": 900})
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+def watch_errors(page) -> list[str]:
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return errors
+
+
+def test_the_report_opens_from_disk_with_every_figure_and_section(smoke_pipeline, browser):
+    index = smoke_pipeline.repo / "results" / "report" / "index.html"
+    page = browser.new_page()
+    errors = watch_errors(page)
+    page.goto(index.as_uri(), wait_until="load")
+    images = page.evaluate("Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])")
+    assert len(images) >= 10
+    broken = [alt for alt, complete, width in images if not complete or width == 0]
+    assert not broken, f"images that did not load: {broken}"
+    headings = page.evaluate("Array.from(document.querySelectorAll('h2')).map(h => h.textContent.trim())")
+    for section in SECTIONS:
+        assert section in headings, f"missing section {section!r}; headings: {headings}"
+    page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+    assert not errors, errors
+    page.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dashboard(smoke_pipeline):
+    """`study dashboard` (mlflow ui on loopback) against the smoke pipeline's store; always stopped."""
+    port = free_port()
+    log = (ARTIFACTS / "dashboard-server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "study", "dashboard", "--port", str(port)], cwd=smoke_pipeline.repo,
+        env={**os.environ, "MLFLOW_TRACKING_URI": smoke_pipeline.tracking_uri}, stdout=log, stderr=log,
+        start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.time() > deadline:
+                raise AssertionError(f"the dashboard did not start; see {ARTIFACTS / 'dashboard-server.log'}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, 15)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, 9)
+            server.wait()
+        log.close()
+
+
+def test_the_dashboard_lists_the_child_runs_with_their_tags(smoke_pipeline, browser, dashboard):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(smoke_pipeline.tracking_uri)
+    experiment = client.get_experiment_by_name("loss-study")
+    child = client.search_runs([experiment.experiment_id],
+                               "tags.condition = 'fashion_sgd' and tags.stage = 'train' and tags.loss = 'mse'")[0]
+    page = browser.new_page()
+    page.goto(f"{dashboard}/#/experiments/{experiment.experiment_id}/runs", wait_until="domcontentloaded")
+    # Child runs are nested under their parent; a search lists them by name.
+    search = page.get_by_placeholder("metrics.rmse < 1 and params.model = \"tree\"", exact=False)
+    search.first.fill("tags.condition = 'fashion_sgd' and tags.stage = 'train'")
+    search.first.press("Enter")
+    page.get_by_text(child.info.run_name, exact=True).first.wait_for(timeout=90_000)
+    for loss in ("mse", "sigmoid_bce", "softmax_nll", "smoothed_ce"):
+        assert page.get_by_text(f"{loss}-lr", exact=False).count() > 0, loss
+    page.screenshot(path=str(ARTIFACTS / "dashboard-runs.png"), full_page=True)
+
+    page.goto(f"{dashboard}/#/experiments/{experiment.experiment_id}/runs/{child.info.run_id}",
+              wait_until="domcontentloaded")
+    page.get_by_text(child.info.run_name).first.wait_for(timeout=90_000)
+    page.get_by_text("fashion_sgd", exact=True).first.wait_for(timeout=60_000)
+    page.get_by_text("mse", exact=True).first.wait_for(timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-run.png"), full_page=True)
+    page.close()
