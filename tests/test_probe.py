@@ -17,7 +17,8 @@ from study.losses import LOSSES
 
 K = 10
 EPS = 0.1
-SEED_TEXT = Path("/work/shared/seed/understanding-cross-entropy.txt")  # the source text, where it is present
+# The source text lives in ../shared beside the repository (on developer machines and in CI alike).
+SEED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "seed" / "understanding-cross-entropy.txt"
 
 
 @pytest.fixture(scope="module")

@@ -154,7 +154,7 @@ def _finite(frame: pd.DataFrame, column: str = "value") -> pd.DataFrame:
 def plot_headline(history: pd.DataFrame) -> Figure:
     """Final test accuracy, test NLL and ECE per condition and loss: mean over seeds with 95% t-intervals."""
     specs = {"final_accuracy": ("test", "accuracy"), "test_nll": ("test", "nll"), "ece": ("test", "ece")}
-    names = {"final_accuracy": "test accuracy (fraction)", "test_nll": "test NLL (nats)",
+    names = {"final_accuracy": "test accuracy (fraction)", "test_nll": "test NLL (nats, log scale)",
              "ece": "ECE (expected calibration error)"}
     table = analysis.final_table(history, specs)
     conditions = list(dict.fromkeys(history["condition"]))
@@ -172,7 +172,10 @@ def plot_headline(history: pd.DataFrame) -> Figure:
                 err = np.nan_to_num(np.array([lo, hi], dtype=float), nan=0.0)
                 ax.errorbar(xs, ys, yerr=err, fmt="o", color=colour(loss), capsize=3, ms=5)
             ax.set_xticks(np.arange(len(conditions)), conditions, rotation=20, ha="right")
-            if quantity != "test_nll":
+            if quantity == "test_nll":
+                ax.set_yscale("log")  # a collapsed, confidently wrong model reaches thousands of nats
+                _plain_log_ticks(ax)
+            else:
                 _fraction_limits(ax)
             ax.set_ylabel(names[quantity])
             ax.set_title(names[quantity].split(" (")[0])
