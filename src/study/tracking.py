@@ -179,7 +179,7 @@ def _sigterm_as_exit() -> Iterator[None]:
 class MlflowTracker:
     """Sends records to MLflow from a background thread in batches; ``log`` only enqueues."""
 
-    def __init__(self, client: MlflowClient, parent_id: str, run_ids: dict[str, str], *, interval_s: float = 0.5):
+    def __init__(self, client: MlflowClient, parent_id: str, run_ids: dict[str, str], *, interval_s: float = 5.0):
         self._client = client
         self._parent_id = parent_id
         self._run_ids = run_ids  # run name -> child run id
