@@ -12,7 +12,7 @@ from study import config, tables
 from study.config import ConfigError, StudyConfig
 from study.data import DataError
 
-CHECKPOINT_EXIT = 130  # what a shell reports for a process stopped by SIGINT
+INTERRUPTED_EXIT = 130  # what a shell reports for a process stopped by SIGINT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(f"study {args.command}: interrupted", file=sys.stderr)
-        return CHECKPOINT_EXIT
+        return INTERRUPTED_EXIT
     return 0
 
 
