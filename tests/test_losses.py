@@ -211,6 +211,46 @@ def test_logit_gradient_equals_closed_form(name, scale):
                                rtol=1e-9, atol=1e-12)
 
 
+def grad_fn(name: str):
+    return losses.build_grad(name, {"eps": EPS} if name == "smoothed_ce" else None)
+
+
+def test_every_loss_has_its_closed_form_gradient():
+    assert list(losses.GRADIENTS) == NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("scale", [0.1, 3.0, 30.0])
+def test_trainer_gradient_equals_autograd_of_the_loss(name, scale):
+    """The closed form the trainer steps with is the derivative of the loss it reports (float64: to 1e-12)."""
+    logits, labels = batch(scale)
+    _, expected = autograd(name, logits.double(), labels)
+    torch.testing.assert_close(grad_fn(name)(logits.double(), labels), expected, rtol=1e-10, atol=1e-12)
+    _, expected32 = autograd(name, logits, labels)
+    torch.testing.assert_close(grad_fn(name)(logits, labels), expected32, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_trainer_gradient_is_finite_and_right_at_extreme_logits(name):
+    logits, labels = extreme_batch()
+    grad = grad_fn(name)(logits, labels)
+    assert torch.isfinite(grad).all()
+    np.testing.assert_allclose(grad.double().numpy(), closed_form_grad(name, logits.double().numpy(), labels.numpy()),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_class_dimension_is_one_with_trailing_example_dimensions(name):
+    """[M, K, B] logits (the trainer's layout: models, classes, batch) give what [M * B, K] rows give."""
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, K, 7, generator=generator) * 4
+    labels = torch.randint(0, K, (3, 7), generator=generator)
+    rows, row_labels = logits.transpose(1, 2).reshape(-1, K), labels.reshape(-1)
+    torch.testing.assert_close(loss(name)(logits, labels), loss(name)(rows, row_labels).view(3, 7))
+    torch.testing.assert_close(grad_fn(name)(logits, labels),
+                               grad_fn(name)(rows, row_labels).view(3, 7, K).transpose(1, 2))
+
+
 def test_softmax_gradients_in_torch_terms():
     """The same identities once more with torch alone: softmax - onehot, and its smoothed mixture."""
     logits, labels = batch(5.0)

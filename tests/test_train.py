@@ -150,8 +150,9 @@ def test_members_must_be_ordered_by_loss(tiny_data):
 
 
 def plain_loop(cond, data: Dataset, member: Member, log_every: int):
-    """The textbook loop: one nn.Module, torch.optim, the member's own batches. Returns the net, its windowed
-    training losses keyed like the trainer's records, and the first step whose loss was not finite (or None)."""
+    """The textbook loop: one nn.Module, autograd, torch.optim, the member's own batches. Returns the net, its
+    windowed training losses and its gradient norms (autograd's) keyed like the trainer's records, and the first
+    step whose loss was not finite (or None)."""
     net = init_mlp(sizes(data, cond), member.seed)
     if cond.optimizer == "sgd":
         opt = torch.optim.SGD(net.parameters(), lr=member.lr, momentum=cond.momentum)
@@ -169,6 +170,12 @@ def plain_loop(cond, data: Dataset, member: Member, log_every: int):
                 first_bad = step
             opt.zero_grad()
             loss.backward()
+            if (step + 1) % log_every == 0:
+                layers = [math.hypot(layer.weight.grad.norm().item(), layer.bias.grad.norm().item())
+                          for layer in net.layers]
+                logged[step + 1, "train", "grad_norm"] = math.hypot(*layers)
+                for i, norm in enumerate(layers, start=1):
+                    logged[step + 1, "train", f"grad_norm_layer{i}"] = norm
             opt.step()
             step += 1
             window.append(loss.item())
@@ -176,6 +183,10 @@ def plain_loop(cond, data: Dataset, member: Member, log_every: int):
                 logged[step, "train", "loss"] = sum(window) / len(window)
                 window = []
     return net, logged, first_bad
+
+
+def logged_metrics(logged: dict) -> set[tuple[str, str]]:
+    return {key[1:] for key in logged}
 
 
 @pytest.mark.parametrize("optimizer, lrs", [("sgd", (0.05, 0.2)), ("adam", (0.003, 0.01))])
@@ -200,8 +211,8 @@ def test_lockstep_member_equals_the_same_member_alone_and_a_plain_loop(tiny_data
     for member in (target, Member("mse", lrs[0], 0), Member("smoothed_ce", lrs[1], 0)):
         net, logged, _ = plain_loop(cond, tiny_data, member, cond.log_every)
         assert_same_weights(big.stack.member(members.index(member)), net)
-        trainer_losses = {k: v for k, v in of(together, member).items() if k[1:] == ("train", "loss")}
-        assert_same_records(trainer_losses, logged)
+        trainer_train = {k: v for k, v in of(together, member).items() if k[1:] in logged_metrics(logged)}
+        assert_same_records(trainer_train, logged)  # losses and gradient norms (hand-written backward = autograd)
         initial = init_mlp(sizes(tiny_data, cond), member.seed)
         moved = sum((p - q).abs().sum().item() for p, q in zip(net.parameters(), initial.parameters()))
         assert moved > 1e-2  # training happened: the comparison is not between two untouched nets

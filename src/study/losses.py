@@ -1,6 +1,9 @@
-"""The classification losses under study. Each maps logits [B, K] and labels [B] to a per-example loss [B].
+"""The classification losses under study. Each maps logits [B, K, *] and labels [B, *] to a per-example loss
+[B, *]: the class dimension is dimension 1, as in ``F.cross_entropy`` (trailing dimensions are extra examples).
 
-Every loss is computed in log space from raw logits; the batch mean is the caller's. Imports only torch.
+Every loss is computed in log space from raw logits; the batch mean is the caller's. Each also has its gradient with
+respect to the logits in closed form (``GRADIENTS``), which the trainer steps with and the tests check against
+autograd. Imports only torch.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import math
 from collections.abc import Callable, Mapping
 from functools import partial
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -21,20 +25,17 @@ def mse(logits: Tensor, labels: Tensor) -> Tensor:
     Summed over the K classes, not averaged: averaging would shrink the gradient K-fold and make
     the loss look slow for a reason that has nothing to do with its shape. Bounded by 2.
     """
-    probs = logits.softmax(dim=1)  # [B, K]
-    targets = F.one_hot(labels, logits.shape[1]).to(probs.dtype)
-    return (probs - targets).pow(2).sum(dim=1)
+    return (logits.softmax(dim=1) - one_hot(logits, labels)).pow(2).sum(dim=1)
 
 
 def sigmoid_bce(logits: Tensor, labels: Tensor) -> Tensor:
     """One sigmoid per class against one-hot targets; binary cross-entropy summed over classes (not averaged)."""
-    targets = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
-    return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(dim=1)
+    return F.binary_cross_entropy_with_logits(logits, one_hot(logits, labels), reduction="none").sum(dim=1)
 
 
 def softmax_nll(logits: Tensor, labels: Tensor) -> Tensor:
     """Cross-entropy: -log softmax(z)_y, through log_softmax so that it never takes the log of an underflowed 0."""
-    return -logits.log_softmax(dim=1).gather(1, labels[:, None]).squeeze(1)
+    return -logits.log_softmax(dim=1).gather(1, labels.unsqueeze(1)).squeeze(1)
 
 
 def smoothed_ce(logits: Tensor, labels: Tensor, *, eps: float = 0.1) -> Tensor:
@@ -44,9 +45,43 @@ def smoothed_ce(logits: Tensor, labels: Tensor, *, eps: float = 0.1) -> Tensor:
     ``F.cross_entropy(label_smoothing=eps)`` does), so the loss cannot reach 0: its floor is the
     entropy of the smoothed target.
     """
-    log_probs = logits.log_softmax(dim=1)  # [B, K]
-    nll = -log_probs.gather(1, labels[:, None]).squeeze(1)
+    log_probs = logits.log_softmax(dim=1)  # [B, K, *]
+    nll = -log_probs.gather(1, labels.unsqueeze(1)).squeeze(1)
     return (1.0 - eps) * nll - eps * log_probs.mean(dim=1)
+
+
+def one_hot(logits: Tensor, labels: Tensor) -> Tensor:
+    """One-hot targets laid out like ``logits`` (class dimension 1), in their dtype."""
+    return torch.zeros_like(logits).scatter_(1, labels.unsqueeze(1), 1.0)
+
+
+# ---- gradients with respect to the logits, in closed form ------------------------------------------------------------
+# p = softmax(z), t = one_hot(y). Each function returns d loss / d z per example, laid out like the logits.
+
+
+def mse_grad(logits: Tensor, labels: Tensor) -> Tensor:
+    """The softmax Jacobian (diag(p) - p p^T) applied to 2(p - t): 2 p (r - <p, r>) with r = p - t. It vanishes
+    as p saturates, right or wrong: the squared error's flat spot."""
+    probs = logits.softmax(dim=1)
+    residual = probs - one_hot(logits, labels)
+    return 2 * probs * (residual - (probs * residual).sum(dim=1, keepdim=True))
+
+
+def sigmoid_bce_grad(logits: Tensor, labels: Tensor) -> Tensor:
+    """sigmoid(z) - t, each class on its own."""
+    return logits.sigmoid() - one_hot(logits, labels)
+
+
+def softmax_nll_grad(logits: Tensor, labels: Tensor) -> Tensor:
+    """p - t: as large as the mistake, whatever the confidence."""
+    return logits.softmax(dim=1) - one_hot(logits, labels)
+
+
+def smoothed_ce_grad(logits: Tensor, labels: Tensor, *, eps: float = 0.1) -> Tensor:
+    """p - ((1 - eps) t + eps / K): zero only at the smoothed target, so logits stay finite."""
+    k = logits.shape[1]
+    targets = torch.full_like(logits, eps / k).scatter_(1, labels.unsqueeze(1), 1.0 - eps + eps / k)
+    return logits.softmax(dim=1) - targets
 
 
 LOSSES: dict[str, LossFn] = {
@@ -54,6 +89,13 @@ LOSSES: dict[str, LossFn] = {
     "sigmoid_bce": sigmoid_bce,
     "softmax_nll": softmax_nll,
     "smoothed_ce": smoothed_ce,
+}
+
+GRADIENTS: dict[str, LossFn] = {
+    "mse": mse_grad,
+    "sigmoid_bce": sigmoid_bce_grad,
+    "softmax_nll": softmax_nll_grad,
+    "smoothed_ce": smoothed_ce_grad,
 }
 
 # What each loss assumes, logged as params next to the loss name.
@@ -75,6 +117,12 @@ def check_name(name: str) -> str:
 def build(name: str, options: Mapping[str, float] | None = None) -> LossFn:
     """Bind a loss's keyword-only knobs once (e.g. ``eps`` for smoothed_ce), so the loop sees one signature."""
     fn = LOSSES[check_name(name)]
+    return partial(fn, **options) if options else fn
+
+
+def build_grad(name: str, options: Mapping[str, float] | None = None) -> LossFn:
+    """The closed-form logit gradient of ``build(name, options)``."""
+    fn = GRADIENTS[check_name(name)]
     return partial(fn, **options) if options else fn
 
 

@@ -68,7 +68,12 @@ def batch_order(num_examples: int, seed: int, epoch: int) -> Tensor:
 
 class Stack:
     """M MLPs held as stacked tensors, ``weights[l]`` [M, in, out] and ``biases[l]`` [M, out], so that one
-    batched matrix product steps every model at once."""
+    batched matrix product steps every model at once.
+
+    Training runs without autograd: ``train_forward`` keeps the activations and ``backward`` takes the losses'
+    closed-form logit gradients through the layers by hand (eight batched products and a few elementwise passes,
+    into buffers reused every step). Autograd would give the same numbers (a test holds them to a plain
+    ``torch.optim`` loop) but spends more time on bookkeeping than on arithmetic for models this small."""
 
     def __init__(self, sizes: Sequence[int], seeds: Sequence[int], device: torch.device):
         nets = {seed: init_mlp(sizes, seed) for seed in dict.fromkeys(seeds)}
@@ -76,10 +81,21 @@ class Stack:
         self.sizes = tuple(sizes)
         self.weights = [_stacked([nets[s].layers[i].weight.T for s in seeds], device) for i in layers]
         self.biases = [_stacked([nets[s].layers[i].bias for s in seeds], device) for i in layers]
+        self.weight_grads = [torch.empty_like(w) for w in self.weights]
+        self.bias_grads = [torch.empty_like(b) for b in self.biases]
+        self._inputs: Tensor | None = None
+        self._activations: list[Tensor] = []  # post-ReLU outputs of the hidden layers, [M, B, H]
+        self._activation_grads: list[Tensor] = []
+        self._logits = torch.empty(0)
 
     @property
     def params(self) -> list[Tensor]:
         return [*self.weights, *self.biases]
+
+    @property
+    def grads(self) -> list[Tensor]:
+        """The gradients of the last ``backward``, laid out like ``params``."""
+        return [*self.weight_grads, *self.bias_grads]
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits [M, B, K] from inputs [M, B, D] (one batch per model) or [B, D] (shared by all models)."""
@@ -90,6 +106,42 @@ class Stack:
             if i < last:
                 x = torch.relu(x)
         return x
+
+    def train_forward(self, x: Tensor) -> Tensor:
+        """Logits [M, K, B] from inputs [M, B, D], keeping what ``backward`` needs. Classes come before the batch
+        (the losses' class dimension is 1) so that their reductions over K run along contiguous rows of B: in
+        [M, B, K] a softmax over 10 classes takes longer than the largest matrix product of the step."""
+        m, b, _ = x.shape
+        if self._logits.shape != (m, self.sizes[-1], b):
+            self._allocate(b)
+        self._inputs = h = x
+        for weight, bias, out in zip(self.weights[:-1], self.biases[:-1], self._activations):
+            h = torch.baddbmm(bias[:, None], h, weight, out=out).clamp_min_(0)
+        weight, bias = self.weights[-1], self.biases[-1]
+        return torch.baddbmm(bias[:, :, None], weight.transpose(1, 2), h.transpose(1, 2), out=self._logits)
+
+    def backward(self, grad_logits: Tensor) -> list[Tensor]:
+        """Parameter gradients, laid out like ``params``, of the last ``train_forward`` given d loss / d logits
+        [M, K, B]. Models are independent: each gets the gradient of its own loss."""
+        grad, hidden = grad_logits, self._activations
+        torch.bmm(hidden[-1].transpose(1, 2), grad.transpose(1, 2), out=self.weight_grads[-1])
+        torch.sum(grad, dim=2, out=self.bias_grads[-1])
+        back = torch.bmm(grad.transpose(1, 2), self.weights[-1].transpose(1, 2), out=self._activation_grads[-1])
+        for i in reversed(range(len(hidden))):
+            # ReLU's derivative: pass the gradient where the unit was active (its output > 0), else 0.
+            torch.ops.aten.threshold_backward.grad_input(back, hidden[i], 0, grad_input=back)
+            below = self._inputs if i == 0 else hidden[i - 1]
+            torch.bmm(below.transpose(1, 2), back, out=self.weight_grads[i])
+            torch.sum(back, dim=1, out=self.bias_grads[i])
+            if i > 0:
+                back = torch.bmm(back, self.weights[i].transpose(1, 2), out=self._activation_grads[i - 1])
+        return self.grads
+
+    def _allocate(self, batch: int) -> None:
+        m, device = self.weights[0].shape[0], self.weights[0].device
+        self._activations = [torch.empty(m, batch, h, device=device) for h in self.sizes[1:-1]]
+        self._activation_grads = [torch.empty_like(a) for a in self._activations]
+        self._logits = torch.empty(m, self.sizes[-1], batch, device=device)
 
     def member(self, m: int) -> MLP:
         """Model ``m`` as a plain MLP (for tests and checks)."""
@@ -102,7 +154,7 @@ class Stack:
 
 
 def _stacked(tensors: list[Tensor], device: torch.device) -> Tensor:
-    return torch.stack([t.detach() for t in tensors]).to(device).contiguous().requires_grad_(True)
+    return torch.stack([t.detach() for t in tensors]).to(device).contiguous()
 
 
 class StackedSGD:
@@ -112,11 +164,10 @@ class StackedSGD:
         self.params, self.lr, self.momentum = params, lr, momentum
         self.buffers = [torch.zeros_like(p) for p in params]
 
-    def step(self) -> None:
-        with torch.no_grad():
-            for p, buf in zip(self.params, self.buffers):
-                torch.add(p.grad, buf, alpha=self.momentum, out=buf)  # buf = momentum * buf + grad, one pass
-                p.addcmul_(_per_model(self.lr, p), buf, value=-1)  # p -= lr * buf, one pass
+    def step(self, grads: list[Tensor]) -> None:
+        for p, grad, buf in zip(self.params, grads, self.buffers):
+            torch.add(grad, buf, alpha=self.momentum, out=buf)  # buf = momentum * buf + grad, one pass
+            p.addcmul_(_per_model(self.lr, p), buf, value=-1)  # p -= lr * buf, one pass
 
     def state(self) -> dict:
         return {"buffers": self.buffers}
@@ -138,19 +189,18 @@ class StackedAdam:
         self.first = [torch.zeros_like(p) for p in params]
         self.second = [torch.zeros_like(p) for p in params]
 
-    def step(self) -> None:
+    def step(self, grads: list[Tensor]) -> None:
         beta1, beta2 = ADAM_BETAS
         self.steps += 1
         correction1 = 1 - beta1**self.steps
         root_correction2 = math.sqrt(1 - beta2**self.steps)
-        with torch.no_grad():
-            for p, m1, m2 in zip(self.params, self.first, self.second):
-                m1.lerp_(p.grad, 1 - beta1)
-                m2.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                # p -= (lr / correction1) * m1 / (sqrt(m2) / root_correction2 + eps), with the step size folded
-                # into the denominator so that no second temporary is needed.
-                denom = m2.sqrt().div_(root_correction2).add_(ADAM_EPS).div_(_per_model(self.lr / correction1, p))
-                p.addcdiv_(m1, denom, value=-1)
+        for p, grad, m1, m2 in zip(self.params, grads, self.first, self.second):
+            m1.lerp_(grad, 1 - beta1)
+            m2.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            # p -= (lr / correction1) * m1 / (sqrt(m2) / root_correction2 + eps), with the step size folded
+            # into the denominator so that no second temporary is needed.
+            denom = m2.sqrt().div_(root_correction2).add_(ADAM_EPS).div_(_per_model(self.lr / correction1, p))
+            p.addcdiv_(m1, denom, value=-1)
 
     def state(self) -> dict:
         return {"first": self.first, "second": self.second, "steps": self.steps}
@@ -278,36 +328,32 @@ class Trainer:
             bar.close()
 
     def _train_step(self, batch: Tensor, *, measure: bool) -> tuple[Tensor | None, Tensor | None]:
-        index = batch[self.seed_of]  # [M, B]: each model gets the batch of its own seed
-        x, y = self.train_x[index], self.train_y[index]  # [M, B, D], [M, B]
-        logits = self.stack.forward(x)  # [M, B, K]
-        if measure and self.settings.instrument:
-            logits.retain_grad()
-        per_example = self._per_example(logits, y)  # [M, B]
+        m, b = len(self.members), batch.shape[1]
+        index = batch[self.seed_of].view(-1)  # [M * B]: each model gets the batch of its own seed
+        x = self.train_x.index_select(0, index).view(m, b, -1)  # [M, B, D]
+        y = self.train_y.index_select(0, index).view(m, b)
+        logits = self.stack.train_forward(x)  # [M, K, B]
+        per_example = torch.cat([fn(logits[s], y[s]) for fn, _, s in self.groups])  # [M, B]
+        grad_logits = torch.cat([grad(logits[s], y[s]) for _, grad, s in self.groups]).div_(b)  # of the batch mean
         batch_loss = per_example.mean(dim=1)  # [M]
-        for p in self.stack.params:
-            p.grad = None
-        batch_loss.sum().backward()  # models are independent: each gets the gradient of its own mean loss
-        with torch.no_grad():
-            bad = ~torch.isfinite(batch_loss) & (self.diverged_at < 0)
-            self.diverged_at.masked_fill_(bad, self.step)
-            self.window_loss.add_(batch_loss.detach())
+        param_grads = self.stack.backward(grad_logits)
+        bad = ~torch.isfinite(batch_loss) & (self.diverged_at < 0)
+        self.diverged_at.masked_fill_(bad, self.step)
+        self.window_loss.add_(batch_loss)
         self.window_steps += 1
         logit_grads = layer_norms = None
         if measure and self.settings.instrument:
-            with torch.no_grad():
-                # x B undoes the 1/B of the batch mean: these are per-example gradients.
-                logit_grads = (logits.grad * logits.shape[1]).norm(dim=2).mean(dim=1)  # [M]
-                layer_norms = grads.layer_norms([w.grad for w in self.stack.weights],
-                                                [b.grad for b in self.stack.biases])  # [M, L]
-        self.opt.step()
+            # x B undoes the 1/B of the batch mean: these are per-example gradients.
+            logit_grads = (grad_logits * b).norm(dim=1).mean(dim=1)  # [M]
+            layer_norms = grads.layer_norms(self.stack.weight_grads, self.stack.bias_grads)  # [M, L]
+        self.opt.step(param_grads)
         return logit_grads, layer_norms
 
     def _per_example(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Each model's own loss on its own logits: [M, N, K], [M, N] -> [M, N]."""
         k = logits.shape[-1]
         parts = [fn(logits[s].reshape(-1, k), labels[s].reshape(-1)).view(s.stop - s.start, -1)
-                 for fn, s in self.groups]
+                 for fn, _, s in self.groups]
         return torch.cat(parts)
 
     def _flag_nonfinite(self, values: list[tuple[int, float]], step: int) -> None:
@@ -427,7 +473,7 @@ class Trainer:
         confidence, predicted = probs.max(dim=2)
         p_true = probs.gather(2, labels.expand(logits.shape[:2])[..., None]).squeeze(2)
         per_example, norms = [], []
-        for fn, s in self.groups:
+        for fn, _, s in self.groups:
             count = s.stop - s.start
             value, grad = grads.logit_grads(fn, logits[s].reshape(-1, logits.shape[2]), labels.repeat(count))
             per_example.append(value.view(count, -1))
@@ -452,7 +498,7 @@ class Trainer:
         return [m for m in range(len(self.members)) if m not in self.dead]
 
     def _named_groups(self) -> list[tuple[str, slice]]:
-        return [(self.members[s.start].loss, s) for _, s in self.groups]
+        return [(self.members[s.start].loss, s) for _, _, s in self.groups]
 
     def _epoch(self) -> float:
         return round(self.step / self.steps_per_epoch, 4)
@@ -478,15 +524,19 @@ def fit(cond: Condition, data: Dataset, members: Sequence[Member],
     return Trainer(cond, data, members, settings).run()
 
 
-def _loss_groups(members: Sequence[Member], options: Mapping[str, Mapping[str, float]]) -> list[tuple[Callable, slice]]:
-    groups: list[tuple[Callable, slice]] = []
+def _loss_groups(members: Sequence[Member],
+                 options: Mapping[str, Mapping[str, float]]) -> list[tuple[Callable, Callable, slice]]:
+    """(loss, its closed-form logit gradient, the members' slice) for each loss, in the members' order."""
+    groups: list[tuple[Callable, Callable, slice]] = []
     for m, member in enumerate(members):
-        if groups and members[groups[-1][1].start].loss == member.loss:
-            groups[-1] = (groups[-1][0], slice(groups[-1][1].start, m + 1))
+        if groups and members[groups[-1][2].start].loss == member.loss:
+            fn, grad, s = groups[-1]
+            groups[-1] = (fn, grad, slice(s.start, m + 1))
         else:
-            if any(members[s.start].loss == member.loss for _, s in groups):
+            if any(members[s.start].loss == member.loss for _, _, s in groups):
                 raise ValueError("members must be ordered by loss (use train.grid)")
-            groups.append((losses.build(member.loss, options.get(member.loss)), slice(m, m + 1)))
+            given = options.get(member.loss)
+            groups.append((losses.build(member.loss, given), losses.build_grad(member.loss, given), slice(m, m + 1)))
     return groups
 
 
