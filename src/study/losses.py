@@ -2,8 +2,8 @@
 [B, *]: the class dimension is dimension 1, as in ``F.cross_entropy`` (trailing dimensions are extra examples).
 
 Every loss is computed in log space from raw logits; the batch mean is the caller's. Each also has its gradient with
-respect to the logits in closed form (``GRADIENTS``), which the trainer steps with and the tests check against
-autograd. Imports only torch.
+respect to the logits in closed form (``WITH_GRADIENTS``), which the trainer steps with and the tests check
+against autograd. Imports only torch.
 """
 
 from __future__ import annotations
@@ -55,33 +55,41 @@ def one_hot(logits: Tensor, labels: Tensor) -> Tensor:
     return torch.zeros_like(logits).scatter_(1, labels.unsqueeze(1), 1.0)
 
 
-# ---- gradients with respect to the logits, in closed form ------------------------------------------------------------
-# p = softmax(z), t = one_hot(y). Each function returns d loss / d z per example, laid out like the logits.
+# ---- the same losses with their gradients, in closed form -----------------------------------------------------------
+# p = softmax(z), t = one_hot(y). Each returns the loss (as the function above computes it) and d loss / d z per
+# example, laid out like the logits, sharing the softmax between the two: what the trainer steps with.
 
 
-def mse_grad(logits: Tensor, labels: Tensor) -> Tensor:
-    """The softmax Jacobian (diag(p) - p p^T) applied to 2(p - t): 2 p (r - <p, r>) with r = p - t. It vanishes
-    as p saturates, right or wrong: the squared error's flat spot."""
+def mse_with_grad(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """The gradient is the softmax Jacobian (diag(p) - p p^T) applied to 2(p - t): 2 p (r - <p, r>), r = p - t.
+    It vanishes as p saturates, right or wrong: the squared error's flat spot."""
     probs = logits.softmax(dim=1)
     residual = probs - one_hot(logits, labels)
-    return 2 * probs * (residual - (probs * residual).sum(dim=1, keepdim=True))
+    grad = 2 * probs * (residual - (probs * residual).sum(dim=1, keepdim=True))
+    return residual.pow(2).sum(dim=1), grad
 
 
-def sigmoid_bce_grad(logits: Tensor, labels: Tensor) -> Tensor:
-    """sigmoid(z) - t, each class on its own."""
-    return logits.sigmoid() - one_hot(logits, labels)
+def sigmoid_bce_with_grad(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """The gradient is sigmoid(z) - t, each class on its own."""
+    targets = one_hot(logits, labels)
+    value = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(dim=1)
+    return value, logits.sigmoid() - targets
 
 
-def softmax_nll_grad(logits: Tensor, labels: Tensor) -> Tensor:
-    """p - t: as large as the mistake, whatever the confidence."""
-    return logits.softmax(dim=1) - one_hot(logits, labels)
+def softmax_nll_with_grad(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """The gradient is p - t: as large as the mistake, whatever the confidence."""
+    log_probs = logits.log_softmax(dim=1)
+    value = -log_probs.gather(1, labels.unsqueeze(1)).squeeze(1)
+    return value, log_probs.exp() - one_hot(logits, labels)
 
 
-def smoothed_ce_grad(logits: Tensor, labels: Tensor, *, eps: float = 0.1) -> Tensor:
-    """p - ((1 - eps) t + eps / K): zero only at the smoothed target, so logits stay finite."""
+def smoothed_ce_with_grad(logits: Tensor, labels: Tensor, *, eps: float = 0.1) -> tuple[Tensor, Tensor]:
+    """The gradient is p - ((1 - eps) t + eps / K): zero only at the smoothed target, so logits stay finite."""
+    log_probs = logits.log_softmax(dim=1)
+    value = (1.0 - eps) * -log_probs.gather(1, labels.unsqueeze(1)).squeeze(1) - eps * log_probs.mean(dim=1)
     k = logits.shape[1]
     targets = torch.full_like(logits, eps / k).scatter_(1, labels.unsqueeze(1), 1.0 - eps + eps / k)
-    return logits.softmax(dim=1) - targets
+    return value, log_probs.exp() - targets
 
 
 LOSSES: dict[str, LossFn] = {
@@ -91,11 +99,11 @@ LOSSES: dict[str, LossFn] = {
     "smoothed_ce": smoothed_ce,
 }
 
-GRADIENTS: dict[str, LossFn] = {
-    "mse": mse_grad,
-    "sigmoid_bce": sigmoid_bce_grad,
-    "softmax_nll": softmax_nll_grad,
-    "smoothed_ce": smoothed_ce_grad,
+WITH_GRADIENTS: dict[str, Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]] = {
+    "mse": mse_with_grad,
+    "sigmoid_bce": sigmoid_bce_with_grad,
+    "softmax_nll": softmax_nll_with_grad,
+    "smoothed_ce": smoothed_ce_with_grad,
 }
 
 # What each loss assumes, logged as params next to the loss name.
@@ -120,9 +128,10 @@ def build(name: str, options: Mapping[str, float] | None = None) -> LossFn:
     return partial(fn, **options) if options else fn
 
 
-def build_grad(name: str, options: Mapping[str, float] | None = None) -> LossFn:
-    """The closed-form logit gradient of ``build(name, options)``."""
-    fn = GRADIENTS[check_name(name)]
+def build_with_grad(name: str, options: Mapping[str, float] | None = None) -> Callable[[Tensor, Tensor],
+                                                                                     tuple[Tensor, Tensor]]:
+    """``build(name, options)`` that also returns its closed-form logit gradient."""
+    fn = WITH_GRADIENTS[check_name(name)]
     return partial(fn, **options) if options else fn
 
 

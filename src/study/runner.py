@@ -211,8 +211,8 @@ class Checkpoint:
                           stacklevel=2)
             return None
         if state.get("fingerprint") != self.fingerprint:
-            warnings.warn(f"checkpoint {self.path} belongs to other params or data; training from scratch",
-                          stacklevel=2)
+            warnings.warn(f"checkpoint {self.path} belongs to other params, data or trainer version; training "
+                          "from scratch", stacklevel=2)
             return None
         return state
 
@@ -223,7 +223,7 @@ class Checkpoint:
 def _fingerprint(cfg: StudyConfig, cond: Condition, lrs: dict[str, float], sizes: dict) -> str:
     what = {"condition": dataclasses.asdict(cond), "losses": cfg.losses, "seeds": cfg.seeds, "lrs": lrs,
             "eps": cfg.smoothing_eps, "confident": cfg.confident, "ece_bins": cfg.ece_bins, "sizes": sizes,
-            "device": cfg.device}
+            "device": cfg.device, "state_format": train.STATE_FORMAT}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=list).encode()).hexdigest()
 
 

@@ -25,6 +25,7 @@ MEMO_SIZE = 5000  # training examples watched for memorisation of flipped labels
 EVAL_CHUNK = 2000  # examples per forward pass during evaluation
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults
 ADAM_EPS = 1e-8
+STATE_FORMAT = 2  # of Trainer.state(): raise when its keys change, so that older checkpoints are not resumed
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,13 @@ class Stack:
     batched matrix product steps every model at once.
 
     Training runs without autograd: ``train_forward`` keeps the activations and ``backward`` takes the losses'
-    closed-form logit gradients through the layers by hand (eight batched products and a few elementwise passes,
-    into buffers reused every step). Autograd would give the same numbers (a test holds them to a plain
-    ``torch.optim`` loop) but spends more time on bookkeeping than on arithmetic for models this small."""
+    closed-form logit gradients through the layers by hand (batched products and a few elementwise passes, into
+    buffers reused every step). Autograd gives the same numbers (a test holds them to a plain ``torch.optim`` loop)
+    but spends more time on bookkeeping than on arithmetic for models this small."""
 
     def __init__(self, sizes: Sequence[int], seeds: Sequence[int], device: torch.device):
+        if len(sizes) < 3:
+            raise ValueError(f"an MLP needs at least one hidden layer, got sizes {tuple(sizes)}")
         nets = {seed: init_mlp(sizes, seed) for seed in dict.fromkeys(seeds)}
         layers = range(len(sizes) - 1)
         self.sizes = tuple(sizes)
@@ -83,7 +86,7 @@ class Stack:
         self.biases = [_stacked([nets[s].layers[i].bias for s in seeds], device) for i in layers]
         self.weight_grads = [torch.empty_like(w) for w in self.weights]
         self.bias_grads = [torch.empty_like(b) for b in self.biases]
-        self._inputs: Tensor | None = None
+        self._inputs = torch.empty(0)
         self._activations: list[Tensor] = []  # post-ReLU outputs of the hidden layers, [M, B, H]
         self._activation_grads: list[Tensor] = []
         self._logits = torch.empty(0)
@@ -94,7 +97,7 @@ class Stack:
 
     @property
     def grads(self) -> list[Tensor]:
-        """The gradients of the last ``backward``, laid out like ``params``."""
+        """The gradients of the last plain ``backward``, laid out like ``params``."""
         return [*self.weight_grads, *self.bias_grads]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -120,22 +123,36 @@ class Stack:
         weight, bias = self.weights[-1], self.biases[-1]
         return torch.baddbmm(bias[:, :, None], weight.transpose(1, 2), h.transpose(1, 2), out=self._logits)
 
-    def backward(self, grad_logits: Tensor) -> list[Tensor]:
-        """Parameter gradients, laid out like ``params``, of the last ``train_forward`` given d loss / d logits
-        [M, K, B]. Models are independent: each gets the gradient of its own loss."""
+    def backward(self, grad_logits: Tensor, *, into: Sequence[Tensor] | None = None,
+                 beta: float = 0.0) -> list[Tensor]:
+        """Parameter gradients of the last ``train_forward`` given d loss / d logits [M, K, B], laid out like
+        ``params``; models are independent: each gets the gradient of its own loss. With ``into`` (tensors laid
+        out like ``params``) it writes ``beta * into + gradient`` there instead: SGD's momentum update, folded into
+        the weight-gradient products (beta is the product's accumulation factor) so that no gradient is stored."""
+        layers = len(self.weights)
+        weight_out = self.weight_grads if into is None else into[:layers]
+        bias_out = self.bias_grads if into is None else into[layers:]
+        beta = 0.0 if into is None else beta  # at beta 0 the products ignore what their output held
+
+        def bias_grad(i: int, grad: Tensor, batch_dim: int) -> None:
+            torch.sum(grad, dim=batch_dim, out=self.bias_grads[i])
+            if into is not None:
+                torch.add(self.bias_grads[i], bias_out[i], alpha=beta, out=bias_out[i])
+
         grad, hidden = grad_logits, self._activations
-        torch.bmm(hidden[-1].transpose(1, 2), grad.transpose(1, 2), out=self.weight_grads[-1])
-        torch.sum(grad, dim=2, out=self.bias_grads[-1])
+        out = weight_out[-1]
+        torch.baddbmm(out, hidden[-1].transpose(1, 2), grad.transpose(1, 2), beta=beta, out=out)
+        bias_grad(layers - 1, grad, 2)
         back = torch.bmm(grad.transpose(1, 2), self.weights[-1].transpose(1, 2), out=self._activation_grads[-1])
         for i in reversed(range(len(hidden))):
             # ReLU's derivative: pass the gradient where the unit was active (its output > 0), else 0.
             torch.ops.aten.threshold_backward.grad_input(back, hidden[i], 0, grad_input=back)
-            below = self._inputs if i == 0 else hidden[i - 1]
-            torch.bmm(below.transpose(1, 2), back, out=self.weight_grads[i])
-            torch.sum(back, dim=1, out=self.bias_grads[i])
+            out, below = weight_out[i], self._inputs if i == 0 else hidden[i - 1]
+            torch.baddbmm(out, below.transpose(1, 2), back, beta=beta, out=out)
+            bias_grad(i, back, 1)
             if i > 0:
                 back = torch.bmm(back, self.weights[i].transpose(1, 2), out=self._activation_grads[i - 1])
-        return self.grads
+        return [*weight_out, *bias_out]
 
     def _allocate(self, batch: int) -> None:
         m, device = self.weights[0].shape[0], self.weights[0].device
@@ -165,9 +182,15 @@ class StackedSGD:
         self.buffers = [torch.zeros_like(p) for p in params]
 
     def step(self, grads: list[Tensor]) -> None:
-        for p, grad, buf in zip(self.params, grads, self.buffers):
+        for grad, buf in zip(grads, self.buffers):
             torch.add(grad, buf, alpha=self.momentum, out=buf)  # buf = momentum * buf + grad, one pass
-            p.addcmul_(_per_model(self.lr, p), buf, value=-1)  # p -= lr * buf, one pass
+        self.descend()
+
+    def descend(self) -> None:
+        """p -= lr * buf, once the buffers hold this step's momentum (``step``, or ``Stack.backward`` with
+        ``into=buffers, beta=momentum``)."""
+        for p, buf in zip(self.params, self.buffers):
+            p.addcmul_(_per_model(self.lr, p), buf, value=-1)
 
     def state(self) -> dict:
         return {"buffers": self.buffers}
@@ -249,8 +272,8 @@ class Trainer:
         self.eval_steps = {round(k * per_eval) for k in range(1, cond.epochs * cond.evals_per_epoch + 1)}
         self.eval_steps |= {step for step in cond.early_evals if step < self.total_steps}
 
-        self.seeds = list(dict.fromkeys(m.seed for m in self.members))
-        self.seed_of = torch.tensor([self.seeds.index(m.seed) for m in self.members], device=dev)
+        self.seeds = list(dict.fromkeys(m.seed for m in self.members))  # rows of each step's batch [S, B]
+        self.seed_of = torch.tensor([self.seeds.index(m.seed) for m in self.members], device=dev)  # [M]: its row
         self.groups = _loss_groups(self.members, settings.loss_options)
         self.stack = Stack((data.input_dim, *cond.hidden, data.num_classes), [m.seed for m in self.members], dev)
         lr = torch.tensor([m.lr for m in self.members], dtype=torch.float32, device=dev)
@@ -271,8 +294,11 @@ class Trainer:
         self.evaluation_seconds = 0.0  # wall time spent evaluating (bench separates it from training)
         self.diverged_at = torch.full((len(self.members),), -1, dtype=torch.long, device=dev)
         self.dead: set[int] = set()
-        self.window_loss = torch.zeros(len(self.members), device=dev)
+        # Each step's batch losses since the last training log, one row per step: the logged window mean, and the
+        # first non-finite step of a model, read at the next log or evaluation rather than with a sync every step.
+        self.step_losses = torch.zeros(cond.log_every, len(self.members), device=dev)
         self.window_steps = 0
+        self.scanned = 0  # rows of step_losses already searched for non-finite losses
 
     # ---- checkpointing -------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -280,7 +306,7 @@ class Trainer:
         return {
             "step": self.step, "params": [p.detach().clone() for p in self.stack.params], "opt": self.opt.state(),
             "diverged_at": self.diverged_at.clone(), "dead": sorted(self.dead),
-            "window_loss": self.window_loss.clone(), "window_steps": self.window_steps,
+            "step_losses": self.step_losses.clone(), "window_steps": self.window_steps, "scanned": self.scanned,
         }
 
     def load(self, state: dict) -> None:
@@ -291,8 +317,8 @@ class Trainer:
         self.step = int(state["step"])
         self.diverged_at.copy_(state["diverged_at"])
         self.dead = set(state["dead"])
-        self.window_loss.copy_(state["window_loss"])
-        self.window_steps = int(state["window_steps"])
+        self.step_losses.copy_(state["step_losses"])
+        self.window_steps, self.scanned = int(state["window_steps"]), int(state["scanned"])
 
     # ---- the loop ------------------------------------------------------------------------------------------
     def run(self, stop: Callable[[], bool] = lambda: False) -> Iterator[Record | ExampleStats]:
@@ -328,26 +354,30 @@ class Trainer:
             bar.close()
 
     def _train_step(self, batch: Tensor, *, measure: bool) -> tuple[Tensor | None, Tensor | None]:
+        """One optimizer step of every model on ``batch`` [S, B], the example indices of each seed's batch."""
         m, b = len(self.members), batch.shape[1]
-        index = batch[self.seed_of].view(-1)  # [M * B]: each model gets the batch of its own seed
+        index = batch.index_select(0, self.seed_of).view(-1)  # [M * B]: each model gets the batch of its own seed
         x = self.train_x.index_select(0, index).view(m, b, -1)  # [M, B, D]
         y = self.train_y.index_select(0, index).view(m, b)
         logits = self.stack.train_forward(x)  # [M, K, B]
-        per_example = torch.cat([fn(logits[s], y[s]) for fn, _, s in self.groups])  # [M, B]
-        grad_logits = torch.cat([grad(logits[s], y[s]) for _, grad, s in self.groups]).div_(b)  # of the batch mean
-        batch_loss = per_example.mean(dim=1)  # [M]
-        param_grads = self.stack.backward(grad_logits)
-        bad = ~torch.isfinite(batch_loss) & (self.diverged_at < 0)
-        self.diverged_at.masked_fill_(bad, self.step)
-        self.window_loss.add_(batch_loss)
+        parts = [with_grad(logits[s], y[s]) for _, with_grad, s in self.groups]
+        per_example = torch.cat([value for value, _ in parts])  # [M, B]
+        grad_logits = torch.cat([grad for _, grad in parts]).div_(b)  # [M, K, B], of each model's batch mean
+        torch.mean(per_example, dim=1, out=self.step_losses[self.window_steps])  # [M]
         self.window_steps += 1
-        logit_grads = layer_norms = None
         if measure and self.settings.instrument:
+            param_grads = self.stack.backward(grad_logits)
             # x B undoes the 1/B of the batch mean: these are per-example gradients.
             logit_grads = (grad_logits * b).norm(dim=1).mean(dim=1)  # [M]
             layer_norms = grads.layer_norms(self.stack.weight_grads, self.stack.bias_grads)  # [M, L]
-        self.opt.step(param_grads)
-        return logit_grads, layer_norms
+            self.opt.step(param_grads)
+            return logit_grads, layer_norms
+        if isinstance(self.opt, StackedSGD):
+            self.stack.backward(grad_logits, into=self.opt.buffers, beta=self.opt.momentum)
+            self.opt.descend()
+        else:
+            self.opt.step(self.stack.backward(grad_logits))
+        return None, None
 
     def _per_example(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Each model's own loss on its own logits: [M, N, K], [M, N] -> [M, N]."""
@@ -362,9 +392,19 @@ class Trainer:
             if self.diverged_at[m] < 0:
                 self.diverged_at[m] = step
 
+    def _scan_step_losses(self) -> None:
+        """Mark the models whose batch loss went non-finite in the steps not yet searched, at the first such step."""
+        rows = self.step_losses[self.scanned:self.window_steps]  # [n, M]
+        if len(rows):
+            bad = ~torch.isfinite(rows)
+            first = self.step - self.window_steps + self.scanned + bad.int().argmax(dim=0)  # argmax: the first True
+            self.diverged_at = torch.where(bad.any(dim=0) & (self.diverged_at < 0), first, self.diverged_at)
+        self.scanned = self.window_steps
+
     def _retire_diverged(self) -> Iterator[Record]:
         """Sync the divergence flags; a model whose loss (or a measurement) went non-finite stops: no measurement
         after that step."""
+        self._scan_step_losses()
         for m, at in enumerate(self.diverged_at.tolist()):
             if at >= 0 and m not in self.dead:
                 self.dead.add(m)
@@ -376,9 +416,9 @@ class Trainer:
                 yield self._record(m, "train", "diverged_step", float(at), step=at)
 
     def _log_train(self, logit_grads: Tensor | None, layer_norms: Tensor | None, bar: tqdm) -> Iterator[Record]:
-        window = (self.window_loss / self.window_steps).tolist()
-        self.window_loss.zero_()
-        self.window_steps = 0
+        self._scan_step_losses()
+        window = self.step_losses[:self.window_steps].mean(dim=0).tolist()
+        self.window_steps = self.scanned = 0
         values: dict[str, list[float]] = {"loss": window}
         if layer_norms is not None:
             values["grad_norm"] = grads.global_norm(layer_norms).tolist()
@@ -526,7 +566,8 @@ def fit(cond: Condition, data: Dataset, members: Sequence[Member],
 
 def _loss_groups(members: Sequence[Member],
                  options: Mapping[str, Mapping[str, float]]) -> list[tuple[Callable, Callable, slice]]:
-    """(loss, its closed-form logit gradient, the members' slice) for each loss, in the members' order."""
+    """(loss, the loss with its closed-form logit gradient, the members' slice) for each loss, in the members'
+    order."""
     groups: list[tuple[Callable, Callable, slice]] = []
     for m, member in enumerate(members):
         if groups and members[groups[-1][2].start].loss == member.loss:
@@ -536,7 +577,8 @@ def _loss_groups(members: Sequence[Member],
             if any(members[s.start].loss == member.loss for _, _, s in groups):
                 raise ValueError("members must be ordered by loss (use train.grid)")
             given = options.get(member.loss)
-            groups.append((losses.build(member.loss, given), losses.build_grad(member.loss, given), slice(m, m + 1)))
+            fns = losses.build(member.loss, given), losses.build_with_grad(member.loss, given)
+            groups.append((*fns, slice(m, m + 1)))
     return groups
 
 
