@@ -95,11 +95,6 @@ class Stack:
     def params(self) -> list[Tensor]:
         return [*self.weights, *self.biases]
 
-    @property
-    def grads(self) -> list[Tensor]:
-        """The gradients of the last plain ``backward``, laid out like ``params``."""
-        return [*self.weight_grads, *self.bias_grads]
-
     def forward(self, x: Tensor) -> Tensor:
         """Logits [M, B, K] from inputs [M, B, D] (one batch per model) or [B, D] (shared by all models)."""
         last = len(self.weights) - 1
@@ -298,7 +293,6 @@ class Trainer:
         # first non-finite step of a model, read at the next log or evaluation rather than with a sync every step.
         self.step_losses = torch.zeros(cond.log_every, len(self.members), device=dev)
         self.window_steps = 0
-        self.scanned = 0  # rows of step_losses already searched for non-finite losses
 
     # ---- checkpointing -------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -306,7 +300,7 @@ class Trainer:
         return {
             "step": self.step, "params": [p.detach().clone() for p in self.stack.params], "opt": self.opt.state(),
             "diverged_at": self.diverged_at.clone(), "dead": sorted(self.dead),
-            "step_losses": self.step_losses.clone(), "window_steps": self.window_steps, "scanned": self.scanned,
+            "step_losses": self.step_losses.clone(), "window_steps": self.window_steps,
         }
 
     def load(self, state: dict) -> None:
@@ -318,7 +312,7 @@ class Trainer:
         self.diverged_at.copy_(state["diverged_at"])
         self.dead = set(state["dead"])
         self.step_losses.copy_(state["step_losses"])
-        self.window_steps, self.scanned = int(state["window_steps"]), int(state["scanned"])
+        self.window_steps = int(state["window_steps"])
 
     # ---- the loop ------------------------------------------------------------------------------------------
     def run(self, stop: Callable[[], bool] = lambda: False) -> Iterator[Record | ExampleStats]:
@@ -393,13 +387,13 @@ class Trainer:
                 self.diverged_at[m] = step
 
     def _scan_step_losses(self) -> None:
-        """Mark the models whose batch loss went non-finite in the steps not yet searched, at the first such step."""
-        rows = self.step_losses[self.scanned:self.window_steps]  # [n, M]
+        """Mark the models whose batch loss went non-finite in this window, at the first such step (an earlier mark
+        stands, so searching the same rows again changes nothing)."""
+        rows = self.step_losses[:self.window_steps]  # [n, M]
         if len(rows):
             bad = ~torch.isfinite(rows)
-            first = self.step - self.window_steps + self.scanned + bad.int().argmax(dim=0)  # argmax: the first True
+            first = self.step - self.window_steps + bad.int().argmax(dim=0)  # argmax: the first True
             self.diverged_at = torch.where(bad.any(dim=0) & (self.diverged_at < 0), first, self.diverged_at)
-        self.scanned = self.window_steps
 
     def _retire_diverged(self) -> Iterator[Record]:
         """Sync the divergence flags; a model whose loss (or a measurement) went non-finite stops: no measurement
@@ -418,7 +412,7 @@ class Trainer:
     def _log_train(self, logit_grads: Tensor | None, layer_norms: Tensor | None, bar: tqdm) -> Iterator[Record]:
         self._scan_step_losses()
         window = self.step_losses[:self.window_steps].mean(dim=0).tolist()
-        self.window_steps = self.scanned = 0
+        self.window_steps = 0
         values: dict[str, list[float]] = {"loss": window}
         if layer_norms is not None:
             values["grad_norm"] = grads.global_norm(layer_norms).tolist()
