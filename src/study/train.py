@@ -293,6 +293,11 @@ class Trainer:
         # first non-finite step of a model, read at the next log or evaluation rather than with a sync every step.
         self.step_losses = torch.zeros(cond.log_every, len(self.members), device=dev)
         self.window_steps = 0
+        # Every step's batch is gathered into these: allocating a fresh 8 MB tensor per step (Fashion-MNIST, 20
+        # models) made the step 3% slower, measured side by side.
+        rows = len(self.members) * cond.batch_size
+        self.batch_x = torch.empty(rows, data.input_dim, dtype=self.train_x.dtype, device=dev)
+        self.batch_y = torch.empty(rows, dtype=self.train_y.dtype, device=dev)
 
     # ---- checkpointing -------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -351,8 +356,8 @@ class Trainer:
         """One optimizer step of every model on ``batch`` [S, B], the example indices of each seed's batch."""
         m, b = len(self.members), batch.shape[1]
         index = batch.index_select(0, self.seed_of).view(-1)  # [M * B]: each model gets the batch of its own seed
-        x = self.train_x.index_select(0, index).view(m, b, -1)  # [M, B, D]
-        y = self.train_y.index_select(0, index).view(m, b)
+        x = torch.index_select(self.train_x, 0, index, out=self.batch_x).view(m, b, -1)  # [M, B, D]
+        y = torch.index_select(self.train_y, 0, index, out=self.batch_y).view(m, b)
         logits = self.stack.train_forward(x)  # [M, K, B]
         parts = [with_grad(logits[s], y[s]) for _, with_grad, s in self.groups]
         per_example = torch.cat([value for value, _ in parts])  # [M, B]
