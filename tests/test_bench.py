@@ -1,4 +1,5 @@
-"""`study bench` end to end on the smoke data, shrunk to seconds: every field is there and finite."""
+"""`study bench`: its pairing of measurements, and end to end on the smoke data, shrunk to seconds: every field is
+there and finite."""
 
 from __future__ import annotations
 
@@ -9,18 +10,33 @@ import pytest
 
 from study import bench, cli
 
-pytestmark = pytest.mark.slow
-
 FIELDS = ["fraction_of_peak", "speedup_vs_canonical", "speedup_vs_inmemory", "tracking_overhead",
           "trainer_model_samples_per_s", "inmemory_model_samples_per_s", "canonical_model_samples_per_s"]
 
 
+def test_rounds_alternate_the_order_of_the_variants():
+    calls = []
+    variants = {name: (lambda name=name: calls.append(name) or len(calls)) for name in "abc"}
+    samples = bench.interleaved(variants, 3, label="test")
+    assert "".join(calls) == "abccbaabc"
+    assert samples == {"a": [1, 6, 7], "b": [2, 5, 8], "c": [3, 4, 9]}
+
+
+def test_ratios_pair_the_measurements_of_one_round():
+    # Rounds 1 and 2 differ threefold in load and agree on the ratio, 2; the ratio of the medians would say 0.8.
+    fast, slow = [10.0, 30.0, 12.0], [5.0, 15.0, 20.0]
+    assert bench.paired_ratio(fast, slow) == 2.0
+    with pytest.raises(ValueError):
+        bench.paired_ratio(fast, slow[:2])
+
+
+@pytest.mark.slow
 def test_bench_json_reports_every_ratio(smoke_pipeline, monkeypatch, capsys):
     monkeypatch.setattr(bench, "STEPS", 8)
     monkeypatch.setattr(bench, "ROUNDS", 1)
     assert cli.main(["bench", "--json", "--seconds", "0.3", "--data", str(smoke_pipeline.repo / "data")]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["peak_gflops"] > 0
+    assert result["peak_gflops"] > 0 and result["rounds"] == 1
     for field in FIELDS:
         assert math.isfinite(result[field]) and result[field] != 0, field
     small = result["mnist1d"]

@@ -1,7 +1,9 @@
 """``study bench``: the lockstep trainer against per-model loops and the machine's matmul peak, side by side.
 
-Every variant is timed in interleaved rounds within one process, so drifting load on a shared machine hits
-them alike; the claims are the ratios. Imports the trainer and the tracker; nothing imports this module.
+Every variant is timed once per round, the rounds alternating the variants' order (ABC, CBA, ...), all in one
+process, so that drifting load on a shared machine hits them alike. The claims are the ratios, each the median
+over rounds of the ratio within a round; throughputs are medians. Imports the trainer and the tracker; nothing
+imports this module.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +31,7 @@ SEEDS = (0, 1, 2, 3, 4)  # the default grid: 4 losses x 5 seeds
 BATCH = 128  # the study's batch size
 CANONICAL_BATCH = 64  # the textbook loop's
 STEPS = 800  # about two Fashion-MNIST epochs: optimizer steps per timed trainer run
-ROUNDS = 3
+ROUNDS = 5
 
 
 def main(*, data_root: Path, as_json: bool, seconds: float) -> None:
@@ -68,50 +71,51 @@ def bench_dataset(name: str, hidden: tuple[int, ...], root: Path, seconds: float
     models = len(LOSS_NAMES) * len(SEEDS)
     store = f"sqlite:///{scratch / 'bench.db'}"
     trainer_rates(small, hidden, store, instrument=False, track=True)  # warm-up; creates the store's schema
-    variants: dict[str, Callable[[], float | tuple[float, float]]] = {
+    variants: dict[str, Callable[[], Any]] = {
         "trainer": lambda: trainer_rates(small, hidden, store, instrument=True, track=True),
         "trainer_plain": lambda: trainer_rates(small, hidden, store, instrument=False, track=False),
         "inmemory": lambda: inmemory_rate(small, sizes, seconds / ROUNDS),
     }
     if name != "mnist1d":
         variants["canonical"] = lambda: canonical_rate(name, root, sizes, seconds / ROUNDS)
-    rates = interleaved(variants, ROUNDS, label=name)
-    (trainer, trainer_run), (plain, plain_run) = rates["trainer"], rates["trainer_plain"]
+    samples = interleaved(variants, ROUNDS, label=name)
+    trainer, trainer_run = zip(*samples["trainer"])
+    plain, plain_run = zip(*samples["trainer_plain"])
     out = {
         "model": "MLP " + "-".join(map(str, sizes)),
         "models": models,
+        "rounds": ROUNDS,
         "flops_per_sample": 6 * weights,
-        "trainer_model_samples_per_s": trainer,
-        "trainer_plain_model_samples_per_s": plain,
-        "trainer_run_model_samples_per_s": trainer_run,
-        "trainer_plain_run_model_samples_per_s": plain_run,
-        "inmemory_model_samples_per_s": rates["inmemory"],
-        "fraction_of_peak": trainer * 6 * weights / peak,
-        "speedup_vs_inmemory": trainer / rates["inmemory"],
-        "tracking_overhead": plain_run / trainer_run - 1,
+        "trainer_model_samples_per_s": statistics.median(trainer),
+        "trainer_plain_model_samples_per_s": statistics.median(plain),
+        "trainer_run_model_samples_per_s": statistics.median(trainer_run),
+        "trainer_plain_run_model_samples_per_s": statistics.median(plain_run),
+        "inmemory_model_samples_per_s": statistics.median(samples["inmemory"]),
+        "fraction_of_peak": statistics.median(trainer) * 6 * weights / peak,
+        "speedup_vs_inmemory": paired_ratio(trainer, samples["inmemory"]),
+        "tracking_overhead": paired_ratio(plain_run, trainer_run) - 1,
     }
-    if "canonical" in rates:
-        out["canonical_model_samples_per_s"] = rates["canonical"]
-        out["speedup_vs_canonical"] = trainer / rates["canonical"]
+    if "canonical" in samples:
+        out["canonical_model_samples_per_s"] = statistics.median(samples["canonical"])
+        out["speedup_vs_canonical"] = paired_ratio(trainer, samples["canonical"])
     return out
 
 
-def interleaved(variants: dict[str, Callable[[], float | tuple[float, float]]], rounds: int, *,
-                label: str) -> dict[str, float | tuple[float, float]]:
-    """Median rate of each variant over ``rounds`` rounds, the variants alternating within every round."""
+def interleaved(variants: dict[str, Callable[[], Any]], rounds: int, *, label: str) -> dict[str, list]:
+    """Each variant's measurement in every round, the variants' order reversed in every other round (a drift
+    in load then hits the first and the last alike)."""
     samples: dict[str, list] = {name: [] for name in variants}
+    order = list(variants)
     for r in range(rounds):
-        for name, measure in variants.items():
+        for name in order if r % 2 == 0 else reversed(order):
             print(f"bench {label}: round {r + 1}/{rounds}: {name}", file=sys.stderr)
-            samples[name].append(measure())
-    return {name: _median(values) for name, values in samples.items()}
+            samples[name].append(variants[name]())
+    return samples
 
 
-def _median(values: list):
-    """The median of numbers, or of tuples element by element."""
-    if isinstance(values[0], tuple):
-        return tuple(statistics.median(column) for column in zip(*values))
-    return statistics.median(values)
+def paired_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> float:
+    """The median over rounds of the ratio of two variants measured in the same round."""
+    return statistics.median(a / b for a, b in zip(numerators, denominators, strict=True))
 
 
 def trainer_rates(ds: data.Dataset, hidden: tuple[int, ...], store: str, *, instrument: bool,
@@ -209,6 +213,7 @@ def format_table(results: dict) -> str:
         both("tracking_overhead", "{:+.1%}"),
     ]
     width = max(len(r[0]) for r in rows)
-    lines = [f"fp32 matmul peak: {results['peak_gflops']:.0f} GFLOP/s on {results['threads']} threads"]
+    lines = [f"fp32 matmul peak: {results['peak_gflops']:.0f} GFLOP/s on {results['threads']} threads; "
+             f"throughputs are medians of {fashion['rounds']} rounds, ratios medians of within-round ratios"]
     lines += [f"{a:<{width}}  {b:>16}  {c:>16}" for a, b, c in rows]
     return "\n".join(lines)
