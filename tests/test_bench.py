@@ -37,6 +37,8 @@ def test_bench_json_reports_every_ratio(smoke_pipeline, monkeypatch, capsys):
     assert cli.main(["bench", "--json", "--seconds", "0.3", "--data", str(smoke_pipeline.repo / "data")]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["peak_gflops"] > 0 and result["rounds"] == 1
+    assert {name: len(values) for name, values in result["per_round"].items()} == {
+        "trainer": 1, "trainer_plain": 1, "inmemory": 1, "canonical": 1}
     for field in FIELDS:
         assert math.isfinite(result[field]) and result[field] != 0, field
     small = result["mnist1d"]

@@ -98,6 +98,8 @@ def bench_dataset(name: str, hidden: tuple[int, ...], root: Path, seconds: float
     if "canonical" in samples:
         out["canonical_model_samples_per_s"] = statistics.median(samples["canonical"])
         out["speedup_vs_canonical"] = paired_ratio(trainer, samples["canonical"])
+    # Every round's model-samples/s, for the spread behind the medians (trainer variants: training, whole run).
+    out["per_round"] = samples
     return out
 
 
