@@ -30,12 +30,12 @@ def mse(logits: Tensor, labels: Tensor) -> Tensor:
 
 def sigmoid_bce(logits: Tensor, labels: Tensor) -> Tensor:
     """One sigmoid per class against one-hot targets; binary cross-entropy summed over classes (not averaged)."""
-    return F.binary_cross_entropy_with_logits(logits, one_hot(logits, labels), reduction="none").sum(dim=1)
+    return _bce(logits, one_hot(logits, labels))
 
 
 def softmax_nll(logits: Tensor, labels: Tensor) -> Tensor:
     """Cross-entropy: -log softmax(z)_y, through log_softmax so that it never takes the log of an underflowed 0."""
-    return -logits.log_softmax(dim=1).gather(1, labels.unsqueeze(1)).squeeze(1)
+    return _nll(logits.log_softmax(dim=1), labels)
 
 
 def smoothed_ce(logits: Tensor, labels: Tensor, *, eps: float = 0.1) -> Tensor:
@@ -45,9 +45,19 @@ def smoothed_ce(logits: Tensor, labels: Tensor, *, eps: float = 0.1) -> Tensor:
     ``F.cross_entropy(label_smoothing=eps)`` does), so the loss cannot reach 0: its floor is the
     entropy of the smoothed target.
     """
-    log_probs = logits.log_softmax(dim=1)  # [B, K, *]
-    nll = -log_probs.gather(1, labels.unsqueeze(1)).squeeze(1)
-    return (1.0 - eps) * nll - eps * log_probs.mean(dim=1)
+    return _smoothed(logits.log_softmax(dim=1), labels, eps)
+
+
+def _bce(logits: Tensor, targets: Tensor) -> Tensor:
+    return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(dim=1)
+
+
+def _nll(log_probs: Tensor, labels: Tensor) -> Tensor:
+    return -log_probs.gather(1, labels.unsqueeze(1)).squeeze(1)
+
+
+def _smoothed(log_probs: Tensor, labels: Tensor, eps: float) -> Tensor:
+    return (1.0 - eps) * _nll(log_probs, labels) - eps * log_probs.mean(dim=1)
 
 
 def one_hot(logits: Tensor, labels: Tensor) -> Tensor:
@@ -72,24 +82,21 @@ def mse_with_grad(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 def sigmoid_bce_with_grad(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """The gradient is sigmoid(z) - t, each class on its own."""
     targets = one_hot(logits, labels)
-    value = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(dim=1)
-    return value, logits.sigmoid() - targets
+    return _bce(logits, targets), logits.sigmoid() - targets
 
 
 def softmax_nll_with_grad(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """The gradient is p - t: as large as the mistake, whatever the confidence."""
     log_probs = logits.log_softmax(dim=1)
-    value = -log_probs.gather(1, labels.unsqueeze(1)).squeeze(1)
-    return value, log_probs.exp() - one_hot(logits, labels)
+    return _nll(log_probs, labels), log_probs.exp() - one_hot(logits, labels)
 
 
 def smoothed_ce_with_grad(logits: Tensor, labels: Tensor, *, eps: float = 0.1) -> tuple[Tensor, Tensor]:
     """The gradient is p - ((1 - eps) t + eps / K): zero only at the smoothed target, so logits stay finite."""
     log_probs = logits.log_softmax(dim=1)
-    value = (1.0 - eps) * -log_probs.gather(1, labels.unsqueeze(1)).squeeze(1) - eps * log_probs.mean(dim=1)
     k = logits.shape[1]
     targets = torch.full_like(logits, eps / k).scatter_(1, labels.unsqueeze(1), 1.0 - eps + eps / k)
-    return value, log_probs.exp() - targets
+    return _smoothed(log_probs, labels, eps), log_probs.exp() - targets
 
 
 LOSSES: dict[str, LossFn] = {
