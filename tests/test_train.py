@@ -7,6 +7,7 @@ import dataclasses
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -15,7 +16,7 @@ from study import losses, train
 from study.data import Dataset
 from study.model import init_mlp
 from study.records import ExampleStats, Record
-from study.train import Member, Settings
+from study.train import Member, Settings, speed_steps
 
 NAMES = ["mse", "sigmoid_bce", "softmax_nll", "smoothed_ce"]
 SETTINGS = Settings(loss_options={"smoothed_ce": {"eps": 0.1}}, progress=False)
@@ -423,35 +424,57 @@ def tune_history(curves: dict[tuple[str, float, int], list[float]], last_step: i
     return tables.history_frame(records, condition="c", dataset="d")
 
 
-def test_choose_lrs_picks_best_final_val_accuracy_smaller_on_ties():
+def test_choose_lrs_picks_the_smallest_rate_within_one_standard_error_of_the_best():
     from study.runner import choose_lrs
 
     history = tune_history({
         ("mse", 0.1, 0): [0.1, 0.5, 0.8], ("mse", 0.1, 1): [0.1, 0.5, 0.7],
         ("mse", 0.3, 0): [0.1, 0.9, 0.85], ("mse", 0.3, 1): [0.1, 0.9, 0.85],  # best final mean: 0.85 > 0.75
-        ("softmax_nll", 0.1, 0): [0.1, 0.6, 0.8], ("softmax_nll", 0.1, 1): [0.1, 0.6, 0.8],
-        ("softmax_nll", 0.3, 0): [0.1, 0.7, 0.8], ("softmax_nll", 0.3, 1): [0.1, 0.7, 0.8],  # a tie at 0.8
+        ("softmax_nll", 0.1, 0): [0.1, 0.6, 0.79], ("softmax_nll", 0.1, 1): [0.1, 0.6, 0.79],
+        ("softmax_nll", 0.3, 0): [0.1, 0.7, 0.80], ("softmax_nll", 0.3, 1): [0.1, 0.7, 0.80],  # 0.01 apart
     })
-    lrs, scores = choose_lrs(history, ["mse", "softmax_nll"], [0.1, 0.3])
-    assert lrs == {"mse": 0.3, "softmax_nll": 0.1}
-    assert scores["mse"] == {"0.1": pytest.approx(0.75), "0.3": pytest.approx(0.85)}
+    # val_size 400: the binomial standard error of 0.80 over 2 x 400 examples is 0.014 > 0.01, a tie: smaller lr.
+    choice = choose_lrs(history, ["mse", "softmax_nll"], [0.1, 0.3], val_size=400)
+    assert choice["lrs"] == {"mse": 0.3, "softmax_nll": 0.1}
+    assert choice["scores"]["mse"] == {"0.1": pytest.approx(0.75), "0.3": pytest.approx(0.85)}
+    assert choice["standard_errors"]["softmax_nll"]["0.3"] == pytest.approx(math.sqrt(0.8 * 0.2 / 800))
+    # With 100,000 validation examples the same 0.01 is beyond the noise: the better rate wins.
+    assert choose_lrs(history, ["softmax_nll"], [0.1, 0.3], val_size=100_000)["lrs"] == {"softmax_nll": 0.3}
 
 
-def test_choose_lrs_never_prefers_a_diverged_lr():
+def test_choose_lrs_never_picks_a_rate_that_diverged_or_collapsed_in_a_tune_seed():
     from study.runner import choose_lrs
 
     history = tune_history({
         ("mse", 0.1, 0): [0.1, 0.3, 0.4], ("mse", 0.1, 1): [0.1, 0.3, 0.4],
-        ("mse", 1.0, 0): [0.1, 0.95], ("mse", 1.0, 1): [0.1, 0.95],  # excellent, then diverged at step 5
+        ("mse", 1.0, 0): [0.1, 0.95], ("mse", 1.0, 1): [0.1, 0.95, 0.95],  # one seed diverged at step 5
+        ("sigmoid_bce", 0.1, 0): [0.1, 0.3, 0.4], ("sigmoid_bce", 0.1, 1): [0.1, 0.3, 0.4],
+        ("sigmoid_bce", 1.0, 0): [0.1, 0.9, 0.9], ("sigmoid_bce", 1.0, 1): [0.1, 0.9, 0.9],
     })
-    lrs, scores = choose_lrs(history, ["mse"], [0.1, 1.0])
-    assert lrs == {"mse": 0.1}
-    assert scores["mse"]["1"] < scores["mse"]["0.1"]
+    marks = history[(history["loss"] == "sigmoid_bce") & (history["lr"] == 1.0) & (history["step"] == 10)].assign(
+        split="train", metric="collapsed_step", value=10.0).head(1)  # one seed collapsed
+    history = pd.concat([history, marks], ignore_index=True)
+    choice = choose_lrs(history, ["mse", "sigmoid_bce"], [0.1, 1.0], val_size=1000)
+    assert choice["lrs"] == {"mse": 0.1, "sigmoid_bce": 0.1}
+    assert choice["unstable"] == {"mse": [1.0], "sigmoid_bce": [1.0]}
+    assert choice["scores"]["mse"]["1"] == pytest.approx(0.475)  # the diverged seed scores 0
 
 
-def test_evaluations_run_at_step_zero_the_early_steps_and_each_interval(tiny_data):
-    cond = tiny_condition(epochs=2, evals_per_epoch=2, early_evals=(1, 2, 500))  # 500: past the end, ignored
+def test_evaluations_run_at_step_zero_each_interval_and_densely_for_speed(tiny_data):
+    cond = tiny_condition(epochs=2, evals_per_epoch=2, speed_resolution=0.5)
     records, _, trainer = run(cond, tiny_data, [Member("softmax_nll", 0.1, 0)])
-    steps = sorted({r.step for r in records if r.split == "val" and r.metric == "accuracy"})
+    full = {r.step for r in records if r.split == "val" and r.metric == "nll"}
+    val_acc = sorted({r.step for r in records if r.split == "val" and r.metric == "accuracy"})
     half = trainer.steps_per_epoch / 2
-    assert steps == sorted({0, 1, 2, *(round(k * half) for k in range(1, 5))})
+    assert full == {0, *(round(k * half) for k in range(1, 5))}
+    assert set(val_acc) == full | speed_steps(trainer.total_steps, 0.5)
+    # Every step is read up to 1/resolution; past it each bracket [a, b] is within the resolution: b <= 1.5 a.
+    assert val_acc[:3] == [0, 1, 2]
+    assert all(b <= 1.5 * a for a, b in zip(val_acc[2:], val_acc[3:]))
+
+
+def test_speed_steps_are_at_most_the_resolution_apart():
+    steps = sorted(speed_steps(10_000, 0.1))
+    assert steps[:10] == list(range(1, 11)) and steps[-1] <= 10_000
+    assert all((b - a) / a <= 0.1 for a, b in zip(steps[9:], steps[10:]))
+    assert len(steps) < 10 + math.log(1000) / math.log(1.1) + 10  # geometric, not every step

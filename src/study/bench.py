@@ -132,7 +132,7 @@ def trainer_rates(ds: data.Dataset, hidden: tuple[int, ...], store: str, *, inst
         name="bench", dataset=ds.name, hidden=hidden, optimizer="sgd", momentum=0.9, batch_size=BATCH,
         epochs=epochs, label_noise=0.0, noise_seed=0, val_size=len(ds.y_val), split_seed=0, train_size=0,
         test_size=len(ds.y_test), lr_grid=(0.03,), lr_from="bench", tune_epochs=1, tune_seeds=(0,),
-        evals_per_epoch=1, early_evals=(), log_every=50, probe_size=256, targets=(0.5,))
+        evals_per_epoch=1, speed_resolution=0.1, log_every=50, probe_size=256, targets=(0.5,))
     members = train.grid(LOSS_NAMES, SEEDS, {loss: [0.03] for loss in LOSS_NAMES})
     settings = train.Settings(loss_options={"smoothed_ce": {"eps": 0.1}}, instrument=instrument, progress=False)
     runs = [tracking.RunSpec(m.loss, m.lr, m.seed, tuned=False, conventions=CONVENTIONS[m.loss]) for m in members]

@@ -46,7 +46,7 @@ class Condition:
     tune_epochs: int
     tune_seeds: tuple[int, ...]
     evals_per_epoch: int
-    early_evals: tuple[int, ...]  # extra evaluation steps inside the first evaluation interval
+    speed_resolution: float  # validation accuracy alone is also evaluated at steps at most this factor apart
     log_every: int
     probe_size: int
     targets: tuple[float, ...]
@@ -181,9 +181,6 @@ def _condition(name: str, spec: Any, get: _Getter, path: Path) -> Condition:
     tune_seeds = tuple(get.items(sub, key("tune_seeds"), int))
     if not tune_seeds:
         raise ConfigError(f"{path}: {key('tune_seeds')} must list at least one seed")
-    early_evals = tuple(get.items(sub, key("early_evals"), int))
-    if any(step < 1 for step in early_evals):
-        raise ConfigError(f"{path}: {key('early_evals')} must list optimizer steps >= 1, e.g. [10, 25, 50, 100]")
     targets = tuple(get.items(sub, key("targets"), float))
     if not targets or not all(0 < t < 1 for t in targets):
         raise ConfigError(f"{path}: {key('targets')} must list accuracies strictly between 0 and 1")
@@ -209,7 +206,7 @@ def _condition(name: str, spec: Any, get: _Getter, path: Path) -> Condition:
         tune_epochs=get.integer(sub, key("tune_epochs"), lo=1),
         tune_seeds=tune_seeds,
         evals_per_epoch=get.integer(sub, key("evals_per_epoch"), lo=1),
-        early_evals=early_evals,
+        speed_resolution=get.number(sub, key("speed_resolution"), lo=0.0, hi=1.0, lo_open=True, hi_open=True),
         log_every=get.integer(sub, key("log_every"), lo=1),
         probe_size=get.integer(sub, key("probe_size"), lo=1),
         targets=targets,

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import signal
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,14 +20,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from study import data, tables, tracking, train
+from study import analysis, data, tables, tracking, train
 from study.config import Condition, StudyConfig, flatten
 from study.losses import CONVENTIONS
 from study.model import describe
 from study.records import ExampleStats, Record
 
 TRAIN_OUTPUTS = (tables.HISTORY, tables.EXAMPLES, tables.SUMMARY, tables.SETUP, tables.CURVES)
-TUNE_CRITERION = "final validation accuracy after tune_epochs, mean over tune seeds (diverged = worst)"
+TUNE_CRITERION = (
+    "final validation accuracy after tune_epochs, mean over the tune seeds. A rate at which any tune seed diverged "
+    "or collapsed is unstable and never chosen. Among the stable rates, the smallest whose mean is within one "
+    "standard error of the best mean (standard error over seeds, at least the binomial one of the validation "
+    "split): differences smaller than the tuning noise do not decide, and the smaller rate is the safer one")
+FALLBACK_RULE = ("a loss whose rate diverged or collapsed in any training seed is trained again at the next "
+                 "smaller rate of the grid that was stable in tuning")
 
 
 def tune(cfg: StudyConfig, cond: Condition, *, data_root: Path, out: Path, tracking: bool, progress: bool) -> None:
@@ -41,44 +48,91 @@ def tune(cfg: StudyConfig, cond: Condition, *, data_root: Path, out: Path, track
         records: list[Record] = []
         collect(trainer.run(), tracker, into=records)
         history = tables.history_frame(records, condition=cond.name, dataset=cond.dataset)
-        lrs, scores = choose_lrs(history, cfg.losses, cond.lr_grid)
+        history = _with_collapses(history, records, tracker, cond, chance=1 / dataset.num_classes)
+        choice = choose_lrs(history, cfg.losses, cond.lr_grid, val_size=len(dataset.y_val))
         tables.write_csv(history, out / tables.TUNE)
-        tables.write_json({"source": cond.name, "criterion": TUNE_CRITERION, "lrs": lrs, "scores": scores},
-                          out / tables.LRS)
+        tables.write_json({"source": cond.name, "criterion": TUNE_CRITERION, **choice}, out / tables.LRS)
         tracker.log_artifacts([out / tables.LRS])
 
 
-def choose_lrs(history: pd.DataFrame, loss_names, grid) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Per loss, the lr of the grid with the best final validation accuracy (mean over tune seeds).
+def choose_lrs(history: pd.DataFrame, loss_names, grid, *, val_size: int) -> dict:
+    """Per loss, the rate chosen by TUNE_CRITERION, with the evidence: ``{"lrs": {loss: lr}, "scores": {loss:
+    {lr: mean}}, "standard_errors": {loss: {lr: se}}, "unstable": {loss: [lr, ...]}}``.
 
-    A seed that diverged scores zero; ties go to the smaller lr."""
-    val = history.query("split == 'val' and metric == 'accuracy'")
-    final = val.loc[val.groupby(["loss", "lr", "seed"])["step"].idxmax()]
+    A seed that diverged (or stopped early) scores zero in the mean."""
+    models = analysis.runs(history)
+    unstable_models = models[models["diverged"] | models["collapsed"]]
+    final = analysis.last_values(history, "val", "accuracy")
     last_step = history["step"].max()
-    lrs, scores = {}, {}
+    out: dict[str, dict] = {"lrs": {}, "scores": {}, "standard_errors": {}, "unstable": {}}
     for loss in loss_names:
-        per_lr = {}
+        means, errors, unstable = {}, {}, []
         for lr in grid:
-            rows = final[(final["loss"] == loss) & np.isclose(final["lr"], lr)]
-            finished = rows[rows["step"] == last_step]["value"]
-            seeds = history[(history["loss"] == loss) & np.isclose(history["lr"], lr)]["seed"].nunique()
-            per_lr[lr] = float(finished.sum() / seeds) if seeds else 0.0
-        best = max(per_lr.values())
-        lrs[loss] = min(lr for lr, score in per_lr.items() if score == best)
-        scores[loss] = {f"{lr:g}": score for lr, score in per_lr.items()}
-    return lrs, scores
+            mine = models[(models["loss"] == loss) & np.isclose(models["lr"], lr)]
+            rows = final[(final["loss"] == loss) & np.isclose(final["lr"], lr) & (final["step"] == last_step)]
+            scores = rows.set_index("seed")["value"].reindex(mine["seed"], fill_value=0.0).to_numpy(dtype=float)
+            means[lr] = float(scores.mean()) if len(scores) else 0.0
+            spread = float(scores.std(ddof=1) / math.sqrt(len(scores))) if len(scores) > 1 else 0.0
+            binomial = math.sqrt(max(means[lr] * (1 - means[lr]), 0.0) / (val_size * max(len(scores), 1)))
+            errors[lr] = max(spread, binomial)
+            if ((unstable_models["loss"] == loss) & np.isclose(unstable_models["lr"], lr)).any():
+                unstable.append(lr)
+        stable = [lr for lr in grid if lr not in unstable] or list(grid)  # all unstable: the least bad still
+        best = max(stable, key=lambda lr: (means[lr], -lr))
+        out["lrs"][loss] = min(lr for lr in stable if means[lr] >= means[best] - errors[best])
+        out["scores"][loss] = {f"{lr:g}": means[lr] for lr in grid}
+        out["standard_errors"][loss] = {f"{lr:g}": errors[lr] for lr in grid}
+        out["unstable"][loss] = [float(lr) for lr in unstable]
+    return out
 
 
 def train_condition(cfg: StudyConfig, cond: Condition, lrs: dict[str, float], *, data_root: Path, out: Path,
-                    checkpoint: Path | None, tracking: bool, progress: bool) -> None:
-    """Every loss x seed in lockstep with its tuned lr; resumable from ``checkpoint`` after SIGINT/SIGTERM."""
+                    checkpoint: Path | None, tracking: bool, progress: bool,
+                    unstable: dict[str, list[float]] | None = None) -> None:
+    """Every loss x seed in lockstep with its tuned lr; resumable from ``checkpoint`` after SIGINT/SIGTERM.
+
+    A loss whose rate diverges or collapses in any seed falls back to the next smaller rate of the grid that was
+    stable in tuning (``unstable``: the rates tuning found unstable, per loss), and the condition trains again."""
     dataset = _load_data(cond, data_root)
+    for name in TRAIN_OUTPUTS:  # nothing from an earlier run may look like this run's output
+        (out / name).unlink(missing_ok=True)
+    lrs, fallbacks = dict(lrs), {}
+    while True:
+        trainer, items, history, summary = _train_pass(cfg, cond, dataset, lrs, checkpoint=checkpoint, tracking=tracking,
+                                              progress=progress)
+        failed = _failed_losses(history)
+        moved = {}
+        for loss, evidence in failed.items():
+            smaller = [lr for lr in cond.lr_grid if lr < lrs[loss] and lr not in (unstable or {}).get(loss, [])]
+            fallbacks.setdefault(loss, []).append({"lr": lrs[loss], **evidence,
+                                                   "next_lr": max(smaller) if smaller else None})
+            if smaller:
+                moved[loss] = max(smaller)
+        if not moved:
+            break
+        print(f"study train: {cond.name}: {', '.join(f'{loss} {lrs[loss]:g} -> {lr:g}' for loss, lr in moved.items())}"
+              f" ({FALLBACK_RULE})", file=sys.stderr)
+        lrs.update(moved)
+
+    setup = {**_setup(cfg, cond, dataset, trainer, lrs), "lr_fallbacks": fallbacks, "fallback_rule": FALLBACK_RULE}
+    tables.write_parquet(
+        tables.examples_frame([i for i in items if isinstance(i, ExampleStats)],
+                              condition=cond.name, dataset=cond.dataset),
+        out / tables.EXAMPLES)
+    tables.write_json(setup, out / tables.SETUP)
+    tables.write_csv(summary, out / tables.SUMMARY)
+    tables.write_csv(tables.curves(history), out / tables.CURVES)
+    tables.write_csv(history, out / tables.HISTORY)  # last: its presence means the stage finished
+    if checkpoint:
+        Checkpoint(checkpoint, "").remove()
+
+
+def _train_pass(cfg: StudyConfig, cond: Condition, dataset: data.Dataset, lrs: dict[str, float], *,
+                checkpoint: Path | None, tracking: bool, progress: bool):
+    """One lockstep run of every loss x seed at ``lrs``: (trainer, records and example stats, history, summary)."""
     members = train.grid(cfg.losses, cfg.seeds, {loss: [lrs[loss]] for loss in cfg.losses})
     settings = _settings(cfg, splits=("val", "test"), instrument=True, progress=progress)
     trainer = train.Trainer(cond, dataset, members, settings)
-    for name in TRAIN_OUTPUTS:  # nothing from an earlier run may look like this run's output
-        (out / name).unlink(missing_ok=True)
-
     saved = Checkpoint(checkpoint, _fingerprint(cfg, cond, lrs, dataset.sizes())) if checkpoint else None
     items: list[Record | ExampleStats] = []
     state = saved.load() if saved else None
@@ -96,22 +150,46 @@ def train_condition(cfg: StudyConfig, cond: Condition, lrs: dict[str, float], *,
                 raise KeyboardInterrupt from None
         records = [item for item in items if isinstance(item, Record)]
         history = tables.history_frame(records, condition=cond.name, dataset=cond.dataset)
-        summary = tables.summarise(history, cond.targets)
-        setup = _setup(cfg, cond, dataset, trainer, lrs)
-        tables.write_parquet(
-            tables.examples_frame([i for i in items if isinstance(i, ExampleStats)],
-                                  condition=cond.name, dataset=cond.dataset),
-            out / tables.EXAMPLES)
-        tables.write_json(setup, out / tables.SETUP)
-        tables.write_csv(summary, out / tables.SUMMARY)
-        tables.write_csv(tables.curves(history), out / tables.CURVES)
-        tables.write_csv(history, out / tables.HISTORY)  # last: its presence means the stage finished
+        history = _with_collapses(history, records, tracker, cond, chance=1 / dataset.num_classes)
+        summary = analysis.run_summary(history, cond.targets, chance=1 / dataset.num_classes)
         for row in summary.itertuples():
             tracker.set_summary(row.run, {k: v for k, v in row._asdict().items()
-                                          if k.startswith(("final_", "best_", "steps_to")) and _finite(v)})
-        tracker.log_artifacts([out / tables.SUMMARY, out / tables.SETUP])
-    if saved:
-        saved.remove()
+                                          if k.startswith(("final_", "best_", "steps_to", "test_accuracy_at"))
+                                          and _finite(v)})
+    print(f"study train: {cond.name}: evaluations took {trainer.evaluation_seconds:.0f} s", file=sys.stderr)
+    return trainer, items, history, summary
+
+
+def _with_collapses(history: pd.DataFrame, records: list[Record], tracker, cond: Condition, *,
+                    chance: float) -> pd.DataFrame:
+    """The history with a ``train/collapsed_step`` row per collapsed model (also sent to the tracker, which tags
+    the run)."""
+    found = analysis.collapses(history, chance)
+    if found.empty:
+        return history
+    steps_per_epoch = _steps_per_epoch(history)
+    marks = [Record(row.loss, row.lr, row.seed, round(row.collapsed_step / steps_per_epoch, 4), row.collapsed_step,
+                    "train", "collapsed_step", float(row.collapsed_step)) for row in found.itertuples()]
+    tracker.log(marks)
+    records.extend(marks)
+    return tables.history_frame(records, condition=cond.name, dataset=cond.dataset)
+
+
+def _steps_per_epoch(history: pd.DataFrame) -> float:
+    rows = history[history["epoch"] > 0]
+    return float((rows["step"] / rows["epoch"]).median()) if len(rows) else 1.0
+
+
+def _failed_losses(history: pd.DataFrame) -> dict[str, dict]:
+    """Per loss with a diverged or collapsed seed: which seeds, at which steps."""
+    models = analysis.runs(history)
+    failed = {}
+    for loss, group in models[models["diverged"] | models["collapsed"]].groupby("loss", sort=False):
+        failed[loss] = {
+            "diverged": {int(r.seed): int(r.diverged_step) for r in group.itertuples() if r.diverged},
+            "collapsed": {int(r.seed): int(r.collapsed_step) for r in group.itertuples() if r.collapsed},
+        }
+    return failed
 
 
 def collect(stream: Iterator[Record | ExampleStats], tracker, *, into: list, keep_examples: bool = False) -> None:

@@ -106,44 +106,6 @@ def read_lrs(path: Path) -> dict[str, float]:
     return {loss: float(lr) for loss, lr in read_json(path)["lrs"].items()}
 
 
-def steps_to_target(curve: pd.DataFrame, target: float) -> float:
-    """First step whose value reaches ``target`` in a single run's (step, value) curve; NaN when never reached
-    (right-censored at the run's last step)."""
-    reached = curve[curve["value"] >= target]
-    return float(reached["step"].min()) if len(reached) else float("nan")
-
-
-def summarise(history: pd.DataFrame, targets) -> pd.DataFrame:
-    """One row per run: final and best numbers, divergence, and steps to each validation-accuracy target."""
-    rows = []
-    for (condition, dataset, loss, lr, seed), run in history.groupby(KEYS, sort=False):
-        def last(split: str, metric: str, run: pd.DataFrame = run) -> float:
-            sel = run[(run["split"] == split) & (run["metric"] == metric)]
-            return float(sel.loc[sel["step"].idxmax(), "value"]) if len(sel) else float("nan")
-
-        val_acc = run[(run["split"] == "val") & (run["metric"] == "accuracy")].sort_values("step")
-        test_acc = run[(run["split"] == "test") & (run["metric"] == "accuracy")].set_index("step")["value"]
-        best = val_acc.loc[val_acc["value"].idxmax()] if len(val_acc) else None
-        diverged = run[run["metric"] == "diverged_step"]["value"]
-        row = {
-            "condition": condition, "dataset": dataset, "loss": loss, "lr": lr, "seed": seed,
-            "run": f"{loss}-lr{lr:g}-s{seed}",
-            "final_val_accuracy": last("val", "accuracy"),
-            "final_test_accuracy": last("test", "accuracy"),
-            "final_test_nll": last("test", "nll"),
-            "final_test_ece": last("test", "ece"),
-            "best_val_accuracy": float(best["value"]) if best is not None else float("nan"),
-            "best_val_step": int(best["step"]) if best is not None else -1,
-            "test_accuracy_at_best_val": float(test_acc.get(best["step"], float("nan"))) if best is not None
-            else float("nan"),
-            "diverged_step": float(diverged.iloc[0]) if len(diverged) else float("nan"),
-        }
-        for target in targets:
-            row[f"steps_to_{target:g}"] = steps_to_target(val_acc, target)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 def curves(history: pd.DataFrame) -> pd.DataFrame:
     """Validation accuracy per loss and step, averaged over seeds: the long ``step, loss, val_accuracy`` table
     that DVC's ``by_loss`` plot template draws as one line per loss."""

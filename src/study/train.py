@@ -61,6 +61,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def speed_steps(total_steps: int, resolution: float) -> set[int]:
+    """Steps 1, 2, ... where each next step is at most ``resolution`` of itself past the last one, up to
+    ``total_steps``: a target crossed between two of them is bracketed to within ``resolution`` of its step."""
+    steps, step = set(), 1
+    while step <= total_steps:
+        steps.add(step)
+        step = max(step + 1, math.floor(step * (1 + resolution)))
+    return steps
+
+
 def batch_order(num_examples: int, seed: int, epoch: int) -> Tensor:
     """The permutation of training examples for one epoch: a function of (seed, epoch) alone, never of the loss."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -265,7 +275,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cond.epochs
         per_eval = self.steps_per_epoch / cond.evals_per_epoch
         self.eval_steps = {round(k * per_eval) for k in range(1, cond.epochs * cond.evals_per_epoch + 1)}
-        self.eval_steps |= {step for step in cond.early_evals if step < self.total_steps}
+        self.speed_steps = speed_steps(self.total_steps, cond.speed_resolution) - self.eval_steps
 
         self.seeds = list(dict.fromkeys(m.seed for m in self.members))  # rows of each step's batch [S, B]
         self.seed_of = torch.tensor([self.seeds.index(m.seed) for m in self.members], device=dev)  # [M]: its row
@@ -345,6 +355,8 @@ class Trainer:
                         yield from self._log_train(logit_grads, layer_norms, bar)
                     if self.step in self.eval_steps or self.step == self.total_steps:
                         yield from self._timed_evaluation()
+                    elif self.step in self.speed_steps:
+                        yield from self._timed_evaluation(speed_only=True)
                     if self.step >= self.total_steps:
                         break
                     if stop():
@@ -433,10 +445,21 @@ class Trainer:
         bar.set_postfix({name: f"{_mean(window[s.start:s.stop]):.3g}" for name, s in self._named_groups()},
                         refresh=False)
 
-    def _timed_evaluation(self) -> Iterator[Record | ExampleStats]:
+    def _timed_evaluation(self, *, speed_only: bool = False) -> Iterator[Record | ExampleStats]:
         start = time.perf_counter()
-        yield from self._evaluate()
+        yield from self._evaluate_speed() if speed_only else self._evaluate()
         self.evaluation_seconds += time.perf_counter() - start
+
+    def _evaluate_speed(self) -> Iterator[Record]:
+        """Validation accuracy alone: the cheap, dense reading that brackets each steps-to-target."""
+        yield from self._retire_diverged()
+        val = self.splits["val"]
+        with torch.no_grad():
+            correct = torch.cat([self.stack.forward(val.x[i:i + EVAL_CHUNK]).argmax(dim=2) == val.y[i:i + EVAL_CHUNK]
+                                 for i in range(0, len(val.y), EVAL_CHUNK)], dim=1)  # [M, N]
+        accuracy = correct.float().mean(dim=1).tolist()
+        for m in self._alive():
+            yield self._record(m, "val", "accuracy", accuracy[m])
 
     def _evaluate(self) -> Iterator[Record | ExampleStats]:
         yield from self._retire_diverged()

@@ -1,0 +1,115 @@
+"""Measurements that must hold up: interpolated steps-to-target with their resolution, collapse detection, the
+threshold-free speed measure, validation-selected accuracy, and the train stage's fallback from a failed rate."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from study import analysis, runner, tables
+from study.records import Record
+
+
+def history_of(curves: dict[tuple[str, float, int], list[tuple[int, float]]], *, split: str = "val",
+               metric: str = "accuracy") -> pd.DataFrame:
+    """A history table from ``{(loss, lr, seed): [(step, value), ...]}`` (epochs = step / 100)."""
+    records = [Record(loss, lr, seed, step / 100, step, split, metric, value)
+               for (loss, lr, seed), points in curves.items() for step, value in points]
+    return tables.history_frame(records, condition="c", dataset="d")
+
+
+def test_steps_to_target_interpolates_between_the_readings_around_the_crossing():
+    history = history_of({("mse", 0.1, 0): [(0, 0.1), (100, 0.6), (110, 0.8), (200, 0.9)],
+                          ("mse", 0.1, 1): [(0, 0.1), (100, 0.2)]})
+    table = analysis.steps_to_target(history, 0.7).set_index("seed")
+    assert table.loc[0, "step"] == pytest.approx(105.0)  # half-way from 0.6 to 0.8
+    assert (table.loc[0, "bracket_low"], table.loc[0, "bracket_high"]) == (100, 110)
+    assert table.loc[0, "resolution"] == pytest.approx(10 / 105)
+    assert not table.loc[1, "reached"] and math.isnan(table.loc[1, "step"]) and table.loc[1, "censored_at"] == 100
+
+
+def test_steps_to_target_at_step_zero_is_exact():
+    table = analysis.steps_to_target(history_of({("mse", 0.1, 0): [(0, 0.9), (10, 0.95)]}), 0.5)
+    assert table["step"].tolist() == [0.0] and table["resolution"].tolist() == [0.0]
+
+
+def test_val_auc_weighs_log_steps_equally():
+    # 0.2 from step 1 to 10, 0.8 from 10 to 100: on a log axis each decade counts the same -> mean 0.5.
+    history = history_of({("mse", 0.1, 0): [(0, 0.1), (1, 0.2), (10, 0.2), (10.0001, 0.8), (100, 0.8)]})
+    assert analysis.val_auc(history)["value"].item() == pytest.approx(0.5, abs=1e-4)
+
+
+def test_a_loss_that_climbs_back_and_stays_up_collapsed_at_the_start_of_the_climb():
+    steps = list(range(20, 420, 20))
+    learned = [2.3, 1.0, 0.5, 0.3, 0.25, 0.2, 0.2, 0.2]
+    climbs = [0.5, 1.5, 2.0, 2.2, 2.25, 2.3, 2.3, 2.3, 2.3, 2.3, 2.3, 2.3]
+    noisy = [2.3, 1.0, 0.5, 0.3, 2.0, 0.25, 0.2, 0.2] + [0.2] * 12  # one spike that recovers: not a collapse
+    history = history_of({("mse", 0.3, 0): list(zip(steps, learned + climbs)),
+                          ("mse", 0.3, 1): list(zip(steps, noisy))}, split="train", metric="loss")
+    found = analysis.collapses(history, chance=0.1)
+    assert found[["seed", "collapsed_step", "reason"]].values.tolist() == [[0, 200, "training loss climbed back"]]
+
+
+def test_a_model_that_never_learned_did_not_collapse():
+    history = history_of({("mse", 0.01, 0): [(s, 2.3 - s * 1e-4) for s in range(20, 420, 20)]}, split="train",
+                         metric="loss")
+    assert analysis.collapses(history, chance=0.1).empty
+
+
+def test_validation_accuracy_back_at_chance_after_learning_is_a_collapse_and_overfitting_is_not():
+    collapsed = [(0, 0.1), (100, 0.6), (200, 0.7), (300, 0.12), (400, 0.11), (500, 0.14)]
+    overfits = [(0, 0.1), (100, 0.6), (200, 0.7), (300, 0.66), (400, 0.64), (500, 0.62)]
+    history = history_of({("mse", 0.3, 0): collapsed, ("mse", 0.1, 0): overfits})
+    found = analysis.collapses(history, chance=0.1)
+    assert found[["lr", "collapsed_step"]].values.tolist() == [[0.3, 300]]
+
+
+def test_run_summary_reports_validation_selected_test_accuracy_and_the_resolution():
+    records = []
+    for step, val, test in [(0, 0.1, 0.1), (100, 0.8, 0.79), (200, 0.7, 0.72)]:
+        records += [Record("mse", 0.1, 0, step / 100, step, "val", "accuracy", val),
+                    Record("mse", 0.1, 0, step / 100, step, "test", "accuracy", test)]
+    records.append(Record("mse", 0.1, 0, 0.5, 50, "val", "accuracy", 0.45))  # a dense speed reading, no test
+    history = tables.history_frame(records, condition="c", dataset="d")
+    row = analysis.run_summary(history, [0.5], chance=0.1).iloc[0]
+    assert row["test_accuracy_at_best_val"] == pytest.approx(0.79) and row["best_val_step"] == 100
+    assert row["final_test_accuracy"] == pytest.approx(0.72)
+    assert row["steps_to_0.5"] == pytest.approx(50 + 50 * 0.05 / 0.35)
+    assert row["steps_to_0.5_resolution"] == pytest.approx(50 / row["steps_to_0.5"])
+    assert math.isnan(row["collapsed_step"]) and math.isnan(row["diverged_step"])
+
+
+def test_train_stage_falls_back_to_the_next_stable_rate_when_a_rate_collapses(monkeypatch, tmp_path):
+    """The fallback loop: a pass whose mse collapses at 0.3 is followed by one at 0.1 (0.2 was unstable in
+    tuning); the written results are those of the last pass, and setup.json says what happened."""
+    from conftest import synthetic_dataset, tiny_condition
+
+    passes = []
+
+    def fake_pass(cfg, cond, dataset, lrs, **_):
+        passes.append(dict(lrs))
+        curves = {("mse", lrs["mse"], 0): [(s, 0.5) for s in (0, 10, 20)],
+                  ("softmax_nll", lrs["softmax_nll"], 0): [(s, 0.5) for s in (0, 10, 20)]}
+        history = history_of(curves)
+        if lrs["mse"] == 0.3:
+            mark = history.head(1).assign(split="train", metric="collapsed_step", value=10.0, step=10)
+            history = pd.concat([history, mark], ignore_index=True)
+        trainer = type("T", (), {"steps_per_epoch": 10, "total_steps": 20, "device": "cpu"})()
+        return trainer, [], history, analysis.run_summary(history, (), chance=0.1)
+
+    monkeypatch.setattr(runner, "_train_pass", fake_pass)
+    monkeypatch.setattr(runner, "_load_data", lambda cond, root: synthetic_dataset())
+    cfg = type("C", (), {"losses": ("mse", "softmax_nll"), "seeds": (0,), "confident": 0.9, "ece_bins": 15,
+                         "smoothing_eps": 0.1})()
+    cond = tiny_condition(lr_grid=(0.05, 0.1, 0.2, 0.3))
+    runner.train_condition(cfg, cond, {"mse": 0.3, "softmax_nll": 0.1}, data_root=tmp_path, out=tmp_path,
+                           checkpoint=None, tracking=False, progress=False, unstable={"mse": [0.2]})
+    assert passes == [{"mse": 0.3, "softmax_nll": 0.1}, {"mse": 0.1, "softmax_nll": 0.1}]
+    setup = tables.read_json(tmp_path / tables.SETUP)
+    assert setup["lrs"] == {"mse": 0.1, "softmax_nll": 0.1}
+    assert setup["lr_fallbacks"] == {"mse": [{"lr": 0.3, "diverged": {}, "collapsed": {"0": 10}, "next_lr": 0.1}]}
+    assert set(tables.read_history(tmp_path / tables.HISTORY)["lr"]) == {0.1}
+    assert np.isfinite(pd.read_csv(tmp_path / tables.SUMMARY)["final_val_accuracy"]).all()
