@@ -13,6 +13,7 @@ from study.config import ConfigError, StudyConfig
 from study.data import DataError
 
 INTERRUPTED_EXIT = 130  # what a shell reports for a process stopped by SIGINT
+VALID_MARKER = {"params": "valid"}  # what `study validate` writes: the same for every valid params file
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--data", type=Path, required=True, help="directory the data stage prepared")
         p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow (overrides the params)")
         p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    p = command("validate", validate_cmd, "check the whole params file; write a marker whose content never changes")
+    with_params(p)
+    p.add_argument("--out", type=Path, required=True, help="marker file the other stages depend on")
 
     p = command("data", data_cmd, "verify and prepare every dataset the conditions use")
     with_params(p)
@@ -85,6 +90,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # ---- stages -------------------------------------------------------------------------------------------------
+
+
+def validate_cmd(args: argparse.Namespace) -> None:
+    """The pipeline's first stage. DVC deletes a stage's outputs before running it, so a typo found inside a later
+    stage would cost that stage's results; every stage depends on this one instead, and a bad params file stops
+    the pipeline here. The marker's content is fixed, so valid edits to the params rerun nothing downstream."""
+    config.load(args.params)
+    tables.write_json(VALID_MARKER, args.out)
 
 
 def data_cmd(args: argparse.Namespace) -> None:
