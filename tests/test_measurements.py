@@ -74,7 +74,7 @@ def test_run_summary_reports_validation_selected_test_accuracy_and_the_resolutio
                     Record("mse", 0.1, 0, step / 100, step, "test", "accuracy", test)]
     records.append(Record("mse", 0.1, 0, 0.5, 50, "val", "accuracy", 0.45))  # a dense speed reading, no test
     history = tables.history_frame(records, condition="c", dataset="d")
-    row = analysis.run_summary(history, [0.5], chance=0.1).iloc[0]
+    row = analysis.run_summary(history, [0.5]).iloc[0]
     assert row["test_accuracy_at_best_val"] == pytest.approx(0.79) and row["best_val_step"] == 100
     assert row["final_test_accuracy"] == pytest.approx(0.72)
     assert row["steps_to_0.5"] == pytest.approx(50 + 50 * 0.05 / 0.35)
@@ -98,7 +98,7 @@ def test_train_stage_falls_back_to_the_next_stable_rate_when_a_rate_collapses(mo
             mark = history.head(1).assign(split="train", metric="collapsed_step", value=10.0, step=10)
             history = pd.concat([history, mark], ignore_index=True)
         trainer = type("T", (), {"steps_per_epoch": 10, "total_steps": 20, "device": "cpu"})()
-        return trainer, [], history, analysis.run_summary(history, (), chance=0.1)
+        return trainer, [], history, analysis.run_summary(history, ())
 
     monkeypatch.setattr(runner, "_train_pass", fake_pass)
     monkeypatch.setattr(runner, "_load_data", lambda cond, root: synthetic_dataset())

@@ -24,12 +24,11 @@ import pandas as pd
 from study import analysis, report, tables
 from study.analysis import REFERENCE
 
-COLLAPSE = 0.05  # drop from best to final mean test accuracy that the findings call a collapse
 PENALTY = "penalty.csv"
 CLAIMS = "claims.csv"
 QUANTITY_LABELS = {
     "final_accuracy": "final test acc",
-    "best_accuracy": "best test acc",
+    "selected_accuracy": "val-selected test acc",
     "test_nll": "test NLL",
     "ece": "ECE",
     "val_auc": "mean val acc (AUC)",
@@ -378,7 +377,7 @@ def compute(inputs: Inputs) -> Computed:
     claims = measured if inputs.claims is None else pd.concat(
         [inputs.claims.reindex(columns=analysis.CLAIM_COLUMNS), measured.astype({"value": str})], ignore_index=True)
     return Computed(head, saturation, calibration, noise, views, claims.fillna(""),
-                    analysis.metrics(head, inputs.lrs))
+                    analysis.metrics(head))
 
 
 def _chosen(inputs: Inputs, source: str) -> dict[str, float]:
@@ -424,10 +423,11 @@ def compose(inputs: Inputs, computed: Computed, figures: Figures) -> Document:
     figures.save("headline", report.plot_headline, inputs.history)
     if inputs.tune is not None and not inputs.tune.empty:
         chosen = {s: _chosen(inputs, s) for s in inputs.tune["condition"].unique()}
-        figures.save("tuning", report.plot_tuning, inputs.tune, chosen)
+        figures.save("tuning", report.plot_tuning, inputs.tune, chosen, inputs.targets)
         if any(REFERENCE in c for c in chosen.values()):
             figures.save("lr_views", report.plot_lr_views, inputs.tune, chosen)
     figures.save("steps_to_target", report.plot_steps_to_target, inputs.history, inputs.targets)
+    figures.save("time_to_target", report.plot_time_to_target, inputs.history, inputs.targets)
     for c in conditions:
         hist = inputs.history[inputs.history["condition"] == c]
         ex = inputs.examples[inputs.examples["condition"] == c]
@@ -469,8 +469,14 @@ def compose(inputs: Inputs, computed: Computed, figures: Figures) -> Document:
         notes.append(f"{row.condition}: {row.loss} (lr {row.lr:g}, seed {row.seed}) diverged at step "
                      f"{row.diverged_step:.0f}; its final metrics are left out of the means, its steps-to-target "
                      "count it as not reached unless it reached the target before diverging.")
+    collapsed = head.models[head.models["collapsed"]]
+    for row in collapsed.itertuples():
+        notes.append(f"{row.condition}: {row.loss} (lr {row.lr:g}, seed {row.seed}) collapsed at step "
+                     f"{row.collapsed_step:.0f} (training loss back above half-way from its minimum to its start, "
+                     "or validation accuracy back near chance, to the end of training); its final metrics stay in "
+                     "the means, as the result of that rate.")
     if not notes:
-        notes.append("Every expected input was present; no value was dropped and no model diverged.")
+        notes.append("Every expected input was present; no value was dropped; no model diverged or collapsed.")
     doc.bullets([[n] for n in notes])
     return doc
 
@@ -550,7 +556,7 @@ def findings(inputs: Inputs, computed: Computed, figures: Figures) -> list[list[
         items.append([text] + _fig(figures, "headline"))
 
     for c in inputs.conditions:
-        items += _collapse_findings(c, head, figures)
+        items += _collapse_findings(c, head, inputs.setups[c], figures)
 
     cal = computed.calibration
     for c in inputs.conditions:
@@ -631,19 +637,32 @@ def findings(inputs: Inputs, computed: Computed, figures: Figures) -> list[list[
     return items
 
 
-def _collapse_findings(condition: str, head: analysis.Headline, figures: Figures) -> list[list[Segment]]:
-    """Losses whose final test accuracy fell well below their best: training went on past its peak and lost it."""
-    rows = head.summary[head.summary["condition"] == condition]
+def _collapse_findings(condition: str, head: analysis.Headline, setup: dict,
+                       figures: Figures) -> list[list[Segment]]:
+    """Rates that failed: models that collapsed or diverged in the reported runs, and rates the train stage gave up
+    for a smaller one (setup.json's lr_fallbacks). A collapse is never called overfitting."""
     items = []
-    for loss in analysis.ordered(rows["loss"]):
-        best = _value(rows, loss=loss, quantity="best_accuracy")
-        final = _value(rows, loss=loss, quantity="final_accuracy")
-        if best is None or final is None or not (best["mean"] - final["mean"] > COLLAPSE):
+    mine = head.models[head.models["condition"] == condition]
+    for loss in analysis.ordered(mine["loss"]):
+        m = mine[mine["loss"] == loss]
+        bad = m[m["collapsed"] | m["diverged"]]
+        if bad.empty:
             continue
-        items.append([f"Collapse, {condition}: {loss} peaked at test accuracy {best['mean']:.3f} and ended at "
-                      f"{fmt_estimate(final)}, {best['mean'] - final['mean']:.3f} lower: training past its best "
-                      "undid what it had learned (see its validation curve)."]
-                     + _fig(figures, f"convergence_{condition}"))
+        parts = [f"seed {int(r.seed)} " + (f"diverged at step {r.diverged_step:.0f}" if r.diverged
+                                           else f"collapsed at step {r.collapsed_step:.0f}")
+                 for r in bad.itertuples()]
+        items.append([f"Stability, {condition}: {loss} at lr {m['lr'].iloc[0]:g} failed in {len(bad)} of {len(m)} "
+                      f"seeds ({'; '.join(parts)}): its training loss climbed back or its validation accuracy fell "
+                      "to chance after it had learned; these numbers describe an unstable rate, not the loss at its "
+                      "best."] + _fig(figures, f"convergence_{condition}"))
+    for loss, attempts in (setup.get("lr_fallbacks") or {}).items():
+        for attempt in attempts:
+            seeds = sorted({*attempt.get("collapsed", {}), *attempt.get("diverged", {})}, key=int)
+            then = (f"trained again at lr {attempt['next_lr']:g}" if attempt.get("next_lr") is not None
+                    else "no smaller stable rate was left, so its numbers are those of the failed rate")
+            items.append([f"Learning-rate fallback, {condition}: {loss} at the tuned lr {attempt['lr']:g} collapsed or "
+                          f"diverged in seed(s) {', '.join(map(str, seeds))} of training (tuning is shorter than "
+                          f"training here); {then}."] + _fig(figures, "tuning"))
     return items
 
 
@@ -654,8 +673,9 @@ def _join(names: Sequence[str]) -> str:
 
 
 def _optimizer_findings(inputs: Inputs, head: analysis.Headline, figures: Figures) -> list[list[Segment]]:
-    """Conditions that differ only in the optimizer (same dataset and label noise): how far apart the losses' median
-    steps to the first target are under each (slowest / fastest)."""
+    """Conditions that differ only in the optimizer (same dataset and label noise): each loss's paired lag behind
+    the reference in steps to the first target, under sgd and under adam. A gradient-scale explanation of a lag
+    predicts that adaptive steps (adam) shrink it."""
     q1 = analysis.steps_quantity(1)
     groups: dict[tuple, dict[str, str]] = {}
     for c in inputs.conditions:
@@ -666,26 +686,29 @@ def _optimizer_findings(inputs: Inputs, head: analysis.Headline, figures: Figure
     for by_optimizer in groups.values():
         if not {"adam", "sgd"} <= set(by_optimizer):
             continue
-        ratios = {}
-        for optimizer in ("sgd", "adam"):
-            c = by_optimizer[optimizer]
-            rows = head.summary[(head.summary["condition"] == c) & (head.summary["quantity"] == q1)]
-            medians = rows["median"].to_numpy(dtype=float)
-            if len(medians) > 1 and np.isfinite(medians).all() and medians.min() > 0:  # every loss reached it
-                ratios[optimizer] = (c, medians.max() / medians.min())
-        if len(ratios) < 2:
+        c_sgd, c_adam = by_optimizer["sgd"], by_optimizer["adam"]
+        t_sgd, t_adam = inputs.targets.get(c_sgd, ())[:1], inputs.targets.get(c_adam, ())[:1]
+        if not t_sgd or t_sgd != t_adam:
             continue
-        (c_sgd, sgd), (c_adam, adam) = ratios["sgd"], ratios["adam"]
-        # Steps are measured on the evaluation grid (a few hundred steps apart), so ratios within 10% are a tie.
-        if math.isclose(adam, sgd, rel_tol=0.1):
-            verdict = "about as far apart under adam as under sgd (within 10%, the resolution of the evaluations)"
-        elif adam < sgd:
-            verdict = "closer together under adam, as expected when adaptive steps hide gradient-scale differences"
-        else:
-            verdict = "further apart under adam: adaptive steps did not hide the gradient-scale differences here"
-        items.append([f"Optimizer: slowest over fastest loss, median steps to the first target: {sgd:.2f}x in "
-                      f"{c_sgd} (sgd) vs {adam:.2f}x in {c_adam} (adam); the losses are {verdict}."]
-                     + _fig(figures, "steps_to_target"))
+        parts = []
+        for loss in analysis.ordered(head.differences["loss"]):
+            d_sgd = _value(head.differences, condition=c_sgd, loss=loss, quantity=q1)
+            d_adam = _value(head.differences, condition=c_adam, loss=loss, quantity=q1)
+            if d_sgd is None or d_adam is None:
+                continue
+            # within_noise is True, False or None (no interval); numpy's bools compare equal to Python's.
+            apart = {name: d["within_noise"] in (False,) for name, d in (("sgd", d_sgd), ("adam", d_adam))}
+            verdict = {(True, False): "a lag under sgd that is not distinguishable from 0 under adam",
+                       (True, True): "apart under both optimizers",
+                       (False, True): "apart only under adam",
+                       (False, False): "not distinguishable from it under either optimizer"}[apart["sgd"],
+                                                                                             apart["adam"]]
+            parts.append(f"{loss} {fmt_difference(d_sgd, 0, 'steps')} under sgd vs "
+                         f"{fmt_difference(d_adam, 0, 'steps')} under adam ({verdict})")
+        if parts:
+            items.append([f"Optimizer: paired difference to {REFERENCE} in steps to validation accuracy "
+                          f"{t_sgd[0]:g} ({c_sgd} vs {c_adam}): " + "; ".join(parts) + "."]
+                         + _fig(figures, "steps_to_target"))
     return items
 
 
@@ -744,8 +767,10 @@ def _setup_section(doc: Document, inputs: Inputs, computed: Computed, figures: F
             [loss, *(_score_cell(scores.get(loss, {}), lr, chosen.get(loss)) for lr in grid)]
             for loss in analysis.ordered(scores)])
     if "tuning" in figures.names:
-        doc.figure("tuning", "Final validation accuracy of each tuning run against the learning rate (log scale); "
-                             "the star is the learning rate each loss trained with.")
+        doc.figure("tuning", "Every loss at every learning rate of the grid (tuning runs, validation split): "
+                             "final validation accuracy (the star is the rate each loss trained with; crosses "
+                             "diverged, squares collapsed) and steps to the first target. How much of 'loss A is "
+                             "slower' is only 'loss A wants another learning rate' shows here.")
 
 
 def _score_cell(scores: dict, lr: float, chosen: float | None) -> str:
@@ -758,17 +783,18 @@ def _headline_section(doc: Document, inputs: Inputs, computed: Computed, figures
                       losses: list[str]) -> None:
     head = computed.head
     doc.heading(2, "Headline table")
-    doc.para("Per condition and loss: mean over seeds and 95% t-interval of final test accuracy, best test "
-             "accuracy over evaluations (chosen on test, so optimistic; shown to expose late degradation), test NLL "
-             "(softmax, any loss) and ECE; steps to each validation-accuracy target as the median over seeds "
-             "(a seed that never reached it counts as beyond the run) and how many seeds reached it. Models that "
-             "diverged are left out of the means and counted in the 'diverged' column.")
+    doc.para("Per condition and loss: mean over seeds and 95% t-interval of final test accuracy, validation-selected "
+             "test accuracy (at the evaluation with the best validation accuracy: early stopping on the clean "
+             "validation split), test NLL (softmax, any loss) and ECE; steps to each validation-accuracy target "
+             "(interpolated) as the median over seeds (a seed that never reached it counts as beyond the run) and "
+             "how many seeds reached it. Models that diverged are left out of the means and counted in the "
+             "'diverged' column; models that collapsed stay in and are counted in the 'collapsed' column.")
     for c in inputs.conditions:
         targets = inputs.targets.get(c, ())
         mine = head.models[head.models["condition"] == c]
         doc.heading(3, f"{c}")
-        header = ["loss", "lr", "seeds", "diverged", *(QUANTITY_LABELS[q] for q in
-                                                         ("final_accuracy", "best_accuracy", "test_nll", "ece")),
+        header = ["loss", "lr", "seeds", "diverged", "collapsed", *(QUANTITY_LABELS[q] for q in
+                                                         ("final_accuracy", "selected_accuracy", "test_nll", "ece")),
                   *(f"steps to val acc {t:g}" for t in targets)]
         rows = []
         for loss in losses:
@@ -776,9 +802,9 @@ def _headline_section(doc: Document, inputs: Inputs, computed: Computed, figures
             if m.empty:
                 continue
             row = [loss, f"{inputs.lrs[c].get(loss, math.nan):g}", str(m["seed"].nunique()),
-                   str(int(m["diverged"].sum()))]
+                   str(int(m["diverged"].sum())), str(int(m["collapsed"].sum()))]
             row += [fmt_estimate(_value(head.summary, condition=c, loss=loss, quantity=q))
-                    for q in ("final_accuracy", "best_accuracy", "test_nll", "ece")]
+                    for q in ("final_accuracy", "selected_accuracy", "test_nll", "ece")]
             row += [fmt_steps(_value(head.summary, condition=c, loss=loss, quantity=analysis.steps_quantity(i)))
                     for i in range(1, len(targets) + 1)]
             rows.append(row)
@@ -789,7 +815,7 @@ def _headline_section(doc: Document, inputs: Inputs, computed: Computed, figures
                 continue
             row = [loss]
             row += [fmt_difference(_value(head.differences, condition=c, loss=loss, quantity=q))
-                    for q in ("final_accuracy", "best_accuracy", "test_nll", "ece")]
+                    for q in ("final_accuracy", "selected_accuracy", "test_nll", "ece")]
             row += [fmt_difference(_value(head.differences, condition=c, loss=loss,
                                           quantity=analysis.steps_quantity(i)), 0, "steps")
                     for i in range(1, len(targets) + 1)]
@@ -797,7 +823,7 @@ def _headline_section(doc: Document, inputs: Inputs, computed: Computed, figures
         if diff_rows:
             doc.para(f"Paired difference to {REFERENCE} (loss − {REFERENCE}, same seeds), 95% CI and paired t-test; "
                      "'within noise' when the interval covers 0. Steps pair only seeds where both reached the target.")
-            doc.table(["loss", *(f"Δ {QUANTITY_LABELS[q]}" for q in ("final_accuracy", "best_accuracy", "test_nll",
+            doc.table(["loss", *(f"Δ {QUANTITY_LABELS[q]}" for q in ("final_accuracy", "selected_accuracy", "test_nll",
                                                                       "ece")),
                        *(f"Δ steps to {t:g}" for t in targets)], diff_rows)
         elif REFERENCE not in set(mine["loss"]):
@@ -810,11 +836,15 @@ def _convergence_section(doc: Document, inputs: Inputs, computed: Computed, figu
                          losses: list[str]) -> None:
     head = computed.head
     doc.heading(2, "Convergence speed")
-    doc.para("Optimizer steps until validation accuracy first reaches each target (dots: seeds; bars: medians; "
-             "hollow triangles: never reached, drawn at the last evaluation).")
+    doc.para("Optimizer steps until validation accuracy first reaches each target, interpolated linearly between "
+             "the two validation readings around the crossing (dots: seeds; bars: medians; hollow triangles: never "
+             "reached, drawn at the last evaluation). " + _resolution_sentence(head.steps))
     doc.figure("steps_to_target", "Steps to each validation-accuracy target per condition and loss.")
-    doc.para("The threshold-free companion: the mean validation accuracy over training (area under the "
-             f"validation-accuracy curve divided by the number of steps), with the paired difference to {REFERENCE}.")
+    doc.figure("time_to_target", "Share of seeds that reached the first target by each step; a curve that ends "
+                                 "below 1 counts the seeds that never reached it (censored, not hidden in a median).")
+    doc.para("The threshold-free companion: the mean validation accuracy over log-steps (area under the "
+             "validation-accuracy curve against log10(step), from the first evaluation after step 0 to the last, "
+             f"divided by that span), with the paired difference to {REFERENCE}.")
     rows = []
     for c in inputs.conditions:
         for loss in losses:
@@ -852,6 +882,18 @@ def _convergence_section(doc: Document, inputs: Inputs, computed: Computed, figu
     if "lr_views" in figures.names:
         doc.figure("lr_views", f"Validation accuracy of the tuning runs at each loss's own tuned learning rate "
                                f"(solid) and at {REFERENCE}'s (dashed).")
+
+
+def _resolution_sentence(steps: pd.DataFrame) -> str:
+    """How well the evaluation schedule pins the crossings down: the widest bracket as a share of its step."""
+    reached = steps[steps["reached"] & (steps["step"] > 0)]
+    if reached.empty:
+        return "No model reached a target, so no crossing was measured."
+    worst = reached.loc[reached["resolution"].idxmax()]
+    return (f"Every crossing lies between two readings at most {100 * worst['resolution']:.1f}% of its step apart "
+            f"(the widest: {worst['condition']}, {worst['loss']}, seed {int(worst['seed'])}, between steps "
+            f"{int(worst['bracket_low'])} and {int(worst['bracket_high'])}), so each steps-to-target is known to "
+            "within that share of its value.")
 
 
 def _view_cells(row: dict | None) -> list[str]:
@@ -983,7 +1025,7 @@ def _confident_wrong_section(doc: Document, inputs: Inputs, computed: Computed, 
         rows = []
         for loss in analysis.ordered(summary["loss"]):
             rows.append([loss, *(fmt_estimate(_value(summary, loss=loss, quantity=q)) for q in
-                                 ("best_accuracy", "final_accuracy", "accuracy_drop")),
+                                 ("selected_accuracy", "final_accuracy", "accuracy_drop")),
                          *(fmt_percent(_value(summary, loss=loss, quantity=q)) for q in
                            ("memorised", "memorised_peak", "recovered", "clean_train_accuracy"))])
         doc.table(["loss", "best test acc", "final test acc", "drop", "memorised", "memorised (peak)", "recovered",

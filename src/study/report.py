@@ -184,16 +184,25 @@ def plot_headline(history: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_tuning(tune: pd.DataFrame, chosen: Mapping[str, Mapping[str, float]]) -> Figure:
-    """Learning-rate tuning curves: final validation accuracy against the learning rate, one panel per tuned
-    condition; dots are tuning seeds, the line their mean, the star the learning rate chosen for each loss."""
+def plot_tuning(tune: pd.DataFrame, chosen: Mapping[str, Mapping[str, float]],
+                targets: Mapping[str, Sequence[float]] | None = None) -> Figure:
+    """Every loss at every learning rate of the grid, one column per tuned condition: final validation accuracy
+    (top; dots are tuning seeds, the line their mean, the star the chosen rate) and steps to the condition's first
+    target (bottom; median over tuning seeds, hollow where fewer than half reached it). Diverged seeds are
+    crosses drawn at 0, collapsed seeds open squares at their final accuracy."""
     scores = analysis.tuning_scores(tune)
     conditions = list(dict.fromkeys(tune["condition"]))
     losses = analysis.ordered(tune["loss"])
+    targets = targets or {}
     with _style():
-        fig, axes = _figure(1, max(len(conditions), 1), max(4.8 * len(conditions), 7.5), 3.8)
-        for ax, condition in zip(axes[0], conditions, strict=False):
+        n = max(len(conditions), 1)
+        fig, axes = _figure(2, n, max(4.8 * n, 7.5), 7.2, sharex="col")
+        for col, condition in enumerate(conditions):
             mine = scores[scores["condition"] == condition]
+            ax, below = axes[0, col], axes[1, col]
+            first = (targets.get(condition) or (None,))[0]
+            steps = (analysis.steps_to_target(tune[tune["condition"] == condition], first) if first is not None
+                     else None)
             for loss in losses:
                 rows = mine[mine["loss"] == loss]
                 ok = rows[rows["value"].notna()]
@@ -203,21 +212,68 @@ def plot_tuning(tune: pd.DataFrame, chosen: Mapping[str, Mapping[str, float]]) -
                 bad = rows[rows["diverged"]]
                 if not bad.empty:
                     ax.scatter(bad["lr"], np.zeros(len(bad)), color=colour(loss), marker="x", s=40)
+                fell = rows[rows["collapsed"] & rows["value"].notna()]
+                if not fell.empty:
+                    ax.scatter(fell["lr"], fell["value"], facecolor="none", edgecolor=colour(loss), marker="s", s=60)
                 lr = chosen.get(condition, {}).get(loss)
                 if lr is not None and lr in mean.index:
                     ax.scatter([lr], [mean[lr]], color=colour(loss), marker="*", s=180, edgecolor="black",
                                zorder=5)
+                if steps is not None:
+                    per_lr = steps[steps["loss"] == loss].groupby("lr")["step"].apply(analysis.censored_median)
+                    reached = per_lr.dropna()
+                    below.plot(reached.index, reached.to_numpy(), color=colour(loss), lw=1.5, marker="o", ms=4)
             ax.set_xscale("log")
             grid = sorted(mine["lr"].unique())
-            ax.set_xticks(grid, [f"{lr:g}" for lr in grid])
-            ax.xaxis.set_minor_formatter(mticker.NullFormatter())
-            ax.set_xlabel("learning rate (log scale)")
-            ax.set_ylabel("final validation accuracy (fraction)")
+            below.set_xticks(grid, [f"{lr:g}" for lr in grid], rotation=45)
+            below.xaxis.set_minor_formatter(mticker.NullFormatter())
+            below.set_xlabel("learning rate (log scale)")
+            _fraction_limits(ax)
+            ax.set_ylabel("final validation accuracy")
             ax.set_title(condition)
-        fig.suptitle("Learning-rate tuning on the validation split")
+            if steps is not None:
+                below.set_yscale("log")
+                _plain_log_ticks(below)
+                below.set_ylabel(f"steps to val acc {first:g}\n(median; missing = most never did)")
+            else:
+                _empty(below, "no target")
+        fig.suptitle("Every loss at every learning rate (tuning runs, validation split)")
         extra = [Line2D([], [], color="grey", marker="*", ls="", ms=12, markeredgecolor="black", label="chosen lr"),
-                 Line2D([], [], color="grey", marker="x", ls="", label="diverged (drawn at 0)")]
+                 Line2D([], [], color="grey", marker="x", ls="", label="diverged (drawn at 0)"),
+                 Line2D([], [], color="grey", marker="s", markerfacecolor="none", ls="", label="collapsed")]
         _loss_legend(fig, losses, extra)
+    return fig
+
+
+def plot_time_to_target(history: pd.DataFrame, targets: Mapping[str, Sequence[float]]) -> Figure:
+    """Share of seeds that have reached the first validation-accuracy target by each step (a Kaplan-Meier curve
+    without censoring before the end: every seed runs to the end or diverges), one panel per condition. A curve
+    that stops below 1 is the share that never reached it."""
+    conditions = [c for c in dict.fromkeys(history["condition"]) if targets.get(c)]
+    losses = analysis.ordered(history["loss"])
+    with _style():
+        n = max(len(conditions), 1)
+        fig, axes = _figure(1, n, max(4.2 * n, 7.5), 3.8)
+        if not conditions:
+            _empty(axes[0, 0], "no targets")
+        for ax, condition in zip(axes[0], conditions, strict=False):
+            mine = history[history["condition"] == condition]
+            target = targets[condition][0]
+            table = analysis.steps_to_target(mine, target)
+            end = float(table["censored_at"].max())
+            for loss in losses:
+                rows = table[table["loss"] == loss]
+                hit = np.sort(rows["step"].dropna().to_numpy(dtype=float))
+                xs = np.concatenate([[1.0], np.maximum(hit, 1.0), [end]])
+                ys = np.concatenate([[0.0], np.arange(1, len(hit) + 1) / len(rows), [len(hit) / len(rows)]])
+                ax.step(xs, ys, where="post", color=colour(loss), lw=1.8)
+            ax.set_xscale("log")
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_xlabel("optimizer step (log scale)")
+            ax.set_ylabel(f"share of seeds at val acc ≥ {target:g}")
+            ax.set_title(condition)
+        fig.suptitle("Time to the first target: share of seeds that reached it (censored seeds keep it below 1)")
+        _loss_legend(fig, losses)
     return fig
 
 
@@ -245,7 +301,9 @@ def plot_convergence(history: pd.DataFrame, targets: Sequence[float] = ()) -> Fi
         means = accuracy.groupby(["loss", "step"])["value"].mean()
         if len(means) and targets:
             top = min(1.0, float(means.max()) + 0.01)
-            ax.set_ylim(max(0.0, min(min(targets) - 0.08, top - 0.2)), top)
+            # Zoomed onto the targets, but never past where a loss ends: a collapse must stay on the chart.
+            finals = means.groupby(level="loss").last()
+            ax.set_ylim(max(0.0, min(min(targets) - 0.08, top - 0.2, float(finals.min()) - 0.03)), top)
         else:
             _fraction_limits(ax)
         ax.set_xlabel("optimizer step (log scale)")
@@ -524,7 +582,7 @@ def plot_label_noise(history: pd.DataFrame) -> Figure:
         fig, axes = _figure(1, 3, 14, 4.2)
         ax = axes[0, 0]
         for j, loss in enumerate(losses):
-            for k, (quantity, marker) in enumerate((("best_accuracy", "o"), ("final_accuracy", "s"))):
+            for k, (quantity, marker) in enumerate((("selected_accuracy", "o"), ("final_accuracy", "s"))):
                 values = per_seed.loc[(per_seed["loss"] == loss) & (per_seed["quantity"] == quantity), "value"]
                 est = analysis.mean_ci(values)
                 err = np.nan_to_num([[est.mean - est.ci_low], [est.ci_high - est.mean]], nan=0.0)

@@ -151,7 +151,7 @@ def _train_pass(cfg: StudyConfig, cond: Condition, dataset: data.Dataset, lrs: d
         records = [item for item in items if isinstance(item, Record)]
         history = tables.history_frame(records, condition=cond.name, dataset=cond.dataset)
         history = _with_collapses(history, records, tracker, cond, chance=1 / dataset.num_classes)
-        summary = analysis.run_summary(history, cond.targets, chance=1 / dataset.num_classes)
+        summary = analysis.run_summary(history, cond.targets)
         for row in summary.itertuples():
             tracker.set_summary(row.run, {k: v for k, v in row._asdict().items()
                                           if k.startswith(("final_", "best_", "steps_to", "test_accuracy_at"))
