@@ -23,7 +23,8 @@ def stages_run(output: str) -> set[str]:
 
 def test_every_stage_runs_and_writes_its_outputs(smoke_pipeline):
     ran = stages_run(smoke_pipeline.first_output)
-    expected = {"data", "probe", "report"} | {f"tune@{c}" for c in TUNED} | {f"train@{c}" for c in CONDITIONS}
+    expected = {"validate", "data", "probe", "report"} | {f"tune@{c}" for c in TUNED}
+    expected |= {f"train@{c}" for c in CONDITIONS}
     assert ran == expected
     repo = smoke_pipeline.repo
     for condition in CONDITIONS:
@@ -47,9 +48,7 @@ def test_every_stage_runs_and_writes_its_outputs(smoke_pipeline):
     metrics = json.loads((repo / "results" / "metrics.json").read_text())
     for condition in CONDITIONS:
         for loss in LOSSES:
-            entry = metrics[condition][loss]
-            assert entry["n_seeds"] == 2
-            assert {"test_accuracy", "test_nll", "ece", "steps_to_target"} <= set(entry)
+            assert set(metrics[condition][loss]) == {"test_accuracy", "steps_to_target", "ece"}
 
 
 def test_noise_condition_trains_with_the_clean_conditions_learning_rates(smoke_pipeline):
@@ -69,9 +68,9 @@ def test_second_repro_does_nothing(smoke_pipeline):
 def test_a_params_change_reruns_only_what_depends_on_it(smoke_pipeline):
     result = smoke_pipeline.dvc("exp", "run", "-S", "experiments/study.yaml:conditions.mnist1d_sgd.epochs=2")
     ran = stages_run(result.stdout + result.stderr)
-    assert {"train@mnist1d_sgd", "tune@mnist1d_sgd", "report"} <= ran
+    assert {"validate", "train@mnist1d_sgd", "report"} <= ran  # validate's marker comes out the same
     assert not any(stage.endswith(("fashion_sgd", "fashion_adam", "fashion_noise40")) for stage in ran)
-    assert "probe" not in ran
+    assert not {"data", "tune@mnist1d_sgd", "probe"} & ran  # they read no epochs
     diff = smoke_pipeline.dvc("params", "diff")
     assert "conditions.mnist1d_sgd.epochs" in diff.stdout
 
