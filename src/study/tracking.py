@@ -129,8 +129,10 @@ def open_tracker(
     params: dict[str, str],
     runs: Sequence[RunSpec],
     uri: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> Iterator[Tracker]:
-    """A parent run ``<condition>/<stage>`` with one nested child run per spec, open for the block.
+    """A parent run ``<condition>/<stage>`` with one nested child run per spec, open for the block. ``tags`` go on
+    every run, beside the ones the tracker sets.
 
     On exit the runs end FINISHED; FAILED with tag ``error`` when the block raises; KILLED on
     KeyboardInterrupt or SystemExit (SIGTERM is turned into SystemExit while the block runs). The
@@ -144,7 +146,8 @@ def open_tracker(
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate runs in {names}")
     tracker = MlflowTracker.start(
-        uri=uri, experiment=experiment, condition=condition, stage=stage, dataset=dataset, params=params, runs=runs
+        uri=uri, experiment=experiment, condition=condition, stage=stage, dataset=dataset, params=params, runs=runs,
+        tags=tags or {},
     )
     with _sigterm_as_exit():
         try:
@@ -157,6 +160,21 @@ def open_tracker(
             tracker.close("FAILED", error=f"{type(exc).__name__}: {exc}")
             raise
         tracker.close("FINISHED")
+
+
+def finished_parents(uri: str, experiment: str, names: Iterable[str]) -> dict[str, list[dict[str, str]]]:
+    """The tags of each FINISHED run named ``<condition>/<stage>`` in ``names`` (a parent run), newest first."""
+    client = _connect(uri)
+    found = _retry(client.get_experiment_by_name, experiment)
+    held: dict[str, list[dict[str, str]]] = {name: [] for name in names}
+    if found is None or found.lifecycle_stage == "deleted":
+        return held
+    for name in held:
+        query = f"attributes.run_name = '{name}' and attributes.status = 'FINISHED'"
+        runs = _retry(client.search_runs, [found.experiment_id], query, max_results=1000,
+                      order_by=["attributes.start_time DESC"])
+        held[name] = [run.data.tags for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    return held
 
 
 @contextmanager
@@ -205,6 +223,7 @@ class MlflowTracker:
         dataset: str,
         params: dict[str, str],
         runs: Sequence[RunSpec],
+        tags: dict[str, str],
     ) -> MlflowTracker:
         """Create the parent and child runs (after ending stale ones) and start the sender."""
         client = _connect(uri)
@@ -222,6 +241,7 @@ class MlflowTracker:
             _OWNER_TAG: owner,
             "study.host": socket.gethostname(),
             "study.pid": str(os.getpid()),
+            **tags,
         }
         safe = _safe_params(params)
         parent = _retry(client.create_run, experiment_id, run_name=f"{condition}/{stage}", tags=shared)
@@ -341,8 +361,9 @@ class MlflowTracker:
                         continue
                     metrics.setdefault(run_id, []).append(Metric(key, value, timestamp, record.step))
                     self._last_step[record.run] = max(record.step, self._last_step.get(record.run, 0))
-                    if key == "train/diverged_step" and math.isfinite(value):
-                        tags.setdefault(run_id, {}).update(diverged="true", diverged_step=str(int(value)))
+                    if key in ("train/diverged_step", "train/collapsed_step") and math.isfinite(value):
+                        kind = key.split("/")[1].removesuffix("_step")  # diverged | collapsed
+                        tags.setdefault(run_id, {}).update({kind: "true", f"{kind}_step": str(int(value))})
             else:
                 _, timestamp, run, values = item
                 run_id = self._run_id(run)
