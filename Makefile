@@ -13,6 +13,7 @@ study: setup data-source
 test: setup data-source browser-deps
 	$(PY) -m pytest
 
+# Imports the committed results/ into the store first when it lacks them (study import-results), then serves it.
 dashboard: setup
 	$(PY) -m study dashboard
 

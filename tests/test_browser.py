@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -85,18 +87,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def dashboard(smoke_pipeline):
-    """`study dashboard` (mlflow ui on loopback) against the smoke pipeline's store; always stopped."""
+@contextmanager
+def serve_dashboard(repo: Path, uri: str, log_name: str) -> Iterator[str]:
+    """`study dashboard` (mlflow ui on loopback) run in ``repo`` against the store ``uri``; yields its URL once it
+    answers, and always stops it. Its output goes to test-artifacts/``log_name``."""
     port = free_port()
-    log = (ARTIFACTS / "dashboard-server.log").open("w")
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = (ARTIFACTS / log_name).open("w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "study", "dashboard", "--port", str(port)], cwd=smoke_pipeline.repo,
-        env={**os.environ, "MLFLOW_TRACKING_URI": smoke_pipeline.tracking_uri}, stdout=log, stderr=log,
-        start_new_session=True)
+        [sys.executable, "-m", "study", "dashboard", "--port", str(port)], cwd=repo,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri}, stdout=log, stderr=log, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 240  # an import of the results may come first
         while True:
             try:
                 with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
@@ -105,7 +108,7 @@ def dashboard(smoke_pipeline):
             except OSError:
                 pass
             if server.poll() is not None or time.time() > deadline:
-                raise AssertionError(f"the dashboard did not start; see {ARTIFACTS / 'dashboard-server.log'}")
+                raise AssertionError(f"the dashboard did not start; see {ARTIFACTS / log_name}")
             time.sleep(0.5)
         yield url
     finally:
@@ -116,6 +119,13 @@ def dashboard(smoke_pipeline):
             os.killpg(server.pid, 9)
             server.wait()
         log.close()
+
+
+@pytest.fixture
+def dashboard(smoke_pipeline):
+    """The dashboard on the store the smoke pipeline's training wrote."""
+    with serve_dashboard(smoke_pipeline.repo, smoke_pipeline.tracking_uri, "dashboard-server.log") as url:
+        yield url
 
 
 def test_the_dashboard_lists_the_child_runs_with_their_tags(smoke_pipeline, browser, dashboard):
@@ -151,3 +161,36 @@ def test_the_dashboard_lists_the_child_runs_with_their_tags(smoke_pipeline, brow
     assert tags.get("loss") == ": mse"
     page.screenshot(path=str(ARTIFACTS / "dashboard-run.png"), full_page=True)
     page.close()
+
+
+def test_the_dashboard_rebuilds_a_fresh_store_from_results_and_lists_every_child_run(smoke_pipeline, browser,
+                                                                                      tmp_path):
+    """A fresh clone has results/ but no store: `study dashboard` imports the results, then serves every run."""
+    from urllib.parse import quote
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+    with serve_dashboard(smoke_pipeline.repo, uri, "dashboard-rebuilt-server.log") as url:
+        said = (ARTIFACTS / "dashboard-rebuilt-server.log").read_text()
+        assert "study dashboard: the store lacks" in said and "imported 7 stages" in said, said
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("loss-study")
+        runs = client.search_runs([experiment.experiment_id], "", max_results=1000)
+        parents = {run.info.run_id: run for run in runs if "mlflow.parentRunId" not in run.data.tags}
+        assert {run.info.run_name.split("/")[0] for run in parents.values()} == {
+            "fashion_sgd", "fashion_adam", "fashion_noise40", "mnist1d_sgd"}
+        for parent in parents.values():
+            page = browser.new_page()
+            condition, stage = parent.data.tags["condition"], parent.data.tags["stage"]
+            query = quote(f"tags.condition = '{condition}' and tags.stage = '{stage}'")
+            page.goto(f"{url}/#/experiments/{experiment.experiment_id}/runs?searchFilter={query}")
+            page.get_by_text(parent.info.run_name, exact=True).first.wait_for(timeout=90_000)
+            page.locator('button[data-component-id*="runnamecellrenderer"]').first.click()
+            children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+            assert children
+            for child in children:
+                page.get_by_text(child.info.run_name, exact=True).first.wait_for(timeout=30_000)
+            if parent.info.run_name == "fashion_sgd/train":
+                page.screenshot(path=str(ARTIFACTS / "dashboard-rebuilt-runs.png"), full_page=True)
+            page.close()

@@ -83,7 +83,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=Path("data"), help="directory the data stage prepared")
     p.add_argument("--seconds", type=float, default=6.0, help="time budget of each timed measurement")
 
-    p = command("dashboard", dashboard_cmd, "start the MLflow dashboard on the study's store")
+    def with_results(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--params", type=Path, default=Path("experiments/study.yaml"),
+                       help="the params the results were produced with (default: %(default)s)")
+        p.add_argument("--results", type=Path, default=Path("results/conditions"),
+                       help="directory holding one results folder per condition (default: %(default)s)")
+
+    p = command("import-results", import_results_cmd,
+                "log the finished stages under results/ to MLflow as training does, unless the store holds them")
+    with_results(p)
+
+    p = command("dashboard", dashboard_cmd,
+                "start the MLflow dashboard on the study's store, importing results/ first when the store lacks it")
+    with_results(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=5000)
     return parser
@@ -150,18 +162,35 @@ def bench_cmd(args: argparse.Namespace) -> None:
     bench.main(data_root=args.data, as_json=args.json, seconds=args.seconds)
 
 
-def dashboard_cmd(args: argparse.Namespace) -> None:
-    from study import tracking
+def import_results_cmd(args: argparse.Namespace) -> None:
+    from study import rebuild, tracking
 
+    uri = tracking.default_uri()
+    if not rebuild.rebuild(config.load(args.params), args.results, uri, say=_say(args)):
+        print(f"study import-results: the store ({tracking.redact(uri)}) already holds every finished stage under "
+              f"{args.results}", file=sys.stderr)
+
+
+def dashboard_cmd(args: argparse.Namespace) -> None:
+    from study import rebuild, tracking
+
+    uri = tracking.default_uri()
+    try:
+        rebuild.rebuild(config.load(args.params), args.results, uri, say=_say(args))
+    except ConfigError as err:  # the dashboard still serves what the store holds
+        print(f"study dashboard: warning: results not imported: {err}", file=sys.stderr)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"study dashboard: warning: binding to {args.host} exposes every run to the network", file=sys.stderr)
-    uri = tracking.default_uri()
     print(f"MLflow dashboard on http://{args.host}:{args.port} (store: {tracking.redact(uri)})", file=sys.stderr)
     os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                                "--host", args.host, "--port", str(args.port)])
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
+
+
+def _say(args: argparse.Namespace):
+    return lambda text: print(f"study {args.command}: {text}", file=sys.stderr)
 
 
 def _load(args: argparse.Namespace) -> tuple[StudyConfig, config.Condition]:

@@ -1,0 +1,177 @@
+"""The MLflow store rebuilt from ``results/``: the parent and child runs, params, tags and metric histories that
+training logs, read back from the tables, so that a fresh clone's dashboard shows the committed study without
+retraining. Every imported run is tagged ``imported_from`` (the results directory), ``imported_commit`` and
+``imported_sha256`` (of the files read), which tells a later import that the store holds these results already.
+
+Serves ``cli``; logs through ``tracking``'s tracker (the one training uses), reads through ``tables``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from study import tables, tracking
+from study.config import ConfigError, StudyConfig, flatten
+from study.losses import CONVENTIONS
+from study.records import Record
+
+SUMMARY_PREFIXES = ("final_", "best_", "steps_to", "test_accuracy_at")  # summary.csv columns logged as run metrics
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A finished stage of one condition, as results/ holds it."""
+
+    condition: str
+    stage: str  # train | tune
+    directory: Path
+
+    @property
+    def parent(self) -> str:
+        """The parent run's name, ``<condition>/<stage>``."""
+        return f"{self.condition}/{self.stage}"
+
+    @property
+    def table(self) -> Path:
+        return self.directory / (tables.HISTORY if self.stage == "train" else tables.TUNE)
+
+    @property
+    def artifacts(self) -> list[Path]:
+        """What the stage attaches to its parent run."""
+        if self.stage == "train":
+            return [self.directory / tables.SUMMARY, self.directory / tables.SETUP]
+        return [self.directory / tables.LRS]
+
+    def fingerprint(self) -> str:
+        """sha256 over the files an import reads."""
+        digest = hashlib.sha256()
+        for path in [self.table, *self.artifacts]:
+            digest.update(path.read_bytes())
+        return digest.hexdigest()
+
+
+def stages(cfg: StudyConfig, results: Path) -> list[Stage]:
+    """The finished stages under ``results`` (one directory per condition), in the params' order: tune where
+    tune.csv and lr.json exist, train where history.csv, summary.csv and setup.json exist."""
+    found = []
+    for condition in cfg.conditions:
+        for stage in ("tune", "train"):
+            candidate = Stage(condition, stage, Path(results) / condition)
+            if all(path.is_file() for path in [candidate.table, *candidate.artifacts]):
+                found.append(candidate)
+    return found
+
+
+def missing(cfg: StudyConfig, results: Path, uri: str) -> list[Stage]:
+    """The finished stages the store lacks: it holds a stage when a FINISHED parent run of it was trained into
+    this store (training writes the results it logs) or imported from these very files."""
+    found = stages(cfg, results)
+    held = tracking.finished_parents(uri, cfg.experiment, [s.parent for s in found])
+
+    def holds(stage: Stage) -> bool:
+        tags = held[stage.parent]
+        return any("imported_from" not in t for t in tags) or any(
+            t.get("imported_sha256") == stage.fingerprint() for t in tags)
+
+    return [s for s in found if not holds(s)]
+
+
+def import_stage(cfg: StudyConfig, stage: Stage, uri: str) -> int:
+    """Log one stage as training logs it: a parent run with the condition's params and artifacts, a child run per
+    (loss, lr, seed) with every row of its table as a metric at its step, and (train) the summary metrics.
+    Returns the number of metric values sent."""
+    cond = cfg.condition(stage.condition)
+    history = tables.read_history(stage.table)
+    order = {loss: i for i, loss in enumerate(cfg.losses)}
+    keys = sorted(set(zip(history["loss"], history["lr"], history["seed"], strict=True)),
+                  key=lambda key: (order[key[0]], key[1], key[2]))  # the trainer's grid order
+    runs = [tracking.RunSpec(loss, lr, int(seed), tuned=stage.stage == "train", conventions=CONVENTIONS[loss])
+            for loss, lr, seed in keys]
+    columns = ["loss", "lr", "seed", "epoch", "step", "split", "metric", "value"]
+    records = [Record(*row) for row in history[columns].itertuples(index=False, name=None)]
+    summaries = {}
+    if stage.stage == "train":
+        summary = pd.read_csv(stage.directory / tables.SUMMARY)
+        for row in summary.to_dict("records"):
+            summaries[row["run"]] = {key: float(value) for key, value in row.items()
+                                     if key.startswith(SUMMARY_PREFIXES) and math.isfinite(value)}
+    with tracking.open_tracker(enabled=True, experiment=cfg.experiment, condition=stage.condition, stage=stage.stage,
+                               dataset=cond.dataset, params=flatten(cfg, stage.condition), runs=runs, uri=uri,
+                               tags={**imported_tags(stage.directory), "imported_sha256": stage.fingerprint()},
+                               ) as tracker:
+        tracker.log(records)
+        for run, metrics in summaries.items():
+            tracker.set_summary(run, metrics)
+        tracker.log_artifacts(stage.artifacts)
+    return len(records) + sum(map(len, summaries.values()))
+
+
+def imported_tags(directory: Path) -> dict[str, str]:
+    """``imported_from``: the directory, relative to the repository; ``imported_commit``: the commit it was read at,
+    suffixed ``-dirty`` when the directory differs from that commit (git's own convention)."""
+    root = tracking.repo_root()
+    where = os.path.relpath(Path(directory).resolve(), root)
+
+    def git(*argv: str) -> str:
+        try:
+            out = subprocess.run(["git", *argv], cwd=root, capture_output=True, text=True, timeout=30, check=True)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--", where):
+        commit += "-dirty"
+    return {"imported_from": where, "imported_commit": commit}
+
+
+def check(cfg: StudyConfig, stage: Stage) -> None:
+    """Refuse results that other params produced: the runs are logged with the params file's params."""
+    grid = pd.read_csv(stage.table, usecols=["loss", "lr"]).drop_duplicates()
+    cond = cfg.condition(stage.condition)
+    differ = []
+    if not set(grid["loss"]) <= set(cfg.losses):
+        differ.append("losses")
+    if stage.stage == "tune" and not all(any(math.isclose(lr, x) for x in cond.lr_grid) for lr in grid["lr"]):
+        differ.append(f"conditions.{stage.condition}.lr_grid")
+    source = stage.table
+    if stage.stage == "train":
+        source = stage.directory / tables.SETUP
+        setup = tables.read_json(source)
+        current = {"losses": list(cfg.losses), "seeds": list(cfg.seeds),
+                   **{f"conditions.{stage.condition}.{k}": v for k, v in dataclasses.asdict(cond).items()}}
+        written = {"losses": setup["losses"], "seeds": setup["seeds"],
+                   **{f"conditions.{stage.condition}.{k}": v for k, v in setup["params"].items()}}
+        differ += [key for key in current.keys() & written.keys() if _plain(current[key]) != _plain(written[key])]
+    if differ:
+        raise ConfigError(f"{source} was written with other params than {cfg.path} ({', '.join(sorted(set(differ)))}):"
+                          " check out the params the results were produced with, or rerun `dvc repro`")
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def rebuild(cfg: StudyConfig, results: Path, uri: str, say) -> list[Stage]:
+    """Import every finished stage under ``results`` the store does not hold yet; ``say(text)`` reports progress.
+    Returns the stages imported."""
+    todo = missing(cfg, results, uri)
+    if not todo:
+        return []
+    for stage in todo:  # all of them before the first run is created
+        check(cfg, stage)
+    say(f"the store lacks {', '.join(s.parent for s in todo)}: importing them from {results} "
+        f"(tagged imported_from, imported_commit)")
+    started = time.monotonic()
+    sent = sum(import_stage(cfg, stage, uri) for stage in todo)
+    say(f"imported {len(todo)} stages, {sent:,} metric values in {time.monotonic() - started:.1f} s")
+    return todo
