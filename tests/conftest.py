@@ -43,8 +43,8 @@ def tiny_condition(**overrides) -> Condition:
     base = Condition(
         name="tiny", dataset="mnist1d", hidden=(16, 16), optimizer="sgd", momentum=0.9, batch_size=16, epochs=2,
         label_noise=0.0, noise_seed=0, val_size=48, split_seed=0, train_size=0, test_size=0, lr_grid=(0.1,),
-        lr_from="tiny", tune_epochs=1, tune_seeds=(100,), evals_per_epoch=2, speed_resolution=0.5, log_every=2, probe_size=16,
-        targets=(0.3, 0.5),
+        lr_from="tiny", tune_epochs=1, tune_seeds=(100,), evals_per_epoch=2, speed_resolution=0.5, log_every=2,
+        probe_size=16, targets=(0.3, 0.5),
     )
     return dataclasses.replace(base, **overrides)
 

@@ -113,3 +113,35 @@ def test_train_stage_falls_back_to_the_next_stable_rate_when_a_rate_collapses(mo
     assert setup["lr_fallbacks"] == {"mse": [{"lr": 0.3, "diverged": {}, "collapsed": {"0": 10}, "next_lr": 0.1}]}
     assert set(tables.read_history(tmp_path / tables.HISTORY)["lr"]) == {0.1}
     assert np.isfinite(pd.read_csv(tmp_path / tables.SUMMARY)["final_val_accuracy"]).all()
+
+
+def test_test_set_gradient_populations_agree_with_the_per_example_outputs(tiny_data):
+    """The trainer's test-set quartiles and saturated share, recomputed from the per-example test outputs of the
+    last evaluation."""
+    from conftest import tiny_condition
+    from study import grads, train
+
+    members = train.grid(["mse", "softmax_nll"], [0], {"mse": [0.5], "softmax_nll": [0.5]})
+    trainer = train.Trainer(tiny_condition(), tiny_data, members, train.Settings(progress=False))
+    items = list(trainer.run())
+    records = {(r.loss, r.step, r.split, r.metric): r.value for r in items if isinstance(r, Record)}
+    for stats in (i for i in items if not isinstance(i, Record) and i.split == "test"):
+        norms = stats.logit_grad_norm.astype(float)
+        wrong = stats.predicted != stats.label
+        at = (stats.loss, stats.step, "test")
+        assert records[(*at, "logit_grad_median")] == pytest.approx(np.quantile(norms, 0.5), rel=1e-5)
+        assert records[(*at, "logit_grad_q25")] == pytest.approx(np.quantile(norms, 0.25), rel=1e-5)
+        assert records[(*at, "wrong_count")] == wrong.sum()
+        expected = (wrong & (norms < grads.SATURATION)).sum() / max(wrong.sum(), 1)
+        assert records[(*at, "saturated_wrong_share")] == pytest.approx(expected)
+    assert analysis.SATURATION == grads.SATURATION
+
+
+def test_corrections_pool_the_confidently_wrong_cases_over_evaluations():
+    records = []
+    for step, before, share in [(0, 0, 0.0), (10, 40, 0.5), (20, 10, 0.0)]:  # 20 of 40, then 0 of 10: 20/50
+        records += [Record("mse", 0.1, 0, step / 10, step, "train_subset", "confident_wrong_before", before),
+                    Record("mse", 0.1, 0, step / 10, step, "train_subset", "confident_wrong_corrected", share)]
+    out = analysis.corrections(tables.history_frame(records, condition="c", dataset="d")).set_index("quantity")
+    assert out.loc["confident_wrong_corrected", "value"] == pytest.approx(0.4)
+    assert out.loc["confident_wrong_seen", "value"] == 50

@@ -98,7 +98,9 @@ def test_step0_logits_and_measurements_equal_across_losses(tiny_data):
     records, examples, _ = run(cond, tiny_data, members)
     for seed in (0, 1):
         same_seed = [m for m in members if m.seed == seed]
-        at_step0 = [{k: v for k, v in of(records, m).items() if k[0] == 0 and k[2] != "loss"} for m in same_seed]
+        # Everything but the loss's own value and its own logit gradients (norms, saturation) is loss-free.
+        own = ("loss", "logit_grad_q25", "logit_grad_median", "logit_grad_q75", "saturated_wrong_share")
+        at_step0 = [{k: v for k, v in of(records, m).items() if k[0] == 0 and k[2] not in own} for m in same_seed]
         assert at_step0[0] and all(values == at_step0[0] for values in at_step0)
         probes = [examples_of(examples, m)[0, "probe"] for m in same_seed]
         for probe in probes[1:]:

@@ -18,7 +18,7 @@ LOSS_ORDER = ("mse", "sigmoid_bce", "softmax_nll", "smoothed_ce")
 REFERENCE = "softmax_nll"  # every paired difference is (loss - softmax_nll), seed by seed
 RUN = ["condition", "loss", "lr", "seed"]  # one trained model
 LEVEL = 0.95  # confidence level of every interval
-SATURATION = 1e-3  # a wrong example's logit gradient counts as vanished below this L2 norm
+SATURATION = 1e-3  # = study.grads.SATURATION, repeated to keep this module free of torch (a test holds them equal)
 CONFIDENT = 0.9  # a wrong prediction with max probability >= this is confidently wrong (setup.json carries it too)
 
 # Per-seed quantities of the headline table: (split, metric) read at the model's last evaluation.
@@ -487,6 +487,24 @@ def label_noise(history: pd.DataFrame) -> pd.DataFrame:
     return per_seed
 
 
+def corrections(history: pd.DataFrame) -> pd.DataFrame:
+    """Per model, of the watched training examples that were confidently wrong at one full evaluation, the share
+    classified right at the next, pooled over the evaluations (weighted by how many were confidently wrong).
+    Long: ``RUN, quantity ('confident_wrong_corrected', 'confident_wrong_seen'), value``."""
+    before = select(history, "train_subset", "confident_wrong_before")[[*RUN, "step", "value"]]
+    share = select(history, "train_subset", "confident_wrong_corrected")[[*RUN, "step", "value"]]
+    both = before.merge(share, on=[*RUN, "step"], suffixes=("_before", "_share"))
+    both = both[both["value_before"] > 0]
+    if both.empty:
+        return pd.DataFrame(columns=[*RUN, "quantity", "value"])
+    both = both.assign(fixed=both["value_before"] * both["value_share"])
+    pooled = both.groupby(RUN)[["fixed", "value_before"]].sum().reset_index()
+    return pd.concat([
+        pooled[RUN].assign(quantity="confident_wrong_corrected", value=pooled["fixed"] / pooled["value_before"]),
+        pooled[RUN].assign(quantity="confident_wrong_seen", value=pooled["value_before"]),
+    ], ignore_index=True)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Per-example tables (examples.parquet)
 
@@ -501,9 +519,10 @@ def last_evaluation(examples: pd.DataFrame, split: str) -> pd.DataFrame:
 
 
 def saturation(examples: pd.DataFrame, threshold: float = SATURATION) -> pd.DataFrame:
-    """Per model, among WRONG probe examples at its last evaluation, the share whose per-example logit-gradient
-    norm is below ``threshold``. Columns ``RUN, n_wrong, n_saturated, value`` (value NaN when nothing is wrong)."""
-    probe = last_evaluation(examples, "probe")
+    """Per model, among WRONG examples of the whole test set at its last evaluation, the share whose per-example
+    logit-gradient norm is below ``threshold``. Columns ``RUN, n_wrong, n_saturated, value`` (value NaN when nothing
+    is wrong)."""
+    probe = last_evaluation(examples, "test")
     probe = probe[np.isfinite(probe["logit_grad_norm"].to_numpy(dtype=float))]
     wrong = probe.assign(wrong=probe["predicted"] != probe["label"],
                          saturated=(probe["predicted"] != probe["label"]) & (probe["logit_grad_norm"] < threshold))
@@ -732,7 +751,7 @@ def claim_gradient(sat: pd.DataFrame, penalty: pd.DataFrame | None, conditions: 
                    reference: str = REFERENCE, others: Sequence[str] = ("mse", "sigmoid_bce"),
                    threshold: float = SATURATION) -> dict:
     """'The gradient stays meaningful where sigmoid/MSE saturate', checked in closed form (logit-gradient norm at
-    the most confidently wrong point of the probe sweep) and measured (paired by seed: share of wrong probe
+    the most confidently wrong point of the probe sweep) and measured (paired by seed: share of wrong test
     examples whose gradient vanished, per condition)."""
     checks = []
     if penalty is not None and not penalty.empty:
@@ -761,7 +780,7 @@ def claim_gradient(sat: pd.DataFrame, penalty: pd.DataFrame | None, conditions: 
             checks.append((_from_difference(d, positive_supports=True), text))
     return _claim(
         "gradient_meaningful", "The cross-entropy gradient stays meaningful where sigmoid/MSE saturate.", checks,
-        f"checks where {reference}'s logit gradient is larger in closed form, or its share of wrong probe examples "
+        f"checks where {reference}'s logit gradient is larger in closed form, or its share of wrong test examples "
         f"with ‖∂L/∂z‖ < {threshold:g} at the last evaluation is significantly smaller (paired by seed)",
         "Per-class sigmoid BCE does not saturate on a confidently wrong example: its gradient on the true class is "
         "sigmoid(z_true) − 1. Trained networks may put few wrong examples where MSE's gradient vanishes.",
@@ -794,7 +813,7 @@ def metrics(head: Headline) -> dict:
         models = head.models[head.models["condition"] == condition]
         out[condition] = {}
         for loss in ordered(models["loss"]):
-            def value(quantity: str, statistic: str) -> float | None:
+            def value(quantity: str, statistic: str, condition: str = condition, loss: str = loss) -> float | None:
                 row = lookup(head.summary, condition=condition, loss=loss, quantity=quantity) or {}
                 return _plain(row.get(statistic, math.nan))
 

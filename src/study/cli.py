@@ -136,8 +136,9 @@ def train_cmd(args: argparse.Namespace) -> None:
 
     cfg, cond = _load(args)
     lrs = _read_lrs(args.lrs, cfg)
+    unstable = tables.read_json(args.lrs).get("unstable", {})
     runner.train_condition(cfg, cond, lrs, data_root=args.data, out=args.out, checkpoint=args.checkpoint,
-                 tracking=not args.no_tracking, progress=not args.no_progress)
+                           tracking=not args.no_tracking, progress=not args.no_progress, unstable=unstable)
 
 
 def probe_cmd(args: argparse.Namespace) -> None:

@@ -590,11 +590,13 @@ def findings(inputs: Inputs, computed: Computed, figures: Figures) -> list[list[
         if mine.empty:
             continue
         means = {loss: analysis.mean_ci(g["value"]).mean for loss, g in mine.groupby("loss")}
-        parts.append(f"{c}: " + ", ".join(f"{loss} {means[loss]:.0%}" for loss in analysis.ordered(means)
-                                          if math.isfinite(means[loss])))
+        wrong = mine.groupby("loss")["n_wrong"].sum()
+        parts.append(f"{c}: " + ", ".join(f"{loss} {means[loss]:.1%} of {int(wrong[loss])}"
+                                          for loss in analysis.ordered(means) if math.isfinite(means[loss])))
     if parts:
-        text = ("Gradients: share of wrong probe examples whose logit gradient has vanished "
-                f"(‖∂L/∂z‖ < {analysis.SATURATION:g}) at the last evaluation: " + "; ".join(parts) + ".")
+        text = ("Gradients: share of the wrong test examples (whole test set, all seeds' counts given) whose logit "
+                f"gradient has vanished (‖∂L/∂z‖ < {analysis.SATURATION:g}) at the last evaluation: "
+                + "; ".join(parts) + ".")
         if inputs.penalty is not None and not inputs.penalty.empty:
             worst = inputs.penalty.loc[inputs.penalty.groupby("loss")["p_true"].idxmin()]
             text += (f" In closed form at p_true = {worst['p_true'].min():.2g}: " + ", ".join(
@@ -613,7 +615,7 @@ def findings(inputs: Inputs, computed: Computed, figures: Figures) -> list[list[
         if rows:
             most = max(rows, key=lambda r: r[2] if math.isfinite(r[2]) else -1)
             least = min(rows, key=lambda r: r[2] if math.isfinite(r[2]) else 2)
-            text = (f"Label noise, {c}: best-to-final test accuracy drop " + ", ".join(
+            text = (f"Label noise, {c}: validation-selected to final test accuracy drop " + ", ".join(
                 f"{loss} {d:+.3f}" for loss, d, _ in rows) + f"; {most[0]} memorised the most flipped labels "
                 f"({most[2]:.1%}), {least[0]} the fewest ({least[2]:.1%}).")
             items.append([text] + _fig(figures, f"label_noise_{c}"))
@@ -913,8 +915,10 @@ def _gradient_section(doc: Document, inputs: Inputs, computed: Computed, figures
              "bias of each linear layer) and the batch mean of the per-example norm of ∂L/∂logits, every logging "
              "step, on a log scale.")
     for c in inputs.conditions:
-        doc.figure(f"grad_norms_{c}", f"{c}: gradient norms against optimizer steps; mean over seeds with 95% "
-                                      "t-bands.")
+        doc.figure(f"grad_norms_{c}", f"{c}: gradient norms against optimizer steps; median over seeds with the "
+                                      "seeds' quartiles as the band; last panel: the per-example logit-gradient "
+                                      "norm over the whole test set at each evaluation (median and quartiles of the "
+                                      "examples, median over seeds).")
     doc.para("Per-example logit-gradient norm against the probability of the true class on the fixed probe "
              "examples, every evaluation and seed, over the closed form of the probe stage (one wrong class with "
              "margin a, the rest 0). The closed form covers p_true ≤ 1/(K − 1), mostly the confidently-wrong side.")
@@ -925,9 +929,10 @@ def _gradient_section(doc: Document, inputs: Inputs, computed: Computed, figures
         else:
             doc.para(f"{c}: no probe examples were recorded, so the measured logit gradients are not shown.")
     doc.heading(3, "Saturation")
-    doc.para(f"Share of WRONG probe examples whose logit-gradient norm is below {analysis.SATURATION:g} at the "
-             f"model's last evaluation (the gradient has vanished although the prediction is wrong), mean over seeds "
-             f"with 95% t-interval, and the paired difference to {REFERENCE}.")
+    doc.para(f"Share of the WRONG examples of the whole test set whose logit-gradient norm is below "
+             f"{analysis.SATURATION:g} at the model's last evaluation (the gradient has vanished although the "
+             f"prediction is wrong), mean over seeds with 95% t-interval, and the paired difference to {REFERENCE}; "
+             "the counts say how many examples each share rests on.")
     sat = computed.saturation
     rows = []
     for c in inputs.conditions:
@@ -948,7 +953,7 @@ def _gradient_section(doc: Document, inputs: Inputs, computed: Computed, figures
         doc.table(["condition", "loss", "saturated share of wrong", "wrong (all seeds)", "saturated (all seeds)",
                    f"Δ vs {REFERENCE}"], rows)
     else:
-        doc.para("No probe examples were recorded, so saturation cannot be measured.")
+        doc.para("No per-example test outputs were recorded, so saturation cannot be measured.")
 
 
 def _confident_wrong_section(doc: Document, inputs: Inputs, computed: Computed, figures: Figures,
@@ -989,6 +994,20 @@ def _confident_wrong_section(doc: Document, inputs: Inputs, computed: Computed, 
             if any(cell != "–" for cell in cells):
                 rows.append([c, loss, *cells])
     doc.table(["condition", "loss", "confident-wrong rate", "share of own test loss", "share of test NLL"], rows)
+    fixed = analysis.summarise(analysis.corrections(inputs.history))
+    if not fixed.empty:
+        doc.para("Does the penalty pull confidently wrong examples back? On a fixed subset of the training examples "
+                 "(with their training labels, flipped ones included), of the examples a model got confidently wrong "
+                 "at one evaluation, the share it classified right at the next, pooled over the evaluations; mean "
+                 "over seeds with 95% t-interval, and how many confidently-wrong cases it rests on:")
+        rows = []
+        for c in inputs.conditions:
+            for loss in losses:
+                share = _value(fixed, condition=c, loss=loss, quantity="confident_wrong_corrected")
+                seen = _value(fixed, condition=c, loss=loss, quantity="confident_wrong_seen")
+                if share is not None:
+                    rows.append([c, loss, fmt_percent(share), f"{seen['mean'] * seen['n']:.0f}" if seen else "–"])
+        doc.table(["condition", "loss", "corrected by the next evaluation", "confidently wrong (all seeds)"], rows)
 
     doc.heading(3, "Calibration")
     bins = sorted({_bins(inputs, c) for c in inputs.conditions})
@@ -1019,7 +1038,8 @@ def _confident_wrong_section(doc: Document, inputs: Inputs, computed: Computed, 
         noise = inputs.setups[c].get("params", {}).get("label_noise")
         flipped = inputs.setups[c].get("sizes", {}).get("flipped")
         doc.para(f"{c}: {noise if noise is not None else '?'} of the training labels flipped ({flipped} examples). "
-                 "Best (over evaluations) vs final test accuracy, their drop, and the share of flipped training "
+                 "Validation-selected test accuracy (at the evaluation with the best accuracy on the clean validation "
+                 "split) vs final test accuracy, their drop, and the share of flipped training "
                  "examples predicted as the noisy label (memorised; at the end and at its peak) or as the true label "
                  "(recovered), and accuracy on the clean training examples:")
         rows = []
@@ -1028,10 +1048,10 @@ def _confident_wrong_section(doc: Document, inputs: Inputs, computed: Computed, 
                                  ("selected_accuracy", "final_accuracy", "accuracy_drop")),
                          *(fmt_percent(_value(summary, loss=loss, quantity=q)) for q in
                            ("memorised", "memorised_peak", "recovered", "clean_train_accuracy"))])
-        doc.table(["loss", "best test acc", "final test acc", "drop", "memorised", "memorised (peak)", "recovered",
-                   "clean train acc"], rows)
-        doc.figure(f"label_noise_{c}", f"{c}: best vs final test accuracy, memorised and recovered shares of the "
-                                       "flipped training labels over training.")
+        doc.table(["loss", "val-selected test acc", "final test acc", "drop", "memorised", "memorised (peak)",
+                   "recovered", "clean train acc"], rows)
+        doc.figure(f"label_noise_{c}", f"{c}: validation-selected vs final test accuracy, memorised and recovered "
+                                       "shares of the flipped training labels over training.")
 
 
 def _claims_section(doc: Document, computed: Computed, figures: Figures) -> None:

@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+SATURATION = 1e-3  # a wrong example's logit gradient counts as vanished below this L2 norm
+
 
 def layer_norms(weight_grads: Sequence[Tensor], bias_grads: Sequence[Tensor]) -> Tensor:
     """L2 norm of each layer's gradient (weight and bias together), per model: [M, L] from [M, ...] grads."""

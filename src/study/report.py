@@ -405,25 +405,51 @@ GRADIENT_PANELS = {
 
 
 def plot_grad_norms(history: pd.DataFrame) -> Figure:
-    """Global, per-layer and logit gradient norms against optimizer steps for one condition (log scale)."""
+    """Global, per-layer and logit gradient norms against optimizer steps for one condition, and the per-example
+    logit-gradient norm over the whole test set at each evaluation. Log scale, median over seeds with the band
+    between the seeds' quartiles, so that one collapsing seed cannot drag the line to the floor."""
     condition = _single(history)
     losses = analysis.ordered(history["loss"])
     train = history[history["split"] == "train"]
+    palette = {loss: colour(loss) for loss in losses}
     with _style():
         fig, axes = _figure(2, 3, 13, 7.2)
         flat = axes.ravel()
         for ax, (metric, title) in zip(flat, GRADIENT_PANELS.items(), strict=False):
             rows = _finite(train[train["metric"] == metric])
+            rows = rows[rows["value"] > 0]
             if rows.empty:
                 _empty(ax, f"no {metric} measured")
             else:
-                _band_lines(ax, rows, "step", log=True)
+                sns.lineplot(data=rows, x="step", y="value", hue="loss", hue_order=losses, palette=palette,
+                             estimator="median", errorbar=("pi", 50), legend=False, ax=ax)
+                ax.set_yscale("log")
                 _plain_log_ticks(ax)
             ax.set_title(title)
             ax.set_xlabel("optimizer step")
             ax.set_ylabel("L2 norm (log scale)")
-        flat[-1].axis("off")
-        fig.suptitle(f"{condition}: gradient magnitudes (mean over seeds, 95% t-band)")
+        ax = flat[-1]
+        population = analysis.select(history, "test", "logit_grad_median")
+        if population.empty:
+            _empty(ax, "no test-set gradients measured")
+        else:
+            quartiles = {q: analysis.select(history, "test", f"logit_grad_{q}").set_index([*analysis.RUN, "step"])
+                         ["value"] for q in ("q25", "q75")}
+            for loss in losses:
+                mine = population[population["loss"] == loss].set_index([*analysis.RUN, "step"])["value"]
+                if mine.empty:
+                    continue
+                by_step = pd.DataFrame({"median": mine, **{q: v.reindex(mine.index) for q, v in quartiles.items()}})
+                by_step = by_step.groupby(level="step").median().clip(lower=FLOOR)
+                ax.plot(by_step.index, by_step["median"], color=colour(loss), lw=1.6)
+                ax.fill_between(by_step.index, by_step["q25"], by_step["q75"], color=colour(loss), alpha=0.2, lw=0)
+            ax.set_yscale("log")
+            _plain_log_ticks(ax)
+        ax.set_title("per-example ‖∂L/∂z‖, whole test set")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("median and quartiles (log scale)")
+        fig.suptitle(f"{condition}: gradient magnitudes (median over seeds; band: seeds' quartiles, last panel: "
+                     "examples' quartiles)")
         _loss_legend(fig, losses)
     return fig
 
@@ -573,8 +599,9 @@ def plot_reliability(examples: pd.DataFrame, bins: int = 15) -> Figure:
 
 
 def plot_label_noise(history: pd.DataFrame) -> Figure:
-    """Label noise, one condition: best vs final test accuracy per loss (mean, 95% t-interval), and the shares of
-    flipped training examples predicted as their noisy label (memorised) or their true label (recovered)."""
+    """Label noise, one condition: validation-selected vs final test accuracy per loss (mean, 95% t-interval), and
+    the shares of flipped training examples predicted as their noisy label (memorised) or their true label
+    (recovered)."""
     condition = _single(history)
     losses = analysis.ordered(history["loss"])
     per_seed = analysis.label_noise(history)
@@ -591,7 +618,7 @@ def plot_label_noise(history: pd.DataFrame) -> Figure:
         ax.set_xticks(range(len(losses)), losses, rotation=20, ha="right")
         _fraction_limits(ax)
         ax.set_ylabel("test accuracy (fraction)")
-        ax.set_title("best (filled) vs final (hollow) test accuracy")
+        ax.set_title("val-selected (filled) vs final (hollow) test acc")
         for ax, metric, title in ((axes[0, 1], "memorised", "memorised: predicted as the noisy label"),
                                   (axes[0, 2], "recovered", "recovered: predicted as the true label")):
             rows = analysis.select(history, "train_flipped", metric)
@@ -604,7 +631,7 @@ def plot_label_noise(history: pd.DataFrame) -> Figure:
             ax.set_ylabel("share of flipped training examples")
             ax.set_title(title)
         fig.suptitle(f"{condition}: label noise (mean over seeds, 95% t-interval)")
-        extra = [Line2D([], [], color="grey", marker="o", ls="", label="best over evaluations"),
+        extra = [Line2D([], [], color="grey", marker="o", ls="", label="at the best validation accuracy"),
                  Line2D([], [], color="grey", marker="s", mfc="white", ls="", label="final")]
         _loss_legend(fig, losses, extra)
     return fig

@@ -98,8 +98,8 @@ def train_condition(cfg: StudyConfig, cond: Condition, lrs: dict[str, float], *,
         (out / name).unlink(missing_ok=True)
     lrs, fallbacks = dict(lrs), {}
     while True:
-        trainer, items, history, summary = _train_pass(cfg, cond, dataset, lrs, checkpoint=checkpoint, tracking=tracking,
-                                              progress=progress)
+        trainer, items, history, summary = _train_pass(cfg, cond, dataset, lrs, checkpoint=checkpoint,
+                                                       tracking=tracking, progress=progress)
         failed = _failed_losses(history)
         moved = {}
         for loss, evidence in failed.items():

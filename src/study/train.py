@@ -21,11 +21,11 @@ from study.model import MLP, init_mlp
 from study.records import ExampleStats, Record
 
 PROBE_SEED = 0  # which test examples form the probe set: fixed, independent of every training seed
-MEMO_SIZE = 5000  # training examples watched for memorisation of flipped labels
+MEMO_SIZE = 5000  # training examples watched: gradient populations, confident-wrong corrections, memorisation
 EVAL_CHUNK = 2000  # examples per forward pass during evaluation
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults
 ADAM_EPS = 1e-8
-STATE_FORMAT = 2  # of Trainer.state(): raise when its keys change, so that older checkpoints are not resumed
+STATE_FORMAT = 3  # of Trainer.state(): raise when its keys change, so that older checkpoints are not resumed
 
 
 @dataclass(frozen=True)
@@ -289,11 +289,13 @@ class Trainer:
 
         probe_order = torch.randperm(len(data.y_test), generator=torch.Generator().manual_seed(PROBE_SEED))
         self.probe_index = probe_order[: cond.probe_size].sort().values
+        watch = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(PROBE_SEED))
+        self.watch = watch[:MEMO_SIZE].to(dev)  # a fixed training subset (flipped labels included, as trained on)
         self.memo = None
         if data.flipped.any():
-            watch = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(PROBE_SEED))
-            watch = watch[:MEMO_SIZE].to(dev)
-            self.memo = (watch, data.y_train_clean.to(dev)[watch], data.flipped.to(dev)[watch])
+            self.memo = (data.y_train_clean.to(dev)[self.watch], data.flipped.to(dev)[self.watch])
+        # Which watched examples each model got confidently wrong at the last full evaluation [M, W].
+        self.confident_wrong = torch.zeros(len(self.members), len(self.watch), dtype=torch.bool, device=dev)
 
         self.step = 0
         self.evaluation_seconds = 0.0  # wall time spent evaluating (bench separates it from training)
@@ -316,6 +318,7 @@ class Trainer:
             "step": self.step, "params": [p.detach().clone() for p in self.stack.params], "opt": self.opt.state(),
             "diverged_at": self.diverged_at.clone(), "dead": sorted(self.dead),
             "step_losses": self.step_losses.clone(), "window_steps": self.window_steps,
+            "confident_wrong": self.confident_wrong.clone(),
         }
 
     def load(self, state: dict) -> None:
@@ -328,6 +331,7 @@ class Trainer:
         self.dead = set(state["dead"])
         self.step_losses.copy_(state["step_losses"])
         self.window_steps = int(state["window_steps"])
+        self.confident_wrong.copy_(state["confident_wrong"])
 
     # ---- the loop ------------------------------------------------------------------------------------------
     def run(self, stop: Callable[[], bool] = lambda: False) -> Iterator[Record | ExampleStats]:
@@ -471,8 +475,12 @@ class Trainer:
                 outputs[split] = self._logits(self.splits[split].x)
                 metrics = self._metrics(outputs[split], self.splits[split].y)
                 columns.update({(split, metric): values for metric, values in metrics.items()})
+            watch_needed = self.settings.instrument or self.memo is not None
+            watched = self._logits(self.train_x[self.watch]) if watch_needed else None
             if self.memo is not None:
-                columns.update(self._memorisation())
+                columns.update(self._memorisation(watched))
+            if self.settings.instrument and "test" in outputs:
+                columns.update(self._populations(outputs["test"], watched))
             if self.settings.instrument and last and "val" in outputs and "test" in outputs:
                 columns.update(self._temperature(outputs["val"], outputs["test"]))
         # Weights that overflowed in the last update before any loss went non-finite: diverged at this step.
@@ -517,11 +525,40 @@ class Trainer:
         }
         return {name: values.tolist() for name, values in metrics.items()}
 
-    def _memorisation(self) -> dict[tuple[str, str], list[float]]:
+    def _populations(self, test_logits: Tensor, watched: Tensor) -> dict[tuple[str, str], list[float]]:
+        """Per-example logit-gradient norms on whole populations (the test set, the watched training subset):
+        quartiles, and the share of wrong examples whose gradient vanished (below ``grads.SATURATION``), with how
+        many were wrong. On the training subset also: of the examples confidently wrong at the last full
+        evaluation, the share now classified right (does the loss pull them back?)."""
+        columns: dict[tuple[str, str], Tensor] = {}
+        quarters = torch.tensor([0.25, 0.5, 0.75], device=test_logits.device)
+        for split, logits, labels in (("test", test_logits, self.splits["test"].y),
+                                      ("train_subset", watched, self.train_y[self.watch])):
+            _, norms = self._own_losses_and_grad_norms(logits, labels)
+            confidence, predicted = logits.softmax(dim=2).max(dim=2)
+            wrong = predicted != labels
+            n_wrong = wrong.sum(dim=1)
+            q25, median, q75 = torch.quantile(norms, quarters, dim=1)
+            columns.update({
+                (split, "logit_grad_q25"): q25, (split, "logit_grad_median"): median, (split, "logit_grad_q75"): q75,
+                (split, "wrong_count"): n_wrong.float(),
+                # 0 when nothing is wrong (wrong_count says so): NaN here would read as divergence.
+                (split, "saturated_wrong_share"): ((wrong & (norms < grads.SATURATION)).sum(dim=1)
+                                                   / n_wrong.clamp(min=1)),
+            })
+            if split == "train_subset":
+                before = self.confident_wrong
+                columns[(split, "confident_wrong_before")] = before.sum(dim=1).float()
+                columns[(split, "confident_wrong_corrected")] = ((before & ~wrong).sum(dim=1)
+                                                                 / before.sum(dim=1).clamp(min=1))
+                self.confident_wrong = wrong & (confidence >= self.settings.confident)
+        return {key: values.tolist() for key, values in columns.items()}
+
+    def _memorisation(self, watched: Tensor) -> dict[tuple[str, str], list[float]]:
         """How many flipped training labels each model reproduces (memorised) or corrects (recovered)."""
-        watch, clean, flipped = self.memo
-        predicted = self._logits(self.train_x[watch]).argmax(dim=2)  # [M, W]
-        noisy = self.train_y[watch]
+        clean, flipped = self.memo
+        predicted = watched.argmax(dim=2)  # [M, W]
+        noisy = self.train_y[self.watch]
         values = {
             ("train_flipped", "memorised"): (predicted == noisy)[:, flipped].float().mean(dim=1),
             ("train_flipped", "recovered"): (predicted == clean)[:, flipped].float().mean(dim=1),
@@ -534,13 +571,8 @@ class Trainer:
         probs = logits.softmax(dim=2)
         confidence, predicted = probs.max(dim=2)
         p_true = probs.gather(2, labels.expand(logits.shape[:2])[..., None]).squeeze(2)
-        per_example, norms = [], []
-        for fn, _, s in self.groups:
-            count = s.stop - s.start
-            value, grad = grads.logit_grads(fn, logits[s].reshape(-1, logits.shape[2]), labels.repeat(count))
-            per_example.append(value.view(count, -1))
-            norms.append(grad.norm(dim=1).view(count, -1))
-        columns = {"loss_value": torch.cat(per_example), "logit_grad_norm": torch.cat(norms),
+        per_example, norms = self._own_losses_and_grad_norms(logits, labels)
+        columns = {"loss_value": per_example, "logit_grad_norm": norms,
                    "p_true": p_true, "confidence": confidence, "predicted": predicted}
         columns = {name: values.cpu().numpy() for name, values in columns.items()}
         index_np, labels_np = index.cpu().numpy(), labels.cpu().numpy()
@@ -548,6 +580,17 @@ class Trainer:
             member = self.members[m]
             yield ExampleStats(member.loss, member.lr, member.seed, self._epoch(), self.step, split, index_np,
                                labels_np, **{name: values[m] for name, values in columns.items()})
+
+    def _own_losses_and_grad_norms(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Each model's own per-example loss and the L2 norm of its gradient with respect to the logits:
+        [M, N, K], [N] -> [M, N], [M, N]."""
+        per_example, norms = [], []
+        for fn, _, s in self.groups:
+            count = s.stop - s.start
+            value, grad = grads.logit_grads(fn, logits[s].reshape(-1, logits.shape[2]), labels.repeat(count))
+            per_example.append(value.view(count, -1))
+            norms.append(grad.norm(dim=1).view(count, -1))
+        return torch.cat(per_example), torch.cat(norms)
 
     def _temperature(self, val_logits: Tensor, test_logits: Tensor) -> dict[tuple[str, str], list[float]]:
         """Temperature scaling (Guo et al. 2017): T minimising validation NLL, then test NLL and ECE at that T."""
