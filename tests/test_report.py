@@ -506,3 +506,42 @@ def test_missing_history_names_the_stage(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="train stage"):
         build(results)
     assert not (results / "report").exists()
+
+
+def test_numbers_are_formatted_for_people():
+    row = {"diff": -0.3, "ci_low": -2.4, "ci_high": 1.6, "p_value": 0.6, "n": 5, "within_noise": True}
+    assert document.fmt_difference(row, 0, "steps").startswith("+0 steps [-2, +2]")
+    shares = {"diff": 0.6, "ci_low": -0.2, "ci_high": 1.7, "p_value": 0.2, "n": 5, "within_noise": True}
+    assert document.fmt_difference(shares, percent=True).startswith("+60.0 pp [-20.0, +100.0]")
+
+
+def test_the_temperature_bounds_are_the_fits():
+    import inspect
+
+    from study import train
+
+    defaults = inspect.signature(train.fit_temperature).parameters
+    assert analysis.TEMPERATURE_BOUNDS == (defaults["low"].default, defaults["high"].default)
+
+
+def test_findings_tell_the_truth_of_a_fabricated_tree(built: Path, tmp_path: Path):
+    """The fastest loss is the one with the shortest time constant (softmax_nll), never the slowest (mse); a
+    collapsed model is reported as collapsed (never as overfitting); a temperature on the search bound is said to
+    have hit it."""
+    results = _copy(built, tmp_path / "results")
+    path = results / "conditions" / CLEAN / tables.HISTORY
+    history = tables.read_history(path)
+    temperature = (history["metric"] == "temperature") & (history["loss"] == "softmax_nll")
+    history.loc[temperature, "value"] = analysis.TEMPERATURE_BOUNDS[1]
+    mark = history[(history["loss"] == "sigmoid_bce") & (history["seed"] == 1)].head(1).assign(
+        split="train", metric="collapsed_step", step=15, value=15.0)
+    tables.write_csv(pd.concat([history, mark], ignore_index=True), path)
+    build(results)
+    md = (results / "report" / "report.md").read_text()
+    findings = md.split("## Findings")[1].split("## Setup")[0]
+    assert f"Speed, {CLEAN}: softmax_nll fastest" in findings and f"Speed, {CLEAN}: mse" not in findings
+    assert f"Stability, {CLEAN}: sigmoid_bce" in findings and "seed 1 collapsed at step 15" in findings
+    assert "overfit" not in findings
+    assert "temperature fit hit its search bound" in findings
+    notes = md.split("## Data notes")[1]
+    assert "sigmoid_bce (lr 0.3, seed 1) collapsed at step 15" in notes

@@ -19,6 +19,7 @@ REFERENCE = "softmax_nll"  # every paired difference is (loss - softmax_nll), se
 RUN = ["condition", "loss", "lr", "seed"]  # one trained model
 LEVEL = 0.95  # confidence level of every interval
 SATURATION = 1e-3  # = study.grads.SATURATION, repeated to keep this module free of torch (a test holds them equal)
+TEMPERATURE_BOUNDS = (0.05, 20.0)  # = train.fit_temperature's search interval (a test holds them equal)
 CONFIDENT = 0.9  # a wrong prediction with max probability >= this is confidently wrong (setup.json carries it too)
 
 # Per-seed quantities of the headline table: (split, metric) read at the model's last evaluation.

@@ -296,7 +296,9 @@ def fmt_difference(row: dict | None, digits: int = 3, unit: str = "", percent: b
         return "–"
 
     def number(x: float) -> str:
-        return f"{100 * x:+.1f}" if percent else f"{x:+.{digits}f}"
+        if percent:  # a difference of two shares lies in [-100, +100] pp, whatever a t-interval says
+            x = min(max(100 * x, -100.0), 100.0)
+        return f"{round(x, 1 if percent else digits) + 0.0:+.{1 if percent else digits}f}"  # + 0.0: no "-0"
 
     unit = " pp" if percent else (f" {unit}" if unit else "")
     text = number(row["diff"]) + unit
@@ -564,23 +566,42 @@ def findings(inputs: Inputs, computed: Computed, figures: Figures) -> list[list[
         rows = rows[np.isfinite(rows["mean"].to_numpy(dtype=float))]
         if rows.empty:
             continue
-        best = rows.sort_values("mean").iloc[0].to_dict()
-        ref = _value(rows, loss=REFERENCE)
+        ranked = rows.sort_values("mean")
+        best = ranked.iloc[0].to_dict()
+        text = f"Calibration, {c}: lowest ECE {best['loss']} ({fmt_estimate(best)})"
+        if len(ranked) > 1:
+            second = ranked.iloc[1].to_dict()
+            ece = head.per_seed[(head.per_seed["condition"] == c) & (head.per_seed["quantity"] == "ece")]
+            by_loss = {loss: g.set_index("seed")["value"] for loss, g in ece.groupby("loss")}
+            d = analysis.paired_difference(by_loss[second["loss"]], by_loss[best["loss"]])
+            if d.within_noise in (False,):
+                text += f", lower than the next, {second['loss']} ({second['mean']:.3f}; paired Δ {d.mean:+.3f} " \
+                        f"[{d.ci_low:+.3f}, {d.ci_high:+.3f}])"
+            else:
+                text += (f", not distinguishable from the next, {second['loss']} ({second['mean']:.3f}), with "
+                         f"{d.n} seeds")
         temp = _value(cal, condition=c, loss=REFERENCE, quantity="temperature")
-        text = f"Calibration, {c}: best calibrated is {best['loss']} (ECE {best['mean']:.3f})"
-        if ref is not None and best["loss"] != REFERENCE:
-            text += f"; {REFERENCE} has ECE {ref['mean']:.3f}"
         if temp is not None and math.isfinite(temp["mean"]):
-            mood = "overconfident" if temp["mean"] > 1 else "underconfident" if temp["mean"] < 1 else "calibrated"
-            text += f"; {REFERENCE}'s fitted temperature is {temp['mean']:.2f} (it was {mood})"
-        share = _value(cal, condition=c, loss=REFERENCE, quantity="confident_wrong_loss_share")
-        rate = _value(cal, condition=c, loss=REFERENCE, quantity="confident_wrong_rate")
-        if share is not None and rate is not None and math.isfinite(share["mean"]):
-            text += (f". Confidently wrong predictions ({rate['mean']:.1%} of test examples) carry "
-                     f"{share['mean']:.1%} of {REFERENCE}'s test loss")
-            mse = _value(cal, condition=c, loss="mse", quantity="confident_wrong_loss_share")
-            if mse is not None and math.isfinite(mse["mean"]):
-                text += f" and {mse['mean']:.1%} of mse's"
+            low, high = analysis.TEMPERATURE_BOUNDS
+            if temp["ci_low"] >= high * 0.99 or temp["ci_high"] <= low * 1.01 or temp["mean"] >= high * 0.99:
+                text += (f"; {REFERENCE}'s temperature fit hit its search bound ({temp['mean']:.2f}, searched "
+                         f"{low:g} to {high:g}): no temperature in range calibrates it")
+            else:
+                mood = "overconfident" if temp["mean"] > 1 else "underconfident" if temp["mean"] < 1 else "calibrated"
+                text += f"; {REFERENCE}'s fitted temperature is {temp['mean']:.2f} (it was {mood})"
+        parts = []
+        for loss in (REFERENCE, "mse"):
+            share = _value(cal, condition=c, loss=loss, quantity="confident_wrong_loss_share")
+            rate = _value(cal, condition=c, loss=loss, quantity="confident_wrong_rate")
+            if share is not None and rate is not None and math.isfinite(share["mean"]):
+                parts.append(f"{loss}'s ({rate['mean']:.1%} of its test examples) carry {share['mean']:.1%} of its "
+                             "test loss")
+        if parts:
+            text += ". Confidently wrong predictions: " + "; ".join(parts)
+        if c in _noise_conditions(inputs):
+            text += (". Here the training labels are noisy while validation and test labels are clean, so a model "
+                     "that fits the noisy labels is underconfident on test by construction: this ECE ranking mixes "
+                     "label noise with calibration")
         items.append([text + "."] + _fig(figures, f"reliability_{c}"))
 
     sat = computed.saturation
@@ -971,7 +992,7 @@ def _confident_wrong_section(doc: Document, inputs: Inputs, computed: Computed, 
             picks = dict.fromkeys([int(p["margin"].abs().idxmin()), int(p["margin"].idxmax())])
             for i in picks:
                 r = p.loc[i]
-                rows.append([loss, f"{r['margin']:g}", f"{r['p_true']:.3g}", f"{r['loss_value']:.4g}",
+                rows.append([loss, f"{round(r['margin'], 9) + 0.0:g}", f"{r['p_true']:.3g}", f"{r['loss_value']:.4g}",
                              f"{r['logit_grad_norm']:.4g}",
                              f"{r['grad_true']:.4g}" if "grad_true" in p and math.isfinite(r["grad_true"]) else "–"])
         doc.table(["loss", "margin a", "p_true", "loss on the example", "‖∂L/∂z‖", "∂L/∂z_true"], rows)
