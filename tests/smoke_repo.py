@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,11 +20,12 @@ class SmokeRepo:
     tracking_uri: str
     first_output: str = ""
     second_output: str = ""
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
         return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-                "MLFLOW_TRACKING_URI": self.tracking_uri, "PYTHONUNBUFFERED": "1"}
+                "MLFLOW_TRACKING_URI": self.tracking_uri, "PYTHONUNBUFFERED": "1", **self.extra_env}
 
     def run(self, *argv: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
         result = subprocess.run(argv, cwd=self.repo, env=self.env, capture_output=True, text=True, timeout=timeout)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from study import analysis, runner, tables
+from study import analysis, runner, tables, tracking
 from study.records import Record
 
 
@@ -89,7 +89,7 @@ def test_train_stage_falls_back_to_the_next_stable_rate_when_a_rate_collapses(mo
 
     passes = []
 
-    def fake_pass(cfg, cond, dataset, lrs, **_):
+    def fake_pass(cfg, cond, dataset, lrs, *, finish, **_):
         passes.append(dict(lrs))
         curves = {("mse", lrs["mse"], 0): [(s, 0.5) for s in (0, 10, 20)],
                   ("softmax_nll", lrs["softmax_nll"], 0): [(s, 0.5) for s in (0, 10, 20)]}
@@ -98,7 +98,7 @@ def test_train_stage_falls_back_to_the_next_stable_rate_when_a_rate_collapses(mo
             mark = history.head(1).assign(split="train", metric="collapsed_step", value=10.0, step=10)
             history = pd.concat([history, mark], ignore_index=True)
         trainer = type("T", (), {"steps_per_epoch": 10, "total_steps": 20, "device": "cpu"})()
-        return trainer, [], history, analysis.run_summary(history, ())
+        return finish(trainer, [], history, analysis.run_summary(history, ()), tracking.NullTracker())
 
     monkeypatch.setattr(runner, "_train_pass", fake_pass)
     monkeypatch.setattr(runner, "_load_data", lambda cond, root: synthetic_dataset())

@@ -13,7 +13,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from study import config, rebuild
+from study import config, rebuild, tables
 from study.config import ConfigError
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -108,7 +108,7 @@ def test_the_rebuilt_store_holds_the_runs_params_tags_and_histories_training_log
             if stage == "train":
                 row = summary[summary["run"] == run_name].iloc[0]
                 assert set(child.data.metrics) - keys == {
-                    k for k, v in row.items() if k.startswith(rebuild.SUMMARY_PREFIXES) and pd.notna(v)}
+                    k for k, v in row.items() if k.startswith(tables.SUMMARY_PREFIXES) and pd.notna(v)}
             assert sum(len(rebuilt_values[child.info.run_id, key]) for key in keys) == len(rows)
             for key in keys:
                 steps = rebuilt_values[child.info.run_id, key]

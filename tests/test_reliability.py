@@ -136,7 +136,9 @@ def test_a_diverging_learning_rate_is_a_result_not_a_crash(smoke_pipeline, tmp_p
     """lr = 1e3 blows up some losses: those models are marked diverged (tables, MLflow tags, report), the others
     finish, the stage exits 0 and no NaN reaches a table."""
     repo = smoke_pipeline.repo
-    (tmp_path / "lr.json").write_text(json.dumps({"source": "test", "lrs": dict.fromkeys(LOSSES, 1e3)}))
+    # Every rate of the grid marked unstable in tuning: no fallback is left, so the diverged runs are the results.
+    (tmp_path / "lr.json").write_text(json.dumps({"source": "test", "lrs": dict.fromkeys(LOSSES, 1e3),
+                                                  "unstable": dict.fromkeys(LOSSES, [0.03, 0.3])}))
     out = tmp_path / "out"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = subprocess.run(
@@ -151,6 +153,8 @@ def test_a_diverging_learning_rate_is_a_result_not_a_crash(smoke_pipeline, tmp_p
     assert history["value"].map(float).apply(lambda v: v == v and abs(v) != float("inf")).all()
     summary = pd.read_csv(out / tables.SUMMARY)
     assert summary["diverged_step"].notna().sum() == diverged[["loss", "seed"]].drop_duplicates().shape[0]
+    fallbacks = tables.read_json(out / tables.SETUP)["lr_fallbacks"]
+    assert set(fallbacks) == set(diverged["loss"]) and all(a[0]["next_lr"] is None for a in fallbacks.values())
 
     from mlflow import MlflowClient
 
@@ -160,6 +164,27 @@ def test_a_diverging_learning_rate_is_a_result_not_a_crash(smoke_pipeline, tmp_p
     expected = {f"{row.loss}-lr1000-s{row.seed}" for row in diverged.itertuples()}
     assert tagged == expected
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_a_rate_that_fails_in_training_falls_back_to_the_next_smaller_stable_rate(smoke_pipeline, tmp_path):
+    """lr = 1e3 diverges; with the grid's rates stable in tuning, the stage trains the failed losses again at the
+    largest smaller rate of the grid (and smaller still if that fails too), and setup.json says what happened."""
+    repo = smoke_pipeline.repo
+    (tmp_path / "lr.json").write_text(json.dumps({"source": "test", "lrs": dict.fromkeys(LOSSES, 1e3),
+                                                  "unstable": {}}))
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "study", "train", "--params", str(repo / "experiments" / "study.yaml"),
+         "--condition", "fashion_sgd", "--data", str(repo / "data"), "--lrs", str(tmp_path / "lr.json"),
+         "--out", str(out), "--no-tracking"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    setup = tables.read_json(out / tables.SETUP)
+    history = tables.read_history(out / tables.HISTORY)
+    assert setup["lr_fallbacks"] and all(a[0]["lr"] == 1e3 for a in setup["lr_fallbacks"].values())
+    for loss, attempts in setup["lr_fallbacks"].items():
+        assert setup["lrs"][loss] in (0.03, 0.3) and set(history.loc[history["loss"] == loss, "lr"]) == {
+            setup["lrs"][loss]}
+        assert "-> 0.3" in result.stderr
 
 
 def test_checkpoints_never_unpickle_code(tmp_path, recwarn):

@@ -24,8 +24,6 @@ from study.config import ConfigError, StudyConfig, flatten
 from study.losses import CONVENTIONS
 from study.records import Record
 
-SUMMARY_PREFIXES = ("final_", "best_", "steps_to", "test_accuracy_at")  # summary.csv columns logged as run metrics
-
 
 @dataclass(frozen=True)
 class Stage:
@@ -103,7 +101,7 @@ def import_stage(cfg: StudyConfig, stage: Stage, uri: str) -> int:
         summary = pd.read_csv(stage.directory / tables.SUMMARY)
         for row in summary.to_dict("records"):
             summaries[row["run"]] = {key: float(value) for key, value in row.items()
-                                     if key.startswith(SUMMARY_PREFIXES) and math.isfinite(value)}
+                                     if key.startswith(tables.SUMMARY_PREFIXES) and math.isfinite(value)}
     with tracking.open_tracker(enabled=True, experiment=cfg.experiment, condition=stage.condition, stage=stage.stage,
                                dataset=cond.dataset, params=flatten(cfg, stage.condition), runs=runs, uri=uri,
                                tags={**imported_tags(stage.directory), "imported_sha256": stage.fingerprint()},

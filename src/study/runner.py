@@ -97,39 +97,45 @@ def train_condition(cfg: StudyConfig, cond: Condition, lrs: dict[str, float], *,
     for name in TRAIN_OUTPUTS:  # nothing from an earlier run may look like this run's output
         (out / name).unlink(missing_ok=True)
     lrs, fallbacks = dict(lrs), {}
-    while True:
-        trainer, items, history, summary = _train_pass(cfg, cond, dataset, lrs, checkpoint=checkpoint,
-                                                       tracking=tracking, progress=progress)
-        failed = _failed_losses(history)
+
+    def finish(trainer: train.Trainer, items: list, history: pd.DataFrame, summary: pd.DataFrame, tracker) -> bool:
+        """After a pass, inside its tracker: fall back from the failed rates (False: train again), or write the
+        outputs and attach them to the parent run (True)."""
         moved = {}
-        for loss, evidence in failed.items():
+        for loss, evidence in _failed_losses(history).items():
             smaller = [lr for lr in cond.lr_grid if lr < lrs[loss] and lr not in (unstable or {}).get(loss, [])]
             fallbacks.setdefault(loss, []).append({"lr": lrs[loss], **evidence,
                                                    "next_lr": max(smaller) if smaller else None})
             if smaller:
                 moved[loss] = max(smaller)
-        if not moved:
-            break
-        print(f"study train: {cond.name}: {', '.join(f'{loss} {lrs[loss]:g} -> {lr:g}' for loss, lr in moved.items())}"
-              f" ({FALLBACK_RULE})", file=sys.stderr)
-        lrs.update(moved)
+        if moved:
+            changes = ", ".join(f"{loss} {lrs[loss]:g} -> {lr:g}" for loss, lr in moved.items())
+            print(f"study train: {cond.name}: {changes} ({FALLBACK_RULE})", file=sys.stderr)
+            lrs.update(moved)
+            return False
+        setup = {**_setup(cfg, cond, dataset, trainer, lrs), "lr_fallbacks": fallbacks, "fallback_rule": FALLBACK_RULE}
+        tables.write_parquet(
+            tables.examples_frame([i for i in items if isinstance(i, ExampleStats)],
+                                  condition=cond.name, dataset=cond.dataset),
+            out / tables.EXAMPLES)
+        tables.write_json(setup, out / tables.SETUP)
+        tables.write_csv(summary, out / tables.SUMMARY)
+        tables.write_csv(tables.curves(history), out / tables.CURVES)
+        tables.write_csv(history, out / tables.HISTORY)  # last: its presence means the stage finished
+        tracker.log_artifacts([out / tables.SUMMARY, out / tables.SETUP])
+        return True
 
-    setup = {**_setup(cfg, cond, dataset, trainer, lrs), "lr_fallbacks": fallbacks, "fallback_rule": FALLBACK_RULE}
-    tables.write_parquet(
-        tables.examples_frame([i for i in items if isinstance(i, ExampleStats)],
-                              condition=cond.name, dataset=cond.dataset),
-        out / tables.EXAMPLES)
-    tables.write_json(setup, out / tables.SETUP)
-    tables.write_csv(summary, out / tables.SUMMARY)
-    tables.write_csv(tables.curves(history), out / tables.CURVES)
-    tables.write_csv(history, out / tables.HISTORY)  # last: its presence means the stage finished
+    while not _train_pass(cfg, cond, dataset, lrs, checkpoint=checkpoint, tracking=tracking, progress=progress,
+                          finish=finish):
+        pass
     if checkpoint:
         Checkpoint(checkpoint, "").remove()
 
 
 def _train_pass(cfg: StudyConfig, cond: Condition, dataset: data.Dataset, lrs: dict[str, float], *,
-                checkpoint: Path | None, tracking: bool, progress: bool):
-    """One lockstep run of every loss x seed at ``lrs``: (trainer, records and example stats, history, summary)."""
+                checkpoint: Path | None, tracking: bool, progress: bool, finish) -> bool:
+    """One lockstep run of every loss x seed at ``lrs``, then ``finish(trainer, items, history, summary, tracker)``
+    inside the run's tracker; returns what ``finish`` returns."""
     members = train.grid(cfg.losses, cfg.seeds, {loss: [lrs[loss]] for loss in cfg.losses})
     settings = _settings(cfg, splits=("val", "test"), instrument=True, progress=progress)
     trainer = train.Trainer(cond, dataset, members, settings)
@@ -148,16 +154,15 @@ def _train_pass(cfg: StudyConfig, cond: Condition, dataset: data.Dataset, lrs: d
                 if saved:
                     saved.save({"trainer": trainer.state(), "items": _encode(items)})
                 raise KeyboardInterrupt from None
+        print(f"study train: {cond.name}: evaluations took {trainer.evaluation_seconds:.0f} s", file=sys.stderr)
         records = [item for item in items if isinstance(item, Record)]
         history = tables.history_frame(records, condition=cond.name, dataset=cond.dataset)
         history = _with_collapses(history, records, tracker, cond, chance=1 / dataset.num_classes)
         summary = analysis.run_summary(history, cond.targets)
-        for row in summary.itertuples():
-            tracker.set_summary(row.run, {k: v for k, v in row._asdict().items()
-                                          if k.startswith(("final_", "best_", "steps_to", "test_accuracy_at"))
-                                          and _finite(v)})
-    print(f"study train: {cond.name}: evaluations took {trainer.evaluation_seconds:.0f} s", file=sys.stderr)
-    return trainer, items, history, summary
+        for row in summary.to_dict("records"):
+            tracker.set_summary(row["run"], {k: v for k, v in row.items()
+                                             if k.startswith(tables.SUMMARY_PREFIXES) and _finite(v)})
+        return finish(trainer, items, history, summary, tracker)
 
 
 def _with_collapses(history: pd.DataFrame, records: list[Record], tracker, cond: Condition, *,

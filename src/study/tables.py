@@ -28,6 +28,7 @@ EXAMPLE_COLUMNS = [
 HISTORY = "history.csv"  # train stage: long scalars, HISTORY_COLUMNS
 EXAMPLES = "examples.parquet"  # train stage: per-example probe/test measurements, EXAMPLE_COLUMNS
 SUMMARY = "summary.csv"  # train stage: one row per run
+SUMMARY_PREFIXES = ("final_", "best_", "steps_to", "test_accuracy_at")  # summary.csv columns logged as run metrics
 CURVES = "curves.csv"  # train stage: mean validation accuracy per loss and step, for `dvc plots show`
 SETUP = "setup.json"  # train stage: the condition's resolved params, data sizes and learning rates
 TUNE = "tune.csv"  # tune stage: validation history of the lr grid, HISTORY_COLUMNS

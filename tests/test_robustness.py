@@ -1,0 +1,45 @@
+"""Conclusions that do not hinge on the last bits of a float: the smoke study rerun with another thread count (a
+reliable way to change the order of floating-point reductions on one machine) chooses the same learning rates and
+states the same findings; only numbers may move."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from smoke_repo import copy_repo
+from study import tables
+
+pytestmark = pytest.mark.slow
+
+TUNED = ["fashion_sgd", "fashion_adam", "mnist1d_sgd"]
+NUMBER = re.compile(r"[-+]?\d+(?:[.,]\d+)*(?:e[-+]?\d+)?")
+
+
+def findings(repo) -> list[str]:
+    """The report's findings with every number masked."""
+    md = (repo / "results" / "report" / "report.md").read_text()
+    return [NUMBER.sub("#", line) for line in md.split("## Findings")[1].split("\n## ")[0].splitlines() if line]
+
+
+@pytest.fixture(scope="module")
+def one_thread(smoke_pipeline, tmp_path_factory):
+    """The same smoke study, run with one thread (the session's smoke pipeline runs with the machine's default)."""
+    smoke = copy_repo(tmp_path_factory.mktemp("one-thread"))
+    smoke.extra_env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    smoke.dvc("repro")
+    return smoke
+
+
+def test_another_thread_count_chooses_the_same_learning_rates(smoke_pipeline, one_thread):
+    for condition in TUNED:
+        default = tables.read_lrs(smoke_pipeline.repo / "results" / "conditions" / condition / tables.LRS)
+        single = tables.read_lrs(one_thread.repo / "results" / "conditions" / condition / tables.LRS)
+        assert single == default, condition
+
+
+def test_another_thread_count_states_the_same_findings(smoke_pipeline, one_thread):
+    default, single = findings(smoke_pipeline.repo), findings(one_thread.repo)
+    assert default  # the report has findings to compare
+    assert single == default
