@@ -545,3 +545,12 @@ def test_findings_tell_the_truth_of_a_fabricated_tree(built: Path, tmp_path: Pat
     assert "temperature fit hit its search bound" in findings
     notes = md.split("## Data notes")[1]
     assert "sigmoid_bce (lr 0.3, seed 1) collapsed at step 15" in notes
+
+
+def test_the_headline_steps_carry_their_resolution(built: Path):
+    head = analysis.headline(fabricate_history(CLEAN), {CLEAN: TARGETS})
+    row = analysis.lookup(head.summary, condition=CLEAN, loss="softmax_nll", quantity="steps_to_target_1")
+    widest = head.steps[(head.steps["loss"] == "softmax_nll") & (head.steps["target"] == TARGETS[0])]["resolution"]
+    assert row["resolution"] == pytest.approx(widest.max()) and row["resolution"] > 0
+    md = (built / "report" / "report.md").read_text()
+    assert f"±{100 * row['resolution']:.0f}%)" in md.split("## Headline table")[1]

@@ -390,9 +390,13 @@ def headline(history: pd.DataFrame, targets: Mapping[str, Sequence[float]], refe
     per_seed["value"] = per_seed["value"].astype(float)
     steps_table = pd.concat(steps, ignore_index=True) if steps else pd.DataFrame(
         columns=[*RUN, "target", "step", "reached", "censored_at", "quantity"])
+    summary = summarise(per_seed)
+    if steps:  # how well the evaluations pin each crossing down: the widest bracket over the seeds that reached it
+        widest = steps_table.groupby(["condition", "loss", "quantity"])["resolution"].max().rename("resolution")
+        summary = summary.merge(widest.reset_index(), on=["condition", "loss", "quantity"], how="left")
     return Headline(
         per_seed=per_seed,
-        summary=summarise(per_seed),
+        summary=summary,
         differences=differences(per_seed, reference),
         steps=steps_table,
         models=models,

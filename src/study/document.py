@@ -309,11 +309,14 @@ def fmt_difference(row: dict | None, digits: int = 3, unit: str = "", percent: b
 
 
 def fmt_steps(row: dict | None) -> str:
-    """Median steps over seeds and how many seeds reached the target, e.g. '450 (5/5 reached)'."""
+    """Median steps over seeds, how many seeds reached the target and the widest bracket of a crossing as a share
+    of its step, e.g. '450 (5/5 reached, ±4%)'."""
     if row is None:
         return "–"
     median = "not reached" if not math.isfinite(row["median"]) else f"{row['median']:.0f}"
-    return f"{median} ({int(row['n_reached'])}/{int(row['n'])} reached)"
+    resolution = row.get("resolution", math.nan)
+    within = f", ±{100 * resolution:.0f}%" if isinstance(resolution, float) and math.isfinite(resolution) else ""
+    return f"{median} ({int(row['n_reached'])}/{int(row['n'])} reached{within})"
 
 
 def fmt_percent(row: dict | None) -> str:
@@ -809,8 +812,9 @@ def _headline_section(doc: Document, inputs: Inputs, computed: Computed, figures
     doc.para("Per condition and loss: mean over seeds and 95% t-interval of final test accuracy, validation-selected "
              "test accuracy (at the evaluation with the best validation accuracy: early stopping on the clean "
              "validation split), test NLL (softmax, any loss) and ECE; steps to each validation-accuracy target "
-             "(interpolated) as the median over seeds (a seed that never reached it counts as beyond the run) and "
-             "how many seeds reached it. Models that diverged are left out of the means and counted in the "
+             "(interpolated) as the median over seeds (a seed that never reached it counts as beyond the run), how "
+             "many seeds reached it, and ± the widest bracket of a crossing as a share of its step (the resolution "
+             "of the evaluations). Models that diverged are left out of the means and counted in the "
              "'diverged' column; models that collapsed stay in and are counted in the 'collapsed' column.")
     for c in inputs.conditions:
         targets = inputs.targets.get(c, ())
