@@ -181,7 +181,7 @@ def test_a_rate_that_fails_in_training_falls_back_to_the_next_smaller_stable_rat
     setup = tables.read_json(out / tables.SETUP)
     history = tables.read_history(out / tables.HISTORY)
     assert setup["lr_fallbacks"] and all(a[0]["lr"] == 1e3 for a in setup["lr_fallbacks"].values())
-    for loss, attempts in setup["lr_fallbacks"].items():
+    for loss in setup["lr_fallbacks"]:
         assert setup["lrs"][loss] in (0.03, 0.3) and set(history.loc[history["loss"] == loss, "lr"]) == {
             setup["lrs"][loss]}
         assert "-> 0.3" in result.stderr

@@ -387,7 +387,7 @@ def test_build_writes_a_self_contained_report(built: Path):
                     "## Confident-wrong penalties and calibration", "## Claims of the source text, checked"):
         assert section in md
     assert "sigmoid_range" not in md and "The sigmoid function always outputs" in md  # probe claims included
-    assert "faster training" in md and "more reliable training" in md
+    assert "faster and more reliable training" in md and "the 'more reliable' half" in md
     assert not list(built.glob(".report*")) and not list(built.glob(".metrics*"))  # no temporary leftovers
 
 
@@ -554,3 +554,83 @@ def test_the_headline_steps_carry_their_resolution(built: Path):
     assert row["resolution"] == pytest.approx(widest.max()) and row["resolution"] > 0
     md = (built / "report" / "report.md").read_text()
     assert f"±{100 * row['resolution']:.0f}%)" in md.split("## Headline table")[1]
+
+
+def test_holm_adjusts_step_down_and_ignores_missing_tests():
+    adjusted = analysis.holm([0.01, 0.04, math.nan, 0.03])
+    # sorted 0.01, 0.03, 0.04 with m = 3: 0.03, max(0.03, 0.06) = 0.06, max(0.06, 0.04) = 0.06
+    assert adjusted[0] == pytest.approx(0.03) and adjusted[3] == pytest.approx(0.06)
+    assert adjusted[1] == pytest.approx(0.06) and math.isnan(adjusted[2])
+
+
+def test_a_difference_that_does_not_survive_holm_is_not_called_a_difference():
+    """Three primary tests in one condition: p = 0.001 survives (0.003), p = 0.03 does not (0.06)."""
+    rows = []
+    rng = np.random.default_rng(0)
+    base = rng.normal(100, 10, 5)
+    lags = {"mse": np.array([50.0, 52, 49, 51, 50]),  # a clear lag: tiny p
+            "sigmoid_bce": np.array([4.0, 0, 5, 2, 2]),  # a small lag: p about 0.04 alone
+            "smoothed_ce": np.array([1.0, -1, 0.5, -0.5, 0])}  # nothing
+    for seed in range(5):
+        rows.append((CLEAN, "softmax_nll", 0.1, seed, "steps_to_target_1", base[seed]))
+        for loss, lag in lags.items():
+            rows.append((CLEAN, loss, 0.1, seed, "steps_to_target_1", base[seed] + lag[seed]))
+    per_seed = pd.DataFrame(rows, columns=[*analysis.RUN, "quantity", "value"])
+    diffs = analysis.differences(per_seed).set_index("loss")
+    raw = diffs["p_value"]
+    assert raw["sigmoid_bce"] < 0.05  # significant alone ...
+    assert diffs.loc["sigmoid_bce", "p_holm"] == pytest.approx(min(1, 2 * raw["sigmoid_bce"]))
+    assert diffs.loc["sigmoid_bce", "within_noise"] in (True,)  # ... but not among three
+    assert diffs.loc["mse", "within_noise"] in (False,) and diffs.loc["mse", "family"] == "primary"
+    text = document.fmt_difference(diffs.loc["sigmoid_bce"].to_dict(), 0, "steps")
+    assert "not distinguishable with 5 seeds" in text and "Holm" in text
+
+
+def test_the_anchors_table_puts_the_studys_number_beside_the_published_one(built: Path):
+    history = fabricate_history(CLEAN)
+    final = history[(history["split"] == "test") & (history["metric"] == "accuracy") & (history["step"] == TOTAL)
+                    & (history["loss"] == "softmax_nll")]["value"].mean()
+    md = (built / "report" / "report.md").read_text()
+    section = md.split("## Published results side by side")[1].split("\n## ")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| Fashion-MNIST MLP test accuracy"))
+    assert f"{final:.3f} ({CLEAN}, softmax_nll)" in row
+    assert ("| reproduced |" in row) == (0.86 <= final <= 0.91)
+    assert "| not measured here |" in section  # the CNN, GCE/MAE and logit_mse rows
+
+
+def test_verdicts_are_proportional_to_the_evidence():
+    s, c, n = analysis.SUPPORTS, analysis.CONTRADICTS, analysis.NO_DIFFERENCE
+    assert analysis.verdict([s, s, s]) == "holds"
+    assert analysis.verdict([s, s, n, n]) == "holds with a nuance"
+    assert analysis.verdict([s, n, n, n, n, n, n, n]) == "not established here"  # 1 of 8 is not "a nuance"
+    assert analysis.verdict([s, s, c]) == "not established here"  # a contradiction is never "a nuance"
+    assert analysis.verdict([s, c, c]) == "does not hold here"
+    assert analysis.verdict_bucket("not established here") in analysis.VERDICTS
+
+
+def test_the_measured_claims_quote_the_source_text_verbatim():
+    seed = Path(__file__).resolve().parents[2] / "shared" / "seed" / "understanding-cross-entropy.txt"
+    if not seed.exists():
+        pytest.skip(f"{seed} not present")
+    source = re.sub(r"\s+", " ", seed.read_text(encoding="utf-8"))
+    for quote in (analysis.TWO_BENEFITS, analysis.SIGMOID_MULTICLASS, analysis.PENALTY_WORKS,
+                  analysis.NLL_MISCLASSIFICATION, analysis.NONE_OF_THE_ABOVE):
+        assert quote in source, quote
+    head = analysis.headline(fabricate_history(CLEAN), {CLEAN: TARGETS})
+    gradient = analysis.claim_gradient(pd.DataFrame(columns=[*analysis.RUN, "value"]), None, ())
+    assert gradient["claim"].startswith("Not a sentence of the source text")
+    assert analysis.claim_faster(head)["claim"].startswith(analysis.TWO_BENEFITS)
+
+
+def test_nll_rising_while_accuracy_holds_contradicts_the_misclassification_sentence():
+    rows = []
+    for seed in range(3):
+        for step, nll, acc in [(0, 2.3, 0.1), (10, 0.9, 0.70), (20, 1.4, 0.71), (30, 2.0, 0.70)]:
+            rows += [("c", "d", "softmax_nll", 0.1, seed, step / 10, step, "test", "nll", nll),
+                     ("c", "d", "softmax_nll", 0.1, seed, step / 10, step, "test", "accuracy", acc)]
+    history = pd.DataFrame(rows, columns=tables.HISTORY_COLUMNS)
+    claim = analysis.claim_nll_misclassification(history)
+    assert claim["verdict"] == "does not hold here" and "3/3 seeds" in claim["measured"]
+    agree = history.copy()
+    agree.loc[(agree["metric"] == "accuracy") & (agree["step"] == 30), "value"] = 0.5  # NLL up, accuracy down
+    assert analysis.claim_nll_misclassification(agree)["verdict"] == "holds"

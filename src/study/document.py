@@ -305,7 +305,10 @@ def fmt_difference(row: dict | None, digits: int = 3, unit: str = "", percent: b
     if row["within_noise"] is None:
         return text + f" ({int(row['n'])} pair, no interval)"
     text += f" [{number(row['ci_low'])}, {number(row['ci_high'])}], {fmt_p(row['p_value'])}"
-    return text + (", within noise" if row["within_noise"] else "")
+    p_holm = row.get("p_holm", math.nan)
+    if isinstance(p_holm, float) and math.isfinite(p_holm):
+        text += f", Holm {fmt_p(p_holm)}"
+    return text + (f", not distinguishable with {int(row['n'])} seeds" if row["within_noise"] else "")
 
 
 def fmt_steps(row: dict | None) -> str:
@@ -358,13 +361,12 @@ def _noise_conditions(inputs: Inputs) -> list[str]:
 
 
 def compute(inputs: Inputs) -> Computed:
-    head = analysis.headline(inputs.history, inputs.targets)
     saturation = analysis.saturation(inputs.examples)
+    head = analysis.headline(inputs.history, inputs.targets, saturation=saturation)
     calibration = analysis.final_table(inputs.history, CALIBRATION)
-    noise = {}
-    for condition in _noise_conditions(inputs):
-        per_seed = analysis.label_noise(inputs.history[inputs.history["condition"] == condition])
-        noise[condition] = analysis.summarise(per_seed)
+    noise_per_seed = {c: analysis.label_noise(inputs.history[inputs.history["condition"] == c])
+                      for c in _noise_conditions(inputs)}
+    noise = {c: analysis.summarise(per_seed) for c, per_seed in noise_per_seed.items()}
     views = {}
     if inputs.tune is not None:
         for source in dict.fromkeys(inputs.sources.values()):
@@ -377,6 +379,10 @@ def compute(inputs: Inputs) -> Computed:
     measured = pd.DataFrame([
         analysis.claim_faster(head),
         analysis.claim_reliable(head),
+        analysis.claim_sigmoid_multiclass(head),
+        analysis.claim_penalty_works(head, noise_per_seed),
+        analysis.claim_nll_misclassification(inputs.history),
+        analysis.claim_none_of_the_above(),
         analysis.claim_gradient(saturation, inputs.penalty, inputs.conditions),
     ], columns=analysis.CLAIM_COLUMNS)
     claims = measured if inputs.claims is None else pd.concat(
@@ -455,7 +461,11 @@ def compose(inputs: Inputs, computed: Computed, figures: Figures) -> Document:
              f"the conditions {', '.join(conditions)}; "
              f"losses {', '.join(losses)}; seeds {', '.join(map(str, seeds))}. Numbers are means over seeds with "
              f"95% t-intervals in brackets unless stated; differences to {REFERENCE} are paired by seed (same "
-             "initial weights and batches) with a paired t-test.")
+             "initial weights and batches) with a paired t-test. Each condition's paired tests form two families, "
+             "the primary comparisons (one per question: speed, gradient magnitude, confident-wrong penalty; see "
+             "the headline table) and all others, each corrected for multiplicity with Holm's method at a "
+             f"family-wise {analysis.ALPHA:g}: a difference is called a difference only when it survives the "
+             "correction, otherwise 'not distinguishable' with the seeds at hand. Intervals are not corrected.")
 
     doc.heading(2, "Findings")
     doc.bullets(findings(inputs, computed, figures))
@@ -466,6 +476,7 @@ def compose(inputs: Inputs, computed: Computed, figures: Figures) -> Document:
     _gradient_section(doc, inputs, computed, figures, losses)
     _confident_wrong_section(doc, inputs, computed, figures, losses, noise_conditions)
     _claims_section(doc, computed, figures)
+    _anchors_section(doc, inputs, computed)
 
     doc.heading(2, "Data notes")
     notes = list(inputs.notes)
@@ -551,13 +562,15 @@ def findings(inputs: Inputs, computed: Computed, figures: Figures) -> list[list[
         best = rows.sort_values("mean", ascending=False).iloc[0].to_dict()
         diffs = head.differences[(head.differences["condition"] == c)
                                  & (head.differences["quantity"] == "final_accuracy")]
-        noise_level = [r["loss"] for r in diffs.to_dict("records") if r["within_noise"]]
-        apart = [f"{r['loss']} {r['diff']:+.3f}" for r in diffs.to_dict("records") if r["within_noise"] is False]
+        noise_level = [r["loss"] for r in diffs.to_dict("records") if r["within_noise"] in (True,)]
+        apart = [f"{r['loss']} {r['diff']:+.3f}" for r in diffs.to_dict("records") if r["within_noise"] in (False,)]
         text = f"Accuracy, {c}: highest final test accuracy {best['mean']:.3f} with {best['loss']}."
+        seeds = int(diffs["n"].max()) if len(diffs) else 0
         if noise_level:
-            text += f" Within noise of {REFERENCE}: {', '.join(noise_level)}."
+            text += (f" Not distinguishable from {REFERENCE} with {seeds} seeds (Holm-corrected): "
+                     f"{', '.join(noise_level)}.")
         if apart:
-            text += f" Clearly different from {REFERENCE} (paired Δ accuracy): {', '.join(apart)}."
+            text += f" Different from {REFERENCE} after Holm's correction (paired Δ accuracy): {', '.join(apart)}."
         items.append([text] + _fig(figures, "headline"))
 
     for c in inputs.conditions:
@@ -649,7 +662,8 @@ def findings(inputs: Inputs, computed: Computed, figures: Figures) -> list[list[
         buckets = claims["verdict"].map(analysis.verdict_bucket)
         counts = {v: int((buckets == v).sum()) for v in analysis.VERDICTS}
         text = (f"Claims of the source text: {counts['holds']} hold, {counts['holds with a nuance']} hold with a "
-                f"nuance, {counts['does not hold here']} do not hold here")
+                f"nuance, {counts['does not hold here']} do not hold here, {counts['not established here']} are not "
+                "established here")
         against = claims[buckets == "does not hold here"]["claim"].tolist()
         if against:
             text += " — against the textbook story: " + "; ".join(f"“{c.rstrip('.')}”" for c in against)
@@ -857,6 +871,29 @@ def _headline_section(doc: Document, inputs: Inputs, computed: Computed, figures
             doc.para(f"{REFERENCE} was not trained in {c}, so no paired differences are shown.")
     doc.figure("headline", "Final test accuracy, test NLL and ECE per condition and loss; mean over seeds with 95% "
                            "t-intervals.")
+    doc.heading(3, "Primary comparisons")
+    doc.para(f"Declared before looking: one comparison per question, each loss against {REFERENCE} in every "
+             "condition, paired by seed; Holm-corrected within the condition. "
+             + "; ".join(f"{q}: {text}" for q, text in analysis.PRIMARY.items()) + ".")
+    primary = head.differences[head.differences["family"] == "primary"]
+    units = {"steps_to_target_1": (0, "steps", False), "saturated_share": (3, "", True), "ece": (3, "", False)}
+    rows = []
+    for c in inputs.conditions:
+        for quantity in analysis.PRIMARY:
+            for loss in losses:
+                d = _value(primary, condition=c, loss=loss, quantity=quantity)
+                if d is None:
+                    continue
+                digits, unit, percent = units[quantity]
+                verdict = ("no test" if d["within_noise"] is None else
+                           f"not distinguishable with {int(d['n'])} seeds" if d["within_noise"] else "different")
+                rows.append([c, quantity, loss, fmt_difference(d, digits, unit, percent=percent), fmt_p(d["p_holm"]),
+                             verdict])
+    if rows:
+        doc.table(["condition", "quantity", "loss", f"Δ vs {REFERENCE} [95% CI], p", "Holm-adjusted p", "verdict"],
+                  rows)
+    else:
+        doc.para("No paired comparison could be made (the reference loss is missing).")
 
 
 def _convergence_section(doc: Document, inputs: Inputs, computed: Computed, figures: Figures,
@@ -962,16 +999,13 @@ def _gradient_section(doc: Document, inputs: Inputs, computed: Computed, figures
     rows = []
     for c in inputs.conditions:
         mine = sat[sat["condition"] == c]
-        ref = mine[mine["loss"] == REFERENCE].set_index("seed")["value"]
         for loss in losses:
             rows_l = mine[mine["loss"] == loss]
             if rows_l.empty:
                 continue
             est = analysis.mean_ci(rows_l["value"])
-            diff = analysis.paired_difference(rows_l.set_index("seed")["value"], ref) if loss != REFERENCE else None
-            diff_text = "–" if diff is None else fmt_difference(
-                {"diff": diff.mean, "ci_low": diff.ci_low, "ci_high": diff.ci_high, "p_value": diff.p_value,
-                 "n": diff.n, "within_noise": diff.within_noise}, percent=True)
+            diff = _value(computed.head.differences, condition=c, loss=loss, quantity="saturated_share")
+            diff_text = "–" if loss == REFERENCE else fmt_difference(diff, percent=True)
             rows.append([c, loss, fmt_percent(est.as_dict()), str(int(rows_l["n_wrong"].sum())),
                          str(int(rows_l["n_saturated"].sum())), diff_text])
     if rows:
@@ -1079,11 +1113,21 @@ def _confident_wrong_section(doc: Document, inputs: Inputs, computed: Computed, 
                                        "shares of the flipped training labels over training.")
 
 
+def _anchors_section(doc: Document, inputs: Inputs, computed: Computed) -> None:
+    doc.heading(2, "Published results side by side")
+    doc.para("Each row: a published number, the study's own in the same metric, and whether it is reproduced here "
+             "(the verdict and its reason are computed from the tables).")
+    table = analysis.anchors(computed.head, inputs.history, inputs.setups)
+    doc.table(list(table.columns), [[str(v) for v in row] for row in table.itertuples(index=False)])
+
+
 def _claims_section(doc: Document, computed: Computed, figures: Figures) -> None:
     doc.heading(2, "Claims of the source text, checked")
     doc.para("One row per claim of the source text (understanding-cross-entropy.txt). Analytic claims come from the "
              "probe stage (claims.csv); the claims about training are measured from the histories above. Every "
-             "verdict is computed from the numbers: holds / holds with a nuance / does not hold here.")
+             "verdict is computed from the numbers: holds / holds with a nuance / does not hold here / not "
+             f"established here. The rule for claims measured by several checks: {analysis.VERDICT_RULE}; the "
+             "value column counts the checks.")
     rows = []
     for row in computed.claims.to_dict("records"):
         figure = figures.resolve(str(row["figure"])) if row["figure"] else None

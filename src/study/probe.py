@@ -513,6 +513,26 @@ def check_mean_of_nll() -> Claim:
     )
 
 
+def check_pytorch_cross_entropy() -> Claim:
+    logits, labels = _random_logits()
+    composed = F.nll_loss(F.log_softmax(logits, dim=1), labels)
+    value = float((F.cross_entropy(logits, labels) - composed).abs())
+    picked = F.nll_loss(logits, labels)  # on raw numbers: no log, no softmax, only pick, negate and average
+    only_mean = float((picked + logits.gather(1, labels[:, None]).mean()).abs())
+    return Claim(
+        "pytorch_cross_entropy",
+        "In pyTorch, the implementation is log_softmax and then nll_loss(log is taken with the softmax only and "
+        "nll_loss only calculates the mean of the negative logs).",
+        f"|F.cross_entropy(z, y) - F.nll_loss(F.log_softmax(z), y)| = {value:.1e}; F.nll_loss(x, y) = "
+        f"-mean(x[y]) on raw numbers (to {only_mean:.1e}): it takes no log itself",
+        value,
+        0.0,
+        verdict(value < 1e-12 and only_mean < 1e-12),
+        "Agrees with the earlier sentence's error: F.nll_loss neither takes a softmax nor a log; it picks the "
+        "label's entry, negates it and averages.",
+    )
+
+
 def check_entropy_randomness() -> Claim:
     uniform = torch.full((10,), 0.1, dtype=torch.float64)
     peaked = torch.full((10,), 0.01, dtype=torch.float64)
@@ -552,6 +572,7 @@ CHECKS: tuple[Callable[[], Claim], ...] = (
     check_cross_entropy_bins,
     check_shannon_information,
     check_mean_of_nll,
+    check_pytorch_cross_entropy,
     check_entropy_randomness,
 )
 
