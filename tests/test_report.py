@@ -406,7 +406,7 @@ def test_build_writes_metrics_json(built: Path):
 def test_findings_point_at_figures(built: Path):
     md = (built / "report" / "report.md").read_text()
     findings = md.split("## Findings")[1].split("## Setup")[0]
-    assert "fastest" in findings and "figures/steps_to_target.png" in findings
+    assert "the lowest median steps" in findings and "figures/steps_to_target.png" in findings
     assert "memorised the most" in findings
 
 
@@ -525,7 +525,7 @@ def test_the_temperature_bounds_are_the_fits():
 
 
 def test_findings_tell_the_truth_of_a_fabricated_tree(built: Path, tmp_path: Path):
-    """The fastest loss is the one with the shortest time constant (softmax_nll), never the slowest (mse); a
+    """The quickest loss is the one with the shortest time constant (softmax_nll), never the slowest (mse); a
     collapsed model is reported as collapsed (never as overfitting); a temperature on the search bound is said to
     have hit it."""
     results = _copy(built, tmp_path / "results")
@@ -539,7 +539,7 @@ def test_findings_tell_the_truth_of_a_fabricated_tree(built: Path, tmp_path: Pat
     build(results)
     md = (results / "report" / "report.md").read_text()
     findings = md.split("## Findings")[1].split("## Setup")[0]
-    assert f"Speed, {CLEAN}: softmax_nll fastest" in findings and f"Speed, {CLEAN}: mse" not in findings
+    assert f"Speed, {CLEAN}: softmax_nll has the lowest median" in findings and f"Speed, {CLEAN}: mse" not in findings
     assert f"Stability, {CLEAN}: sigmoid_bce" in findings and "seed 1 collapsed at step 15" in findings
     assert "overfit" not in findings
     assert "temperature fit hit its search bound" in findings

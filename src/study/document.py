@@ -531,11 +531,12 @@ def findings(inputs: Inputs, computed: Computed, figures: Figures) -> list[list[
         fastest = analysis.ordered(reached[reached["median"] == reached["median"].iloc[0]]["loss"])
         best = _value(reached, loss=fastest[0])
         if len(fastest) == len(rows) > 1:
-            who = "all losses tied as"
+            who = "all losses tie with"
         else:
-            who = _join(fastest) + (" tied as" if len(fastest) > 1 else "")
-        text = (f"Speed, {c}: {who} fastest to validation accuracy {targets[0]:g}, median {best['median']:.0f} "
-                f"steps ({int(best['n_reached'])}/{int(best['n'])} seeds reached it)")
+            who = _join(fastest) + (" tie with" if len(fastest) > 1 else " has")
+        # "Lowest median", not "fastest": whether it is faster is the paired comparison's to say (below).
+        text = (f"Speed, {c}: {who} the lowest median steps to validation accuracy {targets[0]:g}, "
+                f"{best['median']:.0f} ({int(best['n_reached'])}/{int(best['n'])} seeds reached it)")
         ref = _value(rows, loss=REFERENCE)
         if REFERENCE not in fastest and ref is not None:
             d = _value(head.differences, condition=c, loss=best["loss"], quantity=q1)
@@ -603,7 +604,8 @@ def findings(inputs: Inputs, computed: Computed, figures: Figures) -> list[list[
                 text += (f"; {REFERENCE}'s temperature fit hit its search bound ({temp['mean']:.2f}, searched "
                          f"{low:g} to {high:g}): no temperature in range calibrates it")
             else:
-                mood = "overconfident" if temp["mean"] > 1 else "underconfident" if temp["mean"] < 1 else "calibrated"
+                mood = ("about calibrated" if abs(temp["mean"] - 1) < 0.02 else
+                        "overconfident" if temp["mean"] > 1 else "underconfident")
                 text += f"; {REFERENCE}'s fitted temperature is {temp['mean']:.2f} (it was {mood})"
         parts = []
         for loss in (REFERENCE, "mse"):
