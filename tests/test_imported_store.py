@@ -1,4 +1,7 @@
-"""The MLflow store rebuilt from results/ (`study import-results`, `study dashboard`) holds what training logged."""
+"""The MLflow store rebuilt from results/ (`study import-results`, `study dashboard`) holds what training logged.
+
+Named to run before tests/test_pipeline.py: its `dvc exp run` retrains a condition of the shared smoke repo, after
+which the results no longer come from the runs the comparison below pairs them with."""
 
 from __future__ import annotations
 
