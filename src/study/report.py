@@ -245,19 +245,25 @@ def plot_tuning(tune: pd.DataFrame, chosen: Mapping[str, Mapping[str, float]],
     return fig
 
 
+def _target_panels(history: pd.DataFrame, targets: Mapping[str, Sequence[float]], *,
+                   height: float) -> tuple[Figure, list[tuple[object, str, pd.DataFrame]]]:
+    """One panel per condition that has targets: the figure and (axes, condition, its history) for each."""
+    conditions = [c for c in dict.fromkeys(history["condition"]) if targets.get(c)]
+    n = max(len(conditions), 1)
+    fig, axes = _figure(1, n, max(4.2 * n, 7.5), height)
+    if not conditions:
+        _empty(axes[0, 0], "no targets")
+    return fig, [(ax, c, history[history["condition"] == c]) for ax, c in zip(axes[0], conditions, strict=False)]
+
+
 def plot_time_to_target(history: pd.DataFrame, targets: Mapping[str, Sequence[float]]) -> Figure:
     """Share of seeds that have reached the first validation-accuracy target by each step (a Kaplan-Meier curve
     without censoring before the end: every seed runs to the end or diverges), one panel per condition. A curve
     that stops below 1 is the share that never reached it."""
-    conditions = [c for c in dict.fromkeys(history["condition"]) if targets.get(c)]
     losses = analysis.ordered(history["loss"])
     with _style():
-        n = max(len(conditions), 1)
-        fig, axes = _figure(1, n, max(4.2 * n, 7.5), 3.8)
-        if not conditions:
-            _empty(axes[0, 0], "no targets")
-        for ax, condition in zip(axes[0], conditions, strict=False):
-            mine = history[history["condition"] == condition]
+        fig, panels = _target_panels(history, targets, height=3.8)
+        for ax, condition, mine in panels:
             target = targets[condition][0]
             table = analysis.steps_to_target(mine, target)
             end = float(table["censored_at"].max())
@@ -322,15 +328,10 @@ def plot_convergence(history: pd.DataFrame, targets: Sequence[float] = ()) -> Fi
 def plot_steps_to_target(history: pd.DataFrame, targets: Mapping[str, Sequence[float]]) -> Figure:
     """Steps until validation accuracy first reaches each target: one dot per seed, a bar at the median; a hollow
     triangle marks a seed that never reached it, drawn at its last evaluation (right-censored)."""
-    conditions = [c for c in dict.fromkeys(history["condition"]) if targets.get(c)]
     losses = analysis.ordered(history["loss"])
     with _style():
-        n = max(len(conditions), 1)
-        fig, axes = _figure(1, n, max(4.2 * n, 7.5), 4.2)
-        if not conditions:
-            _empty(axes[0, 0], "no targets")
-        for ax, condition in zip(axes[0], conditions, strict=False):
-            mine = history[history["condition"] == condition]
+        fig, panels = _target_panels(history, targets, height=4.2)
+        for ax, condition, mine in panels:
             width = 0.8 / max(len(losses), 1)
             for i, target in enumerate(targets[condition]):
                 table = analysis.steps_to_target(mine, target)
