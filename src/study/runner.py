@@ -27,11 +27,15 @@ from study.model import describe
 from study.records import ExampleStats, Record
 
 TRAIN_OUTPUTS = (tables.HISTORY, tables.EXAMPLES, tables.SUMMARY, tables.SETUP, tables.CURVES)
+TUNE_WINDOW = 0.2  # the tuning score averages validation accuracy over the last fifth of the tuning steps
 TUNE_CRITERION = (
-    "final validation accuracy after tune_epochs, mean over the tune seeds. A rate at which any tune seed diverged "
-    "or collapsed is unstable and never chosen. Among the stable rates, the smallest whose mean is within one "
-    "standard error of the best mean (standard error over seeds, at least the binomial one of the validation "
-    "split): differences smaller than the tuning noise do not decide, and the smaller rate is the safer one")
+    "validation accuracy averaged over the readings of the last fifth of the tuning steps (not the last reading "
+    "alone: averaging several readings damps the step-to-step jitter that a change of machine or thread count "
+    "perturbs), mean over the tune seeds. A rate at which any tune seed diverged or collapsed is unstable and never "
+    "chosen. Among the stable rates, the smallest whose mean is within one standard error of the best mean "
+    "(standard error over seeds, at least the binomial one of the validation split): differences smaller than the "
+    "tuning noise do not decide, and the smaller rate is the safer one. Agreement: how many of the choices made "
+    "with one tune seed left out pick the same rate")
 FALLBACK_RULE = ("a loss whose rate diverged or collapsed in any training seed is trained again at the next "
                  "smaller rate of the grid that was stable in tuning")
 
@@ -57,33 +61,56 @@ def tune(cfg: StudyConfig, cond: Condition, *, data_root: Path, out: Path, track
 
 def choose_lrs(history: pd.DataFrame, loss_names, grid, *, val_size: int) -> dict:
     """Per loss, the rate chosen by TUNE_CRITERION, with the evidence: ``{"lrs": {loss: lr}, "scores": {loss:
-    {lr: mean}}, "standard_errors": {loss: {lr: se}}, "unstable": {loss: [lr, ...]}}``.
-
-    A seed that diverged (or stopped early) scores zero in the mean."""
+    {lr: mean}}, "standard_errors": {loss: {lr: se}}, "unstable": {loss: [lr, ...]}, "agreement": {loss: "k of
+    n"}}``. A seed that diverged (or stopped early) scores zero in the mean."""
     models = analysis.runs(history)
     unstable_models = models[models["diverged"] | models["collapsed"]]
-    final = analysis.last_values(history, "val", "accuracy")
-    last_step = history["step"].max()
-    out: dict[str, dict] = {"lrs": {}, "scores": {}, "standard_errors": {}, "unstable": {}}
+    scores = tuning_scores(history)
+    out: dict[str, dict] = {"lrs": {}, "scores": {}, "standard_errors": {}, "unstable": {}, "agreement": {}}
     for loss in loss_names:
-        means, errors, unstable = {}, {}, []
+        per_seed, unstable = {}, []
         for lr in grid:
             mine = models[(models["loss"] == loss) & np.isclose(models["lr"], lr)]
-            rows = final[(final["loss"] == loss) & np.isclose(final["lr"], lr) & (final["step"] == last_step)]
-            scores = rows.set_index("seed")["value"].reindex(mine["seed"], fill_value=0.0).to_numpy(dtype=float)
-            means[lr] = float(scores.mean()) if len(scores) else 0.0
-            spread = float(scores.std(ddof=1) / math.sqrt(len(scores))) if len(scores) > 1 else 0.0
-            binomial = math.sqrt(max(means[lr] * (1 - means[lr]), 0.0) / (val_size * max(len(scores), 1)))
-            errors[lr] = max(spread, binomial)
+            rows = scores[(scores["loss"] == loss) & np.isclose(scores["lr"], lr)]
+            per_seed[lr] = rows.set_index("seed")["value"].reindex(mine["seed"], fill_value=0.0)
             if ((unstable_models["loss"] == loss) & np.isclose(unstable_models["lr"], lr)).any():
                 unstable.append(lr)
-        stable = [lr for lr in grid if lr not in unstable] or list(grid)  # all unstable: the least bad still
-        best = max(stable, key=lambda lr: (means[lr], -lr))
-        out["lrs"][loss] = min(lr for lr in stable if means[lr] >= means[best] - errors[best])
+        chosen, means, errors = _choose(per_seed, grid, unstable, val_size)
+        seeds = sorted({seed for values in per_seed.values() for seed in values.index})
+        left_out = [_choose({lr: values.drop(seed, errors="ignore") for lr, values in per_seed.items()}, grid,
+                            unstable, val_size)[0] for seed in seeds] if len(seeds) > 2 else []
+        out["lrs"][loss] = chosen
         out["scores"][loss] = {f"{lr:g}": means[lr] for lr in grid}
         out["standard_errors"][loss] = {f"{lr:g}": errors[lr] for lr in grid}
         out["unstable"][loss] = [float(lr) for lr in unstable]
+        out["agreement"][loss] = f"{sum(lr == chosen for lr in left_out)} of {len(left_out)}" if left_out else "n/a"
     return out
+
+
+def tuning_scores(history: pd.DataFrame) -> pd.DataFrame:
+    """Each tuning model's score: its mean validation accuracy over the readings in the last TUNE_WINDOW of the
+    tuning steps (columns ``loss, lr, seed, value``). A model that stopped before the window has no score."""
+    val = analysis.select(history, "val", "accuracy")
+    if val.empty:
+        return pd.DataFrame(columns=["loss", "lr", "seed", "value"])
+    last = history["step"].max()
+    window = val[val["step"] >= (1 - TUNE_WINDOW) * last]
+    return window.groupby(["loss", "lr", "seed"])["value"].mean().reset_index()
+
+
+def _choose(per_seed: dict[float, pd.Series], grid, unstable: list[float],
+            val_size: int) -> tuple[float, dict[float, float], dict[float, float]]:
+    """The TUNE_CRITERION choice from per-seed scores per rate, with each rate's mean and standard error."""
+    means, errors = {}, {}
+    for lr in grid:
+        values = per_seed[lr].to_numpy(dtype=float)
+        means[lr] = float(values.mean()) if len(values) else 0.0
+        spread = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
+        binomial = math.sqrt(max(means[lr] * (1 - means[lr]), 0.0) / (val_size * max(len(values), 1)))
+        errors[lr] = max(spread, binomial)
+    stable = [lr for lr in grid if lr not in unstable] or list(grid)  # all unstable: the least bad still
+    best = max(stable, key=lambda lr: (means[lr], -lr))
+    return min(lr for lr in stable if means[lr] >= means[best] - errors[best]), means, errors
 
 
 def train_condition(cfg: StudyConfig, cond: Condition, lrs: dict[str, float], *, data_root: Path, out: Path,
