@@ -269,6 +269,41 @@ def test_split_sizes_and_determinism(root):
     assert torch.equal(trimmed.y_test, ds.y_test[:20])
 
 
+def test_heldout_classes_leave_training_and_validation_and_form_their_own_test_set(root):
+    full = load(root, val_size=100, split_seed=3)
+    held = load(root, val_size=100, split_seed=3, heldout_classes=(7, 2), label_noise=0.3, noise_seed=1)
+    assert held.num_classes == 8 and held.classes == (0, 1, 3, 4, 5, 6, 8, 9)
+    original = torch.tensor(held.classes)
+    # Standardised with the kept training examples' mean and std: one affine map from the full dataset's values.
+    scale = held.x_train.std(correction=0) / (full.x_train[(full.y_train != 7) & (full.y_train != 2)]
+                                              .std(correction=0))
+
+    def same_rows(a, b):
+        assert a.shape == b.shape and len(a) > 0
+        torch.testing.assert_close(a - a[:, :1], scale * (b - b[:, :1]), rtol=1e-4, atol=1e-4)
+        return True
+
+    for split in ("train", "val"):
+        x_full, y_full = getattr(full, f"x_{split}"), (full.y_train_clean if split == "train" else full.y_val)
+        kept = (y_full != 7) & (y_full != 2)
+        y_held = held.y_train_clean if split == "train" else held.y_val
+        # the same examples in the same order, minus the held-out classes, relabelled 0..7
+        assert same_rows(getattr(held, f"x_{split}"), x_full[kept])
+        assert torch.equal(original[y_held], y_full[kept])
+    assert int(held.y_train.max()) <= 7 and held.flipped.any()  # noise flips within the 8 kept classes
+    out = (full.y_test == 7) | (full.y_test == 2)
+    assert same_rows(held.x_test, full.x_test[~out]) and torch.equal(original[held.y_test], full.y_test[~out])
+    assert same_rows(held.x_heldout, full.x_test[out])
+    assert held.sizes()["heldout"] == int(out.sum())
+    assert "heldout" not in full.sizes() and full.classes == tuple(range(10))
+
+
+@pytest.mark.parametrize("classes", [(10,), (-1,), tuple(range(9))])
+def test_impossible_heldout_classes_are_refused(root, classes):
+    with pytest.raises(data.DataError, match="heldout_classes"):
+        load(root, heldout_classes=classes)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

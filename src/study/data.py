@@ -17,7 +17,7 @@ import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +114,10 @@ class Dataset:
     x_test: Tensor
     y_test: Tensor
     num_classes: int
+    # Test images of the classes held out of training and validation (the "none of the above" inputs), [H, D],
+    # and the original class of each kept label: label k of every split above is class ``classes[k]``.
+    x_heldout: Tensor = field(default_factory=lambda: torch.empty(0))
+    classes: tuple[int, ...] = ()
 
     @property
     def input_dim(self) -> int:
@@ -121,7 +125,8 @@ class Dataset:
 
     def sizes(self) -> dict[str, int]:
         sizes = {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)}
-        return {**sizes, "flipped": int(self.flipped.sum())}
+        sizes["flipped"] = int(self.flipped.sum())
+        return {**sizes, "heldout": len(self.x_heldout)} if len(self.x_heldout) else sizes
 
 
 # ---- where the files come from ---------------------------------------------------------------------------------------
@@ -469,6 +474,7 @@ def load(
     test_size: int,
     label_noise: float,
     noise_seed: int,
+    heldout_classes: tuple[int, ...] = (),
 ) -> Dataset:
     """Reads what prepare() wrote under root (verified again) and returns the split, normalised dataset.
 
@@ -476,6 +482,10 @@ def load(
     or its first train_size when train_size > 0. Test: the first test_size examples when test_size > 0.
     Inputs are standardised with one scalar mean and std of the training split (after images are scaled to [0, 1]).
     Label noise touches the training labels only; validation and test labels stay clean.
+
+    ``heldout_classes`` are removed from training and validation after the split (so the other classes keep the
+    examples they have without it); their test images become ``x_heldout`` and the kept classes are relabelled
+    0..K'-1 in their original order (``classes`` maps back).
     """
     _check_dataset(dataset)
     root = Path(root)
@@ -498,12 +508,24 @@ def load(
     if not 0.0 <= label_noise <= 1.0:
         raise DataError(f"label_noise={label_noise}: a share of the training labels, between 0 and 1.")
 
+    heldout = tuple(sorted(set(heldout_classes)))
+    if any(not 0 <= c < NUM_CLASSES for c in heldout) or len(heldout) > NUM_CLASSES - 2:
+        raise DataError(f"heldout_classes={list(heldout_classes)}: class indices 0..{NUM_CLASSES - 1}, leaving at "
+                        "least two classes to train on.")
+
     order = torch.randperm(n_all, generator=torch.Generator().manual_seed(split_seed))
     val_index, train_index = order[:val_size], order[val_size:]
     if train_size > 0:
         train_index = train_index[:train_size]
     if test_size > 0:
         x_test, y_test = x_test[:test_size], y_test[:test_size]
+
+    kept = torch.tensor([c for c in range(NUM_CLASSES) if c not in heldout])
+    relabel = torch.full((NUM_CLASSES,), -1, dtype=torch.long)
+    relabel[kept] = torch.arange(len(kept))
+    train_index = train_index[relabel[y_all[train_index]] >= 0]
+    val_index = val_index[relabel[y_all[val_index]] >= 0]
+    out_of_classes = relabel[y_test] < 0
 
     x_train = x_all[train_index]
     mean, std = x_train.mean(), x_train.std(correction=0)
@@ -515,8 +537,8 @@ def load(
     def standardise(x: Tensor) -> Tensor:
         return ((x - mean) / std).contiguous()
 
-    y_train_clean = y_all[train_index]
-    y_train, flipped = _flip_labels(y_train_clean, label_noise, noise_seed, NUM_CLASSES)
+    y_train_clean = relabel[y_all[train_index]]
+    y_train, flipped = _flip_labels(y_train_clean, label_noise, noise_seed, len(kept))
     return Dataset(
         name=dataset,
         x_train=standardise(x_train),
@@ -524,8 +546,10 @@ def load(
         y_train_clean=y_train_clean,
         flipped=flipped,
         x_val=standardise(x_all[val_index]),
-        y_val=y_all[val_index],
-        x_test=standardise(x_test),
-        y_test=y_test,
-        num_classes=NUM_CLASSES,
+        y_val=relabel[y_all[val_index]],
+        x_test=standardise(x_test[~out_of_classes]),
+        y_test=relabel[y_test[~out_of_classes]],
+        num_classes=len(kept),
+        x_heldout=standardise(x_test[out_of_classes]),
+        classes=tuple(kept.tolist()),
     )
