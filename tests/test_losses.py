@@ -1,8 +1,10 @@
-"""The four losses against torch.nn.functional, against closed forms written in numpy (float64), and their logit
-gradients against the closed forms of DESIGN.md."""
+"""Every registered loss against an independent reference (torch.nn.functional or numpy, float64), its closed-form
+logit gradient against autograd, finiteness at extreme logits, the [M, K, B] layout, and its value at zero logits.
+Tests are parametrised over the registry: a new entry is tested by being added (and by a reference added below)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -11,11 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from study import losses
-from study.losses import LOSSES
+from study.losses import LOSSES, LossSpec
 
 K = 10
-EPS = 0.1
-NAMES = ["mse", "sigmoid_bce", "softmax_nll", "smoothed_ce"]
+NAMES = list(losses.names())
+CLOSED_FORMS = [s.name for s in losses.specs() if s.with_grad is not None]
 
 
 def batch(scale: float = 3.0, n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,60 +40,64 @@ def extreme_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([logits, wrong, right]), torch.cat([labels, torch.tensor([0, 0])])
 
 
-def loss(name: str):
-    return losses.build(name, {"eps": EPS} if name == "smoothed_ce" else None)
+def options(name: str) -> dict[str, float]:
+    return dict(losses.spec(name).options)
 
 
-# ---- closed forms, independent of torch -------------------------------------------------------------------------
+# ---- independent references: numpy in float64, written from the papers' formulas, not from losses.py ----------------
 
 
-def np_softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def np_logsumexp(z: np.ndarray) -> np.ndarray:
-    top = z.max(axis=1)
-    return top + np.log(np.exp(z - top[:, None]).sum(axis=1))
+def np_log_softmax(z: np.ndarray) -> np.ndarray:
+    top = z.max(axis=1, keepdims=True)
+    return z - top - np.log(np.exp(z - top).sum(axis=1, keepdims=True))
 
 
 def np_onehot(y: np.ndarray) -> np.ndarray:
     return np.eye(K)[y]
 
 
-def closed_form(name: str, z: np.ndarray, y: np.ndarray) -> np.ndarray:
-    t = np_onehot(y)
-    lse = np_logsumexp(z)
-    z_y = z[np.arange(len(y)), y]
-    if name == "mse":
-        return ((np_softmax(z) - t) ** 2).sum(axis=1)
-    if name == "sigmoid_bce":
+def np_value(name: str, z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    o, t = options(name), np_onehot(y)
+    log_p = np_log_softmax(z)
+    p = np.exp(log_p)
+    log_p_y = log_p[np.arange(len(y)), y]
+    p_y = np.exp(log_p_y)
+    return {
+        "mse": lambda: ((p - t) ** 2).sum(axis=1),
         # -[t log s(z) + (1 - t) log(1 - s(z))] = softplus(z) - t z, summed over classes
-        return (np.logaddexp(0.0, z) - t * z).sum(axis=1)
-    if name == "softmax_nll":
-        return lse - z_y
-    if name == "smoothed_ce":
-        return (1 - EPS) * (lse - z_y) + EPS * (lse[:, None] - z).mean(axis=1)
-    raise AssertionError(name)
+        "sigmoid_bce": lambda: (np.logaddexp(0.0, z) - t * z).sum(axis=1),
+        "softmax_nll": lambda: -log_p_y,
+        "smoothed_ce": lambda: (1 - o.get("eps", 0)) * -log_p_y + o.get("eps", 0) * -log_p.mean(axis=1),
+        "logit_mse": lambda: ((z - t) ** 2).sum(axis=1),
+        "focal": lambda: -((1 - p_y) ** o.get("gamma", 0)) * log_p_y,
+        "gce": lambda: (1 - p_y ** o.get("q", 1)) / o.get("q", 1),
+        "mae": lambda: np.abs(p - t).sum(axis=1),
+    }[name]()
 
 
-def closed_form_grad(name: str, z: np.ndarray, y: np.ndarray) -> np.ndarray:
-    t = np_onehot(y)
-    p = np_softmax(z)
-    if name == "mse":
-        # d/dz sum_k (p_k - t_k)^2 = J^T 2(p - t), J = diag(p) - p p^T
-        r = 2 * (p - t)
-        return p * r - p * (p * r).sum(axis=1, keepdims=True)
-    if name == "sigmoid_bce":
-        return 0.5 * (1 + np.tanh(z / 2)) - t  # sigmoid, without overflow at -1e4
-    if name == "softmax_nll":
-        return p - t
-    if name == "smoothed_ce":
-        return (1 - EPS) * (p - t) + EPS * (p - 1 / K)
-    raise AssertionError(name)
+def np_grad(name: str, z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """d loss / d z by hand: the chain rule through dp_y/dz = p_y (t - p) and dp/dz = diag(p) - p p^T."""
+    o, t = options(name), np_onehot(y)
+    log_p = np_log_softmax(z)
+    p = np.exp(log_p)
+    log_p_y = log_p[np.arange(len(y)), y][:, None]
+    p_y = np.exp(log_p_y)
+    gamma, q = o.get("gamma", 0), o.get("q", 1)
+    return {
+        "mse": lambda: p * 2 * (p - t) - p * (p * 2 * (p - t)).sum(axis=1, keepdims=True),
+        "sigmoid_bce": lambda: 0.5 * (1 + np.tanh(z / 2)) - t,  # sigmoid, without overflow at -1e4
+        "softmax_nll": lambda: p - t,
+        "smoothed_ce": lambda: (1 - o.get("eps", 0)) * (p - t) + o.get("eps", 0) * (p - 1 / K),
+        "logit_mse": lambda: 2 * (z - t),
+        # f(p_y) = -(1 - p_y)^g log p_y; f' p_y (t - p) with f' = g (1 - p_y)^(g-1) log p_y - (1 - p_y)^g / p_y
+        "focal": lambda: (gamma * p_y * (1 - p_y) ** (gamma - 1) * log_p_y - (1 - p_y) ** gamma) * (t - p),
+        "gce": lambda: p_y**q * (p - t),
+        "mae": lambda: 2 * p_y * (p - t),
+    }[name]()
 
 
-def reference(name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def torch_reference(name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+    """torch.nn.functional's own loss where one computes the same thing; None where it has none."""
     targets = F.one_hot(labels, K).to(logits.dtype)
     if name == "mse":
         return F.mse_loss(logits.softmax(dim=1), targets, reduction="none").sum(dim=1)
@@ -100,23 +106,116 @@ def reference(name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     if name == "softmax_nll":
         return F.cross_entropy(logits, labels, reduction="none")
     if name == "smoothed_ce":
-        return F.cross_entropy(logits, labels, label_smoothing=EPS, reduction="none")
-    raise AssertionError(name)
+        return F.cross_entropy(logits, labels, label_smoothing=options(name)["eps"], reduction="none")
+    if name == "logit_mse":
+        return F.mse_loss(logits, targets, reduction="none").sum(dim=1)
+    if name == "mae":
+        return F.l1_loss(logits.softmax(dim=1), targets, reduction="none").sum(dim=1)
+    return None
+
+
+UNIFORM = {  # DESIGN.md's step-0 values at zero logits, K = 10, default options
+    "mse": 0.9, "sigmoid_bce": 10 * math.log(2), "softmax_nll": math.log(10), "smoothed_ce": math.log(10),
+    "logit_mse": 1.0, "focal": 0.9**3 * math.log(10), "gce": (1 - 10**-0.7) / 0.7, "mae": 1.8,
+}
 
 
 def autograd(name: str, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     logits = logits.clone().requires_grad_(True)
-    per_example = loss(name)(logits, labels)
+    per_example = losses.build(name)(logits, labels)
     (grad,) = torch.autograd.grad(per_example.sum(), logits)
     return per_example.detach(), grad
+
+
+def check_closed_form_gradient(name: str, *, scales=(0.1, 3.0, 30.0), rtol: float = 1e-10,
+                               atol: float = 1e-12) -> None:
+    """The spec's closed-form (loss, dlogits) against autograd of its own function, float64: the value exactly, the
+    gradient to ``rtol``. Raises AssertionError on a mismatch (the registry's gradient check)."""
+    with_grad = losses.spec(name).bind_with_grad()
+    for scale in scales:
+        logits, labels = batch(scale)
+        logits = logits.double()
+        value, grad = with_grad(logits, labels)
+        expected_value, expected_grad = autograd(name, logits, labels)
+        torch.testing.assert_close(value, expected_value, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grad, expected_grad, rtol=rtol, atol=atol)
 
 
 # ---- the registry -------------------------------------------------------------------------------------------------
 
 
-def test_registry_holds_exactly_the_four_losses():
+def test_registry_holds_the_missions_four_then_the_additions():
+    assert NAMES == ["mse", "sigmoid_bce", "softmax_nll", "smoothed_ce", "logit_mse", "focal", "gce", "mae"]
+    assert list(LOSSES) == list(losses.CONVENTIONS) == NAMES
+    assert losses.reference() == "softmax_nll"
+
+
+def test_specs_are_complete_and_distinct():
+    specs = losses.specs()
+    assert len({s.colour for s in specs}) == len({s.label for s in specs}) == len(specs)
+    assert sum(s.reference for s in specs) == 1
+    for s in specs:
+        assert s.colour.startswith("#") and len(s.colour) == 7
+        assert set(s.conventions) == {"link", "targets", "class_reduction"}
+        assert s.formula and s.family and s.fn.__doc__
+        if s.source:  # a loss taken from a paper names it in its docstring
+            assert all(author.split()[0] in s.fn.__doc__ for author in s.source.split("; "))
+    assert {s.name for s in specs if s.with_grad is None} == {"focal"}  # at least one runs the autograd path
+
+
+def test_the_mission_colours_are_unchanged():
+    assert {n: losses.spec(n).colour for n in NAMES[:4]} == {
+        "mse": "#de8f05", "sigmoid_bce": "#029e73", "softmax_nll": "#0173b2", "smoothed_ce": "#cc78bc"}
+
+
+def test_every_claim_names_losses_that_exist():
+    for claim in losses.CLAIMS:
+        assert set(losses.taking_part(claim)) <= set(NAMES)
+    assert losses.taking_part("faster_training") == ("mse", "sigmoid_bce")
+    with pytest.raises(ValueError, match="unknown claim"):
+        losses.taking_part("made_up")
+    with pytest.raises(ValueError, match="unknown claims"):
+        dataclasses.replace(losses.spec("mse"), name="x", claims={"made_up"})
+
+
+def scaled_ce(logits: torch.Tensor, labels: torch.Tensor, *, scale: float = 2.0) -> torch.Tensor:
+    return scale * F.cross_entropy(logits, labels, reduction="none")
+
+
+def test_views_follow_registrations_made_at_run_time():
+    spec = LossSpec("scaled_ce", scaled_ce, label="2 x cross-entropy", colour="#949494",
+                    conventions={"link": "softmax", "targets": "class index", "class_reduction": "none (picks y)"},
+                    formula="2 · −log softmax(z)_y", options={"scale": 2.0}, family="cross-entropy")
+    with losses.registered(spec):
+        assert "scaled_ce" in LOSSES and "scaled_ce" in losses.CONVENTIONS
+        assert "scaled_ce" not in losses.WITH_GRADIENTS  # no closed form: autograd supplies it
+        assert losses.check_name("scaled_ce") == "scaled_ce"
+        logits, labels = batch()
+        value, grad = losses.build_with_grad("scaled_ce")(logits, labels)
+        torch.testing.assert_close(grad, 2 * (logits.softmax(dim=1) - F.one_hot(labels, K)))
+        assert losses.uniform_value("scaled_ce") == pytest.approx(2 * math.log(10))  # evaluated: no closed form
+    assert "scaled_ce" not in LOSSES and len(LOSSES) == len(NAMES)
+    with pytest.raises(ValueError, match="unknown loss"):
+        losses.build("scaled_ce")
+
+
+def test_registration_refuses_a_second_reference_and_a_duplicate():
+    with pytest.raises(ValueError, match="reference"):
+        losses.register(dataclasses.replace(losses.spec("softmax_nll"), name="nll_again"))
+    with pytest.raises(ValueError, match="registered already"):
+        losses.register(losses.spec("mse"))
     assert list(LOSSES) == NAMES
-    assert set(losses.CONVENTIONS) == set(NAMES)
+
+
+def test_a_variant_is_an_entry_with_other_options():
+    variant = losses.variant("smoothed_ce", "smoothed_ce_05", eps=0.05, colour="#949494")
+    assert variant.label == "label-smoothed cross-entropy (eps = 0.05)" and not variant.claims
+    with losses.registered(variant):
+        logits, labels = batch()
+        expected = F.cross_entropy(logits, labels, label_smoothing=0.05, reduction="none")
+        torch.testing.assert_close(losses.build("smoothed_ce_05")(logits, labels), expected)
+        check_closed_form_gradient("smoothed_ce_05")
+    assert losses.spec("smoothed_ce").options["eps"] == 0.1
 
 
 def test_unknown_name_lists_the_valid_ones():
@@ -128,21 +227,26 @@ def test_unknown_name_lists_the_valid_ones():
         assert name in message
 
 
-def test_build_binds_eps():
+def test_build_binds_the_defaults_updated_by_the_options():
     logits, labels = batch()
     bound = losses.build("smoothed_ce", {"eps": 0.3})
-    expected = F.cross_entropy(logits, labels, label_smoothing=0.3, reduction="none")
-    torch.testing.assert_close(bound(logits, labels), expected)
-    assert not torch.allclose(bound(logits, labels), losses.smoothed_ce(logits, labels))  # the default 0.1 differs
+    torch.testing.assert_close(bound(logits, labels),
+                               F.cross_entropy(logits, labels, label_smoothing=0.3, reduction="none"))
+    torch.testing.assert_close(losses.build("smoothed_ce")(logits, labels),
+                               F.cross_entropy(logits, labels, label_smoothing=0.1, reduction="none"))
     assert losses.build("mse") is losses.mse  # no options: the function itself
+    assert losses.build("mse", {}) is losses.mse
+    with pytest.raises(ValueError, match="takes no options"):
+        losses.build("mse", {"eps": 0.1})
+    with pytest.raises(ValueError, match="takes gamma"):
+        losses.build_with_grad("focal", {"eps": 0.1})
 
 
-def test_eps_is_keyword_only_with_default_point_one():
+def test_knobs_are_keyword_only():
     logits, labels = batch()
-    with pytest.raises(TypeError):
-        losses.smoothed_ce(logits, labels, 0.2)
-    expected = F.cross_entropy(logits, labels, label_smoothing=0.1, reduction="none")
-    torch.testing.assert_close(losses.smoothed_ce(logits, labels), expected)
+    for fn in (losses.smoothed_ce, losses.focal, losses.gce):
+        with pytest.raises(TypeError):
+            fn(logits, labels, 0.2)
 
 
 # ---- values -------------------------------------------------------------------------------------------------------
@@ -150,53 +254,47 @@ def test_eps_is_keyword_only_with_default_point_one():
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("scale", [0.1, 3.0, 30.0])
-def test_equals_functional_reference(name, scale):
+def test_equals_its_independent_reference(name, scale):
     logits, labels = batch(scale)
-    per_example = loss(name)(logits, labels)
+    per_example = losses.build(name)(logits.double(), labels)
     assert per_example.shape == (len(labels),)
-    torch.testing.assert_close(per_example, reference(name, logits, labels), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(per_example.numpy(), np_value(name, logits.double().numpy(), labels.numpy()),
+                               rtol=1e-10, atol=1e-12)
+    per_example32 = losses.build(name)(logits, labels)  # the dtype training uses
+    np.testing.assert_allclose(per_example32.numpy(), np_value(name, logits.double().numpy(), labels.numpy()),
+                               rtol=1e-5, atol=1e-5)
+    functional = torch_reference(name, logits, labels)
+    if functional is not None:
+        torch.testing.assert_close(per_example32, functional, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("scale", [0.1, 3.0, 30.0])
-def test_equals_numpy_closed_form(name, scale):
-    logits, labels = batch(scale)
-    per_example = loss(name)(logits.double(), labels).numpy()
-    np.testing.assert_allclose(per_example, closed_form(name, logits.double().numpy(), labels.numpy()),
-                               rtol=1e-10, atol=1e-12)
-    per_example32 = loss(name)(logits, labels).numpy()  # the dtype training uses
-    np.testing.assert_allclose(per_example32, closed_form(name, logits.double().numpy(), labels.numpy()),
-                               rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("name, value", [("mse", 0.9), ("sigmoid_bce", 10 * math.log(2)),
-                                         ("softmax_nll", math.log(10)), ("smoothed_ce", math.log(10))])
-def test_step0_value_at_zero_logits(name, value):
+def test_value_at_zero_logits_is_the_uniform_value(name):
     labels = torch.arange(K)
-    per_example = loss(name)(torch.zeros(K, K), labels)
-    torch.testing.assert_close(per_example, torch.full((K,), value), rtol=1e-6, atol=1e-6)
-    assert losses.uniform_value(name, K, eps=EPS) == pytest.approx(value, rel=1e-12)
+    per_example = losses.build(name)(torch.zeros(K, K, dtype=torch.float64), labels)
+    torch.testing.assert_close(per_example, torch.full((K,), losses.uniform_value(name, K), dtype=torch.float64),
+                               rtol=1e-12, atol=1e-12)
+    assert losses.uniform_value(name, K) == pytest.approx(UNIFORM[name], rel=1e-12)
 
 
 def test_step0_values_as_written_in_design():
     assert losses.uniform_value("mse") == pytest.approx(0.9)
     assert round(losses.uniform_value("sigmoid_bce"), 3) == 6.931
     assert round(losses.uniform_value("softmax_nll"), 3) == 2.303
-    assert round(losses.uniform_value("smoothed_ce"), 3) == 2.303
+    assert round(losses.uniform_value("smoothed_ce", eps=0.3), 3) == 2.303  # any eps: every class at 1/K
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_finite_values_and_gradients_at_extreme_logits(name):
     logits, labels = extreme_batch()
-    per_example, grad = autograd(name, logits, labels)
-    assert per_example.shape == (len(labels),)
-    assert torch.isfinite(per_example).all()
-    assert torch.isfinite(grad).all()
-    # Log space keeps the values right, not just finite: a confidently wrong softmax_nll costs 2e4.
-    np.testing.assert_allclose(per_example.double().numpy(),
-                               closed_form(name, logits.double().numpy(), labels.numpy()), rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(grad.double().numpy(), closed_form_grad(name, logits.double().numpy(), labels.numpy()),
-                               rtol=1e-5, atol=1e-6)
+    for per_example, grad in (autograd(name, logits, labels), losses.build_with_grad(name)(logits, labels)):
+        assert per_example.shape == (len(labels),)
+        assert torch.isfinite(per_example).all() and torch.isfinite(grad).all()
+        # Log space keeps the values right, not just finite: a confidently wrong softmax_nll costs 2e4.
+        np.testing.assert_allclose(per_example.double().numpy(),
+                                   np_value(name, logits.double().numpy(), labels.numpy()), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(grad.double().numpy(), np_grad(name, logits.double().numpy(), labels.numpy()),
+                                   rtol=1e-5, atol=1e-6)
 
 
 # ---- gradients ----------------------------------------------------------------------------------------------------
@@ -204,71 +302,65 @@ def test_finite_values_and_gradients_at_extreme_logits(name):
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("scale", [0.1, 3.0, 30.0])
-def test_logit_gradient_equals_closed_form(name, scale):
+def test_logit_gradient_equals_the_hand_derived_one(name, scale):
     logits, labels = batch(scale)
     _, grad = autograd(name, logits.double(), labels)
-    np.testing.assert_allclose(grad.numpy(), closed_form_grad(name, logits.double().numpy(), labels.numpy()),
+    np.testing.assert_allclose(grad.numpy(), np_grad(name, logits.double().numpy(), labels.numpy()),
                                rtol=1e-9, atol=1e-12)
 
 
-def with_grad(name: str):
-    return losses.build_with_grad(name, {"eps": EPS} if name == "smoothed_ce" else None)
+@pytest.mark.parametrize("name", CLOSED_FORMS)
+def test_closed_form_gradient_equals_autograd(name):
+    check_closed_form_gradient(name)
 
 
-def grad_fn(name: str):
-    return lambda logits, labels: with_grad(name)(logits, labels)[1]
+def test_the_gradient_check_catches_a_wrong_closed_form():
+    def half_the_gradient(logits, labels):  # the right loss, a gradient off by a factor of 2
+        value, grad = losses.softmax_nll_with_grad(logits, labels)
+        return value, grad / 2
 
-
-def test_every_loss_has_its_closed_form_gradient():
-    assert list(losses.WITH_GRADIENTS) == NAMES
+    wrong = dataclasses.replace(losses.spec("softmax_nll"), name="wrong_grad", with_grad=half_the_gradient,
+                                reference=False)
+    with losses.registered(wrong):
+        with pytest.raises(AssertionError):
+            check_closed_form_gradient("wrong_grad")
+    check_closed_form_gradient("softmax_nll")
 
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("scale", [0.1, 3.0, 30.0])
 def test_trainer_value_is_the_loss_and_its_gradient_autograds(name, scale):
-    """What the trainer steps with: the loss exactly as reported, and its derivative (float64: to 1e-10)."""
+    """What the trainer steps with (closed form or autograd): the loss exactly as reported, and its derivative."""
     logits, labels = batch(scale)
-    value, grad = with_grad(name)(logits, labels)
-    assert torch.equal(value, loss(name)(logits, labels))
-    _, expected = autograd(name, logits.double(), labels)
-    torch.testing.assert_close(grad_fn(name)(logits.double(), labels), expected, rtol=1e-10, atol=1e-12)
+    value, grad = losses.build_with_grad(name)(logits, labels)
+    assert torch.equal(value, losses.build(name)(logits, labels))
     _, expected32 = autograd(name, logits, labels)
     torch.testing.assert_close(grad, expected32, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_trainer_gradient_is_finite_and_right_at_extreme_logits(name):
-    logits, labels = extreme_batch()
-    value, grad = with_grad(name)(logits, labels)
-    assert torch.equal(value, loss(name)(logits, labels))
-    assert torch.isfinite(grad).all()
-    np.testing.assert_allclose(grad.double().numpy(), closed_form_grad(name, logits.double().numpy(), labels.numpy()),
-                               rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_class_dimension_is_one_with_trailing_example_dimensions(name):
     """[M, K, B] logits (the trainer's layout: models, classes, batch) give what [M * B, K] rows give."""
     generator = torch.Generator().manual_seed(2)
-    logits = torch.randn(3, K, 7, generator=generator) * 4
+    logits = torch.randn(3, K, 7, generator=generator, dtype=torch.float64) * 4
     labels = torch.randint(0, K, (3, 7), generator=generator)
     rows, row_labels = logits.transpose(1, 2).reshape(-1, K), labels.reshape(-1)
-    torch.testing.assert_close(loss(name)(logits, labels), loss(name)(rows, row_labels).view(3, 7))
-    torch.testing.assert_close(grad_fn(name)(logits, labels),
-                               grad_fn(name)(rows, row_labels).view(3, 7, K).transpose(1, 2))
+    fn, with_grad = losses.build(name), losses.build_with_grad(name)
+    torch.testing.assert_close(fn(logits, labels), fn(rows, row_labels).view(3, 7))
+    value, grad = with_grad(logits, labels)
+    row_value, row_grad = with_grad(rows, row_labels)
+    torch.testing.assert_close(value, row_value.view(3, 7))
+    torch.testing.assert_close(grad, row_grad.view(3, 7, K).transpose(1, 2))
 
 
-def test_softmax_gradients_in_torch_terms():
-    """The same identities once more with torch alone: softmax - onehot, and its smoothed mixture."""
-    logits, labels = batch(5.0)
-    probs = logits.softmax(dim=1)
-    onehot = F.one_hot(labels, K).float()
-    _, grad = autograd("softmax_nll", logits, labels)
-    torch.testing.assert_close(grad, probs - onehot)
-    _, grad = autograd("smoothed_ce", logits, labels)
-    torch.testing.assert_close(grad, (1 - EPS) * (probs - onehot) + EPS * (probs - 1 / K))
-    _, grad = autograd("sigmoid_bce", logits, labels)
-    torch.testing.assert_close(grad, logits.sigmoid() - onehot)
+def test_with_grad_works_under_no_grad():
+    """The trainer computes the step inside torch.no_grad(); the autograd path must still differentiate."""
+    logits, labels = batch()
+    with torch.no_grad():
+        value, grad = losses.build_with_grad("focal")(logits, labels)
+    _, expected = autograd("focal", logits, labels)
+    torch.testing.assert_close(grad, expected)
+    assert not value.requires_grad
 
 
 def test_softmax_nll_gradient_norm_at_most_sqrt2():
@@ -285,3 +377,11 @@ def test_softmax_nll_gradient_norm_at_most_sqrt2():
         value, grad = autograd("softmax_nll", z, torch.tensor([0]))
         assert grad.norm() <= math.sqrt(2) + 1e-6
         assert value.item() == pytest.approx(a + math.log1p(9 * math.exp(-a)), rel=1e-5)
+
+
+def test_bounded_losses_stay_below_their_bound():
+    logits, labels = batch(50.0, n=2000)
+    bounds = {"mse": 2.0, "gce": 1 / 0.7, "mae": 2.0}
+    assert {s.name for s in losses.specs() if s.bounded} == set(bounds)
+    for name, bound in bounds.items():
+        assert losses.build(name)(logits.double(), labels).max() <= bound + 1e-12
