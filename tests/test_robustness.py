@@ -4,23 +4,14 @@ states the same findings; only numbers may move."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from smoke_repo import copy_repo
-from study import tables
+from study import findings, tables
 
 pytestmark = pytest.mark.slow
 
 TUNED = ["fashion_sgd", "fashion_adam", "mnist1d_sgd"]
-NUMBER = re.compile(r"[-+]?\d+(?:[.,]\d+)*(?:e[-+]?\d+)?")
-
-
-def findings(repo) -> list[str]:
-    """The report's findings with every number masked."""
-    md = (repo / "results" / "report" / "report.md").read_text()
-    return [NUMBER.sub("#", line) for line in md.split("## Findings")[1].split("\n## ")[0].splitlines() if line]
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +35,7 @@ def test_another_thread_count_chooses_the_same_learning_rates(smoke_pipeline, on
     "ranking or a paired test across its threshold; training amplifies reduction-order differences into a "
     "seed-like variation. Kept running so that an XPASS or XFAIL shows the state."))
 def test_another_thread_count_states_the_same_findings(smoke_pipeline, one_thread):
-    default, single = findings(smoke_pipeline.repo), findings(one_thread.repo)
-    assert default  # the report has findings to compare
-    assert single == default
+    report = ("results", "report", "report.md")
+    result = findings.compare_files(smoke_pipeline.repo.joinpath(*report), one_thread.repo.joinpath(*report))
+    assert result.kept  # the report has findings to compare
+    assert not result.changed and not result.only_first and not result.only_second, result.changed

@@ -1,0 +1,54 @@
+"""Do two runs of the study state the same findings? The report's findings with every number masked, compared
+bullet by bullet: what a rerun on another machine (or with another thread count) must keep, since only its numbers
+may move. Imports nothing from the study."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+NUMBER = re.compile(r"[-+−]?\d+(?:[.,]\d+)*(?:e[-+]?\d+)?%?")
+
+
+def masked(report_md: str) -> list[str]:
+    """The bullets of the report's "Findings" section with every number replaced by ``#``."""
+    if "## Findings" not in report_md:
+        raise ValueError("no '## Findings' section: pass a report.md written by `study report`")
+    section = report_md.split("## Findings", 1)[1].split("\n## ", 1)[0]
+    return [NUMBER.sub("#", line) for line in section.splitlines() if line.startswith("- ")]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    kept: list[str]
+    changed: list[tuple[str, str]]  # (first, second), paired by their topic (the text before the first colon)
+    only_first: list[str]
+    only_second: list[str]
+
+    def summary(self) -> str:
+        total = len(self.kept) + len(self.changed) + len(self.only_first)
+        return f"{len(self.kept)} of {total} findings kept their wording (numbers masked)"
+
+
+def _topic(bullet: str) -> str:
+    return bullet.split(":", 1)[0]
+
+
+def compare(first_md: str, second_md: str) -> Comparison:
+    first, second = masked(first_md), masked(second_md)
+    by_topic = {_topic(b): b for b in second}
+    kept, changed, only_first = [], [], []
+    for bullet in first:
+        other = by_topic.pop(_topic(bullet), None)
+        if other is None:
+            only_first.append(bullet)
+        elif other == bullet:
+            kept.append(bullet)
+        else:
+            changed.append((bullet, other))
+    return Comparison(kept, changed, only_first, list(by_topic.values()))
+
+
+def compare_files(first: Path, second: Path) -> Comparison:
+    return compare(Path(first).read_text(), Path(second).read_text())
