@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from study import probe
+from study import losses, probe
 from study.losses import LOSSES
 
 K = 10
@@ -23,7 +23,7 @@ SEED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "seed" / "understan
 
 @pytest.fixture(scope="module")
 def table() -> pd.DataFrame:
-    return probe.sweep(list(LOSSES), max_margin=12.0, points=25, eps=EPS)
+    return probe.sweep(list(LOSSES), max_margin=12.0, points=25)
 
 
 def closed_form_probs(margin: float) -> np.ndarray:
@@ -82,7 +82,7 @@ def test_smoothed_gradient_is_softmax_minus_smoothed_target(table):
 
 
 def test_losses_grow_without_bound_while_the_gradient_does_not():
-    far = probe.sweep(["softmax_nll", "smoothed_ce"], max_margin=1e3, points=5, eps=EPS)
+    far = probe.sweep(["softmax_nll", "smoothed_ce"], max_margin=1e3, points=5)
     at_max = far[far["margin"] == 1e3]
     assert (at_max["loss_value"] > 900).all()  # ~ a: unbounded
     assert (at_max["logit_grad_norm"] <= math.sqrt(2)).all()
@@ -116,22 +116,61 @@ def test_sigmoid_bce_gradient_is_sigmoid_minus_onehot(table):
 
 
 def test_sweep_is_finite_at_extreme_margins():
-    extreme = probe.sweep(list(LOSSES), max_margin=1e4, points=3, eps=EPS)
+    extreme = probe.sweep(list(LOSSES), max_margin=1e4, points=3)
     assert np.isfinite(extreme.drop(columns="loss").to_numpy()).all()
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_sweep_is_the_loss_and_the_gradient_training_steps_with(name, table):
+    """The sweep (autograd of the registered loss) against the loss's own (loss, dlogits), closed form or autograd,
+    at every margin of the table: the figure shows what the trainer feels."""
+    rows = table[table["loss"] == name]
+    logits = probe.confident_wrong_logits(torch.tensor(rows["margin"].to_numpy()), K)
+    value, grad = losses.build_with_grad(name)(logits, torch.zeros(len(rows), dtype=torch.long))
+    np.testing.assert_allclose(rows["loss_value"], value.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(rows["logit_grad_norm"], grad.norm(dim=1).numpy(), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(rows["grad_true"], grad[:, probe.TRUE_CLASS].numpy(), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_sweep_is_finite_for_every_loss_at_extreme_margins(name):
+    extreme = probe.sweep([name], max_margin=1e4, points=3)
+    assert np.isfinite(extreme.drop(columns="loss").to_numpy()).all()
+    if losses.spec(name).bounded:  # far out a bounded loss sits at its supremum, with a vanishing gradient
+        assert extreme["loss_value"].iloc[-1] == pytest.approx(probe.anchors(K, [name])[f"{name}_loss_far"])
+        assert extreme["logit_grad_norm"].iloc[-1] < 1e-12
+
+
+def test_sweep_takes_options_over_the_registry_defaults():
+    default = probe.sweep(["smoothed_ce"], max_margin=4.0, points=3)
+    other = probe.sweep(["smoothed_ce"], max_margin=4.0, points=3, options={"smoothed_ce": {"eps": 0.3}})
+    logits = probe.confident_wrong_logits(torch.tensor([-4.0, 0.0, 4.0], dtype=torch.float64), K)
+    labels = torch.zeros(3, dtype=torch.long)
+    for frame, eps in ((default, 0.1), (other, 0.3)):
+        expected = F.cross_entropy(logits, labels, label_smoothing=eps, reduction="none")
+        np.testing.assert_allclose(frame["loss_value"], expected.numpy(), rtol=1e-12)
+
+
+def test_a_registered_loss_is_swept():
+    spec = losses.variant("gce", "gce_q05", q=0.5, colour="#949494")
+    with losses.registered(spec):
+        rows = probe.sweep(["gce_q05"], max_margin=3.0, points=3)
+    p_true = rows["p_true"].to_numpy()
+    np.testing.assert_allclose(rows["loss_value"], (1 - p_true**0.5) / 0.5, rtol=1e-12)
 
 
 def test_sweep_rejects_bad_arguments():
     with pytest.raises(ValueError):
-        probe.sweep(["softmax_nll"], max_margin=0.0, points=5, eps=EPS)
+        probe.sweep(["softmax_nll"], max_margin=0.0, points=5)
     with pytest.raises(ValueError, match="unknown loss"):
-        probe.sweep(["hinge"], max_margin=1.0, points=5, eps=EPS)
+        probe.sweep(["hinge"], max_margin=1.0, points=5)
 
 
 # --- the anchors ------------------------------------------------------------------------------------------------
 
 
 def test_smoothed_optimum_matches_its_closed_form():
-    gap, floor = probe.smoothed_optimum(EPS, K)
+    gap, floor = probe.optimum("smoothed_ce", K, {"eps": EPS})
     q_true = 1 - EPS + EPS / K  # at the optimum softmax equals the smoothed target: e^d / (e^d + K - 1) = q_true
     assert gap == pytest.approx(math.log(q_true * (K - 1) / (1 - q_true)), abs=1e-9)
     entropy = -(q_true * math.log(q_true) + (K - 1) * (EPS / K) * math.log(EPS / K))
@@ -140,27 +179,37 @@ def test_smoothed_optimum_matches_its_closed_form():
 
 
 def test_smoothed_optimum_needs_smoothing():
-    with pytest.raises(ValueError):
-        probe.smoothed_optimum(0.0, K)
+    with pytest.raises(ValueError, match="no finite optimum"):
+        probe.optimum("smoothed_ce", K, {"eps": 0.0})
+    with pytest.raises(ValueError, match="no finite optimum"):
+        probe.optimum("softmax_nll", K)
 
 
 def test_anchors_match_design():
-    a = probe.anchors(EPS, K)
+    a = probe.anchors(K)
     assert a["grad_norm_cap"] == pytest.approx(math.sqrt(2), rel=1e-12)
-    assert a["mse_bound"] == pytest.approx(2.0, rel=1e-12)
+    assert a["mse_loss_far"] == pytest.approx(2.0, rel=1e-12)  # mse's supremum
     assert a["mse_grad_norm_at_8"] == pytest.approx(0.00704, abs=5e-6)
-    assert a["smoothed_floor"] == pytest.approx(0.500, abs=5e-4)
-    assert a["smoothed_optimal_gap"] == pytest.approx(4.51, abs=5e-3)
+    assert a["smoothed_ce_floor"] == pytest.approx(0.500, abs=5e-4)
+    assert a["smoothed_ce_optimal_gap"] == pytest.approx(4.51, abs=5e-3)
     assert a["smoothed_ce_grad_norm_far"] < math.sqrt(2)
-    expected_step0 = {
-        "softmax_nll": math.log(10),
-        "smoothed_ce": math.log(10),
-        "mse": 0.9,
-        "sigmoid_bce": 10 * math.log(2),
-    }
-    for name, value in expected_step0.items():
+    assert "softmax_nll_floor" not in a  # cross-entropy falls forever: no finite optimum
+    assert a["mae_loss_far"] == pytest.approx(2.0, rel=1e-12) and a["gce_loss_far"] == pytest.approx(1 / 0.7)
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_anchors_hold_every_losss_step0_value(name):
+    a = probe.anchors(K, [name])
+    assert a[f"step0_{name}"] == pytest.approx(losses.uniform_value(name, K), rel=1e-12)
+    assert a[f"step0_{name}_measured"] == pytest.approx(a[f"step0_{name}"], rel=1e-12)
+    assert math.isfinite(a[f"{name}_loss_far"]) and math.isfinite(a[f"{name}_grad_norm_far"])
+
+
+def test_step0_values_as_written_in_design():
+    a = probe.anchors(K)
+    for name, value in {"softmax_nll": math.log(10), "smoothed_ce": math.log(10), "mse": 0.9,
+                        "sigmoid_bce": 10 * math.log(2)}.items():
         assert a[f"step0_{name}"] == pytest.approx(value, rel=1e-12)
-        assert a[f"step0_{name}_measured"] == pytest.approx(value, rel=1e-12)
 
 
 # --- the claims -------------------------------------------------------------------------------------------------

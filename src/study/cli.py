@@ -145,7 +145,8 @@ def probe_cmd(args: argparse.Namespace) -> None:
     from study import probe
 
     cfg = config.load(args.params)
-    sweep = probe.sweep(cfg.losses, max_margin=cfg.probe.max_margin, points=cfg.probe.points, eps=cfg.smoothing_eps)
+    # Each loss with its registered options (study.losses), the ones training binds unless the params override them.
+    sweep = probe.sweep(cfg.losses, max_margin=cfg.probe.max_margin, points=cfg.probe.points)
     tables.write_csv(sweep, args.out / "penalty.csv")
     tables.write_csv(probe.claims(), args.out / "claims.csv")
 

@@ -7,7 +7,7 @@ Imports torch, pandas and the loss registry only; writes no files (the CLI does)
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import pandas as pd
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from study.losses import LOSSES, LossFn, build, check_name, uniform_value
+from study.losses import LossFn, build, check_name, names, reference, spec, uniform_value
 
 SWEEP_COLUMNS = ("loss", "margin", "p_true", "loss_value", "logit_grad_norm", "grad_true")
 CLAIM_COLUMNS = ("claim_id", "claim", "measured", "value", "reference", "verdict", "note", "figure")
@@ -32,9 +32,19 @@ PENALTY_FIGURE = "penalty.png"  # the report figure drawn from the sweep
 # The sweep
 
 
-def _loss_fn(name: str, eps: float) -> LossFn:
-    # The same binding as config.loss_options: eps is smoothed_ce's only knob.
-    return build(name, {"eps": eps} if name == "smoothed_ce" else None)
+Options = Mapping[str, Mapping[str, float]]  # loss -> its options, over the registry's defaults
+
+
+def _loss_fn(name: str, options: Options | None) -> LossFn:
+    return build(name, (options or {}).get(name))
+
+
+def _cross_entropy() -> str:
+    """The seed text's claims are about cross-entropy: the registry's reference loss, which is it."""
+    name = reference()
+    if spec(name).family != "cross-entropy":
+        raise LookupError(f"the reference loss {name!r} is not cross-entropy; the probe's claims are about it")
+    return name
 
 
 def confident_wrong_logits(margins: Tensor, num_classes: int) -> Tensor:
@@ -44,21 +54,24 @@ def confident_wrong_logits(margins: Tensor, num_classes: int) -> Tensor:
     return logits
 
 
-def loss_and_grad(name: str, logits: Tensor, labels: Tensor, *, eps: float) -> tuple[Tensor, Tensor]:
+def loss_and_grad(name: str, logits: Tensor, labels: Tensor, *,
+                  options: Options | None = None) -> tuple[Tensor, Tensor]:
     """Per-example loss [B] and its gradient with respect to that example's logits [B, K], by autograd."""
     logits = logits.detach().clone().requires_grad_(True)
-    per_example = _loss_fn(name, eps)(logits, labels)
+    per_example = _loss_fn(name, options)(logits, labels)
     # Rows do not interact, so the gradient of the sum is the stack of per-example gradients.
     (grad,) = torch.autograd.grad(per_example.sum(), logits)
     return per_example.detach(), grad
 
 
-def sweep(losses: Sequence[str], *, max_margin: float, points: int, eps: float, num_classes: int = 10) -> pd.DataFrame:
-    """Loss and logit gradient of each loss as the wrong-class logit a runs over linspace(-max_margin, max_margin).
+def sweep(losses: Sequence[str], *, max_margin: float, points: int, options: Options | None = None,
+          num_classes: int = 10) -> pd.DataFrame:
+    """Loss and logit gradient of each loss as the wrong-class logit a runs over linspace(-max_margin, max_margin),
+    each loss with its registered options (updated by ``options[loss]``).
 
     One row per (loss, a), columns SWEEP_COLUMNS: ``p_true`` is the softmax probability of the true class (the
-    common yardstick, also for sigmoid_bce), ``logit_grad_norm`` the L2 norm of dL/dlogits and ``grad_true``
-    its true-class entry. float64 throughout.
+    common yardstick, also for a loss without a softmax), ``logit_grad_norm`` the L2 norm of dL/dlogits and
+    ``grad_true`` its true-class entry. float64 throughout.
     """
     if max_margin <= 0 or points < 2 or num_classes < 2:
         raise ValueError(
@@ -70,7 +83,7 @@ def sweep(losses: Sequence[str], *, max_margin: float, points: int, eps: float, 
     p_true = logits.softmax(dim=1)[:, TRUE_CLASS]
     frames = []
     for name in losses:
-        per_example, grad = loss_and_grad(check_name(name), logits, labels, eps=eps)
+        per_example, grad = loss_and_grad(check_name(name), logits, labels, options=options)
         frames.append(
             pd.DataFrame(
                 {
@@ -86,23 +99,21 @@ def sweep(losses: Sequence[str], *, max_margin: float, points: int, eps: float, 
     return pd.concat(frames, ignore_index=True)[list(SWEEP_COLUMNS)]
 
 
-def _at_margin(name: str, margin: float, *, eps: float, num_classes: int) -> tuple[float, float]:
+def _at_margin(name: str, margin: float, *, num_classes: int) -> tuple[float, float]:
     """(loss, logit-gradient norm) of one loss on the confident-wrong example with margin a."""
     logits = confident_wrong_logits(torch.tensor([margin], dtype=torch.float64), num_classes)
-    per_example, grad = loss_and_grad(name, logits, torch.tensor([TRUE_CLASS]), eps=eps)
+    per_example, grad = loss_and_grad(name, logits, torch.tensor([TRUE_CLASS]))
     return float(per_example[0]), float(grad.norm())
 
 
-def smoothed_optimum(eps: float, num_classes: int = 10) -> tuple[float, float]:
-    """(optimal logit gap d, minimum loss) of smoothed_ce when the true logit is d and the others 0.
+def optimum(name: str, num_classes: int = 10, options: Mapping[str, float] | None = None) -> tuple[float, float]:
+    """(optimal logit gap d, minimum loss) of a loss when the true logit is d and the others 0.
 
-    Found numerically: the loss is convex in d, so bisection on the sign of its autograd derivative.
-    With eps = 0 there is no optimum (the loss falls forever), hence eps in (0, 1).
+    Found numerically: bisection on the sign of the autograd derivative, for a loss convex in d (label smoothing's
+    is). A loss that falls forever (cross-entropy, eps = 0) has no finite optimum: a ValueError.
     """
-    if not 0 < eps < 1:
-        raise ValueError(f"smoothed_ce has a finite optimum only for 0 < eps < 1; got eps={eps}")
     label = torch.tensor([TRUE_CLASS])
-    loss_fn = _loss_fn("smoothed_ce", eps)
+    loss_fn = build(name, options)
     true_axis = F.one_hot(label, num_classes).to(torch.float64)  # [1, K]
 
     def loss_at(gap: float) -> Tensor:
@@ -114,12 +125,12 @@ def smoothed_optimum(eps: float, num_classes: int = 10) -> tuple[float, float]:
         return float(grad)
 
     lo, hi = 0.0, 1.0
-    while slope(hi) < 0:  # widen until the loss turns upwards
+    while slope(hi) <= 0:  # widen until the loss turns upwards (a slope that underflowed to 0 never does)
         hi *= 2
         if hi > 1e6:
-            raise ValueError(f"no optimum found for eps={eps}, K={num_classes}")
+            raise ValueError(f"{name} has no finite optimum gap (options {options}, K={num_classes})")
     if slope(lo) > 0:
-        raise ValueError(f"smoothed_ce is increasing at gap 0 for eps={eps}, K={num_classes}")
+        raise ValueError(f"{name} is increasing at gap 0 (options {options}, K={num_classes})")
     for _ in range(200):
         mid = (lo + hi) / 2
         if mid in (lo, hi):
@@ -129,32 +140,26 @@ def smoothed_optimum(eps: float, num_classes: int = 10) -> tuple[float, float]:
     return gap, float(loss_at(gap))
 
 
-def anchors(eps: float, num_classes: int = 10) -> dict[str, float]:
-    """The closed-form anchors of DESIGN.md, each computed by calling the losses.
+def anchors(num_classes: int = 10, losses: Sequence[str] | None = None) -> dict[str, float]:
+    """The closed-form anchors of DESIGN.md, each computed by calling the losses (the registry's, by default).
 
-    ``grad_norm_cap``: softmax_nll's logit-gradient norm far out (a = FAR_MARGIN), its supremum sqrt(2).
-    ``mse_bound``: mse far out, its supremum 2. ``mse_grad_norm_at_8``: mse's vanishing gradient at a = 8.
-    ``smoothed_floor`` / ``smoothed_optimal_gap``: smoothed_optimum. ``step0_<loss>``: uniform_value (closed form)
-    and ``step0_<loss>_measured``: the loss at zero logits.
+    ``grad_norm_cap``: the reference loss's logit-gradient norm far out (a = FAR_MARGIN), its supremum sqrt(2).
+    Per loss: ``<loss>_loss_far`` and ``<loss>_grad_norm_far`` (a bounded loss's value far out is its supremum),
+    ``<loss>_grad_norm_at_8``, ``<loss>_optimal_gap`` / ``<loss>_floor`` where the loss has a finite optimum (label
+    smoothing), ``step0_<loss>``: uniform_value (closed form) and ``step0_<loss>_measured``: the loss at zero logits.
     """
     k = num_classes
-    nll_far = _at_margin("softmax_nll", FAR_MARGIN, eps=eps, num_classes=k)
-    smoothed_far = _at_margin("smoothed_ce", FAR_MARGIN, eps=eps, num_classes=k)
-    mse_far = _at_margin("mse", FAR_MARGIN, eps=eps, num_classes=k)
-    gap, floor = smoothed_optimum(eps, k)
-    values = {
-        "grad_norm_cap": nll_far[1],
-        "smoothed_ce_grad_norm_far": smoothed_far[1],
-        "softmax_nll_loss_far": nll_far[0],
-        "mse_bound": mse_far[0],
-        "mse_grad_norm_at_8": _at_margin("mse", 8.0, eps=eps, num_classes=k)[1],
-        "smoothed_floor": floor,
-        "smoothed_optimal_gap": gap,
-    }
+    values = {"grad_norm_cap": _at_margin(reference(), FAR_MARGIN, num_classes=k)[1]}
     zero_logits = torch.zeros(1, k, dtype=torch.float64)
-    for name in LOSSES:
-        values[f"step0_{name}"] = uniform_value(name, k, eps=eps)
-        values[f"step0_{name}_measured"] = float(_loss_fn(name, eps)(zero_logits, torch.tensor([TRUE_CLASS]))[0])
+    for name in names() if losses is None else losses:
+        values[f"{name}_loss_far"], values[f"{name}_grad_norm_far"] = _at_margin(name, FAR_MARGIN, num_classes=k)
+        values[f"{name}_grad_norm_at_8"] = _at_margin(name, 8.0, num_classes=k)[1]
+        try:
+            values[f"{name}_optimal_gap"], values[f"{name}_floor"] = optimum(name, k)
+        except ValueError:
+            pass  # the loss falls (or rises) forever along the gap: no finite optimum to anchor
+        values[f"step0_{name}"] = uniform_value(name, k)
+        values[f"step0_{name}_measured"] = float(build(name)(zero_logits, torch.tensor([TRUE_CLASS]))[0])
     return values
 
 
@@ -336,7 +341,8 @@ def check_log_small_differences() -> Claim:
 def check_confident_wrong_penalised() -> Claim:
     p = torch.tensor(1e-6, dtype=torch.float64)
     nll = float(-torch.log(p))
-    far = sweep(["softmax_nll"], max_margin=FAR_MARGIN, points=201, eps=0.0)  # eps is smoothed_ce's knob only
+    ce = _cross_entropy()
+    far = sweep([ce], max_margin=FAR_MARGIN, points=201)
     far = far[far["margin"] >= 0]
     grows = bool(far["loss_value"].is_monotonic_increasing) and float(far["loss_value"].iloc[-1]) >= FAR_MARGIN - 1e-9
     max_grad = float(far["logit_grad_norm"].max())
@@ -345,7 +351,7 @@ def check_confident_wrong_penalised() -> Claim:
         "confident_wrong_penalised",
         "One benefit of using the log to calculate the loss is that our loss function penalizes predictions that "
         "are both confident and wrong.",
-        f"-log p = {nll:.2f} at p = 1e-6; softmax_nll rises with the wrong-class margin a to "
+        f"-log p = {nll:.2f} at p = 1e-6; {ce} rises with the wrong-class margin a to "
         f"{float(far['loss_value'].iloc[-1]):.2f} at a = {FAR_MARGIN:g}, while its logit-gradient norm "
         f"peaks at {max_grad:.6f} (sqrt 2 = {math.sqrt(2):.6f})",
         nll,
@@ -390,15 +396,16 @@ def check_softmax_plus_nll() -> Claim:
     logits32 = logits.float()
     naive = -torch.log(logits32.softmax(dim=1)).gather(1, labels[:, None]).squeeze(1)
     value = float((F.cross_entropy(logits32, labels, reduction="none") - naive).abs().max())
-    registry = float((LOSSES["softmax_nll"](logits32, labels) - naive).abs().max())
+    ce = _cross_entropy()
+    registry = float((build(ce)(logits32, labels) - naive).abs().max())
     wrong = torch.zeros(1, 10)
     wrong[0, WRONG_CLASS] = 200.0
     naive_far = float(-torch.log(wrong.softmax(dim=1))[0, TRUE_CLASS])
-    fused_far = float(LOSSES["softmax_nll"](wrong, torch.tensor([TRUE_CLASS]))[0])
+    fused_far = float(build(ce)(wrong, torch.tensor([TRUE_CLASS]))[0])
     return Claim(
         "softmax_plus_nll",
         "Softmax + Negative Log = Cross Entropy Loss",
-        f"float32 random logits: max |F.cross_entropy - (-log softmax(z)[y])| = {value:.1e} (losses.softmax_nll: "
+        f"float32 random logits: max |F.cross_entropy - (-log softmax(z)[y])| = {value:.1e} (losses.{ce}: "
         f"{registry:.1e}); at a wrong-class margin of 200, -log(softmax) = {naive_far} but -log_softmax = "
         f"{fused_far:g}",
         value,
@@ -431,12 +438,12 @@ def check_gradient_linear() -> Claim:
     steps = torch.linspace(0.0, 1.0, 101, dtype=torch.float64)
     line = steps[:, None] * direction  # [T, K]: logits along a straight line
     labels = torch.zeros(len(steps), dtype=torch.long)
-    _, grad = loss_and_grad("softmax_nll", line, labels, eps=0.0)
+    _, grad = loss_and_grad(_cross_entropy(), line, labels)
     chord = grad[0] + steps[:, None] * (grad[-1] - grad[0])  # what a linear (affine) gradient would be
     deviation = float((grad - chord).abs().max())
     in_probs = float((grad - (line.softmax(dim=1) - F.one_hot(labels, 10))).abs().max())
     wild, wild_labels = _random_logits(rows=1000, scale=1e3)
-    _, wild_grad = loss_and_grad("softmax_nll", wild, wild_labels, eps=0.0)
+    _, wild_grad = loss_and_grad(_cross_entropy(), wild, wild_labels)
     largest = float(wild_grad.norm(dim=1).max())
     bounded = largest <= math.sqrt(2) + 1e-12
     return Claim(
@@ -494,7 +501,7 @@ def check_shannon_information() -> Claim:
 
 def check_mean_of_nll() -> Claim:
     logits, labels = _random_logits()
-    per_example = LOSSES["softmax_nll"](logits, labels)
+    per_example = build(_cross_entropy())(logits, labels)
     value = float((F.cross_entropy(logits, labels) - per_example.mean()).abs())
     weights = torch.linspace(0.5, 2.0, 10, dtype=torch.float64)
     weighted = F.cross_entropy(logits, labels, weight=weights)
