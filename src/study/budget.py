@@ -1,0 +1,154 @@
+"""The study's arithmetic: the floating-point operations of every training step and every evaluation the params
+ask for, and the time they take at a given matmul rate. Against a measured wall time this says how close the
+study runs to the machine's peak, and where the rest goes.
+
+Per-example FLOPs come from PyTorch's own counter (``torch.utils.flop_counter.FlopCounterMode``) on the
+condition's real model, forward alone (evaluations) and forward + backward (training), so any registered model is
+counted without a hand-written formula. Only matrix products and convolutions are counted: elementwise work
+(activations, losses, optimizer updates) is part of "the rest".
+
+    python -m study.budget --params experiments/study.yaml [--peak-gflops 90] [--wall-seconds 1369]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from study import config, data, losses, model, train
+from study.config import Condition, StudyConfig
+
+PROBE_BATCH = 8  # examples pushed through the counter (per-example FLOPs are its total / PROBE_BATCH)
+
+
+@dataclass(frozen=True)
+class Arithmetic:
+    """FLOPs of one condition's stage, split into training steps and evaluations."""
+
+    condition: str
+    stage: str  # "tune" | "train"
+    models: int
+    steps: int
+    train_flops: float
+    eval_flops: float
+
+    @property
+    def total(self) -> float:
+        return self.train_flops + self.eval_flops
+
+
+def model_spec(cond: Condition):
+    return getattr(cond, "model", None) or model.MLPSpec(tuple(cond.hidden))
+
+
+def per_example_flops(spec, input_dim: int, classes: int) -> tuple[float, float]:
+    """(forward, forward + backward) FLOPs of one example through the model ``spec`` builds."""
+    net = model.init(spec, input_dim, classes, seed=0)
+    x = torch.randn(PROBE_BATCH, input_dim)
+    y = torch.zeros(PROBE_BATCH, dtype=torch.long)
+    with FlopCounterMode(display=False) as forward:
+        with torch.no_grad():
+            net(x)
+    with FlopCounterMode(display=False) as step:
+        losses.build(losses.reference())(net(x), y).mean().backward()
+    return forward.get_total_flops() / PROBE_BATCH, step.get_total_flops() / PROBE_BATCH
+
+
+def condition_losses(cfg: StudyConfig, cond: Condition) -> tuple[str, ...]:
+    return tuple(getattr(cond, "losses", None) or cfg.losses)
+
+
+def tuned_losses(cfg: StudyConfig, cond: Condition) -> tuple[str, ...]:
+    """Every loss whose rate this condition's tuning chooses: its own and those of the conditions borrowing it."""
+    names = [loss for other in cfg.conditions.values() if other.lr_from == cond.name
+             for loss in condition_losses(cfg, other)]
+    return tuple(dict.fromkeys([*condition_losses(cfg, cond), *names]))
+
+
+def arithmetic(cfg: StudyConfig, cond: Condition, sizes: dict[str, int], input_dim: int,
+               classes: int) -> list[Arithmetic]:
+    forward, step = per_example_flops(model_spec(cond), input_dim, classes)
+    out = []
+    stages = [("train", len(condition_losses(cfg, cond)) * len(cfg.seeds), cond.epochs, True)]
+    if cond.name in cfg.tune:
+        stages.insert(0, ("tune", len(tuned_losses(cfg, cond)) * len(cond.lr_grid) * len(cond.tune_seeds),
+                          cond.tune_epochs, False))
+    for stage, models, epochs, instrument in stages:
+        steps_per_epoch = sizes["train"] // cond.batch_size
+        total = steps_per_epoch * epochs
+        per_eval = steps_per_epoch / cond.evals_per_epoch
+        full = {round(k * per_eval) for k in range(1, epochs * cond.evals_per_epoch + 1)}
+        speed = train.speed_steps(total, cond.speed_resolution) - full
+        full_examples = sizes["val"]
+        if instrument:
+            full_examples += sizes["test"] + min(train.MEMO_SIZE, sizes["train"]) + sizes.get("heldout", 0)
+        elif sizes.get("flipped"):
+            full_examples += min(train.MEMO_SIZE, sizes["train"])
+        evals = (len(full) + 1) * full_examples + len(speed) * sizes["val"]
+        out.append(Arithmetic(cond.name, stage, models, total, models * total * cond.batch_size * step,
+                              models * evals * forward))
+    return out
+
+
+def study_arithmetic(cfg: StudyConfig, data_root: Path) -> list[Arithmetic]:
+    rows = []
+    for cond in cfg.conditions.values():
+        ds = data.load(cond.dataset, data_root, val_size=cond.val_size, split_seed=cond.split_seed,
+                       train_size=cond.train_size, test_size=cond.test_size, label_noise=cond.label_noise,
+                       noise_seed=cond.noise_seed, heldout_classes=tuple(getattr(cond, "heldout_classes", ())))
+        rows += arithmetic(cfg, cond, ds.sizes(), ds.input_dim, ds.num_classes)
+    return rows
+
+
+def table(rows: list[Arithmetic], peak_flops: float | None, wall_seconds: float | None) -> str:
+    lines = ["| stage | models | steps | training TFLOP | evaluation TFLOP | at peak (s) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        at_peak = f"{r.total / peak_flops:.0f}" if peak_flops else "-"
+        lines.append(f"| {r.stage}@{r.condition} | {r.models} | {r.steps} | {r.train_flops / 1e12:.1f} | "
+                     f"{r.eval_flops / 1e12:.1f} | {at_peak} |")
+    total = sum(r.total for r in rows)
+    lines.append(f"\nTotal: {total / 1e12:.1f} TFLOP ({sum(r.train_flops for r in rows) / 1e12:.1f} training, "
+                 f"{sum(r.eval_flops for r in rows) / 1e12:.1f} evaluation).")
+    if peak_flops:
+        bound = total / peak_flops
+        lines.append(f"At the measured matmul peak of {peak_flops / 1e9:.0f} GFLOP/s: {bound:.0f} s "
+                     f"({bound / 60:.1f} min).")
+        if wall_seconds:
+            lines.append(f"Measured wall time {wall_seconds:.0f} s: the arithmetic bound is "
+                         f"{bound / wall_seconds:.2f} of it.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m study.budget", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", type=Path, default=Path("experiments/study.yaml"))
+    parser.add_argument("--data", type=Path, default=Path("data"))
+    parser.add_argument("--peak-gflops", type=float, help="matmul rate; default: measured now (study bench's)")
+    parser.add_argument("--wall-seconds", type=float, help="a measured wall time of the same params, to compare")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    cfg = config.load(args.params, tracking=False)
+    rows = study_arithmetic(cfg, args.data)
+    peak = args.peak_gflops * 1e9 if args.peak_gflops else _measured_peak()
+    if args.json:
+        json.dump({"rows": [r.__dict__ for r in rows], "peak_flops": peak, "wall_seconds": args.wall_seconds},
+                  sys.stdout, indent=1)
+    else:
+        print(table(rows, peak, args.wall_seconds))
+
+
+def _measured_peak() -> float:
+    from study.bench import matmul_peak
+
+    return matmul_peak(3.0)
+
+
+if __name__ == "__main__":
+    main()

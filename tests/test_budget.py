@@ -1,0 +1,33 @@
+"""The study's arithmetic: FLOPs per example from PyTorch's counter against the MLP's hand count, and the step and
+evaluation counts of a condition against the trainer's own schedule."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import tiny_condition
+from study import budget, model, train
+
+
+def test_mlp_flops_per_example_are_two_per_multiply_add():
+    forward, step = budget.per_example_flops(model.MLPSpec((256, 256)), 784, 10)
+    macs = 784 * 256 + 256 * 256 + 256 * 10
+    assert forward == 2 * macs
+    # backward: every weight gradient (2 x MACs) and every input gradient but the first layer's (nothing upstream)
+    assert step == 2 * macs + 2 * macs + 2 * (macs - 784 * 256)
+
+
+def test_a_condition_counts_the_steps_and_evaluations_the_trainer_runs(tiny_data):
+    cond = tiny_condition(epochs=2, evals_per_epoch=2, speed_resolution=0.5, losses=("mse", "softmax_nll"))
+    cfg = type("Cfg", (), {"losses": ("mse",), "seeds": (0, 1, 2), "tune": (), "conditions": {}})()
+    sizes = tiny_data.sizes()
+    (row,) = budget.arithmetic(cfg, cond, sizes, tiny_data.input_dim, tiny_data.num_classes)
+    forward, step = budget.per_example_flops(budget.model_spec(cond), tiny_data.input_dim, tiny_data.num_classes)
+    trainer = train.Trainer(cond, tiny_data, train.grid(["mse", "softmax_nll"], [0, 1, 2],
+                                                        {"mse": [0.1], "softmax_nll": [0.1]}),
+                            train.Settings(progress=False))
+    assert row.models == 6 and row.steps == trainer.total_steps
+    assert row.train_flops == pytest.approx(6 * trainer.total_steps * cond.batch_size * step)
+    full = len(trainer.eval_steps) + 1  # and step 0
+    per_full = sizes["val"] + sizes["test"] + min(train.MEMO_SIZE, sizes["train"])
+    assert row.eval_flops == pytest.approx(6 * forward * (full * per_full + len(trainer.speed_steps) * sizes["val"]))
