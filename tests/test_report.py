@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from study import analysis, document, report, tables
+from study import analysis, document, losses, report, tables
 
 LOSSES = ["mse", "sigmoid_bce", "softmax_nll", "smoothed_ce"]
 LRS = {"mse": 0.3, "sigmoid_bce": 0.3, "softmax_nll": 0.1, "smoothed_ce": 0.1}
@@ -307,10 +307,17 @@ def frames():
     return history, examples
 
 
-def test_colours_and_labels_are_fixed_per_loss():
-    assert len(set(report.COLOURS.values())) == len(LOSSES)
-    assert set(report.COLOURS) == set(report.LABELS) == set(LOSSES)
-    assert report.colour("focal") == report.colour("focal")
+def test_colours_and_labels_come_from_the_registry():
+    assert list(report.COLOURS) == list(report.LABELS) == list(losses.names())
+    assert len(set(report.COLOURS.values())) == len(set(report.LABELS.values())) == len(losses.names())
+    for loss in losses.names():
+        assert report.colour(loss) == losses.spec(loss).colour and report.label(loss) == losses.spec(loss).label
+    assert report.colour("retired_loss") == report.colour("retired_loss")  # a spare, stable colour
+    assert report.colour("retired_loss") not in report.COLOURS.values()
+    assert report.label("retired_loss") == "retired_loss"
+    spec = losses.variant("smoothed_ce", "smoothed_ce_05", eps=0.05, colour="#949494")
+    with losses.registered(spec):
+        assert report.colour("smoothed_ce_05") == "#949494" and report.label("smoothed_ce_05") == spec.label
 
 
 def test_plot_headline(frames):

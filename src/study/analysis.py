@@ -1,7 +1,8 @@
-"""The report's statistics: per-seed summaries, 95% t-intervals, paired tests against softmax_nll, steps-to-target,
-calibration bins, gradient saturation, the measured claims and the content of ``results/metrics.json``.
+"""The report's statistics: per-seed summaries, 95% t-intervals, paired tests against the reference loss,
+steps-to-target, calibration bins, gradient saturation, the measured claims and the content of ``results/metrics.json``.
 
-pandas, numpy and scipy only: no plotting, no file I/O, nothing from training.
+pandas, numpy and scipy, and the loss registry for the losses' order, the reference and the losses each claim
+compares (never a loss's name): no plotting, no file I/O, nothing from training.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-LOSS_ORDER = ("mse", "sigmoid_bce", "softmax_nll", "smoothed_ce")
-REFERENCE = "softmax_nll"  # every paired difference is (loss - softmax_nll), seed by seed
+from study import losses as registry
+
+# Every paired difference is (loss - reference), seed by seed: the registry's reference loss, read once at import
+# (the registry refuses a second reference, so a loss registered later cannot change it).
+REFERENCE = registry.reference()
 RUN = ["condition", "loss", "lr", "seed"]  # one trained model
 LEVEL = 0.95  # confidence level of every interval
 SATURATION = 1e-3  # = study.grads.SATURATION, repeated to keep this module free of torch (a test holds them equal)
@@ -44,10 +48,20 @@ def verdict_bucket(text: str) -> str:
     return VERDICTS[0] if text.startswith("holds") else text
 
 
+def loss_order() -> tuple[str, ...]:
+    """The study's fixed order of losses: the registry's, including losses registered at run time."""
+    return registry.names()
+
+
 def ordered(losses: Iterable[str]) -> list[str]:
     """Losses in the study's fixed order; names outside it follow, sorted."""
-    present = set(losses)
-    return [loss for loss in LOSS_ORDER if loss in present] + sorted(present - set(LOSS_ORDER))
+    present, order = set(losses), loss_order()
+    return [loss for loss in order if loss in present] + sorted(present - set(order))
+
+
+def _taking_part(claim: str, given: Sequence[str] | None) -> tuple[str, ...]:
+    """The losses a claim compares with the reference: ``given``, or the registry's losses that take part in it."""
+    return registry.taking_part(claim) if given is None else tuple(given)
 
 
 def steps_quantity(i: int) -> str:
@@ -363,7 +377,7 @@ class Headline:
     per_seed: ``condition, loss, lr, seed, quantity, value`` (steps are NaN when never reached; diverged models have
     no final/best/NLL/ECE/AUC rows). summary: per condition, loss and quantity the mean, t-interval and n, and for
     steps the censored median, n_reached and n_runs. differences: per condition, loss (not the reference) and
-    quantity the paired difference to softmax_nll. steps: per model and target the raw steps-to-target table.
+    quantity the paired difference to the reference. steps: per model and target the raw steps-to-target table.
     """
 
     per_seed: pd.DataFrame
@@ -736,54 +750,62 @@ NONE_OF_THE_ABOVE = ("It may be less ideal during inference, as you might want y
                      "doesn’t recognize any of the classes that it has seen during training")
 
 
-def claim_sigmoid_multiclass(head: Headline, reference: str = REFERENCE, loss: str = "sigmoid_bce",
+def claim_sigmoid_multiclass(head: Headline, reference: str = REFERENCE, losses: Sequence[str] | None = None,
                              margin: float = 0.02) -> dict:
-    """'Sigmoid won't work for multiclass': one sigmoid per class against softmax, final test accuracy per
-    condition. It works when it is within ``margin`` of the reference or not distinguishable from it."""
+    """'Sigmoid won't work for multiclass': one sigmoid per class (the losses taking part in the claim) against
+    softmax, final test accuracy per condition. It works when it is within ``margin`` of the reference or not
+    distinguishable from it."""
+    losses = _taking_part("sigmoid_multiclass", losses)
     checks = []
     for condition in head.targets:
-        row = lookup(head.differences, condition=condition, loss=loss, quantity="final_accuracy")
-        mine = lookup(head.summary, condition=condition, loss=loss, quantity="final_accuracy")
-        if row is None or mine is None:
-            continue
-        text = (f"{condition}: {loss} final test accuracy {mine['mean']:.3f}, Δ vs {reference} {row['diff']:+.3f} "
-                f"(Holm p={row['p_holm']:.2g})")
-        works = abs(row["diff"]) <= margin or row["within_noise"] in (True,) or row["diff"] > 0
-        checks.append((CONTRADICTS if works else SUPPORTS, text))
+        for loss in losses:
+            row = lookup(head.differences, condition=condition, loss=loss, quantity="final_accuracy")
+            mine = lookup(head.summary, condition=condition, loss=loss, quantity="final_accuracy")
+            if row is None or mine is None:
+                continue
+            text = (f"{condition}: {loss} final test accuracy {mine['mean']:.3f}, Δ vs {reference} "
+                    f"{row['diff']:+.3f} (Holm p={row['p_holm']:.2g})")
+            works = abs(row["diff"]) <= margin or row["within_noise"] in (True,) or row["diff"] > 0
+            checks.append((CONTRADICTS if works else SUPPORTS, text))
     return _claim("sigmoid_multiclass", SIGMOID_MULTICLASS, checks,
-                  f"checks where {loss} (one sigmoid per class, argmax prediction) falls clearly short of {reference}: "
-                  f"more than {margin:g} below it and distinguishable after Holm's correction",
+                  f"checks where {' / '.join(losses)} (one sigmoid per class, argmax prediction) falls clearly short "
+                  f"of {reference}: more than {margin:g} below it and distinguishable after Holm's correction",
                   "The text means sigmoid and 1 − sigmoid as the two probabilities of a binary model; one sigmoid per "
                   "class with a summed BCE is a multiclass classifier that trains.", "headline")
 
 
 def claim_penalty_works(head: Headline, noise: Mapping[str, pd.DataFrame], reference: str = REFERENCE,
-                        bounded: str = "mse") -> dict:
+                        bounded: Sequence[str] | None = None) -> dict:
     """'The confident-wrong penalty aids training': clean conditions, final test accuracy of the reference against
-    the bounded squared error; noisy conditions, how much accuracy each loses after its validation-selected best."""
+    each bounded loss taking part in the claim; noisy conditions, how much accuracy each loses after its
+    validation-selected best."""
+    bounded = _taking_part("penalty_works", bounded)
     checks = []
     for condition in head.targets:
         if condition in noise:
             continue
-        row = lookup(head.differences, condition=condition, loss=bounded, quantity="final_accuracy")
-        if row is None or row["within_noise"] is None:
-            continue
-        text = (f"{condition}: {bounded} − {reference} final test accuracy {row['diff']:+.3f} "
-                f"(Holm p={row['p_holm']:.2g})")
-        checks.append((NO_DIFFERENCE if row["within_noise"] else SUPPORTS if row["diff"] < 0 else CONTRADICTS, text))
+        for loss in bounded:
+            row = lookup(head.differences, condition=condition, loss=loss, quantity="final_accuracy")
+            if row is None or row["within_noise"] is None:
+                continue
+            text = (f"{condition}: {loss} − {reference} final test accuracy {row['diff']:+.3f} "
+                    f"(Holm p={row['p_holm']:.2g})")
+            checks.append((NO_DIFFERENCE if row["within_noise"] else SUPPORTS if row["diff"] < 0 else CONTRADICTS,
+                           text))
     for condition, per_seed in noise.items():
         drop = per_seed[per_seed["quantity"] == "accuracy_drop"]
         by_loss = {loss: g.set_index("seed")["value"] for loss, g in drop.groupby("loss")}
-        if reference not in by_loss or bounded not in by_loss:
-            continue
-        d = paired_difference(by_loss[reference], by_loss[bounded])
-        text = (f"{condition} (noisy labels): accuracy lost after the validation-selected best, {reference} − "
-                f"{bounded} {d.mean:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}]")
-        # The unbounded penalty fits the flipped labels: losing more than the bounded loss contradicts the claim.
-        checks.append((_from_difference(d, positive_supports=False), text))
+        for loss in bounded:
+            if reference not in by_loss or loss not in by_loss:
+                continue
+            d = paired_difference(by_loss[reference], by_loss[loss])
+            text = (f"{condition} (noisy labels): accuracy lost after the validation-selected best, {reference} − "
+                    f"{loss} {d.mean:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}]")
+            # The unbounded penalty fits the flipped labels: losing more than a bounded loss contradicts the claim.
+            checks.append((_from_difference(d, positive_supports=False), text))
     return _claim("penalty_works", PENALTY_WORKS, checks,
-                  f"checks where {reference} beats the bounded {bounded} on clean labels (final test accuracy, "
-                  "Holm-corrected), or loses less accuracy than it after its best under label noise",
+                  f"checks where {reference} beats the bounded {' / '.join(bounded)} on clean labels (final test "
+                  "accuracy, Holm-corrected), or loses less accuracy than it after its best under label noise",
                   "Under label noise the same penalty pulls the model towards the flipped labels.", "label_noise")
 
 
@@ -817,8 +839,9 @@ def claim_none_of_the_above() -> dict:
                   "Not measured yet: the held-out-class condition is part of the engine issue.", "")
 
 
-def claim_faster(head: Headline, reference: str = REFERENCE, others: Sequence[str] = ("mse", "sigmoid_bce")) -> dict:
+def claim_faster(head: Headline, reference: str = REFERENCE, others: Sequence[str] | None = None) -> dict:
     """'Cross-entropy gives faster training': per condition and compared loss, steps to the first target."""
+    others = _taking_part("faster_training", others)
     q = steps_quantity(1)
     checks = []
     for condition, targets in head.targets.items():
@@ -853,10 +876,11 @@ def claim_faster(head: Headline, reference: str = REFERENCE, others: Sequence[st
         "steps_to_target")
 
 
-def claim_reliable(head: Headline, reference: str = REFERENCE, others: Sequence[str] = ("mse", "sigmoid_bce"),
+def claim_reliable(head: Headline, reference: str = REFERENCE, others: Sequence[str] | None = None,
                    alpha: float = 0.05) -> dict:
     """'More reliable training': fewer divergences, or a smaller seed spread of final test accuracy (one-sided
     variance-ratio F-test at ``alpha``)."""
+    others = _taking_part("reliable_training", others)
     checks = []
     for condition in head.targets:
         acc = head.per_seed[(head.per_seed["condition"] == condition)
@@ -895,11 +919,12 @@ def claim_reliable(head: Headline, reference: str = REFERENCE, others: Sequence[
 
 
 def claim_gradient(sat: pd.DataFrame, penalty: pd.DataFrame | None, conditions: Sequence[str] = (),
-                   reference: str = REFERENCE, others: Sequence[str] = ("mse", "sigmoid_bce"),
+                   reference: str = REFERENCE, others: Sequence[str] | None = None,
                    threshold: float = SATURATION) -> dict:
     """'The gradient stays meaningful where sigmoid/MSE saturate', checked in closed form (logit-gradient norm at
     the most confidently wrong point of the probe sweep) and measured (paired by seed: share of wrong test
     examples whose gradient vanished, per condition)."""
+    others = _taking_part("gradient_meaningful", others)
     checks = []
     if penalty is not None and not penalty.empty:
         worst = penalty.loc[penalty.groupby("loss")["p_true"].idxmin()].set_index("loss")
@@ -987,35 +1012,81 @@ def anchors(head: Headline, history: pd.DataFrame, setups: Mapping[str, Mapping]
                          REPRODUCED if rising.all() else NOT_REPRODUCED if not rising.any() else "in part",
                          "the softmax grows ever more confident on the examples it gets wrong" if rising.all() else
                          "NLL keeps falling when a model never fits its training set past the point of overfitting"])
-    smoothing = lookup(head.differences, condition=fashion, loss="smoothed_ce", quantity="ece") if fashion else None
-    if smoothing is not None and smoothing["within_noise"] is not None:
-        better = smoothing["within_noise"] in (False,) and smoothing["diff"] < 0
-        worse = smoothing["within_noise"] in (False,) and smoothing["diff"] > 0
-        rows.append(["label smoothing lowers the calibration error", "Müller et al. 2019",
-                     "lower ECE with smoothing",
-                     f"Δ ECE smoothed_ce − {REFERENCE} {smoothing['diff']:+.3f} "
-                     f"({fashion}, Holm p={smoothing['p_holm']:.2g})",
-                     REPRODUCED if better else CONTRADICTED if worse else NOT_REPRODUCED,
-                     "smoothing pulls confidence down; whether that helps depends on how overconfident the "
-                     "unsmoothed model is"])
-    rows.append(["bounded losses (GCE, MAE) resist label noise", "Zhang & Sabuncu 2018; Ghosh et al. 2017",
-                 "higher accuracy than cross-entropy under symmetric noise", "–", NOT_MEASURED,
-                 "GCE and MAE are not among the losses yet"])
-    golik = lookup(head.differences, condition=fashion, loss="mse", quantity=steps_quantity(1)) if fashion else None
-    if golik is not None and golik["within_noise"] is not None:
-        slower = golik["within_noise"] in (False,) and golik["diff"] > 0
-        faster = golik["within_noise"] in (False,) and golik["diff"] < 0
-        rows.append(["squared error trains worse than cross-entropy from random initialisation",
-                     "Golik et al. 2013", "slower, worse optimum",
-                     f"mse − {REFERENCE}: {golik['diff']:+.0f} steps to the first target "
-                     f"({fashion}, Holm p={golik['p_holm']:.2g})",
-                     REPRODUCED if slower else CONTRADICTED if faster else NOT_REPRODUCED,
-                     "each loss at its own tuned rate: a larger rate can make up for mse's smaller gradients"])
-    rows.append(["square loss on logits is competitive with cross-entropy", "Hui & Belkin 2021",
-                 "within about 1% accuracy", "–", NOT_MEASURED,
-                 "the study's mse is on softmax probabilities, a different loss; logit_mse is not among the losses "
-                 "yet"])
+    noisy = next((c for c, st in setups.items() if st.get("dataset") == "fashion_mnist"
+                  and st.get("params", {}).get("label_noise", 0.0)), None)
+    for anchor in PUBLISHED:
+        rows.extend(_published_rows(anchor, head, noisy if anchor.noisy else fashion))
     return pd.DataFrame(rows, columns=ANCHOR_COLUMNS)
+
+
+@dataclass(frozen=True)
+class Published:
+    """A published comparison of some losses with the reference, checked on one quantity's paired difference.
+    ``claim``: the registry's claim id that names the losses; ``sign``: the sign of (loss - reference) the
+    publication reports (+1, -1), or 0 for 'no worse than ``tolerance`` below it'."""
+
+    claim: str
+    anchor: str
+    source: str
+    published: str
+    quantity: str
+    sign: int
+    here: str  # format of the measured difference: {loss}, {reference}, {diff}
+    why: str  # format: {loss}
+    noisy: bool = False  # checked in the noisy Fashion-MNIST condition, else in the clean SGD one
+    tolerance: float = 0.0
+
+
+PUBLISHED = (
+    Published("smoothing_calibrates", "label smoothing lowers the calibration error", "Müller et al. 2019",
+              "lower ECE with smoothing", "ece", -1, "Δ ECE {loss} − {reference} {diff:+.3f}",
+              "smoothing pulls confidence down; whether that helps depends on how overconfident the unsmoothed "
+              "model is"),
+    Published("bounded_resists_noise", "bounded losses (GCE, MAE) resist label noise",
+              "Zhang & Sabuncu 2018; Ghosh et al. 2017", "higher accuracy than cross-entropy under symmetric noise",
+              "final_accuracy", +1, "Δ final test accuracy {loss} − {reference} {diff:+.3f}",
+              "a bounded loss gives a flipped label a bounded pull; it also learns the clean labels more slowly",
+              noisy=True),
+    Published("squared_error_slower", "squared error trains worse than cross-entropy from random initialisation",
+              "Golik et al. 2013", "slower, worse optimum", steps_quantity(1), +1,
+              "{loss} − {reference}: {diff:+.0f} steps to the first target",
+              "each loss at its own tuned rate: a larger rate can make up for {loss}'s smaller gradients"),
+    Published("square_loss_competitive", "square loss on logits is competitive with cross-entropy",
+              "Hui & Belkin 2021", "within about 1% accuracy", "final_accuracy", 0,
+              "Δ final test accuracy {loss} − {reference} {diff:+.3f}",
+              "{loss} is the square loss on raw logits, not the squared error of softmax probabilities (Brier)",
+              tolerance=0.01),
+    Published("focal_calibrates", "focal loss lowers the calibration error of cross-entropy", "Mukhoti et al. 2020",
+              "lower ECE than cross-entropy", "ece", -1, "Δ ECE {loss} − {reference} {diff:+.3f}",
+              "down-weighting confident examples keeps logits smaller; on a small, briefly trained model "
+              "cross-entropy may not be overconfident to begin with"),
+)
+
+
+def _published_rows(anchor: Published, head: Headline, condition: str | None) -> list[list[str]]:
+    """One row per loss taking part in ``anchor.claim`` that was compared with the reference in ``condition``; one
+    'not measured here' row when none was."""
+    rows = []
+    for loss in registry.taking_part(anchor.claim):
+        row = None if condition is None else lookup(head.differences, condition=condition, loss=loss,
+                                                    quantity=anchor.quantity)
+        if row is None or row["within_noise"] is None:
+            continue
+        diff, apart = row["diff"], row["within_noise"] in (False,)
+        if anchor.sign:
+            verdict = (REPRODUCED if apart and np.sign(diff) == anchor.sign else
+                       CONTRADICTED if apart else NOT_REPRODUCED)
+        else:
+            verdict = (REPRODUCED if diff >= -anchor.tolerance else CONTRADICTED if apart else NOT_REPRODUCED)
+        here = anchor.here.format(loss=loss, reference=REFERENCE, diff=diff)
+        rows.append([anchor.anchor, anchor.source, anchor.published,
+                     f"{here} ({condition}, Holm p={row['p_holm']:.2g})", verdict, anchor.why.format(loss=loss)])
+    if not rows:
+        where = "no such condition in this study" if condition is None else (
+            f"no loss of the kind ({', '.join(registry.taking_part(anchor.claim)) or 'none registered'}) compared "
+            f"with {REFERENCE} over several seeds in {condition}")
+        rows.append([anchor.anchor, anchor.source, anchor.published, "–", NOT_MEASURED, where])
+    return rows
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from study import analysis, report, tables
+from study import losses as registry
 from study.analysis import REFERENCE
 
 PENALTY = "penalty.csv"
@@ -608,7 +609,8 @@ def findings(inputs: Inputs, computed: Computed, figures: Figures) -> list[list[
                         "overconfident" if temp["mean"] > 1 else "underconfident")
                 text += f"; {REFERENCE}'s fitted temperature is {temp['mean']:.2f} (it was {mood})"
         parts = []
-        for loss in (REFERENCE, "mse"):
+        # The reference's unbounded penalty beside the bounded losses', each loss's own rate.
+        for loss in (REFERENCE, *(name for name in registry.names() if registry.spec(name).bounded)):
             share = _value(cal, condition=c, loss=loss, quantity="confident_wrong_loss_share")
             rate = _value(cal, condition=c, loss=loss, quantity="confident_wrong_rate")
             if share is not None and rate is not None and math.isfinite(share["mean"]):
@@ -757,6 +759,27 @@ def _optimizer_findings(inputs: Inputs, head: analysis.Headline, figures: Figure
 # ---- Sections ---------------------------------------------------------------------------------------------------
 
 
+OPTION_SYMBOLS = {"eps": "ε", "gamma": "γ"}  # how the methods paragraph writes an option
+
+
+def _loss_formula(loss: str, setups: dict[str, dict]) -> str:
+    """``loss = formula with its options``: the options a setup.json states (``loss_options``, or the older
+    ``smoothing_eps``, which set ``eps``), else the registry's defaults, which training binds."""
+    if loss not in registry.names():
+        return f"{loss} (no longer in the loss registry)"
+    spec = registry.spec(loss)
+    options = dict(spec.options)
+    for setup in setups.values():
+        stated = setup.get("loss_options", {}).get(loss)
+        if stated is None and "eps" in options and "smoothing_eps" in setup:
+            stated = {"eps": setup["smoothing_eps"]}
+        if stated is not None:
+            options.update(stated)
+            break
+    shown = ", ".join(f"{OPTION_SYMBOLS.get(key, key)} = {value:g}" for key, value in options.items())
+    return f"{loss} = {spec.formula}" + (f" with {shown}" if shown else "")
+
+
 def _setup_section(doc: Document, inputs: Inputs, computed: Computed, figures: Figures, losses: list[str]) -> None:
     doc.heading(2, "Setup")
 
@@ -782,11 +805,9 @@ def _setup_section(doc: Document, inputs: Inputs, computed: Computed, figures: F
     described = {c: describe(c) for c in inputs.conditions}
     fields = list(next(iter(described.values())))
     doc.table(["", *inputs.conditions], [[f, *(described[c][f] for c in inputs.conditions)] for f in fields])
-    eps = next((s.get("smoothing_eps") for s in inputs.setups.values() if "smoothing_eps" in s), None)
-    doc.para("Losses (per example, from logits z and label y; batch loss = mean): mse = Σ_k (softmax(z)_k − "
-             "onehot(y)_k)² (summed over classes); sigmoid_bce = Σ_k BCE(sigmoid(z_k), onehot(y)_k); softmax_nll = "
-             "−log softmax(z)_y; smoothed_ce = (1−ε)·nll + ε·mean_k(−log softmax(z)_k)"
-             + (f" with ε = {eps:g}" if eps is not None else "") + ". Prediction is argmax z for every loss.")
+    doc.para("Losses (per example, from logits z and label y; batch loss = mean): "
+             + "; ".join(_loss_formula(loss, inputs.setups) for loss in losses)
+             + ". Prediction is argmax z for every loss.")
     doc.para("Learning rate each loss trained with (tuned on the validation split of the condition named in "
              "'lr from'):")
     doc.table(["condition", *losses],

@@ -447,6 +447,8 @@ class _View(Mapping):
 LOSSES: Mapping[str, LossFn] = _View(lambda s: s.bind())  # name -> the loss with its default options bound
 WITH_GRADIENTS: Mapping[str, GradFn] = _View(lambda s: s.bind_with_grad(), keep=lambda s: s.with_grad is not None)
 CONVENTIONS: Mapping[str, dict[str, str]] = _View(lambda s: dict(s.conventions))  # logged as params per run
+COLOURS: Mapping[str, str] = _View(lambda s: s.colour)  # what every figure colours the loss with
+LABELS: Mapping[str, str] = _View(lambda s: s.label)  # what every figure and table names it
 
 
 def variant(of: str, name: str, *, colour: str, label: str | None = None, **options: float) -> LossSpec:

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from study import tables, tracking
+from study import losses, tables, tracking
 from study.config import ConfigError, StudyConfig, flatten
-from study.losses import CONVENTIONS
 from study.records import Record
 
 
@@ -92,7 +91,9 @@ def import_stage(cfg: StudyConfig, stage: Stage, uri: str) -> int:
     order = {loss: i for i, loss in enumerate(cfg.losses)}
     keys = sorted(set(zip(history["loss"], history["lr"], history["seed"], strict=True)),
                   key=lambda key: (order[key[0]], key[1], key[2]))  # the trainer's grid order
-    runs = [tracking.RunSpec(loss, lr, int(seed), tuned=stage.stage == "train", conventions=CONVENTIONS[loss])
+    # Each run's conventions from its loss's registry entry, as training logs them.
+    runs = [tracking.RunSpec(loss, lr, int(seed), tuned=stage.stage == "train",
+                             conventions=dict(losses.spec(loss).conventions))
             for loss, lr, seed in keys]
     columns = ["loss", "lr", "seed", "epoch", "step", "split", "metric", "value"]
     records = [Record(*row) for row in history[columns].itertuples(index=False, name=None)]

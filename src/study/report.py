@@ -1,7 +1,8 @@
 """The report's figures: one function per figure, long DataFrames in, a matplotlib Figure out.
 
 The only module that imports seaborn or matplotlib. It reads no files and imports nothing from training; the
-statistics come from ``study.analysis``. Every figure colours a loss with ``COLOURS`` and names it with ``LABELS``.
+statistics come from ``study.analysis``. Every figure colours a loss with ``COLOURS`` and names it with ``LABELS``,
+the loss registry's (``study.losses``); which losses a figure draws comes from its data.
 """
 
 from __future__ import annotations
@@ -23,16 +24,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from study import analysis
+from study.losses import COLOURS, LABELS
 
-# seaborn's "colorblind" palette, one fixed entry per loss, the same in every figure.
-COLOURS = {"mse": "#de8f05", "sigmoid_bce": "#029e73", "softmax_nll": "#0173b2", "smoothed_ce": "#cc78bc"}
-_SPARE = ("#d55e00", "#ca9161", "#56b4e9", "#949494", "#fbafe4", "#ece133")  # losses added later, in order
-LABELS = {
-    "mse": "MSE on softmax (Brier)",
-    "sigmoid_bce": "sigmoid + BCE (per class)",
-    "softmax_nll": "softmax + NLL (cross-entropy)",
-    "smoothed_ce": "label-smoothed cross-entropy",
-}
+# Colours of losses in the data but not in the registry (results of a loss since removed): seaborn "colorblind"
+# entries no registered loss uses, chosen from the name (stable).
+_SPARE = ("#949494", "#ece133", "#000000")
 FLOOR = 1e-8  # log axes: values at or below 0 are drawn at this floor (and said so in the axis label)
 MAX_POINTS = 4000  # scatter points drawn per panel (a fixed random subset; statistics use every point)
 DPI = 100
@@ -47,7 +43,7 @@ def save(fig: Figure, path) -> None:
 
 
 def colour(loss: str) -> str:
-    """The loss's fixed colour; a loss outside ``COLOURS`` gets a spare one chosen from its name (stable)."""
+    """The loss's fixed colour (its registry entry's); a loss outside the registry gets a spare one."""
     return COLOURS.get(loss) or _SPARE[sum(map(ord, loss)) % len(_SPARE)]
 
 
