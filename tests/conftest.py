@@ -13,6 +13,7 @@ import yaml
 
 from study.config import Condition
 from study.data import Dataset
+from study.model import MLPSpec
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "experiments" / "smoke.yaml"
@@ -41,8 +42,9 @@ def synthetic_dataset(*, n_train: int = 96, n_val: int = 48, n_test: int = 64, d
 def tiny_condition(**overrides) -> Condition:
     """A complete condition for the synthetic dataset: a small MLP, a few steps, every measurement switched on."""
     base = Condition(
-        name="tiny", dataset="mnist1d", hidden=(16, 16), optimizer="sgd", momentum=0.9, batch_size=16, epochs=2,
-        label_noise=0.0, noise_seed=0, val_size=48, split_seed=0, train_size=0, test_size=0, lr_grid=(0.1,),
+        name="tiny", dataset="mnist1d", model=MLPSpec((16, 16)), backend="auto",
+        losses=("mse", "sigmoid_bce", "softmax_nll", "smoothed_ce"), optimizer="sgd", momentum=0.9, batch_size=16,
+        epochs=2, label_noise=0.0, noise_seed=0, val_size=48, split_seed=0, train_size=0, test_size=0, lr_grid=(0.1,),
         lr_from="tiny", tune_epochs=1, tune_seeds=(100,), evals_per_epoch=2, speed_resolution=0.5, log_every=2,
         probe_size=16, targets=(0.3, 0.5),
     )
@@ -83,3 +85,7 @@ def smoke_pipeline(tmp_path_factory):
     from smoke_repo import run_smoke_pipeline
 
     return run_smoke_pipeline(tmp_path_factory.mktemp("smoke-repo"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: runs on a CUDA device; skipped where there is none")

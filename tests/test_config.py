@@ -12,9 +12,10 @@ import pytest
 import yaml
 
 from conftest import SMOKE, STUDY
-from study import config
+from study import config, losses
 from study.config import ConfigError
 from study.losses import LOSSES
+from study.model import CNN1dSpec, MLPSpec
 
 CONDITIONS = ["fashion_sgd", "fashion_adam", "fashion_noise40", "mnist1d_sgd"]
 
@@ -33,10 +34,13 @@ def key_tree(node) -> object:
 def test_shipped_params_load(path):
     cfg = config.load(path)
     assert list(cfg.conditions) == CONDITIONS
-    assert cfg.losses == tuple(LOSSES)
-    assert cfg.smoothing_eps == 0.1
+    assert cfg.losses == ("mse", "sigmoid_bce", "softmax_nll", "smoothed_ce")
+    assert cfg.backend == "auto"
     for name in CONDITIONS:
         assert cfg.condition(name).name == name
+        assert cfg.condition(name).losses == cfg.losses and cfg.condition(name).backend == "auto"
+    assert cfg.condition("fashion_sgd").model == MLPSpec((256, 256))
+    assert cfg.condition("mnist1d_sgd").model == MLPSpec((100, 100))
     assert cfg.condition("fashion_noise40").label_noise == pytest.approx(0.4)
     assert cfg.condition("fashion_adam").optimizer == "adam"
     assert cfg.condition("mnist1d_sgd").dataset == "mnist1d"
@@ -64,10 +68,28 @@ def test_config_is_frozen_and_overridable(smoke_params):
         config.load(path, not_a_key=1)
 
 
-def test_loss_options_bind_eps_only_for_smoothed_ce(smoke_params):
-    cfg = config.load(smoke_params(lambda p: p["study"].update(smoothing_eps=0.2)))
-    assert cfg.loss_options("smoothed_ce") == {"eps": 0.2}
-    assert cfg.loss_options("softmax_nll") == {}
+def test_a_condition_may_set_its_own_model_losses_and_backend(smoke_params):
+    def edit(params: dict) -> None:
+        params["conditions"]["mnist1d_sgd"].update(
+            model={"kind": "cnn1d", "channels": [25, 25, 25], "kernel": 5, "stride": 2, "padding": 1},
+            losses=["softmax_nll", "mse"], backend="autograd")
+
+    cfg = config.load(smoke_params(edit))
+    cond = cfg.condition("mnist1d_sgd")
+    assert cond.model == CNN1dSpec(channels=(25, 25, 25), kernel=5, stride=2, padding=1)
+    assert cond.model.describe(40, 10) == "CNN1d 25-25-25 k5 s2"
+    assert (cond.losses, cond.backend) == (("softmax_nll", "mse"), "autograd")
+    other = cfg.condition("fashion_sgd")
+    assert (other.losses, other.backend) == (cfg.losses, "auto")  # the study's
+
+
+def test_loss_names_are_checked_against_the_registry_as_it_is_at_load_time(smoke_params, monkeypatch):
+    path = smoke_params(lambda p: p["study"].update(losses=["mse", "late_entry"]))
+    with pytest.raises(ConfigError, match="late_entry"):
+        config.load(path)
+    # A registry that gained an entry after study.config was imported:
+    monkeypatch.setattr(losses, "LOSSES", {**losses.LOSSES, "late_entry": losses.LOSSES["mse"]})
+    assert config.load(path).losses == ("mse", "late_entry")
 
 
 # ---- each validation rule -----------------------------------------------------------------------------------------
@@ -95,8 +117,37 @@ RULES = {
     "lr zero": (set_in("conditions", "fashion_adam", "lr_grid", [0.0, 0.01]), ["conditions.fashion_adam.lr_grid"]),
     "lr negative": (set_in("conditions", "fashion_sgd", "lr_grid", [-0.1]), ["conditions.fashion_sgd.lr_grid"]),
     "lr grid empty": (set_in("conditions", "fashion_sgd", "lr_grid", []), ["conditions.fashion_sgd.lr_grid"]),
-    "eps one": (set_in("study", "smoothing_eps", 1.0), ["study.smoothing_eps"]),
-    "eps negative": (set_in("study", "smoothing_eps", -0.1), ["study.smoothing_eps"]),
+    "loss options are the registry's": (set_in("study", "smoothing_eps", 0.1), ["study.smoothing_eps"]),
+    "unknown backend": (set_in("study", "backend", "jit"), ["study.backend", "auto, fused, autograd"]),
+    "unknown condition backend": (set_in("conditions", "fashion_sgd", "backend", "jit"),
+                                  ["conditions.fashion_sgd.backend", "auto, fused, autograd"]),
+    "unknown condition loss": (set_in("conditions", "fashion_sgd", "losses", ["mse", "hinge"]),
+                               ["conditions.fashion_sgd.losses", "hinge", *LOSSES]),
+    "no condition losses": (set_in("conditions", "fashion_sgd", "losses", []), ["conditions.fashion_sgd.losses"]),
+    "model not a mapping": (set_in("conditions", "fashion_sgd", "model", [256, 256]),
+                            ["conditions.fashion_sgd.model", "kind: mlp"]),
+    "missing model": (lambda p: p["conditions"]["fashion_sgd"].pop("model"),
+                      ["missing key conditions.fashion_sgd.model"]),
+    "hidden is inside model": (set_in("conditions", "fashion_sgd", "hidden", [256]), ["conditions.fashion_sgd.hidden"]),
+    "unknown model kind": (set_in("conditions", "fashion_sgd", "model", {"kind": "resnet"}),
+                           ["conditions.fashion_sgd.model.kind", "mlp, cnn1d"]),
+    "unknown model key": (set_in("conditions", "fashion_sgd", "model", {"kind": "mlp", "hidden": [8], "kernel": 3}),
+                          ["unknown key conditions.fashion_sgd.model.kernel", "hidden, kind", "check the spelling"]),
+    "zero width": (set_in("conditions", "fashion_sgd", "model", {"kind": "mlp", "hidden": [256, 0]}),
+                   ["conditions.fashion_sgd.model.hidden", "positive layer widths"]),
+    "no hidden layer": (set_in("conditions", "fashion_sgd", "model", {"kind": "mlp", "hidden": []}),
+                        ["conditions.fashion_sgd.model.hidden"]),
+    "width not an integer": (set_in("conditions", "mnist1d_sgd", "model",
+                                    {"kind": "cnn1d", "channels": [25, 2.5], "kernel": 5, "stride": 2, "padding": 1}),
+                             ["conditions.mnist1d_sgd.model.channels", "a list of int"]),
+    "stride zero": (set_in("conditions", "mnist1d_sgd", "model",
+                           {"kind": "cnn1d", "channels": [25], "kernel": 5, "stride": 0, "padding": 1}),
+                    ["conditions.mnist1d_sgd.model.stride", "an integer >= 1"]),
+    "cnn missing key": (set_in("conditions", "mnist1d_sgd", "model", {"kind": "cnn1d", "channels": [25]}),
+                        ["missing key conditions.mnist1d_sgd.model.kernel"]),
+    "fused cnn": (lambda p: (p["study"].update(backend="fused"), p["conditions"]["mnist1d_sgd"].update(
+                      model={"kind": "cnn1d", "channels": [25], "kernel": 5, "stride": 2, "padding": 1})),
+                  ["conditions.mnist1d_sgd.backend", "fused", "MLPs only", "cnn1d", "backend: autograd"]),
     "noise one": (set_in("conditions", "fashion_noise40", "label_noise", 1.0),
                   ["conditions.fashion_noise40.label_noise"]),
     "noise negative": (set_in("conditions", "fashion_sgd", "label_noise", -0.2),
@@ -170,7 +221,8 @@ CLI_CASES = {
     "unknown loss": (set_in("study", "losses", ["mse", "hinge"]), "fashion_sgd", ["study.losses", "hinge"]),
     "lr zero": (set_in("conditions", "fashion_sgd", "lr_grid", [0.0]), "fashion_sgd",
                 ["conditions.fashion_sgd.lr_grid"]),
-    "eps one": (set_in("study", "smoothing_eps", 1.0), "fashion_sgd", ["study.smoothing_eps"]),
+    "unknown model kind": (set_in("conditions", "fashion_sgd", "model", {"kind": "resnet"}), "fashion_sgd",
+                           ["conditions.fashion_sgd.model.kind", "mlp, cnn1d"]),
     "noise one": (set_in("conditions", "fashion_sgd", "label_noise", 1.0), "fashion_sgd",
                   ["conditions.fashion_sgd.label_noise"]),
     "no seeds": (set_in("study", "seeds", []), "fashion_sgd", ["study.seeds"]),

@@ -23,6 +23,8 @@ MARKER = "experiments/validated.json"
 # Read by the stages but changing no output: the MLflow experiment and switch, and the list `tune` stages are made
 # from (dvc.yaml's foreach), which `study tune` only checks its condition against.
 NOT_PARAMS = {"study.experiment", "study.tracking", "study.tune"}
+# Condition keys that fall back to the study's when a condition sets none: reading them reads the study's key.
+INHERITED = {"losses": "study.losses", "backend": "study.backend"}
 
 
 def pipeline() -> dict[str, dict]:
@@ -242,9 +244,20 @@ def record_reads(monkeypatch, tmp_path: Path) -> Callable[..., set[str]]:
             common += ["--data", str(tmp_path), "--no-tracking", "--no-progress"]
         out = ["--out", str(tmp_path / argv[0])]
         assert cli.main([*argv, *common, *out]) == 0
-        return reads - NOT_PARAMS
+        params = yaml.safe_load(SMOKE.read_text())
+        return set().union(*(_as_params(read, params) for read in reads - NOT_PARAMS))
 
     return record
+
+
+def _as_params(read: str, params: dict) -> set[str]:
+    """The params file's leaf keys behind one read field: a condition's inherited key is the study's, a mapping
+    (a condition's `model:` block) every key under it."""
+    parts = read.split(".")
+    if parts[0] == "conditions" and len(parts) == 3 and parts[2] in INHERITED \
+            and parts[2] not in params["conditions"][parts[1]]:
+        return {INHERITED[parts[2]]}
+    return _leaves(params, read)
 
 
 def _assert_same(stage: str, read: set[str], listed: set[str]) -> None:
@@ -307,8 +320,8 @@ BAD_PARAMS = {
         _edit_yaml(lambda p: p["conditions"]["mnist1d_sgd"].update(epoch=3)),
         ["unknown key conditions.mnist1d_sgd.epoch", "check the spelling"]),
     "wrong_type": (
-        _edit_yaml(lambda p: p["study"].update(smoothing_eps="0.1")),
-        ["study.smoothing_eps", "'0.1'", "a number"]),
+        _edit_yaml(lambda p: p["study"].update(confident="0.9")),
+        ["study.confident", "'0.9'", "a number"]),
     "unknown_optimizer": (
         _edit_yaml(lambda p: p["conditions"]["fashion_adam"].update(optimizer="sdg")),
         ["conditions.fashion_adam.optimizer", "one of sgd, adam"]),

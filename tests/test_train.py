@@ -14,7 +14,7 @@ import torch
 from conftest import synthetic_dataset, tiny_condition
 from study import losses, train
 from study.data import Dataset
-from study.model import init_mlp
+from study.model import MLPSpec, init_mlp
 from study.records import ExampleStats, Record
 from study.train import Member, Settings, speed_steps
 
@@ -45,7 +45,7 @@ def examples_of(examples, member: Member) -> dict[tuple[int, str], ExampleStats]
 
 
 def sizes(data: Dataset, cond) -> tuple[int, ...]:
-    return (data.input_dim, *cond.hidden, data.num_classes)
+    return (data.input_dim, *cond.model.hidden, data.num_classes)
 
 
 def assert_same_records(got: dict, want: dict, rtol: float = RTOL, atol: float = ATOL) -> None:
@@ -254,7 +254,7 @@ def test_a_fixed_batch_can_be_overfit():
     x = torch.randn(32, 12, generator=generator)
     y = torch.randint(0, 10, (32,), generator=generator)  # random labels: only memorising fits them
     data = Dataset("fixed", x, y, y, torch.zeros(32, dtype=torch.bool), x, y, x[:8], y[:8], 10)
-    cond = tiny_condition(hidden=(64,), batch_size=32, epochs=300, evals_per_epoch=1, log_every=50,
+    cond = tiny_condition(model=MLPSpec((64,)), batch_size=32, epochs=300, evals_per_epoch=1, log_every=50,
                           optimizer="adam")
     settings = dataclasses.replace(SETTINGS, instrument=False, splits=("val",))
     member = Member("softmax_nll", 0.01, 0)

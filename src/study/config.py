@@ -1,11 +1,12 @@
 """The study's parameters as frozen dataclasses, validated before any work starts. The only YAML reader.
 
-Imports nothing from the study but the loss names.
+Imports nothing from the study but the loss registry (names looked up when a file is loaded) and the model factory.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -13,11 +14,15 @@ from typing import Any
 
 import yaml
 
-from study.losses import LOSSES
+from study import losses as loss_registry
+from study import model
 
 DATASETS = ("fashion_mnist", "mnist", "mnist1d")
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
+# How a condition's grid is stepped: autograd (any model), fused (the hand-written MLP backward, bit-identical to
+# the study's published results), auto (fused for an MLP, autograd otherwise).
+BACKENDS = ("auto", "fused", "autograd")
 
 
 class ConfigError(ValueError):
@@ -30,7 +35,9 @@ class Condition:
 
     name: str
     dataset: str
-    hidden: tuple[int, ...]
+    model: model.ModelSpec
+    backend: str  # the condition's own `backend:`, else the study's
+    losses: tuple[str, ...]  # the condition's own `losses:`, else the study's
     optimizer: str
     momentum: float
     batch_size: int
@@ -51,6 +58,14 @@ class Condition:
     probe_size: int
     targets: tuple[float, ...]
 
+    @property
+    def hidden(self) -> tuple[int, ...]:
+        """The MLP's hidden widths. TODO(runner owner, issue 12): transitional, for runner.py's
+        ``(input_dim, *cond.hidden, num_classes)``; read ``cond.model`` and delete this."""
+        if not isinstance(self.model, model.MLPSpec):
+            raise AttributeError(f"condition {self.name}: a {self.model.kind} model has no hidden widths")
+        return self.model.hidden
+
 
 @dataclass(frozen=True)
 class Probe:
@@ -63,9 +78,9 @@ class StudyConfig:
     path: Path
     experiment: str
     losses: tuple[str, ...]
-    smoothing_eps: float
     seeds: tuple[int, ...]
     device: str
+    backend: str
     data_dir: str | None
     confident: float
     ece_bins: int
@@ -81,12 +96,19 @@ class StudyConfig:
             )
         return self.conditions[name]
 
+    # TODO(runner and cli owners, issue 12): transitional, until runner.py and cli.py stop reading them. Loss options
+    # live in the loss registry now: losses.build(name) binds them.
     def loss_options(self, loss: str) -> dict[str, float]:
-        return {"eps": self.smoothing_eps} if loss == "smoothed_ce" else {}
+        return {}
+
+    @property
+    def smoothing_eps(self) -> float:
+        """smoothed_ce's eps as the registry binds it."""
+        return inspect.signature(loss_registry.build("smoothed_ce")).parameters["eps"].default
 
 
 _STUDY_KEYS = {
-    "experiment", "losses", "smoothing_eps", "seeds", "device", "data_dir", "confident", "ece_bins", "tracking", "tune",
+    "experiment", "losses", "seeds", "device", "backend", "data_dir", "confident", "ece_bins", "tracking", "tune",
 }
 _TOP_KEYS = {"study", "probe", "conditions"}
 
@@ -111,17 +133,12 @@ def load(path: str | Path, **overrides: Any) -> StudyConfig:
     _known(raw["probe"], {f.name for f in fields(Probe)}, path, "probe.")
     get = _Getter(path)
 
-    losses = tuple(get.items(study, "study.losses", str))
-    for loss in losses:
-        if loss not in LOSSES:
-            raise ConfigError(f"{path}: study.losses: unknown loss {loss!r}; valid losses: {', '.join(LOSSES)}")
-    if not losses or len(set(losses)) != len(losses):
-        raise ConfigError(f"{path}: study.losses must list at least one loss, each once")
+    losses = _loss_names(study, "study.losses", get, path)
     seeds = tuple(get.items(study, "study.seeds", int))
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"{path}: study.seeds must list at least one seed, each once (e.g. [0, 1, 2, 3, 4])")
-    eps = get.number(study, "study.smoothing_eps", lo=0.0, hi=1.0, hi_open=True)
     device = get.choice(study, "study.device", DEVICES)
+    backend = get.choice(study, "study.backend", BACKENDS)
     data_dir = study.get("data_dir")
     if data_dir is not None and not isinstance(data_dir, str):
         raise ConfigError(f"{path}: study.data_dir must be a directory path or null")
@@ -130,7 +147,8 @@ def load(path: str | Path, **overrides: Any) -> StudyConfig:
         max_margin=get.number(raw["probe"], "probe.max_margin", lo=0.0, lo_open=True),
         points=get.integer(raw["probe"], "probe.points", lo=3),
     )
-    conditions = {name: _condition(name, spec, get, path) for name, spec in raw["conditions"].items()}
+    conditions = {name: _condition(name, spec, get, path, losses=losses, backend=backend)
+                  for name, spec in raw["conditions"].items()}
     if not conditions:
         raise ConfigError(f"{path}: `conditions` is empty; define at least one condition")
     tune = tuple(get.items(study, "study.tune", str))
@@ -152,9 +170,9 @@ def load(path: str | Path, **overrides: Any) -> StudyConfig:
         path=path,
         experiment=get.text(study, "study.experiment"),
         losses=losses,
-        smoothing_eps=eps,
         seeds=seeds,
         device=device,
+        backend=backend,
         data_dir=data_dir,
         confident=get.number(study, "study.confident", lo=0.0, hi=1.0, lo_open=True, hi_open=True),
         ece_bins=get.integer(study, "study.ece_bins", lo=1),
@@ -165,7 +183,44 @@ def load(path: str | Path, **overrides: Any) -> StudyConfig:
     )
 
 
-def _condition(name: str, spec: Any, get: _Getter, path: Path) -> Condition:
+def _loss_names(mapping: dict, dotted: str, get: _Getter, path: Path) -> tuple[str, ...]:
+    names = tuple(get.items(mapping, dotted, str))
+    registered = loss_registry.LOSSES  # looked up now: the registry as it is when the file is loaded
+    for loss in names:
+        if loss not in registered:
+            raise ConfigError(f"{path}: {dotted}: unknown loss {loss!r}; valid losses: {', '.join(registered)}")
+    if not names or len(set(names)) != len(names):
+        raise ConfigError(f"{path}: {dotted} must list at least one loss, each once")
+    return names
+
+
+def _model(spec: Any, dotted: str, get: _Getter, path: Path) -> model.ModelSpec:
+    """A `model:` block: `kind` names the factory's entry, the other keys are that entry's (widths positive)."""
+    example = ("{kind: mlp, hidden: [256, 256]} or "
+               "{kind: cnn1d, channels: [25, 25, 25], kernel: 5, stride: 2, padding: 1}")
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: {dotted} must be a mapping such as {example}")
+    kind = get.choice(spec, f"{dotted}.kind", tuple(model.KINDS))
+    cls = model.KINDS[kind]
+    _known(spec, {f.name for f in fields(cls)}, path, dotted + ".")
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name == "kind":
+            continue
+        key = f"{dotted}.{f.name}"
+        if f.name in ("hidden", "channels"):
+            widths = tuple(get.items(spec, key, int))
+            if not widths or min(widths) < 1:
+                raise ConfigError(f"{path}: {key} must list positive layer widths, e.g. [256, 256]")
+            values[f.name] = widths
+        else:
+            values[f.name] = get.integer(spec, key, lo=0 if f.name == "padding" else 1)
+    return cls(**values)
+
+
+def _condition(name: str, spec: Any, get: _Getter, path: Path, *, losses: tuple[str, ...],
+               backend: str) -> Condition:
+    """One condition; ``losses`` and ``backend`` (the study's) stand where it sets none of its own."""
     where = f"conditions.{name}"
     if not isinstance(spec, dict):
         raise ConfigError(f"{path}: {where} must be a mapping of condition params")
@@ -184,13 +239,20 @@ def _condition(name: str, spec: Any, get: _Getter, path: Path) -> Condition:
     targets = tuple(get.items(sub, key("targets"), float))
     if not targets or not all(0 < t < 1 for t in targets):
         raise ConfigError(f"{path}: {key('targets')} must list accuracies strictly between 0 and 1")
-    hidden = tuple(get.items(sub, key("hidden"), int))
-    if not hidden or min(hidden) < 1:
-        raise ConfigError(f"{path}: {key('hidden')} must list positive layer widths, e.g. [256, 256]")
+    network = _model(get.value(sub, key("model")), key("model"), get, path)
+    if "backend" in sub:
+        backend = get.choice(sub, key("backend"), BACKENDS)
+    if backend == "fused" and not isinstance(network, model.MLPSpec):
+        raise ConfigError(
+            f"{path}: {key('backend')} is fused (set here or in study.backend), but the fused backend steps MLPs "
+            f"only and this model is {network.kind}; set backend: autograd (or auto) for this condition"
+        )
     return Condition(
         name=name,
         dataset=get.choice(sub, key("dataset"), DATASETS),
-        hidden=hidden,
+        model=network,
+        backend=backend,
+        losses=_loss_names(sub, key("losses"), get, path) if "losses" in sub else losses,
         optimizer=get.choice(sub, key("optimizer"), OPTIMIZERS),
         momentum=get.number(sub, key("momentum"), lo=0.0, hi=1.0, hi_open=True),
         batch_size=get.integer(sub, key("batch_size"), lo=1),
@@ -228,7 +290,7 @@ class _Getter:
     def __init__(self, path: Path):
         self.path = path
 
-    def _value(self, mapping: dict, dotted: str) -> Any:
+    def value(self, mapping: dict, dotted: str) -> Any:
         leaf = dotted.rsplit(".", 1)[-1]
         if leaf not in mapping or mapping[leaf] is None:
             raise ConfigError(f"{self.path}: missing key {dotted}; add it (see experiments/study.yaml)")
@@ -238,7 +300,7 @@ class _Getter:
         return ConfigError(f"{self.path}: {dotted} = {value!r}, but it must be {wanted}")
 
     def number(self, mapping, dotted, *, lo=None, hi=None, lo_open=False, hi_open=False) -> float:
-        value = self._value(mapping, dotted)
+        value = self.value(mapping, dotted)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise self._fail(dotted, value, "a number")
         below = lo is not None and (value <= lo if lo_open else value < lo)
@@ -252,7 +314,7 @@ class _Getter:
         return float(value)
 
     def integer(self, mapping, dotted, *, lo=None) -> int:
-        value = self._value(mapping, dotted)
+        value = self.value(mapping, dotted)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self._fail(dotted, value, "an integer")
         if lo is not None and value < lo:
@@ -260,25 +322,25 @@ class _Getter:
         return value
 
     def text(self, mapping, dotted) -> str:
-        value = self._value(mapping, dotted)
+        value = self.value(mapping, dotted)
         if not isinstance(value, str) or not value:
             raise self._fail(dotted, value, "a non-empty string")
         return value
 
     def flag(self, mapping, dotted) -> bool:
-        value = self._value(mapping, dotted)
+        value = self.value(mapping, dotted)
         if not isinstance(value, bool):
             raise self._fail(dotted, value, "true or false")
         return value
 
     def choice(self, mapping, dotted, options) -> str:
-        value = self._value(mapping, dotted)
+        value = self.value(mapping, dotted)
         if value not in options:
             raise self._fail(dotted, value, f"one of {', '.join(options)}")
         return value
 
     def items(self, mapping, dotted, kind) -> list:
-        value = self._value(mapping, dotted)
+        value = self.value(mapping, dotted)
         if not isinstance(value, list):
             raise self._fail(dotted, value, "a list, e.g. [0, 1, 2]")
         out = []
@@ -296,8 +358,8 @@ def flatten(cfg: StudyConfig, condition: str) -> dict[str, str]:
     """The params one condition's runs depend on, as flat ``key: text`` pairs (MLflow params)."""
     cond = dataclasses.asdict(cfg.condition(condition))
     shared = {
-        "experiment": cfg.experiment, "smoothing_eps": cfg.smoothing_eps, "device": cfg.device,
+        "experiment": cfg.experiment, "device": cfg.device,
         "confident": cfg.confident, "ece_bins": cfg.ece_bins, "seeds": list(cfg.seeds),
-        "losses": list(cfg.losses),
+        "losses": list(cfg.losses), "backend": cfg.backend,
     }
     return {k: str(v) for k, v in {**shared, **{f"condition.{k}": v for k, v in cond.items()}}.items()}

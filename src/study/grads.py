@@ -11,9 +11,15 @@ from torch import Tensor
 SATURATION = 1e-3  # a wrong example's logit gradient counts as vanished below this L2 norm
 
 
-def layer_norms(weight_grads: Sequence[Tensor], bias_grads: Sequence[Tensor]) -> Tensor:
-    """L2 norm of each layer's gradient (weight and bias together), per model: [M, L] from [M, ...] grads."""
-    squares = [w.flatten(1).pow(2).sum(1) + b.flatten(1).pow(2).sum(1) for w, b in zip(weight_grads, bias_grads)]
+def layer_norms(layers: Sequence[Sequence[Tensor]]) -> Tensor:
+    """L2 norm of each layer's gradient, per model: [M, L] from L groups of stacked gradients [M, ...] (a layer's
+    weight and bias, or every parameter of one module)."""
+    squares = []
+    for tensors in layers:
+        total = tensors[0].flatten(1).pow(2).sum(1)
+        for grad in tensors[1:]:
+            total = total + grad.flatten(1).pow(2).sum(1)
+        squares.append(total)
     return torch.stack(squares, dim=1).sqrt()
 
 

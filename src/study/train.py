@@ -1,20 +1,24 @@
-"""Lockstep training of a condition's grid (losses x seeds x learning rates) on shared batches.
+"""Lockstep training of a condition's grid (losses x seeds x learning rates) on shared batches: any model of the
+factory stacked and stepped by autograd, or an MLP by the fused hand-written backward (held equal to autograd).
 
 Yields ``Record`` and ``ExampleStats``; writes no files and knows no tracker.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
 from tqdm import tqdm
 
-from study import grads, losses
+from study import grads, losses, model
 from study.config import Condition
 from study.data import Dataset
 from study.model import MLP, init_mlp
@@ -46,7 +50,8 @@ def grid(loss_names: Sequence[str], seeds: Sequence[int], lrs: Mapping[str, Sequ
 class Settings:
     """What training reads besides the condition and the data."""
 
-    loss_options: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    loss_options: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # overrides of the registry's
+    backend: str | None = None  # overrides the condition's backend (auto | fused | autograd): bench compares them
     confident: float = 0.9  # max softmax probability from which a wrong prediction counts as confident
     ece_bins: int = 15
     device: str = "cpu"
@@ -59,6 +64,17 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def resolve_backend(name: str, spec: model.ModelSpec) -> str:
+    """auto is fused for an MLP (the published results' path), autograd for any other model."""
+    if name == "auto":
+        return "fused" if isinstance(spec, model.MLPSpec) else "autograd"
+    if name == "fused" and not isinstance(spec, model.MLPSpec):
+        raise ValueError(f"the fused backend steps MLPs only, not a {spec.kind} model; use backend autograd")
+    if name not in ("fused", "autograd"):
+        raise ValueError(f"unknown backend {name!r}; one of auto, fused, autograd")
+    return name
 
 
 def speed_steps(total_steps: int, resolution: float) -> set[int]:
@@ -81,10 +97,10 @@ class Stack:
     """M MLPs held as stacked tensors, ``weights[l]`` [M, in, out] and ``biases[l]`` [M, out], so that one
     batched matrix product steps every model at once.
 
-    Training runs without autograd: ``train_forward`` keeps the activations and ``backward`` takes the losses'
-    closed-form logit gradients through the layers by hand (batched products and a few elementwise passes, into
-    buffers reused every step). Autograd gives the same numbers (a test holds them to a plain ``torch.optim`` loop)
-    but spends more time on bookkeeping than on arithmetic for models this small."""
+    The fused backend: training runs without autograd. ``train_forward`` keeps the activations and ``backward``
+    takes the losses' logit gradients (closed form, or derived by autograd where a loss has none) through the layers
+    by hand (batched products and a few elementwise passes, into buffers reused every step). ``Autograd`` gives the
+    same numbers (tests/test_backend.py holds them equal) for any model."""
 
     def __init__(self, sizes: Sequence[int], seeds: Sequence[int], device: torch.device):
         if len(sizes) < 3:
@@ -104,6 +120,29 @@ class Stack:
     @property
     def params(self) -> list[Tensor]:
         return [*self.weights, *self.biases]
+
+    def step(self, x: Tensor, y: Tensor, groups: Sequence[tuple[Callable, Callable, slice]], opt,
+             *, measure: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """One optimizer step of every model on its own batch x [M, B, D], y [M, B]. Returns the per-example losses
+        [M, B] and, with ``measure``, the mean per-example logit-gradient norm [M] and per-layer norms [M, L]."""
+        b = x.shape[1]
+        logits = self.train_forward(x)  # [M, K, B]
+        parts = [with_grad(logits[s], y[s]) for _, with_grad, s in groups]
+        per_example = torch.cat([value for value, _ in parts])  # [M, B]
+        grad_logits = torch.cat([grad for _, grad in parts]).div_(b)  # [M, K, B], of each model's batch mean
+        if measure:
+            param_grads = self.backward(grad_logits)
+            # x B undoes the 1/B of the batch mean: these are per-example gradients.
+            logit_grads = (grad_logits * b).norm(dim=1).mean(dim=1)  # [M]
+            layer_norms = grads.layer_norms(list(zip(self.weight_grads, self.bias_grads)))  # [M, L]
+            opt.step(param_grads)
+            return per_example, logit_grads, layer_norms
+        if isinstance(opt, StackedSGD):
+            self.backward(grad_logits, into=opt.buffers, beta=opt.momentum)
+            opt.descend()
+        else:
+            opt.step(self.backward(grad_logits))
+        return per_example, None, None
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits [M, B, K] from inputs [M, B, D] (one batch per model) or [B, D] (shared by all models)."""
@@ -178,6 +217,73 @@ class Stack:
 
 def _stacked(tensors: list[Tensor], device: torch.device) -> Tensor:
     return torch.stack([t.detach() for t in tensors]).to(device).contiguous()
+
+
+class Autograd:
+    """M copies of any model of the factory, their parameters stacked [M, ...] (``torch.func.stack_module_state``)
+    and stepped by autograd: ``functional_call`` under ``vmap`` runs each model on its own batch (batched products,
+    grouped convolutions), each model's loss is its own loss's batch mean, and one backward pass of their sum gives
+    every model its own gradients (the models share nothing)."""
+
+    def __init__(self, spec: model.ModelSpec, input_dim: int, classes: int, seeds: Sequence[int],
+                 device: torch.device):
+        nets = {seed: model.init(spec, input_dim, classes, seed) for seed in dict.fromkeys(seeds)}
+        stacked, buffers = stack_module_state([nets[s] for s in seeds])
+        if buffers:
+            raise ValueError(f"{spec.kind}: models with buffers (e.g. batch norm) are not stacked yet")
+        self.spec, self.input_dim, self.classes = spec, input_dim, classes
+        self.names = list(stacked)
+        self.params = [p.detach().to(device).contiguous().requires_grad_(True) for p in stacked.values()]
+        # Parameters grouped per module (a layer's weight and bias): the per-layer gradient norms.
+        modules = [name.rsplit(".", 1)[0] for name in self.names]
+        self.layers = [[i for i, m in enumerate(modules) if m == module] for module in dict.fromkeys(modules)]
+        skeleton = copy.deepcopy(nets[seeds[0]]).to("meta")  # shapes only: functional_call brings the values
+
+        def run(params: Sequence[Tensor], x: Tensor) -> Tensor:  # one model: [B, D] -> [B, K]
+            return functional_call(skeleton, dict(zip(self.names, params)), (x,))
+
+        self._own = vmap(run, in_dims=(0, 0))  # x [M, B, D]: a batch per model
+        self._shared = vmap(run, in_dims=(0, None))  # x [B, D]: one batch for every model
+        # cuDNN may pick nondeterministic convolution algorithms (backward weight gradients accumulate atomically):
+        # on CUDA the step asks for deterministic ones, so that the same seed gives the same records.
+        self._deterministic = (torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True)
+                               if device.type == "cuda" else contextlib.nullcontext())
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits [M, B, K] from inputs [M, B, D] (one batch per model) or [B, D] (shared by all models)."""
+        with torch.no_grad():
+            return (self._own if x.dim() == 3 else self._shared)(self.params, x)
+
+    def step(self, x: Tensor, y: Tensor, groups: Sequence[tuple[Callable, Callable, slice]], opt,
+             *, measure: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """As ``Stack.step``: per-example losses [M, B]; with ``measure`` the logit-gradient and per-layer norms."""
+        b = x.shape[1]
+        with self._deterministic:
+            logits = self._own(self.params, x)  # [M, B, K]
+            by_class = logits.transpose(1, 2)  # [M, K, B]: the losses' class dimension is 1, the batch trails
+            per_example = torch.cat([fn(by_class[s], y[s]) for fn, _, s in groups])  # [M, B]
+            total = per_example.mean(dim=1).sum()  # each model's batch mean; the sum couples nothing
+            wanted = [*self.params, logits] if measure else self.params
+            found = torch.autograd.grad(total, wanted)
+        # Laid out as the parameters: the fused Adam kernel reads both as flat memory (a transposed gradient of a
+        # linear layer's weight, as autograd can return it, took other elements' steps).
+        param_grads = [g.contiguous() for g in found[:len(self.params)]]
+        logit_grads = layer_norms = None
+        if measure:
+            # x B undoes the 1/B of the batch mean: these are per-example gradients.
+            logit_grads = (found[-1] * b).norm(dim=2).mean(dim=1)  # [M]
+            layer_norms = grads.layer_norms([[param_grads[i] for i in layer] for layer in self.layers])  # [M, L]
+        with torch.no_grad():
+            opt.step(param_grads)
+        return per_example.detach(), logit_grads, layer_norms
+
+    def member(self, m: int) -> nn.Module:
+        """Model ``m`` as a plain module (for tests and checks)."""
+        net = model.init(self.spec, self.input_dim, self.classes, 0)  # values replaced below; global RNG untouched
+        with torch.no_grad():
+            for name, p in zip(self.names, self.params):
+                net.get_parameter(name).copy_(p[m])
+        return net
 
 
 class StackedSGD:
@@ -280,7 +386,12 @@ class Trainer:
         self.seeds = list(dict.fromkeys(m.seed for m in self.members))  # rows of each step's batch [S, B]
         self.seed_of = torch.tensor([self.seeds.index(m.seed) for m in self.members], device=dev)  # [M]: its row
         self.groups = _loss_groups(self.members, settings.loss_options)
-        self.stack = Stack((data.input_dim, *cond.hidden, data.num_classes), [m.seed for m in self.members], dev)
+        self.backend = resolve_backend(settings.backend or cond.backend, cond.model)
+        seeds = [m.seed for m in self.members]
+        if self.backend == "fused":
+            self.stack = Stack((data.input_dim, *cond.model.hidden, data.num_classes), seeds, dev)
+        else:
+            self.stack = Autograd(cond.model, data.input_dim, data.num_classes, seeds, dev)
         lr = torch.tensor([m.lr for m in self.members], dtype=torch.float32, device=dev)
         if cond.optimizer == "sgd":
             self.opt = StackedSGD(self.stack.params, lr, cond.momentum)
@@ -346,11 +457,12 @@ class Trainer:
                 if stop():
                     raise Interrupted(self.step)
                 epoch, position = divmod(self.step, self.steps_per_epoch)
-                orders = torch.stack([batch_order(len(self.train_y), s, epoch) for s in self.seeds])  # [S, N]
+                orders = torch.stack([batch_order(len(self.train_y), s, epoch) for s in self.seeds])
+                orders = orders.to(self.device)  # [S, N], on the device for the whole epoch
                 bar.set_description(f"{self.cond.name} epoch {epoch + 1}/{self.cond.epochs}")
                 for start in range(position * self.cond.batch_size,
                                    self.steps_per_epoch * self.cond.batch_size, self.cond.batch_size):
-                    batch = orders[:, start:start + self.cond.batch_size].to(self.device)  # [S, B]
+                    batch = orders[:, start:start + self.cond.batch_size]  # [S, B]
                     log_now = (self.step + 1) % self.cond.log_every == 0
                     logit_grads, layer_norms = self._train_step(batch, measure=log_now)
                     self.step += 1
@@ -374,25 +486,11 @@ class Trainer:
         index = batch.index_select(0, self.seed_of).view(-1)  # [M * B]: each model gets the batch of its own seed
         x = torch.index_select(self.train_x, 0, index, out=self.batch_x).view(m, b, -1)  # [M, B, D]
         y = torch.index_select(self.train_y, 0, index, out=self.batch_y).view(m, b)
-        logits = self.stack.train_forward(x)  # [M, K, B]
-        parts = [with_grad(logits[s], y[s]) for _, with_grad, s in self.groups]
-        per_example = torch.cat([value for value, _ in parts])  # [M, B]
-        grad_logits = torch.cat([grad for _, grad in parts]).div_(b)  # [M, K, B], of each model's batch mean
+        per_example, logit_grads, layer_norms = self.stack.step(x, y, self.groups, self.opt,
+                                                                measure=measure and self.settings.instrument)
         torch.mean(per_example, dim=1, out=self.step_losses[self.window_steps])  # [M]
         self.window_steps += 1
-        if measure and self.settings.instrument:
-            param_grads = self.stack.backward(grad_logits)
-            # x B undoes the 1/B of the batch mean: these are per-example gradients.
-            logit_grads = (grad_logits * b).norm(dim=1).mean(dim=1)  # [M]
-            layer_norms = grads.layer_norms(self.stack.weight_grads, self.stack.bias_grads)  # [M, L]
-            self.opt.step(param_grads)
-            return logit_grads, layer_norms
-        if isinstance(self.opt, StackedSGD):
-            self.stack.backward(grad_logits, into=self.opt.buffers, beta=self.opt.momentum)
-            self.opt.descend()
-        else:
-            self.opt.step(self.stack.backward(grad_logits))
-        return None, None
+        return logit_grads, layer_norms
 
     def _per_example(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Each model's own loss on its own logits: [M, N, K], [M, N] -> [M, N]."""
@@ -654,6 +752,8 @@ def expected_calibration_error(confidence: Tensor, correct: Tensor, bins: int) -
     m, n = confidence.shape
     which = (confidence * bins).ceil().long().clamp(1, bins) - 1  # (lower, upper]; confidence > 0 always
     gap = torch.zeros(m, bins, dtype=confidence.dtype, device=confidence.device)
+    # On CUDA, scatter_add_ of floats adds a bin's terms in no fixed order (atomics): ECE may differ in its last
+    # bits between runs there. Declared rather than avoided: it is a reading, never fed back into training.
     gap.scatter_add_(1, which, correct.to(confidence.dtype) - confidence)  # sum over bin of (acc - conf)
     return gap.abs().sum(dim=1) / n
 
