@@ -1083,8 +1083,8 @@ def _published_rows(anchor: Published, head: Headline, condition: str | None) ->
                      f"{here} ({condition}, Holm p={row['p_holm']:.2g})", verdict, anchor.why.format(loss=loss)])
     if not rows:
         where = "no such condition in this study" if condition is None else (
-            f"no loss of the kind ({', '.join(registry.taking_part(anchor.claim)) or 'none registered'}) compared "
-            f"with {REFERENCE} over several seeds in {condition}")
+            f"no paired test of {' / '.join(registry.taking_part(anchor.claim)) or 'such a loss'} against "
+            f"{REFERENCE} in {condition}: not trained there, or fewer than two seeds to pair")
         rows.append([anchor.anchor, anchor.source, anchor.published, "–", NOT_MEASURED, where])
     return rows
 
