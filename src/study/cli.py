@@ -145,8 +145,9 @@ def probe_cmd(args: argparse.Namespace) -> None:
     from study import probe
 
     cfg = config.load(args.params)
-    # Each loss with its registered options (study.losses), the ones training binds unless the params override them.
-    sweep = probe.sweep(cfg.losses, max_margin=cfg.probe.max_margin, points=cfg.probe.points)
+    # Every loss any condition trains, each with its registered options (study.losses), the ones training binds.
+    names = dict.fromkeys([*cfg.losses, *(loss for cond in cfg.conditions.values() for loss in cond.losses)])
+    sweep = probe.sweep(list(names), max_margin=cfg.probe.max_margin, points=cfg.probe.points)
     tables.write_csv(sweep, args.out / "penalty.csv")
     tables.write_csv(probe.claims(), args.out / "claims.csv")
 
