@@ -219,6 +219,11 @@ def _stacked(tensors: list[Tensor], device: torch.device) -> Tensor:
     return torch.stack([t.detach() for t in tensors]).to(device).contiguous()
 
 
+def _dense(t: Tensor) -> bool:
+    """Whether ``t`` covers its memory without gaps (contiguous in some order of its dimensions)."""
+    return t.is_contiguous() or t.permute(*sorted(range(t.dim()), key=lambda d: -t.stride(d))).is_contiguous()
+
+
 class Autograd:
     """M copies of any model of the factory, their parameters stacked [M, ...] (``torch.func.stack_module_state``)
     and stepped by autograd: ``functional_call`` under ``vmap`` runs each model on its own batch (batched products,
@@ -244,10 +249,21 @@ class Autograd:
 
         self._own = vmap(run, in_dims=(0, 0))  # x [M, B, D]: a batch per model
         self._shared = vmap(run, in_dims=(0, None))  # x [B, D]: one batch for every model
+        self._lay_out_like_gradients(device)
         # cuDNN may pick nondeterministic convolution algorithms (backward weight gradients accumulate atomically):
         # on CUDA the step asks for deterministic ones, so that the same seed gives the same records.
         self._deterministic = (torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True)
                                if device.type == "cuda" else contextlib.nullcontext())
+
+    def _lay_out_like_gradients(self, device: torch.device) -> None:
+        """Store each parameter in the memory layout autograd returns its gradient in (a linear layer's weight
+        gradient comes transposed), so that the optimizers' elementwise passes and the fused Adam kernel, which
+        reads parameters and gradients as flat memory, run over matching dense tensors without a copy per step."""
+        x = torch.zeros(len(self.params[0]), 2, self.input_dim, device=device)
+        found = torch.autograd.grad(self._own(self.params, x).sum(), self.params)
+        for i, (p, g) in enumerate(zip(self.params, found)):
+            if g.stride() != p.stride() and _dense(g):
+                self.params[i] = torch.empty_like(g).copy_(p).requires_grad_(True)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits [M, B, K] from inputs [M, B, D] (one batch per model) or [B, D] (shared by all models)."""
@@ -265,9 +281,10 @@ class Autograd:
             total = per_example.mean(dim=1).sum()  # each model's batch mean; the sum couples nothing
             wanted = [*self.params, logits] if measure else self.params
             found = torch.autograd.grad(total, wanted)
-        # Laid out as the parameters: the fused Adam kernel reads both as flat memory (a transposed gradient of a
-        # linear layer's weight, as autograd can return it, took other elements' steps).
-        param_grads = [g.contiguous() for g in found[:len(self.params)]]
+        # Laid out as the parameters: the fused Adam kernel reads both as flat memory (a gradient in another layout
+        # would take other elements' steps). Set up so, this copies nothing.
+        param_grads = [g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
+                       for p, g in zip(self.params, found)]
         logit_grads = layer_norms = None
         if measure:
             # x B undoes the 1/B of the batch mean: these are per-example gradients.
