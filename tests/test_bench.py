@@ -11,7 +11,8 @@ import pytest
 from study import bench, cli
 
 FIELDS = ["fraction_of_peak", "speedup_vs_canonical", "speedup_vs_inmemory", "tracking_overhead",
-          "trainer_model_samples_per_s", "inmemory_model_samples_per_s", "canonical_model_samples_per_s"]
+          "trainer_model_samples_per_s", "inmemory_model_samples_per_s", "canonical_model_samples_per_s",
+          "fused_step_ms", "autograd_step_ms", "autograd_vs_fused"]
 
 
 def test_rounds_alternate_the_order_of_the_variants():
@@ -38,10 +39,14 @@ def test_bench_json_reports_every_ratio(smoke_pipeline, monkeypatch, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["peak_gflops"] > 0 and result["rounds"] == 1
     assert {name: len(values) for name, values in result["per_round"].items()} == {
-        "trainer": 1, "trainer_plain": 1, "inmemory": 1, "canonical": 1}
+        "trainer": 1, "trainer_plain": 1, "autograd_plain": 1, "inmemory": 1, "canonical": 1}
     for field in FIELDS:
         assert math.isfinite(result[field]) and result[field] != 0, field
     small = result["mnist1d"]
     assert small["model"] == "MLP 40-100-100-10"
     assert math.isfinite(small["speedup_vs_inmemory"]) and small["speedup_vs_inmemory"] > 0
+    assert math.isfinite(small["autograd_vs_fused"]) and small["autograd_vs_fused"] > 0
+    cnn = result["mnist1d_cnn"]
+    assert cnn["model"] == "CNN1d 25-25-25 k5 s2" and cnn["models"] == 20
+    assert math.isfinite(cnn["speedup_vs_loop"]) and cnn["speedup_vs_loop"] > 0
     assert bench.format_table(result).count("\n") >= 10
