@@ -17,7 +17,8 @@ from matplotlib.figure import Figure
 from study import analysis, document, losses, report, tables
 
 LOSSES = ["mse", "sigmoid_bce", "softmax_nll", "smoothed_ce"]
-LRS = {"mse": 0.3, "sigmoid_bce": 0.3, "softmax_nll": 0.1, "smoothed_ce": 0.1}
+SIX = [*LOSSES, "logit_mse", "focal"]  # a condition that adds two losses of the registry
+LRS = {"mse": 0.3, "sigmoid_bce": 0.3, "softmax_nll": 0.1, "smoothed_ce": 0.1, "logit_mse": 0.03, "focal": 0.1}
 GRID = [0.03, 0.1, 0.3]
 SEEDS = [0, 1, 2]
 STEPS_PER_EPOCH, EPOCHS = 10, 2
@@ -33,17 +34,18 @@ DIVERGED = (CLEAN, "mse", 2, 12)  # condition, loss, seed, step
 
 
 def _accuracy(loss: str, seed: int, step: int, lr: float | None = None) -> float:
-    i = LOSSES.index(loss)
-    final = (0.80, 0.82, 0.86, 0.85)[i] + 0.01 * seed
-    tau = (9.0, 6.0, 4.0, 4.5)[i] * (1 + 0.1 * seed)
+    i = SIX.index(loss)
+    final = (0.80, 0.82, 0.86, 0.85, 0.855, 0.84)[i] + 0.01 * seed
+    tau = (9.0, 6.0, 4.0, 4.5, 5.0, 4.2)[i] * (1 + 0.1 * seed)
     if lr is not None:  # tuning: off the loss's own lr the curve is slower
         tau *= 1 + 3 * abs(math.log10(lr / LRS[loss]))
     return 0.1 + (final - 0.1) * (1 - math.exp(-step / tau))
 
 
-def fabricate_history(condition: str, *, noise: bool = False, diverged=DIVERGED) -> pd.DataFrame:
+def fabricate_history(condition: str, *, noise: bool = False, diverged=DIVERGED, losses=LOSSES) -> pd.DataFrame:
     rows = []
-    for i, loss in enumerate(LOSSES):
+    for loss in losses:
+        i = SIX.index(loss)
         for seed in SEEDS:
             lr = LRS[loss]
             stop = diverged[3] if diverged and (condition, loss, seed) == diverged[:3] else None
@@ -55,8 +57,8 @@ def fabricate_history(condition: str, *, noise: bool = False, diverged=DIVERGED)
             for step in range(0, TOTAL + 1, 2):
                 if stop is not None and step > stop:
                     break
-                add(step, "train", "loss", (2.3, 0.9, 2.3, 2.4)[i] * math.exp(-step / 15) + 0.05 * (seed + 1))
-                scale = (0.2, 1.0, 1.5, 1.4)[i] / (1 + step / 8)
+                add(step, "train", "loss", (2.3, 0.9, 2.3, 2.4, 1.0, 1.6)[i] * math.exp(-step / 15) + 0.05 * (seed + 1))
+                scale = (0.2, 1.0, 1.5, 1.4, 2.0, 1.2)[i] / (1 + step / 8)
                 add(step, "train", "grad_norm", scale * 3)
                 for layer in (1, 2, 3):
                     add(step, "train", f"grad_norm_layer{layer}", scale * layer)
@@ -89,10 +91,12 @@ def fabricate_history(condition: str, *, noise: bool = False, diverged=DIVERGED)
     return pd.DataFrame(rows, columns=tables.HISTORY_COLUMNS)
 
 
-def fabricate_examples(condition: str, *, diverged=DIVERGED, n_probe: int = 40, n_test: int = 200) -> pd.DataFrame:
+def fabricate_examples(condition: str, *, diverged=DIVERGED, n_probe: int = 40, n_test: int = 200,
+                       losses=LOSSES) -> pd.DataFrame:
     rng = np.random.default_rng(zlib.crc32(condition.encode()))
     parts = []
-    for i, loss in enumerate(LOSSES):
+    for loss in losses:
+        i = SIX.index(loss)
         for seed in SEEDS:
             stop = diverged[3] if diverged and (condition, loss, seed) == diverged[:3] else None
             evals = [s for s in EVALS if stop is None or s <= stop]
@@ -159,29 +163,30 @@ def closed_form_penalty(max_margin: float = 12.0, points: int = 25, k: int = 10,
     return pd.DataFrame(rows, columns=["loss", "margin", "p_true", "loss_value", "logit_grad_norm", "grad_true"])
 
 
-def setup_json(condition: str, *, noise: float = 0.0, lr_source: str = CLEAN) -> dict:
+def setup_json(condition: str, *, noise: float = 0.0, lr_source: str = CLEAN, losses=LOSSES) -> dict:
     return {
         "condition": condition, "dataset": "fashion_mnist",
         "params": {"hidden": [256, 256], "optimizer": "sgd" if noise else "adam", "momentum": 0.9, "batch_size": 32,
                    "epochs": EPOCHS, "label_noise": noise, "val_size": 100, "lr_grid": GRID, "lr_from": lr_source,
                    "tune_epochs": 2, "tune_seeds": [100], "targets": TARGETS},
         "sizes": {"train": 320, "val": 100, "test": 200, "flipped": int(320 * noise)},
-        "model": "MLP 784-256-256-10", "losses": LOSSES, "seeds": SEEDS, "lrs": LRS, "lr_source": lr_source,
+        "model": "MLP 784-256-256-10", "losses": list(losses), "seeds": SEEDS,
+        "lrs": {loss: LRS[loss] for loss in losses}, "lr_source": lr_source,
         "steps_per_epoch": STEPS_PER_EPOCH, "total_steps": TOTAL, "device": "cpu", "confident": 0.9,
         "ece_bins": 15, "smoothing_eps": 0.1,
     }
 
 
-def fabricate(root: Path, *, claims: bool = True, tune: bool = True) -> Path:
+def fabricate(root: Path, *, claims: bool = True, tune: bool = True, clean_losses=LOSSES) -> Path:
     """A results/ tree as the pipeline lays it out (``conditions/<condition>/``, ``probe/``) with a clean condition
-    (tuned here, one diverged model) and a label-noise condition."""
+    (tuned here, one diverged model; ``clean_losses`` trained) and a label-noise condition (the four losses)."""
     results = root / "conditions"
-    for condition, noise in ((CLEAN, 0.0), (NOISY, 0.4)):
+    for condition, noise, trained in ((CLEAN, 0.0, clean_losses), (NOISY, 0.4, LOSSES)):
         directory = results / condition
         directory.mkdir(parents=True, exist_ok=True)
-        tables.write_csv(fabricate_history(condition, noise=bool(noise)), directory / tables.HISTORY)
-        tables.write_parquet(fabricate_examples(condition), directory / tables.EXAMPLES)
-        tables.write_json(setup_json(condition, noise=noise), directory / tables.SETUP)
+        tables.write_csv(fabricate_history(condition, noise=bool(noise), losses=trained), directory / tables.HISTORY)
+        tables.write_parquet(fabricate_examples(condition, losses=trained), directory / tables.EXAMPLES)
+        tables.write_json(setup_json(condition, noise=noise, losses=trained), directory / tables.SETUP)
     if tune:
         tables.write_csv(fabricate_tune(CLEAN), results / CLEAN / tables.TUNE)
         tables.write_json({"source": CLEAN, "criterion": "final validation accuracy, mean over tune seeds",
@@ -641,3 +646,52 @@ def test_nll_rising_while_accuracy_holds_contradicts_the_misclassification_sente
     agree = history.copy()
     agree.loc[(agree["metric"] == "accuracy") & (agree["step"] == 30), "value"] = 0.5  # NLL up, accuracy down
     assert analysis.claim_nll_misclassification(agree)["verdict"] == "holds"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# More losses than the mission's four, and conditions with different loss lists
+
+
+def test_figures_draw_six_losses_in_registry_order():
+    history = fabricate_history(CLEAN, losses=SIX)
+    fig = report.plot_convergence(history)
+    colours = set(report.COLOURS.values())
+    drawn = [line.get_color() for ax in fig.axes for line in ax.get_lines() if line.get_color() in colours]
+    assert list(dict.fromkeys(drawn)) == [report.colour(loss) for loss in losses.names() if loss in SIX]
+    _check(fig, SIX)
+    _check(report.plot_headline(history), SIX)
+    examples = fabricate_examples(CLEAN, losses=SIX)
+    for fig in (report.plot_reliability(examples), report.plot_logit_grad(examples, None)):
+        titles = [ax.get_title().split("\n")[0] for ax in fig.axes if ax.get_visible() and ax.get_title()]
+        assert titles == [report.label(loss) for loss in losses.names() if loss in SIX]  # every loss its panel
+        _check(fig, SIX)
+
+
+def test_claims_pick_their_losses_from_the_registry():
+    head = analysis.headline(fabricate_history(CLEAN, losses=SIX), {CLEAN: TARGETS})
+    faster = analysis.claim_faster(head)["measured"]
+    assert "mse" in faster and "sigmoid_bce" in faster and "logit_mse" not in faster and "focal" not in faster
+    assert analysis.claim_faster(head, others=["focal"])["measured"].count("focal") == 1
+    assert analysis.ordered(["focal", "mse", "zzz"]) == ["mse", "focal", "zzz"]
+
+
+@pytest.fixture(scope="module")
+def built_six(tmp_path_factory) -> Path:
+    root = fabricate(tmp_path_factory.mktemp("six") / "results", clean_losses=SIX)
+    build(root)
+    return root
+
+
+def test_a_condition_with_six_losses_beside_one_with_four(built_six: Path):
+    metrics = json.loads((built_six / "metrics.json").read_text())
+    assert list(metrics[CLEAN]) == SIX and list(metrics[NOISY]) == LOSSES
+    md = (built_six / "report" / "report.md").read_text()
+    for loss in ("logit_mse", "focal"):
+        assert f"| {loss} |" in md
+        assert f"{loss} = {losses.spec(loss).formula}" in md  # the methods paragraph, from the registry
+    assert "−(1 − p_y)^γ log p_y, p = softmax(z) with γ = 3" in md
+    section = md.split("## Published results side by side")[1].split("\n## ")[0]
+    for anchor in ("square loss on logits is competitive", "focal loss lowers the calibration error"):
+        row = next(line for line in section.splitlines() if anchor in line)
+        assert f"({CLEAN}, Holm p=" in row, row  # measured, since the clean condition trained the loss
+    assert (built_six / "report" / "figures" / f"reliability_{CLEAN}.png").exists()

@@ -76,6 +76,21 @@ def _loss_legend(fig: Figure, losses: Sequence[str], extra: Sequence[Line2D] = (
                frameon=False)
 
 
+PANELS_PER_ROW = 4  # one panel per loss: rows of at most this many
+
+
+def _loss_panels(count: int, width: float, height: float, **kwargs) -> tuple[Figure, list, list]:
+    """One panel per loss, ``PANELS_PER_ROW`` to a row (as many rows as the losses need; unused panels hidden).
+    Returns the figure, the loss panels in order and the first panel of each row (for the y label)."""
+    ncols = min(max(count, 1), PANELS_PER_ROW)
+    nrows = max(1, math.ceil(count / ncols))
+    fig, axes = _figure(nrows, ncols, max(width * ncols, 7.5), height * nrows, **kwargs)
+    flat = list(axes.flat)
+    for ax in flat[count:]:
+        ax.set_visible(False)
+    return fig, flat[:count], list(axes[:, 0])
+
+
 def _single(frame: pd.DataFrame, column: str = "condition") -> str:
     values = frame[column].dropna().unique()
     if len(values) != 1:
@@ -265,6 +280,8 @@ def plot_time_to_target(history: pd.DataFrame, targets: Mapping[str, Sequence[fl
             end = float(table["censored_at"].max())
             for loss in losses:
                 rows = table[table["loss"] == loss]
+                if rows.empty:  # conditions may train different losses
+                    continue
                 hit = np.sort(rows["step"].dropna().to_numpy(dtype=float))
                 xs = np.concatenate([[1.0], np.maximum(hit, 1.0), [end]])
                 ys = np.concatenate([[0.0], np.arange(1, len(hit) + 1) / len(rows), [len(hit) / len(rows)]])
@@ -328,10 +345,11 @@ def plot_steps_to_target(history: pd.DataFrame, targets: Mapping[str, Sequence[f
     with _style():
         fig, panels = _target_panels(history, targets, height=4.2)
         for ax, condition, mine in panels:
-            width = 0.8 / max(len(losses), 1)
+            present = analysis.ordered(mine["loss"])  # conditions may train different losses
+            width = 0.8 / max(len(present), 1)
             for i, target in enumerate(targets[condition]):
                 table = analysis.steps_to_target(mine, target)
-                for j, loss in enumerate(losses):
+                for j, loss in enumerate(present):
                     rows = table[table["loss"] == loss]
                     x = i - 0.4 + width * (j + 0.5)
                     jitter = np.linspace(-width * 0.25, width * 0.25, len(rows)) if len(rows) > 1 else [0.0]
@@ -463,9 +481,8 @@ def plot_logit_grad(examples: pd.DataFrame, penalty: pd.DataFrame | None,
     losses = analysis.ordered(examples["loss"])
     edges = np.logspace(-8, 0, 33)
     with _style():
-        ncols = min(len(losses), 4) or 1
-        fig, axes = _figure(1, ncols, max(3.6 * ncols, 7.5), 4.0, sharex=True, sharey=True)
-        for ax, loss in zip(axes[0], losses, strict=False):
+        fig, panels, first = _loss_panels(len(losses), 3.6, 4.0, sharex=True, sharey=True)
+        for ax, loss in zip(panels, losses, strict=True):
             rows = probe[probe["loss"] == loss]
             x = np.clip(rows["p_true"].to_numpy(dtype=float), FLOOR, 1)
             y = np.clip(rows["logit_grad_norm"].to_numpy(dtype=float), FLOOR, None)
@@ -488,7 +505,8 @@ def plot_logit_grad(examples: pd.DataFrame, penalty: pd.DataFrame | None,
             ax.set_yscale("log")
             ax.set_title(label(loss), color=colour(loss))
             ax.set_xlabel("probability of the true class p_true (log)")
-        axes[0, 0].set_ylabel(f"‖∂L/∂z‖ per example (log; floor {FLOOR:g})")
+        for ax in first:
+            ax.set_ylabel(f"‖∂L/∂z‖ per example (log; floor {FLOOR:g})")
         fig.suptitle(f"{condition}: logit gradient vs p_true on the probe examples")
         extra = [Line2D([], [], color="grey", marker="o", ls="", label="correct"),
                  Line2D([], [], color="grey", marker="x", ls="", label="wrong"),
@@ -574,9 +592,8 @@ def plot_reliability(examples: pd.DataFrame, bins: int = 15) -> Figure:
     table = analysis.calibration_bins(examples, bins)
     losses = analysis.ordered(examples["loss"])
     with _style():
-        ncols = min(len(losses), 4) or 1
-        fig, axes = _figure(1, ncols, max(3.4 * ncols, 7.5), 3.8, sharey=True)
-        for ax, loss in zip(axes[0], losses, strict=False):
+        fig, panels, first = _loss_panels(len(losses), 3.4, 3.8, sharey=True)
+        for ax, loss in zip(panels, losses, strict=True):
             rows = table[table["loss"] == loss]
             ax.bar(rows["lower"], rows["accuracy"], width=1 / bins, align="edge", color=colour(loss), alpha=0.75,
                    edgecolor="white")
@@ -587,7 +604,8 @@ def plot_reliability(examples: pd.DataFrame, bins: int = 15) -> Figure:
             ax.set_title(f"{label(loss)}\nECE (pooled) = {analysis.ece_from_bins(rows):.3f}", color=colour(loss),
                          fontsize=9)
             ax.set_xlabel("confidence (max probability)")
-        axes[0, 0].set_ylabel("accuracy in bin (fraction)")
+        for ax in first:
+            ax.set_ylabel("accuracy in bin (fraction)")
         fig.suptitle(f"{condition}: reliability diagrams ({bins} bins, test split, seeds pooled)")
         extra = [Line2D([], [], color="black", ls="--", label="perfect calibration"),
                  Line2D([], [], color="black", marker="o", ls="", ms=4, label="bin at its mean confidence")]
