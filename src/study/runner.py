@@ -6,6 +6,7 @@ Serves ``cli``; the only place that knows both the trainer and the tracker.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from study import analysis, data, tables, tracking, train
+from study import analysis, cluster, data, tables, tracking, train
 from study.config import Condition, StudyConfig, flatten
 from study.losses import CONVENTIONS
 from study.model import describe
@@ -50,7 +51,7 @@ def tune(cfg: StudyConfig, cond: Condition, *, data_root: Path, out: Path, track
     trainer = train.Trainer(short, dataset, members, settings)
     with _tracker(cfg, cond, "tune", members, tuned=False, enabled=tracking) as tracker:
         records: list[Record] = []
-        collect(trainer.run(), tracker, into=records)
+        _run_grid(cfg, short, data_root, trainer, tracker, into=records, keep_examples=False)
         history = tables.history_frame(records, condition=cond.name, dataset=cond.dataset)
         history = _with_collapses(history, records, tracker, cond, chance=1 / dataset.num_classes)
         choice = choose_lrs(history, cfg.losses, cond.lr_grid, val_size=len(dataset.y_val))
@@ -153,20 +154,21 @@ def train_condition(cfg: StudyConfig, cond: Condition, lrs: dict[str, float], *,
         return True
 
     while not _train_pass(cfg, cond, dataset, lrs, checkpoint=checkpoint, tracking=tracking, progress=progress,
-                          finish=finish):
+                          finish=finish, data_root=data_root):
         pass
     if checkpoint:
         Checkpoint(checkpoint, "").remove()
 
 
 def _train_pass(cfg: StudyConfig, cond: Condition, dataset: data.Dataset, lrs: dict[str, float], *,
-                checkpoint: Path | None, tracking: bool, progress: bool, finish) -> bool:
+                checkpoint: Path | None, tracking: bool, progress: bool, finish, data_root: Path) -> bool:
     """One lockstep run of every loss x seed at ``lrs``, then ``finish(trainer, items, history, summary, tracker)``
     inside the run's tracker; returns what ``finish`` returns."""
     members = train.grid(cfg.losses, cfg.seeds, {loss: [lrs[loss]] for loss in cfg.losses})
     settings = _settings(cfg, splits=("val", "test"), instrument=True, progress=progress)
     trainer = train.Trainer(cond, dataset, members, settings)
-    saved = Checkpoint(checkpoint, _fingerprint(cfg, cond, lrs, dataset.sizes())) if checkpoint else None
+    local = _executor(cfg) == "local"  # shards on Ray restart from scratch: no checkpoint
+    saved = Checkpoint(checkpoint, _fingerprint(cfg, cond, lrs, dataset.sizes())) if checkpoint and local else None
     items: list[Record | ExampleStats] = []
     state = saved.load() if saved else None
     if state is not None:
@@ -176,7 +178,7 @@ def _train_pass(cfg: StudyConfig, cond: Condition, dataset: data.Dataset, lrs: d
         tracker.log([item for item in items if isinstance(item, Record)])
         with _stop_signals() as stopping:
             try:
-                collect(trainer.run(stop=stopping), tracker, into=items, keep_examples=True)
+                _run_grid(cfg, cond, data_root, trainer, tracker, into=items, keep_examples=True, stop=stopping)
             except train.Interrupted:
                 if saved:
                     saved.save({"trainer": trainer.state(), "items": _encode(items)})
@@ -224,6 +226,27 @@ def _failed_losses(history: pd.DataFrame) -> dict[str, dict]:
     return failed
 
 
+def _executor(cfg: StudyConfig) -> str:
+    # TODO(config owner, issue 16): `study.executor` in the params; until then STUDY_EXECUTOR or local.
+    return cluster.executor(getattr(cfg, "executor", None))
+
+
+def _run_grid(cfg: StudyConfig, cond: Condition, data_root: Path, trainer: train.Trainer, tracker, *, into: list,
+              keep_examples: bool, stop=lambda: False) -> None:
+    """Train the trainer's grid into ``into``: here, or as one Ray task per seed (the same items, in the same
+    order; each task loads the data itself from ``data_root``)."""
+    if _executor(cfg) == "local":
+        collect(trainer.run(stop=stop), tracker, into=into, keep_examples=keep_examples)
+        return
+    load = functools.partial(_load_data, cond, Path(data_root).resolve())
+    settings = dataclasses.replace(trainer.settings, progress=False)
+    with cluster.session():
+        outcome = cluster.run_grid(cond, load, trainer.members, settings, tracker, keep_examples=keep_examples,
+                                   stop=stop)
+    into.extend(outcome.items)
+    trainer.evaluation_seconds = outcome.evaluation_seconds
+
+
 def collect(stream: Iterator[Record | ExampleStats], tracker, *, into: list, keep_examples: bool = False) -> None:
     """Drain a trainer's stream into ``into`` (kept even if the stream raises); Records also go to the tracker,
     which sends them in batches off the training loop."""
@@ -244,7 +267,7 @@ def collect(stream: Iterator[Record | ExampleStats], tracker, *, into: list, kee
 def _load_data(cond: Condition, root: Path) -> data.Dataset:
     return data.load(cond.dataset, root, val_size=cond.val_size, split_seed=cond.split_seed,
                      train_size=cond.train_size, test_size=cond.test_size, label_noise=cond.label_noise,
-                     noise_seed=cond.noise_seed)
+                     noise_seed=cond.noise_seed, heldout_classes=tuple(getattr(cond, "heldout_classes", ())))
 
 
 def _settings(cfg: StudyConfig, *, splits, instrument: bool, progress: bool) -> train.Settings:

@@ -52,6 +52,15 @@ class Tracker(Protocol):
     def set_summary(self, run: str, metrics: dict[str, float]) -> None:
         """Final metrics of one child run, logged at the last step seen for it."""
 
+    def handle(self) -> RunHandle | None:
+        """Where other processes (Ray workers) log this tracker's child runs; None when nothing is tracked."""
+
+    def observe(self, records: Iterable[Record]) -> None:
+        """Records another process already logged: only their steps are noted (``set_summary`` logs at the last)."""
+
+    def restart_runs(self, runs: Iterable[str], reason: str) -> RunHandle | None:
+        """End these child runs KILLED (tag ``killed_reason``) and open fresh ones for a retry."""
+
 
 class NullTracker:
     """Records nothing: tests, smoke runs, tracking off."""
@@ -64,6 +73,27 @@ class NullTracker:
 
     def set_summary(self, run: str, metrics: dict[str, float]) -> None:
         pass
+
+    def handle(self) -> RunHandle | None:
+        return None
+
+    def observe(self, records: Iterable[Record]) -> None:
+        pass
+
+    def restart_runs(self, runs: Iterable[str], reason: str) -> RunHandle | None:
+        return None
+
+
+@dataclass(frozen=True)
+class RunHandle:
+    """Enough for another process to log to open runs: the store, the parent run and child run ids by name."""
+
+    uri: str
+    parent_id: str
+    run_ids: dict[str, str]
+
+    def subset(self, runs: Iterable[str]) -> RunHandle:
+        return RunHandle(self.uri, self.parent_id, {run: self.run_ids[run] for run in runs})
 
 
 @dataclass(frozen=True)
@@ -197,10 +227,13 @@ def _sigterm_as_exit() -> Iterator[None]:
 class MlflowTracker:
     """Sends records to MLflow from a background thread in batches; ``log`` only enqueues."""
 
-    def __init__(self, client: MlflowClient, parent_id: str, run_ids: dict[str, str], *, interval_s: float = 5.0):
+    def __init__(self, client: MlflowClient, parent_id: str, run_ids: dict[str, str], *, interval_s: float = 5.0,
+                 uri: str = "", children: _Children | None = None):
         self._client = client
+        self._uri = uri
+        self._children = children  # how to open a child run again (a retried shard); None in a worker
         self._parent_id = parent_id
-        self._run_ids = run_ids  # run name -> child run id
+        self._run_ids = dict(run_ids)  # run name -> child run id
         self._interval_s = interval_s  # how long the sender gathers records into one batch
         self._queue: queue.Queue[Any] = queue.Queue()
         self._last_step: dict[str, int] = {}
@@ -246,28 +279,61 @@ class MlflowTracker:
         safe = _safe_params(params)
         parent = _retry(client.create_run, experiment_id, run_name=f"{condition}/{stage}", tags=shared)
         parent_id = parent.info.run_id
-        run_ids = {}
+        children = _Children(experiment_id, parent_id, shared, safe, {spec.run: spec for spec in runs})
+        run_ids: dict[str, str] = {}
         try:
             _log_params(client, parent_id, safe)
             for spec in runs:
-                tags = {
-                    **shared,
-                    "mlflow.parentRunId": parent_id,
-                    "loss": spec.loss,
-                    "seed": str(spec.seed),
-                    "lr": f"{spec.lr:g}",
-                    "lr_tuned": str(spec.tuned).lower(),
-                }
-                child = _retry(client.create_run, experiment_id, run_name=spec.run, tags=tags)
-                run_ids[spec.run] = child.info.run_id
-                own = {"loss": spec.loss, "lr": f"{spec.lr:g}", "seed": str(spec.seed)}
-                conventions = _safe_params({f"loss.{k}": str(v) for k, v in spec.conventions.items()})
-                _log_params(client, child.info.run_id, {**safe, **own, **conventions})
+                run_ids[spec.run] = children.open(client, spec.run)
         except BaseException as exc:
             for run_id in [*run_ids.values(), parent_id]:
                 _terminate(client, run_id, "FAILED", f"{type(exc).__name__}: {exc}")
             raise
-        return cls(client, parent_id, run_ids)
+        return cls(client, parent_id, run_ids, uri=uri, children=children)
+
+    @classmethod
+    def attach(cls, handle: RunHandle) -> MlflowTracker:
+        """A tracker for child runs another process opened (a Ray worker logging its shard); tags them with this
+        host and pid. ``detach`` sends what is queued and leaves the runs open; ``end_runs`` ends them."""
+        client = _connect(handle.uri)
+        worker = [_tag("study.worker_host", socket.gethostname()), _tag("study.worker_pid", str(os.getpid()))]
+        for run_id in handle.run_ids.values():
+            _retry(client.log_batch, run_id, tags=worker, synchronous=True)
+        return cls(client, handle.parent_id, handle.run_ids, uri=handle.uri)
+
+    def handle(self) -> RunHandle:
+        return RunHandle(self._uri, self._parent_id, dict(self._run_ids))
+
+    def observe(self, records: Iterable[Record]) -> None:
+        for record in records:
+            self._last_step[record.run] = max(record.step, self._last_step.get(record.run, 0))
+
+    def restart_runs(self, runs: Iterable[str], reason: str) -> RunHandle:
+        if self._children is None:
+            raise RuntimeError("only the tracker that opened the runs can open them again")
+        runs = list(runs)
+        self.flush(60)
+        for run in runs:
+            _retry(self._client.set_tag, self._run_ids[run], "killed_reason", reason[:_MAX_ERROR_CHARS])
+            _terminate(self._client, self._run_ids[run], "KILLED", None)
+            self._run_ids[run] = self._children.open(self._client, run, retry_of=self._run_ids[run])
+        return self.handle().subset(runs)
+
+    def end_runs(self, status: str, error: str | None = None) -> None:
+        """End this tracker's child runs (not the parent): a worker whose shard raised."""
+        self.detach()
+        for run_id in self._run_ids.values():
+            _terminate(self._client, run_id, status, error)
+
+    def detach(self, timeout_s: float = 600) -> None:
+        """Send what is queued and stop the sender; the runs stay open for their owner to end."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(("stop",))
+        self._thread.join(timeout=timeout_s)
+        if self._dropped or self._error:
+            _log.warning("MLflow: %d metrics were not sent: %s", self._dropped, self._error)
 
     def log(self, records: Iterable[Record]) -> None:
         if self._closed:
@@ -564,3 +630,37 @@ def _git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() or "unknown"
+
+
+def _tag(key: str, value: str):
+    from mlflow.entities import RunTag
+
+    return RunTag(key, value)
+
+
+@dataclass(frozen=True)
+class _Children:
+    """What opening a child run takes: its spec, the shared tags and the condition's params."""
+
+    experiment_id: str
+    parent_id: str
+    shared: dict[str, str]
+    params: dict[str, str]
+    specs: dict[str, RunSpec]
+
+    def open(self, client: MlflowClient, run: str, *, retry_of: str | None = None) -> str:
+        spec = self.specs[run]
+        tags = {
+            **self.shared,
+            "mlflow.parentRunId": self.parent_id,
+            "loss": spec.loss,
+            "seed": str(spec.seed),
+            "lr": f"{spec.lr:g}",
+            "lr_tuned": str(spec.tuned).lower(),
+            **({"retry_of": retry_of} if retry_of else {}),
+        }
+        child = _retry(client.create_run, self.experiment_id, run_name=spec.run, tags=tags)
+        own = {"loss": spec.loss, "lr": f"{spec.lr:g}", "seed": str(spec.seed)}
+        conventions = _safe_params({f"loss.{k}": str(v) for k, v in spec.conventions.items()})
+        _log_params(client, child.info.run_id, {**self.params, **own, **conventions})
+        return child.info.run_id
