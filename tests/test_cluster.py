@@ -5,14 +5,16 @@ tables and rates as the local executor, and a worker killed mid-shard."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from conftest import synthetic_dataset, tiny_condition
 from study import cluster, train
 from study.records import ExampleStats, Record
-
-from conftest import synthetic_dataset, tiny_condition
 
 
 def _items(cond, data, members, settings) -> list:
@@ -75,3 +77,146 @@ def test_the_executor_comes_from_the_environment_then_the_params(monkeypatch):
     monkeypatch.setenv("STUDY_EXECUTOR", "dask")
     with pytest.raises(ValueError, match="local, ray"):
         cluster.executor(None)
+
+
+# ---- the real parts -------------------------------------------------------------------------------------------
+
+CONDITION = "fashion_sgd"
+
+
+@dataclasses.dataclass
+class RayRun:
+    smoke: object  # smoke_repo.SmokeRepo: a copy of the repo with the smoke params, data prepared
+    server: object  # study.server.TrackingServer
+    address: str  # RAY_ADDRESS of the local cluster
+
+    def study(self, stage: str, out: str, *, executor: str, tracking: bool = True, lrs: str | None = None,
+              fault: str = "", check: bool = True):
+        argv = [sys.executable, "-m", "study", stage, "--params", "experiments/study.yaml", "--condition", CONDITION,
+                "--data", "data", "--out", out, "--no-progress"]
+        argv += ["--lrs", lrs] if lrs else []
+        argv += [] if tracking else ["--no-tracking"]
+        self.smoke.extra_env.update({"STUDY_EXECUTOR": executor, "RAY_ADDRESS": self.address,
+                                     "STUDY_CLUSTER_FAULT": fault, "MLFLOW_TRACKING_URI": self.server.uri})
+        return self.smoke.run(*argv, check=check)
+
+    def runs(self, stage: str) -> list[dict]:
+        """Every run of the stage in the store, newest parent's children first: name, status, tags, metric count."""
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(self.server.backend_uri)
+        query = sqlalchemy.text("""
+            SELECT r.run_uuid, r.name, r.status, r.start_time,
+                   (SELECT value FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = 'mlflow.parentRunId') AS parent,
+                   (SELECT value FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = 'killed_reason') AS killed,
+                   (SELECT count(*) FROM metrics m WHERE m.run_uuid = r.run_uuid) AS metrics
+            FROM runs r JOIN tags s ON s.run_uuid = r.run_uuid AND s.key = 'stage' AND s.value = :stage
+            ORDER BY r.start_time""")
+        try:
+            with engine.connect() as conn:
+                return [dict(row._mapping) for row in conn.execute(query, {"stage": stage})]
+        finally:
+            engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def ray_run(tmp_path_factory):
+    from cluster_parts import ray_cluster, skip_without_parts, tracking_server
+    from smoke_repo import copy_repo
+
+    skip_without_parts(ray_needed=True)
+    smoke = copy_repo(tmp_path_factory.mktemp("cluster-repo"))
+    smoke.run(sys.executable, "-m", "study", "data", "--params", "experiments/study.yaml", "--out", "data")
+    with tracking_server() as srv, ray_cluster(cpus=2) as address:
+        yield RayRun(smoke, srv, address)
+
+
+def _tables(out) -> dict:
+    names = ("tune.csv", "history.csv", "summary.csv")
+    return {name: pd.read_csv(out / name) for name in names if (out / name).exists()}
+
+
+def assert_same_frames(got: pd.DataFrame, want: pd.DataFrame, name: str = "") -> None:
+    """Same rows in the same order; numbers equal to the last few digits. A Ray task runs one thread (Ray sets
+    OMP_NUM_THREADS to its num_cpus) where the local trainer runs two, so sums are ordered differently: the trained
+    weights agree to about 1e-6, and statistics that bin or fit on them (ECE, temperature) move a little more."""
+    assert list(got.columns) == list(want.columns) and len(got) == len(want)
+    for column in want.columns:
+        if pd.api.types.is_numeric_dtype(want[column]):
+            a, b = got[column].to_numpy(dtype=float), want[column].to_numpy(dtype=float)
+            print(f"{name} {column}: max |ray - local| = {np.nanmax(np.abs(a - b), initial=0):.2g}")
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3, err_msg=column)
+        else:
+            assert got[column].tolist() == want[column].tolist(), column
+
+
+def _summary_values(summary: pd.DataFrame) -> int:
+    from study import tables
+
+    columns = [c for c in summary.columns if c.startswith(tables.SUMMARY_PREFIXES)]
+    return int(np.isfinite(summary[columns].to_numpy(dtype=float)).sum())
+
+
+@pytest.mark.cluster
+def test_the_smoke_condition_on_ray_matches_the_local_executor_and_logs_every_run_finished(ray_run):
+    """Tune and train on a 2-CPU Ray cluster, logging to mlflow server on PostgreSQL, then the same locally: the
+    same chosen rates, the same tables; every run FINISHED; the store holds exactly the tables' values."""
+    repo = ray_run.smoke.repo
+    ray_out, local_out = f"results/ray/{CONDITION}", f"results/local/{CONDITION}"
+    ray_run.study("tune", ray_out, executor="ray")
+    ray_run.study("train", ray_out, executor="ray", lrs=f"{ray_out}/lr.json")
+    ray_run.study("tune", local_out, executor="local", tracking=False)
+    ray_run.study("train", local_out, executor="local", tracking=False, lrs=f"{local_out}/lr.json")
+
+    ray_lrs, local_lrs = (json.loads((repo / out / "lr.json").read_text()) for out in (ray_out, local_out))
+    assert ray_lrs["lrs"] == local_lrs["lrs"]
+    got, want = _tables(repo / ray_out), _tables(repo / local_out)
+    assert set(got) == set(want) == {"tune.csv", "history.csv", "summary.csv"}
+    for name in want:
+        assert_same_frames(got[name], want[name], name)
+    assert_same_frames(pd.read_parquet(repo / ray_out / "examples.parquet"),
+                       pd.read_parquet(repo / local_out / "examples.parquet"), "examples.parquet")
+
+    for stage, table in (("tune", "tune.csv"), ("train", "history.csv")):
+        runs = ray_run.runs(stage)
+        parents = [r for r in runs if r["parent"] is None]
+        children = [r for r in runs if r["parent"] is not None]
+        assert len(parents) == 1 and {r["status"] for r in runs} == {"FINISHED"}
+        assert {r["parent"] for r in children} == {parents[0]["run_uuid"]}
+        expected = len(got[table]) + (_summary_values(got["summary.csv"]) if stage == "train" else 0)
+        assert sum(r["metrics"] for r in children) == expected
+    assert len(ray_run.runs("train")) - 1 == len(got["summary.csv"])  # one child run per trained model
+
+
+@pytest.mark.cluster
+def test_a_worker_killed_mid_shard_is_retried_into_fresh_runs_or_the_stage_fails_with_nothing_written(ray_run):
+    repo = ray_run.smoke.repo
+    lrs = f"results/ray/{CONDITION}/lr.json"
+    if not (repo / lrs).exists():
+        ray_run.study("tune", f"results/ray/{CONDITION}", executor="ray", tracking=False)
+    before = {r["run_uuid"] for r in ray_run.runs("train")}
+
+    # Shard 1's worker SIGKILLs itself after its first step's metrics reached the store: retried once, completes.
+    retried = f"results/retried/{CONDITION}"
+    result = ray_run.study("train", retried, executor="ray", lrs=lrs, fault="kill:1")
+    assert "worker died running shard 1" in result.stderr
+    runs = [r for r in ray_run.runs("train") if r["run_uuid"] not in before]
+    killed = [r for r in runs if r["status"] == "KILLED"]
+    finished = [r for r in runs if r["status"] == "FINISHED"]
+    history = pd.read_csv(repo / retried / "history.csv")
+    summary = pd.read_csv(repo / retried / "summary.csv")
+    assert len(killed) == len(summary) // 2 and all(r["killed"] for r in killed)  # one seed's models of two
+    assert sum(r["metrics"] for r in killed) > 0  # killed mid-shard, after logging
+    assert len(finished) == len(summary) + 1 and len(runs) == len(killed) + len(finished)
+    assert sum(r["metrics"] for r in finished) == len(history) + _summary_values(summary)
+    if (repo / f"results/ray/{CONDITION}/history.csv").exists():
+        assert_same_frames(history, pd.read_csv(repo / f"results/ray/{CONDITION}/history.csv"))
+
+    # Dying on every attempt: the stage fails, writes nothing, and leaves no run RUNNING.
+    before = {r["run_uuid"] for r in ray_run.runs("train")}
+    failed = f"results/failed/{CONDITION}"
+    result = ray_run.study("train", failed, executor="ray", lrs=lrs, fault="kill:0:always", check=False)
+    assert result.returncode != 0 and "no retries left" in result.stderr
+    assert not (repo / failed).exists() or not any((repo / failed).iterdir())
+    runs = [r for r in ray_run.runs("train") if r["run_uuid"] not in before]
+    assert runs and all(r["status"] in ("FAILED", "KILLED") for r in runs)

@@ -98,11 +98,12 @@ def run_grid(cond: Condition, load_data: Callable[[], Dataset], members: Sequenc
     handle = tracker.handle()
     fault = _fault()
     gpus = _gpus_per_task(settings.device)
-    task = ray.remote(_train_shard).options(num_cpus=SHARD_CPUS, num_gpus=gpus, max_retries=0)
+    task = ray.remote(_train_shard)
 
     def submit(index: int, attempt: int, run_handle) -> None:
         kill = fault is not None and fault[0] == index and (fault[1] or attempt == 1)
-        ref = task.options(name=f"{cond.name}-shard{index}-attempt{attempt}").remote(
+        ref = task.options(num_cpus=SHARD_CPUS, num_gpus=gpus, max_retries=0,  # retries are ours: fresh runs
+                           name=f"{cond.name}-shard{index}-attempt{attempt}").remote(
             cond, load_data, parts[index], settings, run_handle, keep_examples, kill)
         pending[ref] = (index, attempt)
 
