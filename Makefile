@@ -5,12 +5,12 @@ STAMP   := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: study test dashboard setup data-source browser-deps lint
+.PHONY: study test dashboard setup data-source browser-deps postgres-deps tracking-server tracking-server-stop lint
 
 study: setup data-source
 	dvc repro
 
-test: setup data-source browser-deps
+test: setup data-source browser-deps postgres-deps
 	$(PY) -m pytest
 
 # Imports the committed results/ into the store first when it lacks them (study import-results), then serves it.
@@ -41,6 +41,24 @@ data-source:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
 	else echo "data: Fashion-MNIST not found. Run 'sudo apt-get install dataset-fashion-mnist', or put the four"; \
 	  echo "      IDX files (train-images-idx3-ubyte.gz, ...) in a directory and set STUDY_DATA_DIR to it."; exit 1; fi
+
+# A team's MLflow tracking server: PostgreSQL with its data in .tracking/pg (ignored by git, never a DVC output) and
+# `mlflow server` on it, both on 127.0.0.1; prints the MLFLOW_TRACKING_URI to export. Ports: STUDY_TRACKING_PORT
+# (5001), STUDY_PG_PORT (5433). As root, PostgreSQL runs as STUDY_PG_USER (nobody).
+TRACKING := .tracking
+tracking-server: setup postgres-deps
+	@$(PY) -m study.server start $(TRACKING)
+
+tracking-server-stop: setup
+	@$(PY) -m study.server stop $(TRACKING)
+
+# PostgreSQL's initdb/pg_ctl for the tracking server and the cluster tests (pytest -m cluster).
+postgres-deps:
+	@if command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "tracking server: installing Debian's postgresql"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else echo "tracking server: PostgreSQL not found; install Debian's postgresql package (cluster tests skip)"; fi
 
 # Headless Chromium for the browser tests (pytest -m browser).
 browser-deps:
