@@ -22,7 +22,7 @@ SMOKE = REPO / "experiments" / "smoke.yaml"
 MARKER = "experiments/validated.json"
 # Read by the stages but changing no output: the MLflow experiment and switch, and the list `tune` stages are made
 # from (dvc.yaml's foreach), which `study tune` only checks its condition against.
-NOT_PARAMS = {"study.experiment", "study.tracking", "study.tune"}
+NOT_PARAMS = {"study.experiment", "study.tracking", "study.tune", "study.executor"}
 # Condition keys that fall back to the study's when a condition sets none: reading them reads the study's key.
 INHERITED = {"losses": "study.losses", "backend": "study.backend"}
 

@@ -97,14 +97,13 @@ def test_train_stage_falls_back_to_the_next_stable_rate_when_a_rate_collapses(mo
         if lrs["mse"] == 0.3:
             mark = history.head(1).assign(split="train", metric="collapsed_step", value=10.0, step=10)
             history = pd.concat([history, mark], ignore_index=True)
-        trainer = type("T", (), {"steps_per_epoch": 10, "total_steps": 20, "device": "cpu"})()
+        trainer = type("T", (), {"steps_per_epoch": 10, "total_steps": 20, "device": "cpu", "backend": "fused"})()
         return finish(trainer, [], history, analysis.run_summary(history, ()), tracking.NullTracker())
 
     monkeypatch.setattr(runner, "_train_pass", fake_pass)
     monkeypatch.setattr(runner, "_load_data", lambda cond, root: synthetic_dataset())
-    cfg = type("C", (), {"losses": ("mse", "softmax_nll"), "seeds": (0,), "confident": 0.9, "ece_bins": 15,
-                         "smoothing_eps": 0.1})()
-    cond = tiny_condition(lr_grid=(0.05, 0.1, 0.2, 0.3))
+    cfg = type("C", (), {"losses": ("mse", "softmax_nll"), "seeds": (0,), "confident": 0.9, "ece_bins": 15})()
+    cond = tiny_condition(lr_grid=(0.05, 0.1, 0.2, 0.3), losses=("mse", "softmax_nll"))
     runner.train_condition(cfg, cond, {"mse": 0.3, "softmax_nll": 0.1}, data_root=tmp_path, out=tmp_path,
                            checkpoint=None, tracking=False, progress=False, unstable={"mse": [0.2]})
     assert passes == [{"mse": 0.3, "softmax_nll": 0.1}, {"mse": 0.1, "softmax_nll": 0.1}]

@@ -44,7 +44,7 @@ class Arithmetic:
 
 
 def model_spec(cond: Condition):
-    return getattr(cond, "model", None) or model.MLPSpec(tuple(cond.hidden))
+    return cond.model
 
 
 def per_example_flops(spec, input_dim: int, classes: int) -> tuple[float, float]:
@@ -60,24 +60,13 @@ def per_example_flops(spec, input_dim: int, classes: int) -> tuple[float, float]
     return forward.get_total_flops() / PROBE_BATCH, step.get_total_flops() / PROBE_BATCH
 
 
-def condition_losses(cfg: StudyConfig, cond: Condition) -> tuple[str, ...]:
-    return tuple(getattr(cond, "losses", None) or cfg.losses)
-
-
-def tuned_losses(cfg: StudyConfig, cond: Condition) -> tuple[str, ...]:
-    """Every loss whose rate this condition's tuning chooses: its own and those of the conditions borrowing it."""
-    names = [loss for other in cfg.conditions.values() if other.lr_from == cond.name
-             for loss in condition_losses(cfg, other)]
-    return tuple(dict.fromkeys([*condition_losses(cfg, cond), *names]))
-
-
 def arithmetic(cfg: StudyConfig, cond: Condition, sizes: dict[str, int], input_dim: int,
                classes: int) -> list[Arithmetic]:
     forward, step = per_example_flops(model_spec(cond), input_dim, classes)
     out = []
-    stages = [("train", len(condition_losses(cfg, cond)) * len(cfg.seeds), cond.epochs, True)]
+    stages = [("train", len(cond.losses) * len(cfg.seeds), cond.epochs, True)]
     if cond.name in cfg.tune:
-        stages.insert(0, ("tune", len(tuned_losses(cfg, cond)) * len(cond.lr_grid) * len(cond.tune_seeds),
+        stages.insert(0, ("tune", len(cfg.tuned_losses(cond.name)) * len(cond.lr_grid) * len(cond.tune_seeds),
                           cond.tune_epochs, False))
     for stage, models, epochs, instrument in stages:
         steps_per_epoch = sizes["train"] // cond.batch_size

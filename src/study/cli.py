@@ -135,7 +135,7 @@ def train_cmd(args: argparse.Namespace) -> None:
     from study import runner
 
     cfg, cond = _load(args)
-    lrs = _read_lrs(args.lrs, cfg)
+    lrs = _read_lrs(args.lrs, cond)
     unstable = tables.read_json(args.lrs).get("unstable", {})
     runner.train_condition(cfg, cond, lrs, data_root=args.data, out=args.out, checkpoint=args.checkpoint,
                            tracking=not args.no_tracking, progress=not args.no_progress, unstable=unstable)
@@ -202,11 +202,11 @@ def _load(args: argparse.Namespace) -> tuple[StudyConfig, config.Condition]:
     return cfg, cfg.condition(args.condition)
 
 
-def _read_lrs(path: Path, cfg: StudyConfig) -> dict[str, float]:
+def _read_lrs(path: Path, cond: config.Condition) -> dict[str, float]:
     if not path.is_file():
         raise ConfigError(f"{path} not found: run the tune stage first (dvc repro runs it), or pass --lrs")
     lrs = tables.read_lrs(path)
-    missing = [loss for loss in cfg.losses if loss not in lrs]
+    missing = [loss for loss in cond.losses if loss not in lrs]
     if missing:
         raise ConfigError(f"{path} has no tuned lr for {', '.join(missing)}: rerun the tune stage for these losses")
     return lrs

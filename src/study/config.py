@@ -6,7 +6,6 @@ Imports nothing from the study but the loss registry (names looked up when a fil
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -58,14 +57,6 @@ class Condition:
     probe_size: int
     targets: tuple[float, ...]
 
-    @property
-    def hidden(self) -> tuple[int, ...]:
-        """The MLP's hidden widths. TODO(runner owner, issue 12): transitional, for runner.py's
-        ``(input_dim, *cond.hidden, num_classes)``; read ``cond.model`` and delete this."""
-        if not isinstance(self.model, model.MLPSpec):
-            raise AttributeError(f"condition {self.name}: a {self.model.kind} model has no hidden widths")
-        return self.model.hidden
-
 
 @dataclass(frozen=True)
 class Probe:
@@ -86,6 +77,7 @@ class StudyConfig:
     ece_bins: int
     tracking: bool
     tune: tuple[str, ...]  # conditions whose learning rates are tuned; the others borrow them (lr_from)
+    executor: str  # local | ray: where a condition's grid trains (study.cluster); results equal to the last digits
     probe: Probe
     conditions: dict[str, Condition]
 
@@ -96,20 +88,18 @@ class StudyConfig:
             )
         return self.conditions[name]
 
-    # TODO(runner and cli owners, issue 12): transitional, until runner.py and cli.py stop reading them. Loss options
-    # live in the loss registry now: losses.build(name) binds them.
-    def loss_options(self, loss: str) -> dict[str, float]:
-        return {}
-
-    @property
-    def smoothing_eps(self) -> float:
-        """smoothed_ce's eps as the registry binds it."""
-        return inspect.signature(loss_registry.build("smoothed_ce")).parameters["eps"].default
+    def tuned_losses(self, name: str) -> tuple[str, ...]:
+        """The losses whose rates condition ``name``'s tuning chooses: its own, then those of the conditions that
+        borrow its rates (lr_from), each once."""
+        borrowers = [loss for cond in self.conditions.values() if cond.lr_from == name for loss in cond.losses]
+        return tuple(dict.fromkeys([*self.condition(name).losses, *borrowers]))
 
 
 _STUDY_KEYS = {
     "experiment", "losses", "seeds", "device", "backend", "data_dir", "confident", "ece_bins", "tracking", "tune",
+    "executor",
 }
+EXECUTORS = ("local", "ray")
 _TOP_KEYS = {"study", "probe", "conditions"}
 
 
@@ -178,6 +168,7 @@ def load(path: str | Path, **overrides: Any) -> StudyConfig:
         ece_bins=get.integer(study, "study.ece_bins", lo=1),
         tracking=get.flag(study, "study.tracking"),
         tune=tune,
+        executor=get.choice(study, "study.executor", EXECUTORS),
         probe=probe,
         conditions=conditions,
     )

@@ -21,10 +21,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from study import analysis, cluster, data, tables, tracking, train
+from study import analysis, cluster, data, losses, tables, tracking, train
 from study.config import Condition, StudyConfig, flatten
 from study.losses import CONVENTIONS
-from study.model import describe
 from study.records import ExampleStats, Record
 
 TRAIN_OUTPUTS = (tables.HISTORY, tables.EXAMPLES, tables.SUMMARY, tables.SETUP, tables.CURVES)
@@ -46,7 +45,8 @@ def tune(cfg: StudyConfig, cond: Condition, *, data_root: Path, out: Path, track
     per loss with its evidence."""
     dataset = _load_data(cond, data_root)
     short = dataclasses.replace(cond, epochs=cond.tune_epochs)
-    members = train.grid(cfg.losses, cond.tune_seeds, {loss: cond.lr_grid for loss in cfg.losses})
+    names = cfg.tuned_losses(cond.name)
+    members = train.grid(names, cond.tune_seeds, {loss: cond.lr_grid for loss in names})
     settings = _settings(cfg, splits=("val",), instrument=False, progress=progress)
     trainer = train.Trainer(short, dataset, members, settings)
     with _tracker(cfg, cond, "tune", members, tuned=False, enabled=tracking) as tracker:
@@ -54,7 +54,7 @@ def tune(cfg: StudyConfig, cond: Condition, *, data_root: Path, out: Path, track
         _run_grid(cfg, short, data_root, trainer, tracker, into=records, keep_examples=False)
         history = tables.history_frame(records, condition=cond.name, dataset=cond.dataset)
         history = _with_collapses(history, records, tracker, cond, chance=1 / dataset.num_classes)
-        choice = choose_lrs(history, cfg.losses, cond.lr_grid, val_size=len(dataset.y_val))
+        choice = choose_lrs(history, names, cond.lr_grid, val_size=len(dataset.y_val))
         tables.write_csv(history, out / tables.TUNE)
         tables.write_json({"source": cond.name, "criterion": TUNE_CRITERION, **choice}, out / tables.LRS)
         tracker.log_artifacts([out / tables.LRS])
@@ -164,7 +164,7 @@ def _train_pass(cfg: StudyConfig, cond: Condition, dataset: data.Dataset, lrs: d
                 checkpoint: Path | None, tracking: bool, progress: bool, finish, data_root: Path) -> bool:
     """One lockstep run of every loss x seed at ``lrs``, then ``finish(trainer, items, history, summary, tracker)``
     inside the run's tracker; returns what ``finish`` returns."""
-    members = train.grid(cfg.losses, cfg.seeds, {loss: [lrs[loss]] for loss in cfg.losses})
+    members = train.grid(cond.losses, cfg.seeds, {loss: [lrs[loss]] for loss in cond.losses})
     settings = _settings(cfg, splits=("val", "test"), instrument=True, progress=progress)
     trainer = train.Trainer(cond, dataset, members, settings)
     local = _executor(cfg) == "local"  # shards on Ray restart from scratch: no checkpoint
@@ -227,8 +227,7 @@ def _failed_losses(history: pd.DataFrame) -> dict[str, dict]:
 
 
 def _executor(cfg: StudyConfig) -> str:
-    # TODO(config owner, issue 16): `study.executor` in the params; until then STUDY_EXECUTOR or local.
-    return cluster.executor(getattr(cfg, "executor", None))
+    return cluster.executor(cfg.executor)  # STUDY_EXECUTOR, when set, overrides the params
 
 
 def _run_grid(cfg: StudyConfig, cond: Condition, data_root: Path, trainer: train.Trainer, tracker, *, into: list,
@@ -272,7 +271,7 @@ def _load_data(cond: Condition, root: Path) -> data.Dataset:
 
 def _settings(cfg: StudyConfig, *, splits, instrument: bool, progress: bool) -> train.Settings:
     return train.Settings(
-        loss_options={loss: cfg.loss_options(loss) for loss in cfg.losses}, confident=cfg.confident,
+        confident=cfg.confident,
         ece_bins=cfg.ece_bins, device=cfg.device, splits=splits, instrument=instrument, progress=progress)
 
 
@@ -286,16 +285,20 @@ def _tracker(cfg: StudyConfig, cond: Condition, stage: str, members, *, tuned: b
 
 
 def _setup(cfg: StudyConfig, cond: Condition, dataset: data.Dataset, trainer: train.Trainer, lrs) -> dict:
-    sizes = (dataset.input_dim, *cond.hidden, dataset.num_classes)
     params = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cond).items()}
     return {
         "condition": cond.name, "dataset": cond.dataset, "params": params, "sizes": dataset.sizes(),
-        "model": describe(sizes), "losses": list(cfg.losses), "seeds": list(cfg.seeds),
-        "lrs": {loss: lrs[loss] for loss in cfg.losses}, "lr_source": cond.lr_from,
+        "model": cond.model.describe(dataset.input_dim, dataset.num_classes), "backend": trainer.backend,
+        "losses": list(cond.losses), "seeds": list(cfg.seeds),
+        "lrs": {loss: lrs[loss] for loss in cond.losses}, "lr_source": cond.lr_from,
         "steps_per_epoch": trainer.steps_per_epoch, "total_steps": trainer.total_steps,
         "device": str(trainer.device), "confident": cfg.confident, "ece_bins": cfg.ece_bins,
-        "smoothing_eps": cfg.smoothing_eps,
+        "loss_options": _loss_options(cond),
     }
+
+
+def _loss_options(cond: Condition) -> dict[str, dict[str, float]]:
+    return {loss: dict(losses.spec(loss).options) for loss in cond.losses}
 
 
 def _finite(value) -> bool:
@@ -354,8 +357,8 @@ class Checkpoint:
 
 
 def _fingerprint(cfg: StudyConfig, cond: Condition, lrs: dict[str, float], sizes: dict) -> str:
-    what = {"condition": dataclasses.asdict(cond), "losses": cfg.losses, "seeds": cfg.seeds, "lrs": lrs,
-            "eps": cfg.smoothing_eps, "confident": cfg.confident, "ece_bins": cfg.ece_bins, "sizes": sizes,
+    what = {"condition": dataclasses.asdict(cond), "losses": cond.losses, "seeds": cfg.seeds, "lrs": lrs,
+            "loss_options": _loss_options(cond), "confident": cfg.confident, "ece_bins": cfg.ece_bins, "sizes": sizes,
             "device": cfg.device, "state_format": train.STATE_FORMAT}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=list).encode()).hexdigest()
 
