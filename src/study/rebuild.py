@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import subprocess
@@ -88,7 +89,7 @@ def import_stage(cfg: StudyConfig, stage: Stage, uri: str) -> int:
     Returns the number of metric values sent."""
     cond = cfg.condition(stage.condition)
     history = tables.read_history(stage.table)
-    order = {loss: i for i, loss in enumerate(cfg.losses)}
+    order = {loss: i for i, loss in enumerate(cfg.tuned_losses(cond.name) if stage.stage == "tune" else cond.losses)}
     keys = sorted(set(zip(history["loss"], history["lr"], history["seed"], strict=True)),
                   key=lambda key: (order[key[0]], key[1], key[2]))  # the trainer's grid order
     # Each run's conventions from its loss's registry entry, as training logs them.
@@ -138,7 +139,7 @@ def check(cfg: StudyConfig, stage: Stage) -> None:
     grid = pd.read_csv(stage.table, usecols=["loss", "lr"]).drop_duplicates()
     cond = cfg.condition(stage.condition)
     differ = []
-    if not set(grid["loss"]) <= set(cfg.losses):
+    if not set(grid["loss"]) <= set(cfg.tuned_losses(cond.name) if stage.stage == "tune" else cond.losses):
         differ.append("losses")
     if stage.stage == "tune" and not all(any(math.isclose(lr, x) for x in cond.lr_grid) for lr in grid["lr"]):
         differ.append(f"conditions.{stage.condition}.lr_grid")
@@ -146,7 +147,7 @@ def check(cfg: StudyConfig, stage: Stage) -> None:
     if stage.stage == "train":
         source = stage.directory / tables.SETUP
         setup = tables.read_json(source)
-        current = {"losses": list(cfg.losses), "seeds": list(cfg.seeds),
+        current = {"losses": list(cond.losses), "seeds": list(cfg.seeds),
                    **{f"conditions.{stage.condition}.{k}": v for k, v in dataclasses.asdict(cond).items()}}
         written = {"losses": setup["losses"], "seeds": setup["seeds"],
                    **{f"conditions.{stage.condition}.{k}": v for k, v in setup["params"].items()}}
@@ -157,7 +158,8 @@ def check(cfg: StudyConfig, stage: Stage) -> None:
 
 
 def _plain(value):
-    return list(value) if isinstance(value, (list, tuple)) else value
+    """As JSON wrote it: tuples become lists at any depth (a `model:` block holds its widths as a tuple)."""
+    return json.loads(json.dumps(value))
 
 
 def rebuild(cfg: StudyConfig, results: Path, uri: str, say) -> list[Stage]:
