@@ -18,7 +18,10 @@ VALID_MARKER = {"params": "valid"}  # what `study validate` writes: the same for
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "passes_through", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     try:
         args.func(args)
     except (ConfigError, DataError) as err:
@@ -82,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--data", type=Path, default=Path("data"), help="directory the data stage prepared")
     p.add_argument("--seconds", type=float, default=6.0, help="time budget of each timed measurement")
+
+    # Its options are python -m study.cluster_bench's, parsed there (importing it here would import Ray's benchmark
+    # into every stage): every argument after the subcommand, --help included, passes through.
+    p = sub.add_parser("cluster-bench", add_help=False, help="measure the Ray executor: start, per-task overhead, "
+                       "1 vs 2 workers, the tracking server's write rate (--help for its options)")
+    p.set_defaults(func=cluster_bench_cmd, passes_through=True)
 
     def with_results(p: argparse.ArgumentParser) -> None:
         p.add_argument("--params", type=Path, default=Path("experiments/study.yaml"),
@@ -163,6 +172,12 @@ def bench_cmd(args: argparse.Namespace) -> None:
     from study import bench
 
     bench.main(data_root=args.data, as_json=args.json, seconds=args.seconds)
+
+
+def cluster_bench_cmd(args: argparse.Namespace) -> None:
+    from study import cluster_bench
+
+    cluster_bench.main(args.rest, prog="study cluster-bench")
 
 
 def import_results_cmd(args: argparse.Namespace) -> None:

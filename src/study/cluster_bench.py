@@ -95,11 +95,11 @@ def _bench_shard(cond: Condition, load_data: Callable[[], Dataset], members, set
     return count, time.perf_counter() - started
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m study.cluster_bench") -> int:
+    """Also ``study cluster-bench``, which passes its arguments here (``prog`` names it in the usage line)."""
     import argparse
 
-
-    parser = argparse.ArgumentParser(prog="python -m study.cluster_bench", description="measure the Ray executor")
+    parser = argparse.ArgumentParser(prog=prog, description="measure the Ray executor")
     parser.add_argument("--params", type=Path, default=Path("experiments/study.yaml"))
     parser.add_argument("--condition", default="fashion_sgd")
     parser.add_argument("--data", type=Path, default=Path("data"), help="directory the data stage prepared")
@@ -114,8 +114,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _bench_load() -> dict:
     """The load test's figures against a PostgreSQL-backed server started in a temporary directory."""
-
-
     root = Path(tempfile.mkdtemp(prefix="study-tracking-"))
     root.chmod(0o755)
     try:
