@@ -17,7 +17,8 @@ from study.config import ConfigError
 from study.losses import LOSSES
 from study.model import CNN1dSpec, MLPSpec
 
-CONDITIONS = ["fashion_sgd", "fashion_adam", "fashion_noise40", "mnist1d_sgd"]
+CONDITIONS = ["fashion_sgd", "fashion_adam", "fashion_noise40", "mnist1d_sgd", "fashion_heldout", "mnist1d_cnn"]
+MISSION = ("mse", "sigmoid_bce", "softmax_nll", "smoothed_ce")
 
 
 def key_tree(node) -> object:
@@ -36,9 +37,16 @@ def test_shipped_params_load(path):
     assert list(cfg.conditions) == CONDITIONS
     assert cfg.losses == ("mse", "sigmoid_bce", "softmax_nll", "smoothed_ce")
     assert cfg.backend == "auto"
-    for name in CONDITIONS:
-        assert cfg.condition(name).name == name
-        assert cfg.condition(name).losses == cfg.losses and cfg.condition(name).backend == "auto"
+    for name in CONDITIONS:  # the mission's four losses in every condition, in the same order first
+        assert cfg.condition(name).name == name and cfg.condition(name).backend == "auto"
+        assert cfg.condition(name).losses[:4] == MISSION
+    assert cfg.condition("fashion_sgd").losses[4:] == ("logit_mse", "focal")
+    assert cfg.condition("fashion_noise40").losses[4:] == ("gce", "mae")
+    assert cfg.tuned_losses("fashion_sgd") == (*MISSION, "logit_mse", "focal", "gce", "mae")
+    assert cfg.condition("fashion_heldout").heldout_classes == (8, 9)
+    assert cfg.condition("fashion_heldout").lr_from == "fashion_sgd"
+    assert cfg.condition("mnist1d_cnn").model.kind == "cnn1d" and "mnist1d_cnn" in cfg.tune
+    assert all(cfg.condition(name).heldout_classes == () for name in CONDITIONS if name != "fashion_heldout")
     assert cfg.condition("fashion_sgd").model == MLPSpec((256, 256))
     assert cfg.condition("mnist1d_sgd").model == MLPSpec((100, 100))
     assert cfg.condition("fashion_noise40").label_noise == pytest.approx(0.4)
@@ -79,7 +87,7 @@ def test_a_condition_may_set_its_own_model_losses_and_backend(smoke_params):
     assert cond.model == CNN1dSpec(channels=(25, 25, 25), kernel=5, stride=2, padding=1)
     assert cond.model.describe(40, 10) == "CNN1d 25-25-25 k5 s2"
     assert (cond.losses, cond.backend) == (("softmax_nll", "mse"), "autograd")
-    other = cfg.condition("fashion_sgd")
+    other = cfg.condition("fashion_adam")  # sets no losses of its own
     assert (other.losses, other.backend) == (cfg.losses, "auto")  # the study's
 
 
@@ -162,6 +170,16 @@ RULES = {
     "lr_from not tuned": (set_in("conditions", "fashion_noise40", "lr_from", "fashion_noise40"),
                           ["conditions.fashion_noise40.lr_from", "study.tune"]),
     "tune names unknown condition": (set_in("study", "tune", ["fashion_sgd", "cifar"]), ["study.tune", "cifar"]),
+    "heldout class out of range": (set_in("conditions", "fashion_heldout", "heldout_classes", [8, 10]),
+                                   ["conditions.fashion_heldout.heldout_classes", "0..9", "e.g. [8, 9]"]),
+    "heldout class twice": (set_in("conditions", "fashion_heldout", "heldout_classes", [8, 8]),
+                            ["conditions.fashion_heldout.heldout_classes", "each once"]),
+    "heldout leaves one class": (set_in("conditions", "fashion_sgd", "heldout_classes", list(range(9))),
+                                 ["conditions.fashion_sgd.heldout_classes", "at most 8"]),
+    "heldout not a list": (set_in("conditions", "fashion_sgd", "heldout_classes", 8),
+                           ["conditions.fashion_sgd.heldout_classes", "a list"]),
+    "missing heldout": (lambda p: p["conditions"]["fashion_sgd"].pop("heldout_classes"),
+                        ["missing key conditions.fashion_sgd.heldout_classes"]),
 }
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from study import cli, config, data, tables
+from study import cli, config, data, losses, tables
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src" / "study"
@@ -234,8 +234,7 @@ def record_reads(monkeypatch, tmp_path: Path) -> Callable[..., set[str]]:
     monkeypatch.setattr(dataclasses, "replace", replace)
     monkeypatch.setattr(data, "load", lambda *args, **kwargs: synthetic_dataset(dim=784, n_test=96))
     monkeypatch.setattr(data, "prepare", lambda *args, **kwargs: {})
-    tables.write_json({"lrs": {loss: 0.1 for loss in yaml.safe_load(SMOKE.read_text())["study"]["losses"]}},
-                      tmp_path / "lr.json")
+    tables.write_json({"lrs": {loss: 0.1 for loss in losses.names()}}, tmp_path / "lr.json")
 
     def record(*argv: str) -> set[str]:
         reads.clear()
@@ -277,8 +276,17 @@ def test_the_tune_stage_lists_the_params_tuning_reads(record_reads):
 
 
 def test_the_train_stage_lists_the_params_training_reads(record_reads, tmp_path: Path):
-    read = record_reads("train", "--condition", "fashion_noise40", "--lrs", str(tmp_path / "lr.json"))
-    _assert_same("train", read, listed_params("train", "fashion_noise40"))
+    """One stage template for every condition: each reads nothing it does not list, and every listed key is read
+    by some condition (study.losses only by the conditions without their own `losses:`)."""
+    unread_by_all = None
+    for name in ("fashion_noise40", "mnist1d_sgd"):
+        read = record_reads("train", "--condition", name, "--lrs", str(tmp_path / "lr.json"))
+        listed = listed_params("train", name)
+        missing = sorted(read - listed)
+        assert not missing, f"dvc.yaml stage train reads params it does not list: add {', '.join(missing)}"
+        unread = {key.replace(f"conditions.{name}.", "conditions.*.") for key in listed - read}
+        unread_by_all = unread if unread_by_all is None else unread_by_all & unread
+    assert not unread_by_all, f"dvc.yaml stage train lists params no condition reads: remove {unread_by_all}"
 
 
 def test_the_probe_stage_lists_the_params_the_probe_reads(record_reads):
@@ -311,7 +319,7 @@ def _edit_yaml(edit: Callable[[dict], None]) -> Callable[[str], str]:
 
 BAD_PARAMS = {
     "typo_in_a_loss": (
-        lambda text: text.replace("softmax_nll,", "softmax_nl,", 1),
+        _edit_yaml(lambda p: p["study"].update(losses=["mse", "sigmoid_bce", "softmax_nl", "smoothed_ce"])),
         ["study.losses", "unknown loss 'softmax_nl'", "valid losses"]),
     "negative_epochs": (
         _edit_yaml(lambda p: p["conditions"]["fashion_sgd"].update(epochs=-3)),

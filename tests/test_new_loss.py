@@ -35,6 +35,7 @@ def study(smoke_params, tmp_path: Path, monkeypatch) -> dict[str, Path]:
         params["study"]["losses"] = ["softmax_nll", "mse", NEW]
         params["study"]["tune"] = [CONDITION]
         params["conditions"] = {CONDITION: params["conditions"][CONDITION]}
+        params["conditions"][CONDITION].pop("losses", None)  # the study's list: the new loss's one params entry
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
     (tmp_path / "store").mkdir()

@@ -7,14 +7,18 @@ import re
 
 import pandas as pd
 import pytest
+import yaml
 
+from conftest import SMOKE
 from study import tables
 
 pytestmark = pytest.mark.slow
 
-CONDITIONS = ["fashion_sgd", "fashion_adam", "fashion_noise40", "mnist1d_sgd"]
-TUNED = ["fashion_sgd", "fashion_adam", "mnist1d_sgd"]
-LOSSES = ["mse", "sigmoid_bce", "softmax_nll", "smoothed_ce"]
+CONDITIONS = list(yaml.safe_load(SMOKE.read_text())["conditions"])
+TUNED = list(yaml.safe_load(SMOKE.read_text())["study"]["tune"])
+LOSSES = ["mse", "sigmoid_bce", "softmax_nll", "smoothed_ce"]  # the study's: in every condition
+OWN = {name: spec.get("losses", LOSSES) for name, spec in yaml.safe_load(SMOKE.read_text())["conditions"].items()}
+BORROWED = {"fashion_noise40": "fashion_sgd", "fashion_heldout": "fashion_sgd"}
 
 
 def stages_run(output: str) -> set[str]:
@@ -31,31 +35,36 @@ def test_every_stage_runs_and_writes_its_outputs(smoke_pipeline):
         folder = repo / "results" / "conditions" / condition
         history = tables.read_history(folder / tables.HISTORY)
         assert list(history.columns) == tables.HISTORY_COLUMNS
-        assert set(history["loss"]) == set(LOSSES)
+        assert set(history["loss"]) == set(OWN[condition]) >= set(LOSSES)
         assert history["value"].notna().all()
+        assert (history["split"] == "heldout").any() == (condition == "fashion_heldout")
         examples = tables.read_examples(folder / tables.EXAMPLES)
         assert list(examples.columns) == tables.EXAMPLE_COLUMNS
         assert set(examples["split"]) == {"probe", "test"}
         summary = pd.read_csv(folder / tables.SUMMARY)
-        assert len(summary) == len(LOSSES) * 2  # smoke: two seeds
+        assert len(summary) == len(OWN[condition]) * 2  # smoke: two seeds
         setup = json.loads((folder / tables.SETUP).read_text())
-        assert setup["lr_source"] == ("fashion_sgd" if condition == "fashion_noise40" else condition)
-    for condition in TUNED:
+        assert setup["lr_source"] == BORROWED.get(condition, condition)
+    for condition in TUNED:  # the condition's own losses and those of the conditions borrowing its rates
         lrs = tables.read_lrs(repo / "results" / "conditions" / condition / tables.LRS)
-        assert set(lrs) == set(LOSSES)
+        borrowers = [c for c, source in BORROWED.items() if source == condition]
+        assert set(lrs) == set().union(OWN[condition], *(OWN[c] for c in borrowers))
     assert (repo / "results" / "probe" / "penalty.csv").is_file()
     assert (repo / "results" / "report" / "index.html").is_file()
     metrics = json.loads((repo / "results" / "metrics.json").read_text())
     for condition in CONDITIONS:
-        for loss in LOSSES:
-            assert set(metrics[condition][loss]) == {"test_accuracy", "steps_to_target", "ece"}
+        for loss in OWN[condition]:
+            extra = {"heldout_auroc"} if condition == "fashion_heldout" else set()
+            assert set(metrics[condition][loss]) == {"test_accuracy", "steps_to_target", "ece"} | extra
+    report = (repo / "results" / "report" / "report.md").read_text()
+    assert "## None of the above" in report and "fashion_heldout (held out: classes 8, 9)" in report
 
 
 def test_noise_condition_trains_with_the_clean_conditions_learning_rates(smoke_pipeline):
     conditions = smoke_pipeline.repo / "results" / "conditions"
     clean = tables.read_lrs(conditions / "fashion_sgd" / tables.LRS)
     noisy = json.loads((conditions / "fashion_noise40" / tables.SETUP).read_text())["lrs"]
-    assert noisy == clean
+    assert noisy == {loss: clean[loss] for loss in OWN["fashion_noise40"]}
     assert not (conditions / "fashion_noise40" / tables.LRS).exists()
 
 
@@ -69,7 +78,7 @@ def test_a_params_change_reruns_only_what_depends_on_it(smoke_pipeline):
     result = smoke_pipeline.dvc("exp", "run", "-S", "experiments/study.yaml:conditions.mnist1d_sgd.epochs=2")
     ran = stages_run(result.stdout + result.stderr)
     assert {"validate", "train@mnist1d_sgd", "report"} <= ran  # validate's marker comes out the same
-    assert not any(stage.endswith(("fashion_sgd", "fashion_adam", "fashion_noise40")) for stage in ran)
+    assert not any(stage.endswith(tuple(c for c in CONDITIONS if c != "mnist1d_sgd")) for stage in ran)
     assert not {"data", "tune@mnist1d_sgd", "probe"} & ran  # they read no epochs
     diff = smoke_pipeline.dvc("params", "diff")
     assert "conditions.mnist1d_sgd.epochs" in diff.stdout

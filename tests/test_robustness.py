@@ -5,13 +5,15 @@ states the same findings; only numbers may move."""
 from __future__ import annotations
 
 import pytest
+import yaml
 
+from conftest import SMOKE
 from smoke_repo import copy_repo
 from study import findings, tables
 
 pytestmark = pytest.mark.slow
 
-TUNED = ["fashion_sgd", "fashion_adam", "mnist1d_sgd"]
+TUNED = yaml.safe_load(SMOKE.read_text())["study"]["tune"]
 
 
 @pytest.fixture(scope="module")

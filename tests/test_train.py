@@ -410,6 +410,39 @@ def test_memorisation_is_measured_only_under_label_noise():
     assert not any(r.split in ("train_flipped", "train_clean") for r in clean)
 
 
+def test_heldout_images_are_scored_at_every_full_evaluation():
+    """With held-out images in the data, every full evaluation records each model's AUROC (in-distribution test
+    images against held-out ones, by max softmax and max sigmoid) and "none" shares; recomputed here from the
+    model's own weights with a brute-force count of pairs."""
+    cond = tiny_condition()
+    members = train.grid(["softmax_nll", "sigmoid_bce"], [0], {"softmax_nll": [0.1], "sigmoid_bce": [0.1]})
+    base = synthetic_dataset(classes=8)
+    heldout = torch.randn(40, base.input_dim, generator=torch.Generator().manual_seed(5)) * 3
+    data = dataclasses.replace(base, x_heldout=heldout)
+    records, _, trainer = run(cond, data, members)
+    full_steps = sorted({r.step for r in records if r.split == "test" and r.metric == "nll"})
+    metrics = ["auroc_max_softmax", "auroc_max_sigmoid", "none_share"]
+    for m, member in enumerate(members):
+        mine = of(records, member)
+        for step in full_steps:
+            assert all(0.0 <= mine[(step, "heldout", metric)] <= 1.0 for metric in metrics)
+            assert 0.0 <= mine[(step, "test", "none_share")] <= 1.0
+        with torch.no_grad():
+            net = trainer.stack.member(m)
+            inside, outside = net(data.x_test), net(heldout)
+        final = trainer.total_steps
+        for metric, score in (("auroc_max_softmax", lambda z: z.softmax(dim=1).amax(dim=1)),
+                              ("auroc_max_sigmoid", lambda z: z.sigmoid().amax(dim=1))):
+            a, b = score(inside).double(), score(outside).double()
+            pairs = (a[:, None] > b[None, :]).double() + 0.5 * (a[:, None] == b[None, :]).double()
+            assert mine[final, "heldout", metric] == pytest.approx(pairs.mean().item(), abs=1e-6)
+        assert mine[final, "heldout", "none_share"] == pytest.approx((outside.amax(dim=1) < 0).float().mean().item())
+        assert mine[final, "test", "none_share"] == pytest.approx((inside.amax(dim=1) < 0).float().mean().item())
+
+    plain, _, _ = run(cond, base, members)
+    assert not any(r.split == "heldout" or r.metric == "none_share" for r in plain)
+
+
 # ---- choosing the learning rate (runner) ----------------------------------------------------------------------------
 
 

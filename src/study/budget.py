@@ -90,7 +90,7 @@ def study_arithmetic(cfg: StudyConfig, data_root: Path) -> list[Arithmetic]:
     for cond in cfg.conditions.values():
         ds = data.load(cond.dataset, data_root, val_size=cond.val_size, split_seed=cond.split_seed,
                        train_size=cond.train_size, test_size=cond.test_size, label_noise=cond.label_noise,
-                       noise_seed=cond.noise_seed, heldout_classes=tuple(getattr(cond, "heldout_classes", ())))
+                       noise_seed=cond.noise_seed, heldout_classes=cond.heldout_classes)
         rows += arithmetic(cfg, cond, ds.sizes(), ds.input_dim, ds.num_classes)
     return rows
 

@@ -15,8 +15,8 @@ import yaml
 
 from study import losses as loss_registry
 from study import model
+from study.data import DATASETS, NUM_CLASSES
 
-DATASETS = ("fashion_mnist", "mnist", "mnist1d")
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 # How a condition's grid is stepped: autograd (any model), fused (the hand-written MLP backward, bit-identical to
@@ -56,6 +56,7 @@ class Condition:
     log_every: int
     probe_size: int
     targets: tuple[float, ...]
+    heldout_classes: tuple[int, ...] = ()  # classes left out of training, scored as "none of the above"; () = none
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,7 @@ def _condition(name: str, spec: Any, get: _Getter, path: Path, *, losses: tuple[
     if not targets or not all(0 < t < 1 for t in targets):
         raise ConfigError(f"{path}: {key('targets')} must list accuracies strictly between 0 and 1")
     network = _model(get.value(sub, key("model")), key("model"), get, path)
+    heldout = _heldout_classes(sub, key("heldout_classes"), get, path)
     if "backend" in sub:
         backend = get.choice(sub, key("backend"), BACKENDS)
     if backend == "fused" and not isinstance(network, model.MLPSpec):
@@ -263,7 +265,19 @@ def _condition(name: str, spec: Any, get: _Getter, path: Path, *, losses: tuple[
         log_every=get.integer(sub, key("log_every"), lo=1),
         probe_size=get.integer(sub, key("probe_size"), lo=1),
         targets=targets,
+        heldout_classes=heldout,
     )
+
+
+def _heldout_classes(mapping: dict, dotted: str, get: _Getter, path: Path) -> tuple[int, ...]:
+    """Class indices (0..9 in every dataset of the study), each once, leaving at least two classes to train on;
+    empty: every class is trained on."""
+    classes = tuple(get.items(mapping, dotted, int))
+    if (len(set(classes)) != len(classes) or not all(0 <= c < NUM_CLASSES for c in classes)
+            or len(classes) > NUM_CLASSES - 2):
+        raise ConfigError(f"{path}: {dotted} = {list(classes)}, but it must list class indices 0..{NUM_CLASSES - 1}, "
+                          f"each once, at most {NUM_CLASSES - 2} of them (e.g. [8, 9]); [] trains on every class")
+    return classes
 
 
 def _known(mapping: dict, allowed: set[str], path: Path, prefix: str) -> None:

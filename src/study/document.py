@@ -343,6 +343,7 @@ class Computed:
     calibration: pd.DataFrame
     noise: dict[str, pd.DataFrame]
     lr_views: dict[str, pd.DataFrame]
+    heldout: pd.DataFrame  # per seed: analysis.heldout_per_seed
     claims: pd.DataFrame
     metrics: dict
 
@@ -377,19 +378,23 @@ def compute(inputs: Inputs) -> Computed:
                 (inputs.targets[c] for c, s in inputs.sources.items() if s == source), ())
             if not tune.empty and chosen:
                 views[source] = analysis.lr_views(tune, chosen, targets)
+    heldout = analysis.heldout_per_seed(inputs.history)
     measured = pd.DataFrame([
         analysis.claim_faster(head),
         analysis.claim_reliable(head),
         analysis.claim_sigmoid_multiclass(head),
         analysis.claim_penalty_works(head, noise_per_seed),
         analysis.claim_nll_misclassification(inputs.history),
-        analysis.claim_none_of_the_above(),
+        analysis.claim_none_of_the_above(heldout),
         analysis.claim_gradient(saturation, inputs.penalty, inputs.conditions),
     ], columns=analysis.CLAIM_COLUMNS)
     claims = measured if inputs.claims is None else pd.concat(
         [inputs.claims.reindex(columns=analysis.CLAIM_COLUMNS), measured.astype({"value": str})], ignore_index=True)
-    return Computed(head, saturation, calibration, noise, views, claims.fillna(""),
-                    analysis.metrics(head))
+    metrics = analysis.metrics(head)
+    for row in analysis.summarise(heldout).itertuples():
+        if row.quantity == "auroc_natural" and row.condition in metrics and row.loss in metrics[row.condition]:
+            metrics[row.condition][row.loss]["heldout_auroc"] = row.mean
+    return Computed(head, saturation, calibration, noise, views, heldout, claims.fillna(""), metrics)
 
 
 def _chosen(inputs: Inputs, source: str) -> dict[str, float]:
@@ -451,6 +456,8 @@ def compose(inputs: Inputs, computed: Computed, figures: Figures) -> Document:
             figures.save(f"reliability_{c}", report.plot_reliability, ex, _bins(inputs, c))
         if c in noise_conditions:
             figures.save(f"label_noise_{c}", report.plot_label_noise, hist)
+        if c in _heldout_conditions(computed):
+            figures.save(f"heldout_{c}", report.plot_heldout, hist)
     if inputs.penalty is not None and not inputs.penalty.empty:
         figures.save("penalty", report.plot_penalty, inputs.penalty)
     if (inputs.examples["split"] == "test").any():
@@ -476,6 +483,7 @@ def compose(inputs: Inputs, computed: Computed, figures: Figures) -> Document:
     _convergence_section(doc, inputs, computed, figures, losses)
     _gradient_section(doc, inputs, computed, figures, losses)
     _confident_wrong_section(doc, inputs, computed, figures, losses, noise_conditions)
+    _heldout_section(doc, inputs, computed)
     _claims_section(doc, computed, figures)
     _anchors_section(doc, inputs, computed)
 
@@ -824,16 +832,36 @@ def _setup_section(doc: Document, inputs: Inputs, computed: Computed, figures: F
                      "scores).")
             continue
         doc.para(f"Tuning in {source}, criterion: {info.get('criterion', 'not stated')}. Score of each learning "
-                 "rate (the chosen one is marked *):")
+                 "rate (the chosen one is marked *) and how many of the choices made with one tune seed left out "
+                 "pick the same rate:")
         chosen = _chosen(inputs, source)
-        doc.table(["loss", *(f"lr {lr:g}" for lr in grid)], [
-            [loss, *(_score_cell(scores.get(loss, {}), lr, chosen.get(loss)) for lr in grid)]
+        agreement = info.get("agreement") or {}
+        doc.table(["loss", *(f"lr {lr:g}" for lr in grid), "agreement"], [
+            [loss, *(_score_cell(scores.get(loss, {}), lr, chosen.get(loss)) for lr in grid),
+             str(agreement.get(loss, "–"))]
             for loss in analysis.ordered(scores)])
+        fragile = _fragile_choices(agreement)
+        if fragile:
+            doc.para(f"Fragile choices in {source}: {', '.join(fragile)}. Leaving out one tune seed moves the rate "
+                     "of these losses, so another machine or thread count may train them at a neighbouring rate; "
+                     "the findings that rest on them (speed above all) are the least settled of the report.")
+        elif agreement:
+            doc.para(f"Every choice in {source} is made again with any one tune seed left out.")
     if "tuning" in figures.names:
         doc.figure("tuning", "Every loss at every learning rate of the grid (tuning runs, validation split): "
                              "final validation accuracy (the star is the rate each loss trained with; crosses "
                              "diverged, squares collapsed) and steps to the first target. How much of 'loss A is "
                              "slower' is only 'loss A wants another learning rate' shows here.")
+
+
+def _fragile_choices(agreement: dict) -> list[str]:
+    """Losses whose leave-one-seed-out agreement ('k of n') falls short of n, as 'loss (k of n)'."""
+    out = []
+    for loss in analysis.ordered(agreement):
+        found = re.fullmatch(r"(\d+) of (\d+)", str(agreement[loss]))
+        if found and int(found[1]) < int(found[2]):
+            out.append(f"{loss} ({agreement[loss]})")
+    return out
 
 
 def _score_cell(scores: dict, lr: float, chosen: float | None) -> str:
@@ -1134,6 +1162,75 @@ def _confident_wrong_section(doc: Document, inputs: Inputs, computed: Computed, 
                    "recovered", "clean train acc"], rows)
         doc.figure(f"label_noise_{c}", f"{c}: validation-selected vs final test accuracy, memorised and recovered "
                                        "shares of the flipped training labels over training.")
+
+
+def _heldout_conditions(computed: Computed) -> list[str]:
+    return list(dict.fromkeys(computed.heldout["condition"]))
+
+
+HELDOUT_COLUMNS = {"auroc_max_softmax": "AUROC by max softmax", "auroc_max_sigmoid": "AUROC by max sigmoid",
+                   "none_share_heldout": "'none' on held-out classes", "none_share_test": "'none' on trained classes"}
+
+
+def _heldout_section(doc: Document, inputs: Inputs, computed: Computed) -> None:
+    conditions = _heldout_conditions(computed)
+    if not conditions:
+        return
+    doc.heading(2, "None of the above: classes never seen in training")
+    doc.para("A condition with classes held out of training asks what a model does with an input that belongs to "
+             "none of its classes. Its test images of the held-out classes are scored against the test images of "
+             "the trained classes by two confidence scores, the largest softmax probability and the largest of the "
+             "per-class sigmoids of the same logits; AUROC is the probability that a random trained-class image "
+             "scores above a random held-out one (0.5: no separation). 'None' is the share of images on which "
+             "every sigmoid is below 0.5 (every logit below 0), the answer one sigmoid per class can give and "
+             "softmax cannot. At the last evaluation, mean over seeds with 95% t-intervals:")
+    for c in conditions:
+        summary = analysis.summarise(computed.heldout[computed.heldout["condition"] == c])
+        held = inputs.setups[c].get("params", {}).get("heldout_classes", [])
+        doc.heading(3, f"{c} (held out: classes {', '.join(map(str, held))})")
+        doc.figure(f"heldout_{c}", f"{c}: AUROC of held-out against trained-class test images by each score (left) "
+                                   "and the share answered 'none' by the sigmoids (right); dot = seed.")
+        rows = []
+        for loss in analysis.ordered(summary["loss"]):
+            rows.append([loss] + [fmt_estimate(_value(summary, loss=loss, quantity=q)) if q.startswith("auroc")
+                                  else fmt_percent(_value(summary, loss=loss, quantity=q)) for q in HELDOUT_COLUMNS])
+        doc.table(["loss", *HELDOUT_COLUMNS.values()], rows)
+        doc.bullets(_heldout_findings(computed.heldout[computed.heldout["condition"] == c], c))
+
+
+def _heldout_findings(per_seed: pd.DataFrame, condition: str, sigmoid: str = "sigmoid_bce") -> list[list[Segment]]:
+    """Each loss by its own score against the reference by its own, paired by seed; the sigmoids' 'none'."""
+    out = []
+    losses = analysis.ordered(per_seed["loss"])
+    natural = analysis.summarise(per_seed[per_seed["quantity"] == "auroc_natural"])
+    if REFERENCE in losses:
+        ref = _value(natural, loss=REFERENCE, quantity="auroc_natural")
+        for loss in [x for x in losses if x != REFERENCE]:
+            d = analysis.heldout_difference(per_seed, condition, (loss, "auroc_natural"), (REFERENCE, "auroc_natural"))
+            mine = _value(natural, loss=loss, quantity="auroc_natural")
+            score = "max sigmoid" if analysis.NATURAL_SCORE.get(loss) == "auroc_max_sigmoid" else "max softmax"
+            if d.within_noise is None:
+                verdict = "no interval"
+            elif d.within_noise:
+                verdict = f"not distinguishable from {REFERENCE} with {d.n} seeds"
+            else:
+                verdict = f"{'better' if d.mean > 0 else 'worse'} than {REFERENCE}"
+            out.append([f"{loss} by its own score ({score}) separates the held-out classes with AUROC "
+                        f"{fmt_estimate(mine)} against {REFERENCE}'s {fmt_estimate(ref)} by max softmax: "
+                        f"Δ {d.mean:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}], {verdict}."])
+    if sigmoid in losses:
+        d = analysis.heldout_difference(per_seed, condition, (sigmoid, "none_share_heldout"),
+                                        (sigmoid, "none_share_test"))
+        shares = analysis.summarise(per_seed[per_seed["loss"] == sigmoid])
+        held = _value(shares, quantity="none_share_heldout")
+        known = _value(shares, quantity="none_share_test")
+        more = ("not distinguishable" if d.within_noise in (True, None)
+                else "more often" if d.mean > 0 else "less often")
+        out.append([f"{sigmoid} answers 'none' to {fmt_percent(held)} of the held-out images and "
+                    f"{fmt_percent(known)} of the trained-class ones ({more} for the unseen classes: Δ "
+                    f"{100 * d.mean:+.1f} pp [{100 * d.ci_low:+.1f}, {100 * d.ci_high:+.1f}]); the remaining held-out "
+                    "images it assigns to a trained class, as softmax assigns every one."])
+    return out
 
 
 def _anchors_section(doc: Document, inputs: Inputs, computed: Computed) -> None:

@@ -650,3 +650,48 @@ def plot_label_noise(history: pd.DataFrame) -> Figure:
                  Line2D([], [], color="grey", marker="s", mfc="white", ls="", label="final")]
         _loss_legend(fig, losses, extra)
     return fig
+
+
+HELDOUT_PANELS = (
+    (("auroc_max_softmax", "o", "max softmax"), ("auroc_max_sigmoid", "s", "max sigmoid")),
+    (("none_share_heldout", "o", "held-out classes"), ("none_share_test", "s", "trained classes")),
+)
+
+
+def plot_heldout(history: pd.DataFrame) -> Figure:
+    """"None of the above", one condition: per loss, the AUROC of held-out against trained-class test images by
+    max softmax and by max sigmoid (each loss's own score filled), and the share of images every sigmoid puts below
+    0.5 ("none"), on held-out and on trained classes; one dot per seed, a bar at the mean with its 95% t-interval."""
+    condition = _single(history)
+    per_seed = analysis.heldout_per_seed(history)
+    losses = analysis.ordered(per_seed["loss"])
+    with _style():
+        fig, axes = _figure(1, 2, 12, 4.4)
+        for ax, panel in zip(axes[0], HELDOUT_PANELS):
+            for j, loss in enumerate(losses):
+                for k, (quantity, marker, _) in enumerate(panel):
+                    values = per_seed.loc[(per_seed["loss"] == loss) & (per_seed["quantity"] == quantity), "value"]
+                    est = analysis.mean_ci(values)
+                    x = j + (k - 0.5) * 0.32
+                    # left: filled = the loss's own score; right: filled = held-out classes
+                    filled = (quantity == analysis.NATURAL_SCORE.get(loss, "auroc_max_softmax")
+                              if ax is axes[0, 0] else k == 0)
+                    ax.scatter(np.full(len(values), x), values, color=colour(loss), s=10, alpha=0.5, zorder=2)
+                    err = np.nan_to_num([[est.mean - est.ci_low], [est.ci_high - est.mean]], nan=0.0)
+                    ax.errorbar([x], [est.mean], yerr=err, fmt=marker, color=colour(loss), capsize=3, zorder=3,
+                                mfc=colour(loss) if filled else "white")
+            ax.set_xticks(range(len(losses)), losses, rotation=20, ha="right")
+        axes[0, 0].axhline(0.5, color="grey", lw=1, ls=":")
+        axes[0, 0].set_ylim(0.4, 1.0)
+        axes[0, 0].set_ylabel("AUROC, held-out vs trained classes")
+        axes[0, 0].set_title("separating unseen classes (0.5 = chance)")
+        axes[0, 1].set_ylim(0, 1)
+        axes[0, 1].set_ylabel("share of test images")
+        axes[0, 1].set_title("'none': every sigmoid below 0.5")
+        fig.suptitle(f"{condition}: none of the above (dot = seed, marker = mean, 95% t-interval)")
+        extra = [Line2D([], [], color="grey", marker="o", ls="", label="left: max softmax; right: held-out"),
+                 Line2D([], [], color="grey", marker="s", mfc="white", ls="",
+                        label="left: max sigmoid; right: trained"),
+                 Line2D([], [], color="grey", marker="s", ls="", label="left, filled: the loss's own score")]
+        _loss_legend(fig, losses, extra)
+    return fig

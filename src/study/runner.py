@@ -266,7 +266,7 @@ def collect(stream: Iterator[Record | ExampleStats], tracker, *, into: list, kee
 def _load_data(cond: Condition, root: Path) -> data.Dataset:
     return data.load(cond.dataset, root, val_size=cond.val_size, split_seed=cond.split_seed,
                      train_size=cond.train_size, test_size=cond.test_size, label_noise=cond.label_noise,
-                     noise_seed=cond.noise_seed, heldout_classes=tuple(getattr(cond, "heldout_classes", ())))
+                     noise_seed=cond.noise_seed, heldout_classes=cond.heldout_classes)
 
 
 def _settings(cfg: StudyConfig, *, splits, instrument: bool, progress: bool) -> train.Settings:

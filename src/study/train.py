@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 from tqdm import tqdm
 
-from study import grads, losses, model
+from study import grads, losses, model, ood
 from study.config import Condition
 from study.data import Dataset
 from study.model import MLP, init_mlp
@@ -417,6 +417,8 @@ class Trainer:
 
         probe_order = torch.randperm(len(data.y_test), generator=torch.Generator().manual_seed(PROBE_SEED))
         self.probe_index = probe_order[: cond.probe_size].sort().values
+        # Test images of the classes left out of training (heldout_classes): scored against the test set's.
+        self.heldout = data.x_heldout.to(dev) if len(data.x_heldout) else None
         watch = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(PROBE_SEED))
         self.watch = watch[:MEMO_SIZE].to(dev)  # a fixed training subset (flipped labels included, as trained on)
         self.memo = None
@@ -596,6 +598,9 @@ class Trainer:
                 columns.update(self._memorisation(watched))
             if self.settings.instrument and "test" in outputs:
                 columns.update(self._populations(outputs["test"], watched))
+                if self.heldout is not None:
+                    found = ood.measure(outputs["test"], self._logits(self.heldout))
+                    columns.update({key: values.tolist() for key, values in found.items()})
             if self.settings.instrument and last and "val" in outputs and "test" in outputs:
                 columns.update(self._temperature(outputs["val"], outputs["test"]))
         # Weights that overflowed in the last update before any loss went non-finite: diverged at this step.

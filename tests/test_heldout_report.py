@@ -1,0 +1,103 @@
+"""The "none of the above" part of the report on fabricated histories whose truth is known: each loss's own score,
+the paired comparison with the reference, the claim's verdict, the sentences and the figure's drawn values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from study import analysis, document, report, tables
+from study.records import Record
+
+CONDITION = "held"
+SEEDS = (0, 1, 2, 3, 4)
+JITTER = (-0.004, 0.002, 0.001, -0.002, 0.003)  # per seed, the same for every loss: pairs differ by a constant
+LAST = 100
+
+
+def fabricate(values: dict[str, dict[str, float]]) -> pd.DataFrame:
+    """A history where loss L at seed s ends with ``values[L][quantity] + JITTER[s]`` for every HELDOUT quantity
+    (and some earlier, different value at step 50 that must not count)."""
+    records = []
+    for loss, quantities in values.items():
+        for seed, jitter in zip(SEEDS, JITTER):
+            for quantity, (split, metric) in analysis.HELDOUT.items():
+                records.append(Record(loss, 0.1, seed, 0.5, 50, split, metric, 0.5))
+                records.append(Record(loss, 0.1, seed, 1.0, LAST, split, metric, quantities[quantity] + jitter))
+            records.append(Record(loss, 0.1, seed, 1.0, LAST, "test", "accuracy", 0.8))
+    return tables.history_frame(records, condition=CONDITION, dataset="fashion_mnist")
+
+
+def scores(softmax: float, sigmoid: float, none_held: float, none_test: float) -> dict[str, float]:
+    return {"auroc_max_softmax": softmax, "auroc_max_sigmoid": sigmoid, "none_share_heldout": none_held,
+            "none_share_test": none_test}
+
+
+SIGMOID_BETTER = {"softmax_nll": scores(0.80, 0.78, 0.10, 0.05), "sigmoid_bce": scores(0.75, 0.90, 0.40, 0.10),
+                  "mse": scores(0.83, 0.70, 0.20, 0.20)}
+SIGMOID_WORSE = {"softmax_nll": scores(0.85, 0.78, 0.10, 0.05), "sigmoid_bce": scores(0.88, 0.70, 0.30, 0.30),
+                 "mse": scores(0.85, 0.70, 0.20, 0.20)}
+
+
+def test_each_loss_is_judged_by_its_own_score():
+    per_seed = analysis.heldout_per_seed(fabricate(SIGMOID_BETTER))
+    natural = per_seed[per_seed["quantity"] == "auroc_natural"].groupby("loss")["value"].mean()
+    assert natural["sigmoid_bce"] == pytest.approx(0.90)  # max sigmoid
+    assert natural["softmax_nll"] == pytest.approx(0.80) and natural["mse"] == pytest.approx(0.83)  # max softmax
+    assert analysis.heldout_per_seed(fabricate(SIGMOID_BETTER).query("split != 'heldout'")).query(
+        "quantity == 'auroc_natural'").empty
+
+
+@pytest.mark.parametrize("values, verdict, supports, contradicts", [
+    (SIGMOID_BETTER, "holds", 2, 0),  # separates better by its own score and says "none" more to unseen classes
+    (SIGMOID_WORSE, "does not hold here", 0, 1),  # worse separation; "none" equally often: no difference
+])
+def test_the_claim_follows_the_measurements(values, verdict, supports, contradicts):
+    row = analysis.claim_none_of_the_above(analysis.heldout_per_seed(fabricate(values)))
+    assert row["verdict"] == verdict
+    assert row["value"] == f"{supports} support, {contradicts} contradict, of 2"
+    sig, ref = values["sigmoid_bce"]["auroc_max_sigmoid"], values["softmax_nll"]["auroc_max_softmax"]
+    assert f"max sigmoid {sig:.3f}" in row["measured"] and f"max softmax {ref:.3f}" in row["measured"]
+    assert f"Δ {sig - ref:+.3f}" in row["measured"]
+
+
+def test_without_held_out_classes_the_claim_is_not_measured():
+    history = fabricate(SIGMOID_BETTER)
+    row = analysis.claim_none_of_the_above(analysis.heldout_per_seed(history[history["split"] != "heldout"]))
+    assert row["verdict"] == "not measured" and row["figure"] == ""
+
+
+def test_the_sentences_say_what_the_numbers_say():
+    text = " ".join(" ".join(map(str, bullet)) for bullet in document._heldout_findings(
+        analysis.heldout_per_seed(fabricate(SIGMOID_BETTER)), CONDITION))
+    assert "sigmoid_bce by its own score (max sigmoid)" in text and "Δ +0.100" in text
+    assert "better than softmax_nll" in text
+    assert "mse by its own score (max softmax)" in text and "Δ +0.030" in text
+    assert "answers 'none' to 40.0%" in text and "more often for the unseen classes" in text
+    worse = " ".join(" ".join(map(str, bullet)) for bullet in document._heldout_findings(
+        analysis.heldout_per_seed(fabricate(SIGMOID_WORSE)), CONDITION))
+    assert "worse than softmax_nll" in worse and "Δ -0.150" in worse
+    assert "mse by its own score (max softmax)" in worse and "Δ +0.000" in worse
+    assert "not distinguishable from softmax_nll" in worse  # mse: the same AUROC on every seed
+    assert "not distinguishable for the unseen classes" in worse
+
+
+def test_the_figure_draws_the_means_of_the_table():
+    fig = report.plot_heldout(fabricate(SIGMOID_BETTER))
+    try:
+        left, right = fig.axes[:2]
+        losses = analysis.ordered(SIGMOID_BETTER)
+        for ax, panel in ((left, report.HELDOUT_PANELS[0]), (right, report.HELDOUT_PANELS[1])):
+            drawn = sorted(float(line.get_ydata()[0]) for line in ax.lines if line.get_marker() in ("o", "s"))
+            want = sorted(SIGMOID_BETTER[loss][q] + np.mean(JITTER) for loss in losses for q, _, _ in panel)
+            np.testing.assert_allclose(drawn, want, atol=1e-9)
+        assert [t.get_text() for t in left.get_xticklabels()] == losses
+    finally:
+        report.plt.close(fig)
+
+
+def test_fragile_rate_choices_are_named():
+    assert document._fragile_choices({"mse": "3 of 3", "softmax_nll": "2 of 3", "focal": "n/a",
+                                      "sigmoid_bce": "0 of 3"}) == ["sigmoid_bce (0 of 3)", "softmax_nll (2 of 3)"]
+    assert document._fragile_choices({"mse": "3 of 3"}) == []
