@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from study import cli, losses, tables
+from study import cli, losses, runner, tables, train
 from study.losses import LossSpec
 
 NEW = "scaled_ce"
@@ -67,6 +67,14 @@ def test_a_registered_loss_runs_through_every_stage(study):
     assert NEW in tables.read_lrs(out / tables.LRS)
     assert NEW in set(pd.read_csv(results / "probe" / "penalty.csv")["loss"])
     assert NEW in json.loads((results / "metrics.json").read_text())[CONDITION]
+
+    # Tuning reads validation accuracy on its own schedule: coarse before the score's window, dense inside it.
+    tune = tables.read_history(out / tables.TUNE)
+    read = set(tune.loc[(tune["split"] == "val") & (tune["metric"] == "accuracy"), "step"])
+    per_epoch = json.loads((out / tables.SETUP).read_text())["steps_per_epoch"]
+    total = int(tune["step"].max())
+    full = {0, *range(per_epoch, total + 1, per_epoch)}
+    assert read - full == train.schedule(total, 0.1, runner.TUNE_SPEED) - full
 
     report = (results / "report" / "report.md").read_text()
     assert f"| {NEW} |" in report  # a row of the results tables (figures carry the label)

@@ -513,3 +513,15 @@ def test_speed_steps_are_at_most_the_resolution_apart():
     assert steps[:10] == list(range(1, 11)) and steps[-1] <= 10_000
     assert all((b - a) / a <= 0.1 for a, b in zip(steps[9:], steps[10:]))
     assert len(steps) < 10 + math.log(1000) / math.log(1.1) + 10  # geometric, not every step
+
+
+def test_a_coarse_schedule_is_dense_only_from_its_share_on():
+    total = 842
+    dense = speed_steps(total, 0.1)
+    coarse = train.schedule(total, 0.1, (0.25, 0.8))
+    assert {s for s in coarse if s >= 0.8 * total} == {s for s in dense if s >= 0.8 * total}  # the window unchanged
+    early = sorted(s for s in coarse if s < 0.8 * total)
+    assert early == sorted(s for s in speed_steps(total, 0.25) if s < 0.8 * total)
+    assert all(b <= max(a + 1, math.floor(a * 1.25)) for a, b in zip(early, early[1:]))
+    assert len(coarse) < len(dense) / 1.5
+    assert train.schedule(total, 0.1) == dense

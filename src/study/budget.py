@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from study import config, data, losses, model, train
+from study import config, data, losses, model, runner, train
 from study.config import Condition, StudyConfig
 
 PROBE_BATCH = 8  # examples pushed through the counter (per-example FLOPs are its total / PROBE_BATCH)
@@ -73,7 +73,7 @@ def arithmetic(cfg: StudyConfig, cond: Condition, sizes: dict[str, int], input_d
         total = steps_per_epoch * epochs
         per_eval = steps_per_epoch / cond.evals_per_epoch
         full = {round(k * per_eval) for k in range(1, epochs * cond.evals_per_epoch + 1)}
-        speed = train.speed_steps(total, cond.speed_resolution) - full
+        speed = train.schedule(total, cond.speed_resolution, None if instrument else runner.TUNE_SPEED) - full
         full_examples = sizes["val"]
         if instrument:
             full_examples += sizes["test"] + min(train.MEMO_SIZE, sizes["train"]) + sizes.get("heldout", 0)

@@ -57,6 +57,9 @@ class Settings:
     device: str = "cpu"
     splits: tuple[str, ...] = ("val", "test")  # evaluated splits; tuning looks at "val" only
     instrument: bool = True  # gradient norms, probe-set logit gradients, per-example test outputs
+    # (resolution, from): the validation-accuracy-alone readings are this much coarser before ``from`` (a share of
+    # the run's steps) and at the condition's speed_resolution from there on; None: at speed_resolution throughout
+    coarse_speed: tuple[float, float] | None = None
     progress: bool = True
 
 
@@ -85,6 +88,17 @@ def speed_steps(total_steps: int, resolution: float) -> set[int]:
         steps.add(step)
         step = max(step + 1, math.floor(step * (1 + resolution)))
     return steps
+
+
+def schedule(total_steps: int, resolution: float, coarse: tuple[float, float] | None = None) -> set[int]:
+    """The speed readings of a run: ``speed_steps`` at ``resolution``, or with ``coarse = (resolution', share)``
+    at resolution' before ``share`` of the steps and at ``resolution`` from there on."""
+    if coarse is None:
+        return speed_steps(total_steps, resolution)
+    coarse_resolution, share = coarse
+    start = share * total_steps
+    return ({s for s in speed_steps(total_steps, coarse_resolution) if s < start}
+            | {s for s in speed_steps(total_steps, resolution) if s >= start})
 
 
 def batch_order(num_examples: int, seed: int, epoch: int) -> Tensor:
@@ -398,7 +412,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cond.epochs
         per_eval = self.steps_per_epoch / cond.evals_per_epoch
         self.eval_steps = {round(k * per_eval) for k in range(1, cond.epochs * cond.evals_per_epoch + 1)}
-        self.speed_steps = speed_steps(self.total_steps, cond.speed_resolution) - self.eval_steps
+        self.speed_steps = schedule(self.total_steps, cond.speed_resolution, settings.coarse_speed) - self.eval_steps
 
         self.seeds = list(dict.fromkeys(m.seed for m in self.members))  # rows of each step's batch [S, B]
         self.seed_of = torch.tensor([self.seeds.index(m.seed) for m in self.members], device=dev)  # [M]: its row
