@@ -5,10 +5,16 @@ STAMP   := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: study test dashboard setup data-source browser-deps postgres-deps tracking-server tracking-server-stop lint
+.PHONY: study extended test dashboard setup data-source browser-deps postgres-deps tracking-server tracking-server-stop lint
 
 study: setup data-source
 	dvc repro
+
+# The extended study (experiments/extended.yaml, on Ray): its pipeline is written from dvc.yaml into extended/dvc.yaml
+# (not committed), its results land in extended/results/. Not run by `make study` or `make test`; see README.
+extended: setup data-source
+	$(PY) extended/pipeline.py
+	dvc repro extended/dvc.yaml
 
 test: setup data-source browser-deps postgres-deps
 	$(PY) -m pytest
