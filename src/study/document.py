@@ -1199,25 +1199,29 @@ def _heldout_section(doc: Document, inputs: Inputs, computed: Computed) -> None:
 
 
 def _heldout_findings(per_seed: pd.DataFrame, condition: str, sigmoid: str = "sigmoid_bce") -> list[list[Segment]]:
-    """Each loss by its own score against the reference by its own, paired by seed; the sigmoids' 'none'."""
+    """Each loss by its own score against the reference by its own, paired by seed, the comparisons of a condition
+    one family corrected with Holm's method (as the report's other findings); the sigmoids' 'none'."""
     out = []
     losses = analysis.ordered(per_seed["loss"])
     natural = analysis.summarise(per_seed[per_seed["quantity"] == "auroc_natural"])
     if REFERENCE in losses:
         ref = _value(natural, loss=REFERENCE, quantity="auroc_natural")
-        for loss in [x for x in losses if x != REFERENCE]:
-            d = analysis.heldout_difference(per_seed, condition, (loss, "auroc_natural"), (REFERENCE, "auroc_natural"))
+        others = [x for x in losses if x != REFERENCE]
+        found = [analysis.heldout_difference(per_seed, condition, (loss, "auroc_natural"),
+                                             (REFERENCE, "auroc_natural")) for loss in others]
+        adjusted = analysis.holm([d.p_value for d in found])
+        for loss, d, p_holm in zip(others, found, adjusted):
             mine = _value(natural, loss=loss, quantity="auroc_natural")
             score = "max sigmoid" if analysis.NATURAL_SCORE.get(loss) == "auroc_max_sigmoid" else "max softmax"
-            if d.within_noise is None:
-                verdict = "no interval"
-            elif d.within_noise:
+            if not math.isfinite(p_holm):
+                verdict = "no test"
+            elif p_holm >= analysis.ALPHA:
                 verdict = f"not distinguishable from {REFERENCE} with {d.n} seeds"
             else:
                 verdict = f"{'better' if d.mean > 0 else 'worse'} than {REFERENCE}"
             out.append([f"{loss} by its own score ({score}) separates the held-out classes with AUROC "
                         f"{fmt_estimate(mine)} against {REFERENCE}'s {fmt_estimate(ref)} by max softmax: "
-                        f"Δ {d.mean:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}], {verdict}."])
+                        f"Δ {d.mean:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}], Holm {fmt_p(p_holm)}, {verdict}."])
     if sigmoid in losses:
         d = analysis.heldout_difference(per_seed, condition, (sigmoid, "none_share_heldout"),
                                         (sigmoid, "none_share_test"))
