@@ -118,3 +118,32 @@ def test_a_difference_that_does_not_survive_holm_is_not_called_better():
     text = " ".join(" ".join(map(str, b)) for b in document._heldout_findings(per_seed, CONDITION))
     focal = next(sentence for sentence in text.split(". ") if sentence.startswith("focal"))
     assert "not distinguishable from softmax_nll with 5 seeds" in focal and "better" not in focal
+
+
+def _difference(condition: str, loss: str, diff: float, apart: bool) -> dict:
+    half = 0.2 * abs(diff) if apart else 2 * abs(diff)
+    return {"condition": condition, "loss": loss, "quantity": analysis.steps_quantity(1), "diff": diff,
+            "ci_low": diff - half, "ci_high": diff + half, "p_value": 0.001 if apart else 0.5,
+            "p_holm": 0.004 if apart else 1.0, "within_noise": not apart, "n": 5}
+
+
+@pytest.mark.parametrize("diff, word", [(+100.0, "a lag"), (-100.0, "a lead")])
+def test_the_optimizer_finding_calls_a_negative_difference_a_lead(tmp_path, diff, word):
+    """Steps to target: a loss faster than the reference under SGD (negative difference) leads, it does not lag.
+    Conditions on other data (another model, held-out classes) are not compared with the optimizer pair."""
+    from types import SimpleNamespace
+
+    setups = {"sgd_run": {"dataset": "fashion_mnist", "params": {"optimizer": "sgd", "label_noise": 0.0}},
+              "adam_run": {"dataset": "fashion_mnist", "params": {"optimizer": "adam", "label_noise": 0.0}},
+              "held": {"dataset": "fashion_mnist", "params": {"optimizer": "adam", "label_noise": 0.0,
+                                                              "heldout_classes": [8, 9]}}}
+    inputs = SimpleNamespace(conditions=["sgd_run", "held", "adam_run"], setups=setups,
+                             targets={c: (0.85,) for c in setups})
+    head = SimpleNamespace(differences=pd.DataFrame([_difference("sgd_run", "smoothed_ce", diff, True),
+                                                     _difference("adam_run", "smoothed_ce", diff / 4, False),
+                                                     _difference("held", "smoothed_ce", diff, True)]))
+    figures = document.Figures(tmp_path)
+    items = document._optimizer_findings(inputs, head, figures)
+    text = str(items[0][0])
+    assert "(sgd_run vs adam_run)" in text
+    assert f"({word} under sgd that is not distinguishable from 0 under adam)" in text

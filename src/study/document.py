@@ -732,7 +732,8 @@ def _optimizer_findings(inputs: Inputs, head: analysis.Headline, figures: Figure
     groups: dict[tuple, dict[str, str]] = {}
     for c in inputs.conditions:
         params = inputs.setups[c].get("params", {})
-        key = (inputs.setups[c].get("dataset"), params.get("label_noise", 0.0))
+        key = (inputs.setups[c].get("dataset"), params.get("label_noise", 0.0),
+               str(params.get("model", {}).get("kind", "mlp")), tuple(params.get("heldout_classes", ())))
         groups.setdefault(key, {}).setdefault(str(params.get("optimizer")), c)
     items = []
     for by_optimizer in groups.values():
@@ -750,7 +751,8 @@ def _optimizer_findings(inputs: Inputs, head: analysis.Headline, figures: Figure
                 continue
             # within_noise is True, False or None (no interval); numpy's bools compare equal to Python's.
             apart = {name: d["within_noise"] in (False,) for name, d in (("sgd", d_sgd), ("adam", d_adam))}
-            verdict = {(True, False): "a lag under sgd that is not distinguishable from 0 under adam",
+            ahead = "a lag" if d_sgd["diff"] > 0 else "a lead"
+            verdict = {(True, False): f"{ahead} under sgd that is not distinguishable from 0 under adam",
                        (True, True): "apart under both optimizers",
                        (False, True): "apart only under adam",
                        (False, False): "not distinguishable from it under either optimizer"}[apart["sgd"],
