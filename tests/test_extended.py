@@ -96,8 +96,6 @@ def _digest(folder: Path) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="the report stage fails: report.plot_headline cannot draw a test-NLL interval reaching below "
-                          "zero on its log axis (seen with 2 and 3 seeds); every stage before it passes", strict=False)
 def test_the_smoke_sized_extended_study_runs_through_dvc_into_extended_results(tmp_path: Path):
     smoke = copy_repo(tmp_path / "repo")
     repo = smoke.repo

@@ -347,6 +347,22 @@ def test_plot_tuning_and_lr_views():
     _check(report.plot_lr_views(tune, {CLEAN: LRS}))
 
 
+def test_plot_tuning_says_so_when_no_rate_reached_the_target(tmp_path):
+    """A target no tuning run reached (a short smoke run): the steps panel says so instead of a log axis with
+    nothing on it, which matplotlib cannot draw; with a reachable target the panel is a log axis."""
+    tune = fabricate_tune(CLEAN)
+    unreachable = report.plot_tuning(tune, {CLEAN: LRS}, {CLEAN: (0.999,)})
+    reachable = report.plot_tuning(tune, {CLEAN: LRS}, {CLEAN: (0.2,)})
+    try:
+        report.save(unreachable, tmp_path / "unreachable.png")  # drawing is where the log axis failed
+        below = unreachable.axes[1]
+        assert below.get_yscale() == "linear"
+        assert any("no rate reached val acc 0.999" in t.get_text() for t in below.texts)
+        assert reachable.axes[1].get_yscale() == "log"
+    finally:
+        report.plt.close(reachable)
+
+
 def test_plot_grad_norms_is_log_scale(frames):
     fig = report.plot_grad_norms(frames[0][frames[0]["condition"] == CLEAN])
     assert fig.axes[0].get_yscale() == "log"

@@ -214,6 +214,7 @@ def plot_tuning(tune: pd.DataFrame, chosen: Mapping[str, Mapping[str, float]],
             first = (targets.get(condition) or (None,))[0]
             steps = (analysis.steps_to_target(tune[tune["condition"] == condition], first) if first is not None
                      else None)
+            any_reached = False  # a log axis with nothing on it cannot place its ticks
             for loss in losses:
                 rows = mine[mine["loss"] == loss]
                 ok = rows[rows["value"].notna()]
@@ -234,6 +235,7 @@ def plot_tuning(tune: pd.DataFrame, chosen: Mapping[str, Mapping[str, float]],
                     per_lr = steps[steps["loss"] == loss].groupby("lr")["step"].apply(analysis.censored_median)
                     reached = per_lr.dropna()
                     below.plot(reached.index, reached.to_numpy(), color=colour(loss), lw=1.5, marker="o", ms=4)
+                    any_reached = any_reached or len(reached) > 0
             ax.set_xscale("log")
             grid = sorted(mine["lr"].unique())
             below.set_xticks(grid, [f"{lr:g}" for lr in grid], rotation=45)
@@ -242,10 +244,12 @@ def plot_tuning(tune: pd.DataFrame, chosen: Mapping[str, Mapping[str, float]],
             _fraction_limits(ax)
             ax.set_ylabel("final validation accuracy")
             ax.set_title(condition)
-            if steps is not None:
+            if steps is not None and any_reached:
                 below.set_yscale("log")
                 _plain_log_ticks(below)
                 below.set_ylabel(f"steps to val acc {first:g}\n(median; missing = most never did)")
+            elif steps is not None:
+                _empty(below, f"no rate reached val acc {first:g}\nin most tuning seeds")
             else:
                 _empty(below, "no target")
         fig.suptitle("Every loss at every learning rate (tuning runs, validation split)")
