@@ -141,11 +141,16 @@ def assert_same_frames(got: pd.DataFrame, want: pd.DataFrame, name: str = "") ->
     OMP_NUM_THREADS to its num_cpus) where the local trainer runs two, so sums are ordered differently: the trained
     weights agree to about 1e-6, and statistics that bin or fit on them (ECE, temperature) move a little more."""
     assert list(got.columns) == list(want.columns) and len(got) == len(want)
+    # ECE bins the test examples by confidence: one example crossing a bin edge moves it by up to 2/n (n = 300
+    # smoke test examples), and after temperature scaling the fitted temperature moves the edges too.
+    binned = want["metric"].isin(["ece", "ece_ts"]).to_numpy() if "metric" in want else np.zeros(len(want), bool)
     for column in want.columns:
         if pd.api.types.is_numeric_dtype(want[column]):
             a, b = got[column].to_numpy(dtype=float), want[column].to_numpy(dtype=float)
             print(f"{name} {column}: max |ray - local| = {np.nanmax(np.abs(a - b), initial=0):.2g}")
-            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3, err_msg=column)
+            rows = np.ones(len(want), bool) if "ece" in column else binned  # summary.csv: ece columns
+            np.testing.assert_allclose(a[~rows], b[~rows], rtol=1e-3, atol=1e-3, err_msg=column)
+            np.testing.assert_allclose(a[rows], b[rows], rtol=0, atol=2 / 300, err_msg=f"{column} (ECE)")
         else:
             assert got[column].tolist() == want[column].tolist(), column
 
