@@ -16,6 +16,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
+from conftest import SMOKE
 from study import config, rebuild, tables
 from study.config import ConfigError
 
@@ -77,9 +78,9 @@ def test_the_rebuilt_store_holds_the_runs_params_tags_and_histories_training_log
     assert "importing them from results/conditions" in first.stderr
     assert "already holds every finished stage" in second.stderr and "importing" not in second.stderr
     trained, rebuilt = finished_parents(smoke_pipeline.tracking_uri), finished_parents(uri)
-    assert set(rebuilt) == set(trained) == {
-        "fashion_sgd/tune", "fashion_sgd/train", "fashion_adam/tune", "fashion_adam/train", "fashion_noise40/train",
-        "mnist1d_sgd/tune", "mnist1d_sgd/train"}
+    smoke = yaml.safe_load(SMOKE.read_text())
+    assert set(rebuilt) == set(trained) == ({f"{c}/train" for c in smoke["conditions"]}
+                                            | {f"{c}/tune" for c in smoke["study"]["tune"]})
     assert len(study_runs(uri)) == len(rebuilt) + sum(len(children(uri, p)) for p in rebuilt.values())  # once each
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=smoke_pipeline.repo, capture_output=True, text=True,
                           check=True).stdout.strip()
