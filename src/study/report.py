@@ -109,23 +109,41 @@ def _epoch_axis(ax, steps_per_epoch: float) -> None:
         top.set_xlabel("epoch")
 
 
-def _band_lines(ax, frame: pd.DataFrame, x: str, *, log: bool = False, linestyle: str = "-") -> list[str]:
-    """Mean over seeds per loss with its 95% t-band; ``frame`` is long (``loss, seed, x, value``)."""
-    drawn = []
-    stats = analysis.band(frame, x, ["loss"])
-    for loss in analysis.ordered(stats["loss"]):
-        s = stats[stats["loss"] == loss]
-        mean, low, high = s["mean"].to_numpy(), s["ci_low"].to_numpy(), s["ci_high"].to_numpy()
-        if log:
-            mean, low, high = (np.clip(v, FLOOR, None) for v in (mean, low, high))
-        ax.plot(s[x], mean, color=colour(loss), lw=1.6, ls=linestyle, label=label(loss))
-        ok = np.isfinite(low) & np.isfinite(high)
-        if ok.any():
-            ax.fill_between(s[x].to_numpy()[ok], low[ok], high[ok], color=colour(loss), alpha=0.2, lw=0)
-        drawn.append(loss)
+def _palette(losses: Sequence[str]) -> dict[str, str]:
+    return {loss: colour(loss) for loss in losses}
+
+
+def _t_mean(values: pd.Series) -> float:
+    """seaborn estimator: the mean of the finite values (``analysis.mean_ci``'s)."""
+    return analysis.mean_ci(values).mean
+
+
+def _t_interval(values: pd.Series) -> tuple[float, float]:
+    """seaborn errorbar: the 95% t-interval over seeds of ``analysis.mean_ci`` (NaN, drawn as nothing, for one seed)."""
+    est = analysis.mean_ci(values)
+    return est.ci_low, est.ci_high
+
+
+def _floored(function):
+    """``function`` (an estimator or errorbar) with its results raised to ``FLOOR``, for a log axis."""
+    def floored(values: pd.Series):
+        return np.clip(function(values), FLOOR, None)
+    return floored
+
+
+def _band_lines(ax, frame: pd.DataFrame, x: str, *, log: bool = False) -> list[str]:
+    """Mean over seeds per loss with its 95% t-band (seaborn's lineplot); ``frame`` is long (``loss, seed, x,
+    value``). On a log axis means and band edges at or below 0 are drawn at ``FLOOR``. Returns the losses drawn."""
+    frame = _finite(frame)
+    losses = analysis.ordered(frame["loss"])
+    if losses:
+        sns.lineplot(data=frame, x=x, y="value", hue="loss", hue_order=losses, palette=_palette(losses),
+                     estimator=_floored(_t_mean) if log else _t_mean,
+                     errorbar=_floored(_t_interval) if log else _t_interval,
+                     err_kws={"lw": 0}, lw=1.6, legend=False, ax=ax)
     if log:
         ax.set_yscale("log")
-    return drawn
+    return losses
 
 
 class _PlainLogFormatter(mticker.LogFormatter):
@@ -162,29 +180,36 @@ def _finite(frame: pd.DataFrame, column: str = "value") -> pd.DataFrame:
 # Headline and setup
 
 
+def _dodge(levels: int, width: float = 0.8) -> float:
+    """pointplot's ``dodge`` that spreads ``levels`` hue levels over ``width`` of a category, centred in equal
+    slots (where stripplot's ``dodge=True`` puts them)."""
+    return width * (1 - 1 / levels) if levels > 1 else False
+
+
+def _category_ticks(ax, names: Sequence[str], *, wrap: bool = False) -> None:
+    """Horizontal category labels (rotated ones overlap their neighbours); ``wrap`` breaks names at underscores."""
+    ax.set_xticks(range(len(names)), [name.replace("_", "\n") if wrap else name for name in names])
+    ax.set_xlabel("")
+
+
 def plot_headline(history: pd.DataFrame) -> Figure:
     """Final test accuracy, test NLL and ECE per condition and loss: mean over seeds with 95% t-intervals."""
-    specs = {"final_accuracy": ("test", "accuracy"), "test_nll": ("test", "nll"), "ece": ("test", "ece")}
     names = {"final_accuracy": "test accuracy (fraction)", "test_nll": "test NLL (nats, log scale)",
              "ece": "ECE (expected calibration error)"}
-    table = analysis.final_table(history, specs)
+    per_seed = analysis.headline(history, {}).per_seed  # each healthy model's last evaluation
     conditions = list(dict.fromkeys(history["condition"]))
     losses = analysis.ordered(history["loss"])
     with _style():
-        fig, axes = _figure(1, 3, 4.0 * 3, 3.6 + 0.25 * max(len(conditions) - 2, 0))
-        width = 0.8 / max(len(losses), 1)
-        for ax, quantity in zip(axes[0], specs, strict=True):
-            for j, loss in enumerate(losses):
-                rows = table[(table["quantity"] == quantity) & (table["loss"] == loss)].set_index("condition")
-                ys = [rows["mean"].get(c, np.nan) for c in conditions]
-                lo = [rows["mean"].get(c, np.nan) - rows["ci_low"].get(c, np.nan) for c in conditions]
-                hi = [rows["ci_high"].get(c, np.nan) - rows["mean"].get(c, np.nan) for c in conditions]
-                xs = np.arange(len(conditions)) - 0.4 + width * (j + 0.5)
-                err = np.nan_to_num(np.array([lo, hi], dtype=float), nan=0.0)
-                ax.errorbar(xs, ys, yerr=err, fmt="o", color=colour(loss), capsize=3, ms=5)
-            ax.set_xticks(np.arange(len(conditions)), conditions, rotation=20, ha="right")
-            if quantity == "test_nll":
-                ax.set_yscale("log")  # a collapsed, confidently wrong model reaches thousands of nats
+        width = max(4.0, 0.65 * len(conditions) + 0.9)  # room for each condition's name, wrapped at underscores
+        fig, axes = _figure(1, 3, width * 3, 3.8)
+        for ax, quantity in zip(axes[0], names, strict=True):
+            rows = per_seed[per_seed["quantity"] == quantity]
+            sns.pointplot(data=rows, x="condition", y="value", hue="loss", order=conditions, hue_order=losses,
+                          palette=_palette(losses), estimator=_t_mean, errorbar=_t_interval,
+                          dodge=_dodge(len(losses)), linestyle="none", markersize=5, linewidth=1.5, capsize=0.1,
+                          legend=False, ax=ax, log_scale=(False, quantity == "test_nll"))
+            _category_ticks(ax, conditions, wrap=True)
+            if quantity == "test_nll":  # a collapsed, confidently wrong model reaches thousands of nats
                 _plain_log_ticks(ax)
             else:
                 _fraction_limits(ax)
@@ -617,6 +642,32 @@ def plot_reliability(examples: pd.DataFrame, bins: int = 15) -> Figure:
     return fig
 
 
+def _loss_points(ax, per_seed: pd.DataFrame, losses: Sequence[str], markers: Mapping[str, str],
+                 filled: Mapping[str, str], *, seeds: bool = False) -> None:
+    """One category per loss with its quantities side by side (``markers``: quantity -> marker, in order): the
+    mean over seeds with its 95% t-interval (seaborn's pointplot), filled for the loss's ``filled[loss]`` quantity
+    and hollow for the others; ``seeds`` adds a dot per seed. ``per_seed`` is long (``loss, seed, quantity,
+    value``). One pointplot per loss, so that each loss keeps its colour while its quantities are dodged."""
+    quantities = list(markers)
+    for loss in losses:
+        rows = per_seed[(per_seed["loss"] == loss) & per_seed["quantity"].isin(quantities)]
+        if rows.empty:
+            continue
+        common = {"data": rows, "x": "loss", "y": "value", "hue": "quantity", "order": list(losses),
+                  "hue_order": quantities, "palette": dict.fromkeys(quantities, colour(loss)), "legend": False,
+                  "ax": ax}
+        if seeds:
+            sns.stripplot(**common, dodge=True, jitter=False, size=3.5, alpha=0.5, zorder=2)
+        drawn = len(ax.lines)
+        sns.pointplot(**common, estimator=_t_mean, errorbar=_t_interval, dodge=_dodge(len(quantities)),
+                      markers=list(markers.values()), linestyle="none", markersize=6, linewidth=1.5, capsize=0.12,
+                      zorder=3)
+        for line, quantity in zip([line for line in ax.lines[drawn:] if line.get_marker() != "None"], quantities):
+            if quantity != filled.get(loss):  # the means' lines, in hue order (error bars have no marker)
+                line.set_markerfacecolor("white")
+    _category_ticks(ax, losses)
+
+
 def plot_label_noise(history: pd.DataFrame) -> Figure:
     """Label noise, one condition: validation-selected vs final test accuracy per loss (mean, 95% t-interval), and
     the shares of flipped training examples predicted as their noisy label (memorised) or their true label
@@ -626,18 +677,11 @@ def plot_label_noise(history: pd.DataFrame) -> Figure:
     per_seed = analysis.label_noise(history)
     with _style():
         fig, axes = _figure(1, 3, 14, 4.2)
-        ax = axes[0, 0]
-        for j, loss in enumerate(losses):
-            for k, (quantity, marker) in enumerate((("selected_accuracy", "o"), ("final_accuracy", "s"))):
-                values = per_seed.loc[(per_seed["loss"] == loss) & (per_seed["quantity"] == quantity), "value"]
-                est = analysis.mean_ci(values)
-                err = np.nan_to_num([[est.mean - est.ci_low], [est.ci_high - est.mean]], nan=0.0)
-                ax.errorbar([j + (k - 0.5) * 0.3], [est.mean], yerr=err, fmt=marker, color=colour(loss),
-                            mfc=colour(loss) if k == 0 else "white", capsize=3)
-        ax.set_xticks(range(len(losses)), losses, rotation=20, ha="right")
-        _fraction_limits(ax)
-        ax.set_ylabel("test accuracy (fraction)")
-        ax.set_title("val-selected (filled) vs final (hollow) test acc")
+        _loss_points(axes[0, 0], per_seed, losses, {"selected_accuracy": "o", "final_accuracy": "s"},
+                     dict.fromkeys(losses, "selected_accuracy"))
+        _fraction_limits(axes[0, 0])
+        axes[0, 0].set_ylabel("test accuracy (fraction)")
+        axes[0, 0].set_title("val-selected (filled) vs final (hollow) test acc")
         for ax, metric, title in ((axes[0, 1], "memorised", "memorised: predicted as the noisy label"),
                                   (axes[0, 2], "recovered", "recovered: predicted as the true label")):
             rows = analysis.select(history, "train_flipped", metric)
@@ -671,20 +715,12 @@ def plot_heldout(history: pd.DataFrame) -> Figure:
     losses = analysis.ordered(per_seed["loss"])
     with _style():
         fig, axes = _figure(1, 2, 12, 4.4)
-        for ax, panel in zip(axes[0], HELDOUT_PANELS):
-            for j, loss in enumerate(losses):
-                for k, (quantity, marker, _) in enumerate(panel):
-                    values = per_seed.loc[(per_seed["loss"] == loss) & (per_seed["quantity"] == quantity), "value"]
-                    est = analysis.mean_ci(values)
-                    x = j + (k - 0.5) * 0.32
-                    # left: filled = the loss's own score; right: filled = held-out classes
-                    filled = (quantity == analysis.NATURAL_SCORE.get(loss, "auroc_max_softmax")
-                              if ax is axes[0, 0] else k == 0)
-                    ax.scatter(np.full(len(values), x), values, color=colour(loss), s=10, alpha=0.5, zorder=2)
-                    err = np.nan_to_num([[est.mean - est.ci_low], [est.ci_high - est.mean]], nan=0.0)
-                    ax.errorbar([x], [est.mean], yerr=err, fmt=marker, color=colour(loss), capsize=3, zorder=3,
-                                mfc=colour(loss) if filled else "white")
-            ax.set_xticks(range(len(losses)), losses, rotation=20, ha="right")
+        # left: filled = the loss's own score; right: filled = held-out classes
+        own = {loss: analysis.NATURAL_SCORE.get(loss, "auroc_max_softmax") for loss in losses}
+        for ax, panel, filled in zip(axes[0], HELDOUT_PANELS, (own, dict.fromkeys(losses, "none_share_heldout")),
+                                     strict=True):
+            _loss_points(ax, per_seed, losses, {quantity: marker for quantity, marker, _ in panel}, filled,
+                         seeds=True)
         axes[0, 0].axhline(0.5, color="grey", lw=1, ls=":")
         axes[0, 0].set_ylim(0.4, 1.0)
         axes[0, 0].set_ylabel("AUROC, held-out vs trained classes")
