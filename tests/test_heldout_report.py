@@ -69,14 +69,14 @@ def test_without_held_out_classes_the_claim_is_not_measured():
 
 
 def test_the_sentences_say_what_the_numbers_say():
-    text = " ".join(" ".join(map(str, bullet)) for bullet in document._heldout_findings(
-        analysis.heldout_per_seed(fabricate(SIGMOID_BETTER)), CONDITION))
+    text = " ".join(document.render_bullets(document.heldout_findings(
+        analysis.heldout_per_seed(fabricate(SIGMOID_BETTER)), CONDITION)))
     assert "sigmoid_bce by its own score (max sigmoid)" in text and "Δ +0.100" in text
     assert "better than softmax_nll" in text
     assert "mse by its own score (max softmax)" in text and "Δ +0.030" in text
     assert "answers 'none' to 40.0%" in text and "more often for the unseen classes" in text
-    worse = " ".join(" ".join(map(str, bullet)) for bullet in document._heldout_findings(
-        analysis.heldout_per_seed(fabricate(SIGMOID_WORSE)), CONDITION))
+    worse = " ".join(document.render_bullets(document.heldout_findings(
+        analysis.heldout_per_seed(fabricate(SIGMOID_WORSE)), CONDITION)))
     assert "worse than softmax_nll" in worse and "Δ -0.150" in worse
     assert "mse by its own score (max softmax)" in worse and "Δ +0.000" in worse
     assert "not distinguishable from softmax_nll" in worse  # mse: the same AUROC on every seed
@@ -98,8 +98,9 @@ def test_the_figure_draws_the_means_of_the_table():
 
 
 def test_fragile_rate_choices_are_named():
-    assert document._fragile_choices({"mse": "3 of 3", "softmax_nll": "2 of 3", "focal": "n/a",
-                                      "sigmoid_bce": "0 of 3"}) == ["sigmoid_bce (0 of 3)", "softmax_nll (2 of 3)"]
+    fragile = document._fragile_choices({"mse": "3 of 3", "softmax_nll": "2 of 3", "focal": "n/a",
+                                         "sigmoid_bce": "0 of 3"})
+    assert fragile == [("sigmoid_bce", "0 of 3"), ("softmax_nll", "2 of 3")]
     assert document._fragile_choices({"mse": "3 of 3"}) == []
 
 
@@ -115,7 +116,7 @@ def test_a_difference_that_does_not_survive_holm_is_not_called_better():
     per_seed = pd.DataFrame(rows)
     d = analysis.heldout_difference(per_seed, CONDITION, ("focal", "auroc_natural"), ("softmax_nll", "auroc_natural"))
     assert d.p_value == pytest.approx(0.047, abs=0.002) and d.within_noise is False
-    text = " ".join(" ".join(map(str, b)) for b in document._heldout_findings(per_seed, CONDITION))
+    text = " ".join(document.render_bullets(document.heldout_findings(per_seed, CONDITION)))
     focal = next(sentence for sentence in text.split(". ") if sentence.startswith("focal"))
     assert "not distinguishable from softmax_nll with 5 seeds" in focal and "better" not in focal
 
@@ -143,7 +144,7 @@ def test_the_optimizer_finding_calls_a_negative_difference_a_lead(tmp_path, diff
                                                      _difference("adam_run", "smoothed_ce", diff / 4, False),
                                                      _difference("held", "smoothed_ce", diff, True)]))
     figures = document.Figures(tmp_path)
-    items = document._optimizer_findings(inputs, head, figures)
-    text = str(items[0][0])
+    items = document.optimizer_findings(inputs, head, figures)
+    text = document.render_bullets(items)[0]
     assert "(sgd_run vs adam_run)" in text
     assert f"({word} under sgd that is not distinguishable from 0 under adam)" in text

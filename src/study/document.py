@@ -1,13 +1,13 @@
 """Assembles the report from the files under ``results/`` alone: ``report/report.md``, a self-contained
 ``report/index.html`` (figures embedded as data URIs), ``report/figures/*.png`` and ``metrics.json``.
 
-The words live here; numbers come from ``study.analysis`` and figures from ``study.report``. Never reads MLflow.
+Numbers come from ``study.analysis`` and figures from ``study.report``; this module selects and shapes them into
+a context, the words live in ``templates/`` (Jinja2), markdown-it renders report.md as HTML. Never reads MLflow.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import json
 import math
 import os
@@ -18,8 +18,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jinja2
+import markupsafe
 import numpy as np
 import pandas as pd
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
 
 from study import analysis, report, tables
 from study import losses as registry
@@ -27,13 +31,6 @@ from study.analysis import REFERENCE
 
 PENALTY = "penalty.csv"
 CLAIMS = "claims.csv"
-QUANTITY_LABELS = {
-    "final_accuracy": "final test acc",
-    "selected_accuracy": "val-selected test acc",
-    "test_nll": "test NLL",
-    "ece": "ECE",
-    "val_auc": "mean val acc (AUC)",
-}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -132,139 +129,6 @@ def load(results: Path, probe: Path, conditions: Sequence[str]) -> Inputs:
         notes.append(f"{CLAIMS} of the probe stage is missing; only the claims measured from training are checked.")
     return Inputs(list(conditions), history, example_frame, setups, targets, lrs, sources, tuning, tune_frame,
                   penalty, claims, notes)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# A small document model rendered twice: Markdown (links to figures/*.png) and HTML (figures embedded)
-
-
-@dataclass(frozen=True)
-class Ref:
-    """An inline link to a figure (``kind='figure'``) or a section (``kind='section'``, by slug)."""
-
-    text: str
-    kind: str
-    target: str
-
-
-Segment = str | Ref
-
-
-@dataclass
-class Document:
-    blocks: list[tuple] = field(default_factory=list)
-    figures: dict[str, str] = field(default_factory=dict)  # name -> caption
-
-    def heading(self, level: int, text: str) -> None:
-        self.blocks.append(("heading", level, text))
-
-    def para(self, *segments: Segment) -> None:
-        self.blocks.append(("para", segments))
-
-    def bullets(self, items: Sequence[Sequence[Segment]]) -> None:
-        if items:
-            self.blocks.append(("bullets", [tuple(i) for i in items]))
-
-    def table(self, header: Sequence[str], rows: Sequence[Sequence[Segment]]) -> None:
-        if rows:
-            self.blocks.append(("table", list(header), [list(r) for r in rows]))
-
-    def figure(self, name: str, caption: str) -> None:
-        self.figures[name] = caption
-        self.blocks.append(("figure", name, caption))
-
-
-def slug(text: str) -> str:
-    """GitHub's heading anchor: lower case, punctuation dropped, spaces to hyphens."""
-    return re.sub(r"\s", "-", re.sub(r"[^\w\s-]", "", text.strip().lower()))
-
-
-def _md_inline(segments: Sequence[Segment]) -> str:
-    out = []
-    for s in segments:
-        if isinstance(s, Ref):
-            href = f"figures/{s.target}.png" if s.kind == "figure" else f"#{s.target}"
-            out.append(f"[{s.text}]({href})")
-        else:
-            out.append(s)
-    return "".join(out)
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def render_markdown(doc: Document) -> str:
-    lines: list[str] = []
-    for block in doc.blocks:
-        kind = block[0]
-        if kind == "heading":
-            lines += ["#" * block[1] + " " + block[2], ""]
-        elif kind == "para":
-            lines += [_md_inline(block[1]), ""]
-        elif kind == "bullets":
-            lines += [f"- {_md_inline(item)}" for item in block[1]] + [""]
-        elif kind == "table":
-            header, rows = block[1], block[2]
-            lines.append("| " + " | ".join(_md_cell(h) for h in header) + " |")
-            lines.append("|" + "|".join("---" for _ in header) + "|")
-            lines += ["| " + " | ".join(_md_cell(_md_inline([c])) for c in row) + " |" for row in rows]
-            lines.append("")
-        elif kind == "figure":
-            lines += [f"![{block[2]}](figures/{block[1]}.png)", "", f"*Figure `{block[1]}`: {block[2]}*", ""]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def _html_inline(segments: Sequence[Segment]) -> str:
-    out = []
-    for s in segments:
-        if isinstance(s, Ref):
-            href = f"#fig-{s.target}" if s.kind == "figure" else f"#{s.target}"
-            out.append(f'<a href="{html.escape(href)}">{html.escape(s.text)}</a>')
-        else:
-            out.append(html.escape(s))
-    return "".join(out)
-
-
-STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1200px; margin: 2em auto;
-       padding: 0 1em; line-height: 1.45; color: #222; }
-table { border-collapse: collapse; margin: 0.8em 0 1.4em; font-size: 0.88em; display: block; overflow-x: auto; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.55em; text-align: left; vertical-align: top; }
-th { background: #f2f2f2; }
-figure { margin: 1em 0 2em; }
-figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
-figcaption { font-size: 0.9em; color: #444; }
-code { background: #f5f5f5; padding: 0 0.2em; }
-"""
-
-
-def render_html(doc: Document, figures: Path, title: str) -> str:
-    """One HTML file with every figure inlined as a base64 PNG data URI (opens from disk, nothing else needed)."""
-    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-             f"<title>{html.escape(title)}</title>", f"<style>{STYLE}</style>", "</head>", "<body>"]
-    for block in doc.blocks:
-        kind = block[0]
-        if kind == "heading":
-            level, text = block[1], block[2]
-            parts.append(f'<h{level} id="{slug(text)}">{html.escape(text)}</h{level}>')
-        elif kind == "para":
-            parts.append(f"<p>{_html_inline(block[1])}</p>")
-        elif kind == "bullets":
-            parts.append("<ul>" + "".join(f"<li>{_html_inline(i)}</li>" for i in block[1]) + "</ul>")
-        elif kind == "table":
-            head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
-            body = "".join("<tr>" + "".join(f"<td>{_html_inline([c])}</td>" for c in row) + "</tr>"
-                           for row in block[2])
-            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        elif kind == "figure":
-            name, caption = block[1], block[2]
-            data = base64.b64encode((figures / f"{name}.png").read_bytes()).decode("ascii")
-            parts.append(f'<figure id="fig-{html.escape(name)}"><img alt="{html.escape(caption)}" '
-                         f'src="data:image/png;base64,{data}"><figcaption>Figure <code>{html.escape(name)}</code>: '
-                         f"{html.escape(caption)}</figcaption></figure>")
-    parts += ["</body>", "</html>"]
-    return "\n".join(parts) + "\n"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -429,14 +293,13 @@ def _value(frame: pd.DataFrame, **keys) -> dict | None:
     return analysis.lookup(frame, **keys)
 
 
-def compose(inputs: Inputs, computed: Computed, figures: Figures) -> Document:
-    doc = Document()
-    head = computed.head
-    conditions = inputs.conditions
-    losses = analysis.ordered(inputs.history["loss"])
-    noise_conditions = _noise_conditions(inputs)
+# --------------------------------------------------------------------------------------------------------------
+# Figures
 
-    # Figures first, so that every reference below can check the figure exists.
+
+def draw_figures(inputs: Inputs, computed: Computed, figures: Figures) -> None:
+    """Every figure of the report, drawn before the text so that the text can check which exist."""
+    conditions = inputs.conditions
     figures.save("headline", report.plot_headline, inputs.history)
     if inputs.tune is not None and not inputs.tune.empty:
         chosen = {s: _chosen(inputs, s) for s in inputs.tune["condition"].unique()}
@@ -454,7 +317,7 @@ def compose(inputs: Inputs, computed: Computed, figures: Figures) -> Document:
             figures.save(f"logit_grad_{c}", report.plot_logit_grad, ex, inputs.penalty)
         if (ex["split"] == "test").any():
             figures.save(f"reliability_{c}", report.plot_reliability, ex, _bins(inputs, c))
-        if c in noise_conditions:
+        if c in _noise_conditions(inputs):
             figures.save(f"label_noise_{c}", report.plot_label_noise, hist)
         if c in _heldout_conditions(computed):
             figures.save(f"heldout_{c}", report.plot_heldout, hist)
@@ -462,48 +325,6 @@ def compose(inputs: Inputs, computed: Computed, figures: Figures) -> Document:
         figures.save("penalty", report.plot_penalty, inputs.penalty)
     if (inputs.examples["split"] == "test").any():
         figures.save("wrong_confidence", report.plot_wrong_confidence, inputs.examples, _confident(inputs))
-
-    doc.heading(1, "Loss study: how the classification loss shapes training")
-    seeds = sorted({s for c in conditions for s in inputs.setups[c].get("seeds", [])})
-    doc.para(f"Generated by the report stage (python -m study report) from the tables under results/ alone, for "
-             f"the conditions {', '.join(conditions)}; "
-             f"losses {', '.join(losses)}; seeds {', '.join(map(str, seeds))}. Numbers are means over seeds with "
-             f"95% t-intervals in brackets unless stated; differences to {REFERENCE} are paired by seed (same "
-             "initial weights and batches) with a paired t-test. Each condition's paired tests form two families, "
-             "the primary comparisons (one per question: speed, gradient magnitude, confident-wrong penalty; see "
-             "the headline table) and all others, each corrected for multiplicity with Holm's method at a "
-             f"family-wise {analysis.ALPHA:g}: a difference is called a difference only when it survives the "
-             "correction, otherwise 'not distinguishable' with the seeds at hand. Intervals are not corrected.")
-
-    doc.heading(2, "Findings")
-    doc.bullets(findings(inputs, computed, figures))
-
-    _setup_section(doc, inputs, computed, figures, losses)
-    _headline_section(doc, inputs, computed, figures, losses)
-    _convergence_section(doc, inputs, computed, figures, losses)
-    _gradient_section(doc, inputs, computed, figures, losses)
-    _confident_wrong_section(doc, inputs, computed, figures, losses, noise_conditions)
-    _heldout_section(doc, inputs, computed)
-    _claims_section(doc, computed, figures)
-    _anchors_section(doc, inputs, computed)
-
-    doc.heading(2, "Data notes")
-    notes = list(inputs.notes)
-    diverged = head.models[head.models["diverged"]]
-    for row in diverged.itertuples():
-        notes.append(f"{row.condition}: {row.loss} (lr {row.lr:g}, seed {row.seed}) diverged at step "
-                     f"{row.diverged_step:.0f}; its final metrics are left out of the means, its steps-to-target "
-                     "count it as not reached unless it reached the target before diverging.")
-    collapsed = head.models[head.models["collapsed"]]
-    for row in collapsed.itertuples():
-        notes.append(f"{row.condition}: {row.loss} (lr {row.lr:g}, seed {row.seed}) collapsed at step "
-                     f"{row.collapsed_step:.0f} (training loss back above half-way from its minimum to its start, "
-                     "or validation accuracy back near chance, to the end of training); its final metrics stay in "
-                     "the means, as the result of that rate.")
-    if not notes:
-        notes.append("Every expected input was present; no value was dropped; no model diverged or collapsed.")
-    doc.bullets([[n] for n in notes])
-    return doc
 
 
 def _bins(inputs: Inputs, condition: str) -> int:
@@ -514,183 +335,95 @@ def _confident(inputs: Inputs) -> float:
     return float(next((s["confident"] for s in inputs.setups.values() if "confident" in s), analysis.CONFIDENT))
 
 
-def _fig(figures: Figures, stem: str, text: str | None = None) -> list[Segment]:
-    name = figures.resolve(stem)
-    return [" (", Ref(text or f"figure {name}", "figure", name), ")"] if name else []
+# --------------------------------------------------------------------------------------------------------------
+# The context: the values the templates word, looked up here. Tables arrive as rows of formatted cells, findings
+# and notes as dicts whose "kind" names their macro in templates/findings.md.j2.
+
+
+def context(inputs: Inputs, computed: Computed, figures: Figures) -> dict:
+    losses = analysis.ordered(inputs.history["loss"])
+    return {
+        "conditions": inputs.conditions,
+        "losses": losses,
+        "seeds": sorted({s for c in inputs.conditions for s in inputs.setups[c].get("seeds", [])}),
+        "figures": list(figures.names),
+        "findings": findings(inputs, computed, figures),
+        "setup": _setup(inputs, losses),
+        "headline": _headline(inputs, computed, losses),
+        "convergence": _convergence(inputs, computed, losses),
+        "gradients": _gradients(inputs, computed, losses),
+        "confident_wrong": _confident_wrong(inputs, computed, losses),
+        "heldout": _heldout(inputs, computed),
+        "claims": _claims(computed, figures),
+        "anchors": _anchors(inputs, computed),
+        "notes": _notes(inputs, computed),
+    }
 
 
 # ---- Findings ---------------------------------------------------------------------------------------------------
 
 
-def findings(inputs: Inputs, computed: Computed, figures: Figures) -> list[list[Segment]]:
-    """Plain sentences generated from the numbers, each pointing at its figure or table."""
-    head, items = computed.head, []
-    q1 = analysis.steps_quantity(1)
+def findings(inputs: Inputs, computed: Computed, figures: Figures) -> list[dict]:
+    """The Findings bullets in order, each pointing at its figure or table."""
+    items = [f for c in inputs.conditions if (f := _speed_finding(c, inputs, computed, figures))]
+    items += [f for c in inputs.conditions if (f := _accuracy_finding(c, computed, figures))]
     for c in inputs.conditions:
-        targets = inputs.targets.get(c, ())
-        rows = head.summary[(head.summary["condition"] == c) & (head.summary["quantity"] == q1)]
-        if not targets or rows.empty:
-            continue
-        reached = rows[np.isfinite(rows["median"].to_numpy(dtype=float))].sort_values("median")
-        if reached.empty:
-            items.append([f"Speed, {c}: no loss reached validation accuracy {targets[0]:g} in at least half its "
-                          "seeds."]
-                         + _fig(figures, "steps_to_target"))
-            continue
-        fastest = analysis.ordered(reached[reached["median"] == reached["median"].iloc[0]]["loss"])
-        best = _value(reached, loss=fastest[0])
-        if len(fastest) == len(rows) > 1:
-            who = "all losses tie with"
-        else:
-            who = _join(fastest) + (" tie with" if len(fastest) > 1 else " has")
-        # "Lowest median", not "fastest": whether it is faster is the paired comparison's to say (below).
-        text = (f"Speed, {c}: {who} the lowest median steps to validation accuracy {targets[0]:g}, "
-                f"{best['median']:.0f} ({int(best['n_reached'])}/{int(best['n'])} seeds reached it)")
-        ref = _value(rows, loss=REFERENCE)
-        if REFERENCE not in fastest and ref is not None:
-            d = _value(head.differences, condition=c, loss=best["loss"], quantity=q1)
-            text += f", against {fmt_steps(ref)} for {REFERENCE}"
-            if d is not None:
-                text += f"; paired difference {best['loss']} − {REFERENCE}: {fmt_difference(d, 0, 'steps')}"
-        elif len(reached) > len(fastest):
-            runner = reached.iloc[len(fastest)].to_dict()
-            d = _value(head.differences, condition=c, loss=runner["loss"], quantity=q1)
-            text += f"; next {runner['loss']} at {runner['median']:.0f}"
-            if d is not None:
-                text += f" (paired difference to {REFERENCE}: {fmt_difference(d, 0, 'steps')})"
-        slow = rows[~np.isfinite(rows["median"].to_numpy(dtype=float))]["loss"].tolist()
-        if slow:
-            text += f". Not reached by at least half the seeds: {', '.join(slow)}"
-        items.append([text + "."] + _fig(figures, "steps_to_target") + [" (", Ref("headline table", "section",
-                                                                                   "headline-table"), ")"])
-
-    for c in inputs.conditions:
-        rows = head.summary[(head.summary["condition"] == c) & (head.summary["quantity"] == "final_accuracy")]
-        rows = rows[np.isfinite(rows["mean"].to_numpy(dtype=float))]
-        if rows.empty:
-            continue
-        best = rows.sort_values("mean", ascending=False).iloc[0].to_dict()
-        diffs = head.differences[(head.differences["condition"] == c)
-                                 & (head.differences["quantity"] == "final_accuracy")]
-        noise_level = [r["loss"] for r in diffs.to_dict("records") if r["within_noise"] in (True,)]
-        apart = [f"{r['loss']} {r['diff']:+.3f}" for r in diffs.to_dict("records") if r["within_noise"] in (False,)]
-        text = f"Accuracy, {c}: highest final test accuracy {best['mean']:.3f} with {best['loss']}."
-        seeds = int(diffs["n"].max()) if len(diffs) else 0
-        if noise_level:
-            text += (f" Not distinguishable from {REFERENCE} with {seeds} seeds (Holm-corrected): "
-                     f"{', '.join(noise_level)}.")
-        if apart:
-            text += f" Different from {REFERENCE} after Holm's correction (paired Δ accuracy): {', '.join(apart)}."
-        items.append([text] + _fig(figures, "headline"))
-
-    for c in inputs.conditions:
-        items += _collapse_findings(c, head, inputs.setups[c], figures)
-
-    cal = computed.calibration
-    for c in inputs.conditions:
-        rows = cal[(cal["condition"] == c) & (cal["quantity"] == "ece")]
-        rows = rows[np.isfinite(rows["mean"].to_numpy(dtype=float))]
-        if rows.empty:
-            continue
-        ranked = rows.sort_values("mean")
-        best = ranked.iloc[0].to_dict()
-        text = f"Calibration, {c}: lowest ECE {best['loss']} ({fmt_estimate(best)})"
-        if len(ranked) > 1:
-            second = ranked.iloc[1].to_dict()
-            ece = head.per_seed[(head.per_seed["condition"] == c) & (head.per_seed["quantity"] == "ece")]
-            by_loss = {loss: g.set_index("seed")["value"] for loss, g in ece.groupby("loss")}
-            d = analysis.paired_difference(by_loss[second["loss"]], by_loss[best["loss"]])
-            if d.within_noise in (False,):
-                text += f", lower than the next, {second['loss']} ({second['mean']:.3f}; paired Δ {d.mean:+.3f} " \
-                        f"[{d.ci_low:+.3f}, {d.ci_high:+.3f}])"
-            else:
-                text += (f", not distinguishable from the next, {second['loss']} ({second['mean']:.3f}), with "
-                         f"{d.n} seeds")
-        temp = _value(cal, condition=c, loss=REFERENCE, quantity="temperature")
-        if temp is not None and math.isfinite(temp["mean"]):
-            low, high = analysis.TEMPERATURE_BOUNDS
-            if temp["ci_low"] >= high * 0.99 or temp["ci_high"] <= low * 1.01 or temp["mean"] >= high * 0.99:
-                text += (f"; {REFERENCE}'s temperature fit hit its search bound ({temp['mean']:.2f}, searched "
-                         f"{low:g} to {high:g}): no temperature in range calibrates it")
-            else:
-                mood = ("about calibrated" if abs(temp["mean"] - 1) < 0.02 else
-                        "overconfident" if temp["mean"] > 1 else "underconfident")
-                text += f"; {REFERENCE}'s fitted temperature is {temp['mean']:.2f} (it was {mood})"
-        parts = []
-        # The reference's unbounded penalty beside the bounded losses', each loss's own rate.
-        for loss in (REFERENCE, *(name for name in registry.names() if registry.spec(name).bounded)):
-            share = _value(cal, condition=c, loss=loss, quantity="confident_wrong_loss_share")
-            rate = _value(cal, condition=c, loss=loss, quantity="confident_wrong_rate")
-            if share is not None and rate is not None and math.isfinite(share["mean"]):
-                parts.append(f"{loss}'s ({rate['mean']:.1%} of its test examples) carry {share['mean']:.1%} of its "
-                             "test loss")
-        if parts:
-            text += ". Confidently wrong predictions: " + "; ".join(parts)
-        if c in _noise_conditions(inputs):
-            text += (". Here the training labels are noisy while validation and test labels are clean, so a model "
-                     "that fits the noisy labels is underconfident on test by construction: this ECE ranking mixes "
-                     "label noise with calibration")
-        items.append([text + "."] + _fig(figures, f"reliability_{c}"))
-
-    sat = computed.saturation
-    parts = []
-    for c in inputs.conditions:
-        mine = sat[sat["condition"] == c]
-        if mine.empty:
-            continue
-        means = {loss: analysis.mean_ci(g["value"]).mean for loss, g in mine.groupby("loss")}
-        wrong = mine.groupby("loss")["n_wrong"].sum()
-        parts.append(f"{c}: " + ", ".join(f"{loss} {means[loss]:.1%} of {int(wrong[loss])}"
-                                          for loss in analysis.ordered(means) if math.isfinite(means[loss])))
-    if parts:
-        text = ("Gradients: share of the wrong test examples (whole test set, all seeds' counts given) whose logit "
-                f"gradient has vanished (‖∂L/∂z‖ < {analysis.SATURATION:g}) at the last evaluation: "
-                + "; ".join(parts) + ".")
-        if inputs.penalty is not None and not inputs.penalty.empty:
-            worst = inputs.penalty.loc[inputs.penalty.groupby("loss")["p_true"].idxmin()]
-            text += (f" In closed form at p_true = {worst['p_true'].min():.2g}: " + ", ".join(
-                f"{r.loss} {r.logit_grad_norm:.3g}" for r in worst.itertuples()) + ".")
-        items.append([text] + _fig(figures, "logit_grad"))
-
-    items += _optimizer_findings(inputs, head, figures)
-
-    for c, summary in computed.noise.items():
-        rows = []
-        for loss in analysis.ordered(summary["loss"]):
-            drop = _value(summary, loss=loss, quantity="accuracy_drop")
-            mem = _value(summary, loss=loss, quantity="memorised")
-            if drop is not None and mem is not None:
-                rows.append((loss, drop["mean"], mem["mean"]))
-        if rows:
-            most = max(rows, key=lambda r: r[2] if math.isfinite(r[2]) else -1)
-            least = min(rows, key=lambda r: r[2] if math.isfinite(r[2]) else 2)
-            text = (f"Label noise, {c}: validation-selected to final test accuracy drop " + ", ".join(
-                f"{loss} {d:+.3f}" for loss, d, _ in rows) + f"; {most[0]} memorised the most flipped labels "
-                f"({most[2]:.1%}), {least[0]} the fewest ({least[2]:.1%}).")
-            items.append([text] + _fig(figures, f"label_noise_{c}"))
-
-    claims = computed.claims
-    if not claims.empty:
-        buckets = claims["verdict"].map(analysis.verdict_bucket)
-        counts = {v: int((buckets == v).sum()) for v in analysis.VERDICTS}
-        text = (f"Claims of the source text: {counts['holds']} hold, {counts['holds with a nuance']} hold with a "
-                f"nuance, {counts['does not hold here']} do not hold here, {counts['not established here']} are not "
-                "established here")
-        against = claims[buckets == "does not hold here"]["claim"].tolist()
-        if against:
-            text += " — against the textbook story: " + "; ".join(f"“{c.rstrip('.')}”" for c in against)
-        items.append([text + ". ", Ref("claims table", "section", "claims-of-the-source-text-checked")])
-
+        items += _collapse_findings(c, computed.head, inputs.setups[c], figures)
+    items += [f for c in inputs.conditions if (f := _calibration_finding(c, inputs, computed, figures))]
+    items += [f for f in [_gradient_finding(inputs, computed, figures)] if f]
+    items += optimizer_findings(inputs, computed.head, figures)
+    items += [f for c, summary in computed.noise.items() if (f := _label_noise_finding(c, summary, figures))]
+    items += [f for f in [_claims_finding(computed)] if f]
     diverged = computed.head.models[computed.head.models["diverged"]]
     if not diverged.empty:
-        items.append([f"Divergence: {len(diverged)} model(s) diverged: " + ", ".join(
-            f"{r.condition}/{r.loss}/seed {r.seed}" for r in diverged.itertuples()) + ". ",
-            Ref("data notes", "section", "data-notes")])
+        items.append({"kind": "divergence", "models": [{"condition": r.condition, "loss": r.loss, "seed": r.seed}
+                                                       for r in diverged.itertuples()]})
     return items
 
 
-def _collapse_findings(condition: str, head: analysis.Headline, setup: dict,
-                       figures: Figures) -> list[list[Segment]]:
+def _speed_finding(c: str, inputs: Inputs, computed: Computed, figures: Figures) -> dict | None:
+    """The losses with the lowest median steps to the first target, against the reference or the runner-up."""
+    head, q1 = computed.head, analysis.steps_quantity(1)
+    targets = inputs.targets.get(c, ())
+    rows = head.summary[(head.summary["condition"] == c) & (head.summary["quantity"] == q1)]
+    if not targets or rows.empty:
+        return None
+    found = {"kind": "speed", "condition": c, "target": targets[0], "figure": figures.resolve("steps_to_target"),
+             "best": None}
+    reached = rows[np.isfinite(rows["median"].to_numpy(dtype=float))].sort_values("median")
+    if reached.empty:
+        return found
+    fastest = analysis.ordered(reached[reached["median"] == reached["median"].iloc[0]]["loss"])
+    best = _value(reached, loss=fastest[0])
+    ref = _value(rows, loss=REFERENCE)
+    against = runner = None
+    if REFERENCE not in fastest and ref is not None:
+        against = {"reference": ref, "diff": _value(head.differences, condition=c, loss=best["loss"], quantity=q1)}
+    elif len(reached) > len(fastest):
+        runner = reached.iloc[len(fastest)].to_dict()
+        runner["diff"] = _value(head.differences, condition=c, loss=runner["loss"], quantity=q1)
+    return {**found, "fastest": fastest, "all_tie": len(fastest) == len(rows) > 1, "best": best, "against": against,
+            "runner": runner, "slow": rows[~np.isfinite(rows["median"].to_numpy(dtype=float))]["loss"].tolist()}
+
+
+def _accuracy_finding(c: str, computed: Computed, figures: Figures) -> dict | None:
+    head = computed.head
+    rows = head.summary[(head.summary["condition"] == c) & (head.summary["quantity"] == "final_accuracy")]
+    rows = rows[np.isfinite(rows["mean"].to_numpy(dtype=float))]
+    if rows.empty:
+        return None
+    best = rows.sort_values("mean", ascending=False).iloc[0].to_dict()
+    diffs = head.differences[(head.differences["condition"] == c)
+                             & (head.differences["quantity"] == "final_accuracy")].to_dict("records")
+    return {"kind": "accuracy", "condition": c, "best_loss": best["loss"], "best_mean": best["mean"],
+            "seeds": int(max((r["n"] for r in diffs), default=0)),
+            # within_noise is True, False or None (no interval); numpy's bools compare equal to Python's.
+            "within_noise": [r["loss"] for r in diffs if r["within_noise"] in (True,)],
+            "apart": [(r["loss"], r["diff"]) for r in diffs if r["within_noise"] in (False,)],
+            "figure": figures.resolve("headline")}
+
+
+def _collapse_findings(condition: str, head: analysis.Headline, setup: dict, figures: Figures) -> list[dict]:
     """Rates that failed: models that collapsed or diverged in the reported runs, and rates the train stage gave up
     for a smaller one (setup.json's lr_fallbacks). A collapse is never called overfitting."""
     items = []
@@ -700,31 +433,77 @@ def _collapse_findings(condition: str, head: analysis.Headline, setup: dict,
         bad = m[m["collapsed"] | m["diverged"]]
         if bad.empty:
             continue
-        parts = [f"seed {int(r.seed)} " + (f"diverged at step {r.diverged_step:.0f}" if r.diverged
-                                           else f"collapsed at step {r.collapsed_step:.0f}")
-                 for r in bad.itertuples()]
-        items.append([f"Stability, {condition}: {loss} at lr {m['lr'].iloc[0]:g} failed in {len(bad)} of {len(m)} "
-                      f"seeds ({'; '.join(parts)}): its training loss climbed back or its validation accuracy fell "
-                      "to chance after it had learned; these numbers describe an unstable rate, not the loss at its "
-                      "best."] + _fig(figures, f"convergence_{condition}"))
+        failures = [{"seed": int(r.seed), "how": "diverged" if r.diverged else "collapsed",
+                     "step": r.diverged_step if r.diverged else r.collapsed_step} for r in bad.itertuples()]
+        items.append({"kind": "stability", "condition": condition, "loss": loss, "lr": m["lr"].iloc[0],
+                      "seeds": len(m), "failures": failures, "figure": figures.resolve(f"convergence_{condition}")})
     for loss, attempts in (setup.get("lr_fallbacks") or {}).items():
         for attempt in attempts:
-            seeds = sorted({*attempt.get("collapsed", {}), *attempt.get("diverged", {})}, key=int)
-            then = (f"trained again at lr {attempt['next_lr']:g}" if attempt.get("next_lr") is not None
-                    else "no smaller stable rate was left, so its numbers are those of the failed rate")
-            items.append([f"Learning-rate fallback, {condition}: {loss} at the tuned lr {attempt['lr']:g} collapsed or "
-                          f"diverged in seed(s) {', '.join(map(str, seeds))} of training (tuning is shorter than "
-                          f"training here); {then}."] + _fig(figures, "tuning"))
+            items.append({"kind": "fallback", "condition": condition, "loss": loss, "lr": attempt["lr"],
+                          "seeds": sorted({*attempt.get("collapsed", {}), *attempt.get("diverged", {})}, key=int),
+                          "next_lr": attempt.get("next_lr"), "figure": figures.resolve("tuning")})
     return items
 
 
-def _join(names: Sequence[str]) -> str:
-    """'a', 'a and b', 'a, b and c'."""
-    names = list(names)
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+def _calibration_finding(c: str, inputs: Inputs, computed: Computed, figures: Figures) -> dict | None:
+    """The loss with the lowest ECE against the next, the reference's fitted temperature, the confident-wrong
+    share of the test loss of the reference and of each bounded loss."""
+    cal, head = computed.calibration, computed.head
+    rows = cal[(cal["condition"] == c) & (cal["quantity"] == "ece")]
+    rows = rows[np.isfinite(rows["mean"].to_numpy(dtype=float))]
+    if rows.empty:
+        return None
+    ranked = rows.sort_values("mean")
+    best = ranked.iloc[0].to_dict()
+    second = None
+    if len(ranked) > 1:
+        second = ranked.iloc[1].to_dict()
+        ece = head.per_seed[(head.per_seed["condition"] == c) & (head.per_seed["quantity"] == "ece")]
+        by_loss = {loss: g.set_index("seed")["value"] for loss, g in ece.groupby("loss")}
+        d = analysis.paired_difference(by_loss[second["loss"]], by_loss[best["loss"]])
+        second = {"loss": second["loss"], "mean": second["mean"], "diff": d, "apart": d.within_noise in (False,)}
+    temperature = None
+    temp = _value(cal, condition=c, loss=REFERENCE, quantity="temperature")
+    if temp is not None and math.isfinite(temp["mean"]):
+        low, high = analysis.TEMPERATURE_BOUNDS
+        at_bound = temp["ci_low"] >= high * 0.99 or temp["ci_high"] <= low * 1.01 or temp["mean"] >= high * 0.99
+        temperature = {"mean": temp["mean"], "at_bound": at_bound, "low": low, "high": high}
+    confident_wrong = []
+    # The reference's unbounded penalty beside the bounded losses', each loss's own rate.
+    for loss in (REFERENCE, *(name for name in registry.names() if registry.spec(name).bounded)):
+        share = _value(cal, condition=c, loss=loss, quantity="confident_wrong_loss_share")
+        rate = _value(cal, condition=c, loss=loss, quantity="confident_wrong_rate")
+        if share is not None and rate is not None and math.isfinite(share["mean"]):
+            confident_wrong.append({"loss": loss, "rate": rate["mean"], "share": share["mean"]})
+    return {"kind": "calibration", "condition": c, "best": best, "next": second, "temperature": temperature,
+            "confident_wrong": confident_wrong, "noisy_labels": c in _noise_conditions(inputs),
+            "figure": figures.resolve(f"reliability_{c}")}
 
 
-def _optimizer_findings(inputs: Inputs, head: analysis.Headline, figures: Figures) -> list[list[Segment]]:
+def _gradient_finding(inputs: Inputs, computed: Computed, figures: Figures) -> dict | None:
+    sat = computed.saturation
+    conditions = []
+    for c in inputs.conditions:
+        mine = sat[sat["condition"] == c]
+        if mine.empty:
+            continue
+        means = {loss: analysis.mean_ci(g["value"]).mean for loss, g in mine.groupby("loss")}
+        wrong = mine.groupby("loss")["n_wrong"].sum()
+        conditions.append({"condition": c, "losses": [{"loss": loss, "share": means[loss], "wrong": int(wrong[loss])}
+                                                      for loss in analysis.ordered(means)
+                                                      if math.isfinite(means[loss])]})
+    if not conditions:
+        return None
+    closed_form = None
+    if inputs.penalty is not None and not inputs.penalty.empty:
+        worst = inputs.penalty.loc[inputs.penalty.groupby("loss")["p_true"].idxmin()]
+        closed_form = {"p_true": worst["p_true"].min(),
+                       "losses": [{"loss": r.loss, "norm": r.logit_grad_norm} for r in worst.itertuples()]}
+    return {"kind": "gradients", "threshold": analysis.SATURATION, "conditions": conditions,
+            "closed_form": closed_form, "figure": figures.resolve("logit_grad")}
+
+
+def optimizer_findings(inputs: Inputs, head: analysis.Headline, figures: Figures) -> list[dict]:
     """Conditions that differ only in the optimizer (same dataset and label noise): each loss's paired lag behind
     the reference in steps to the first target, under sgd and under adam. A gradient-scale explanation of a lag
     predicts that adaptive steps (adam) shrink it."""
@@ -743,27 +522,76 @@ def _optimizer_findings(inputs: Inputs, head: analysis.Headline, figures: Figure
         t_sgd, t_adam = inputs.targets.get(c_sgd, ())[:1], inputs.targets.get(c_adam, ())[:1]
         if not t_sgd or t_sgd != t_adam:
             continue
-        parts = []
+        compared = []
         for loss in analysis.ordered(head.differences["loss"]):
             d_sgd = _value(head.differences, condition=c_sgd, loss=loss, quantity=q1)
             d_adam = _value(head.differences, condition=c_adam, loss=loss, quantity=q1)
             if d_sgd is None or d_adam is None:
                 continue
             # within_noise is True, False or None (no interval); numpy's bools compare equal to Python's.
-            apart = {name: d["within_noise"] in (False,) for name, d in (("sgd", d_sgd), ("adam", d_adam))}
-            ahead = "a lag" if d_sgd["diff"] > 0 else "a lead"
-            verdict = {(True, False): f"{ahead} under sgd that is not distinguishable from 0 under adam",
-                       (True, True): "apart under both optimizers",
-                       (False, True): "apart only under adam",
-                       (False, False): "not distinguishable from it under either optimizer"}[apart["sgd"],
-                                                                                             apart["adam"]]
-            parts.append(f"{loss} {fmt_difference(d_sgd, 0, 'steps')} under sgd vs "
-                         f"{fmt_difference(d_adam, 0, 'steps')} under adam ({verdict})")
-        if parts:
-            items.append([f"Optimizer: paired difference to {REFERENCE} in steps to validation accuracy "
-                          f"{t_sgd[0]:g} ({c_sgd} vs {c_adam}): " + "; ".join(parts) + "."]
-                         + _fig(figures, "steps_to_target"))
+            compared.append({"loss": loss, "sgd": d_sgd, "adam": d_adam, "apart_sgd": d_sgd["within_noise"] in (False,),
+                             "apart_adam": d_adam["within_noise"] in (False,)})
+        if compared:
+            items.append({"kind": "optimizer", "target": t_sgd[0], "sgd": c_sgd, "adam": c_adam, "losses": compared,
+                          "figure": figures.resolve("steps_to_target")})
     return items
+
+
+def _label_noise_finding(c: str, summary: pd.DataFrame, figures: Figures) -> dict | None:
+    rows = []
+    for loss in analysis.ordered(summary["loss"]):
+        drop = _value(summary, loss=loss, quantity="accuracy_drop")
+        mem = _value(summary, loss=loss, quantity="memorised")
+        if drop is not None and mem is not None:
+            rows.append({"loss": loss, "drop": drop["mean"], "memorised": mem["mean"]})
+    if not rows:
+        return None
+    return {"kind": "label_noise", "condition": c, "losses": rows,
+            "most": max(rows, key=lambda r: r["memorised"] if math.isfinite(r["memorised"]) else -1),
+            "least": min(rows, key=lambda r: r["memorised"] if math.isfinite(r["memorised"]) else 2),
+            "figure": figures.resolve(f"label_noise_{c}")}
+
+
+def _claims_finding(computed: Computed) -> dict | None:
+    claims = computed.claims
+    if claims.empty:
+        return None
+    buckets = claims["verdict"].map(analysis.verdict_bucket)
+    return {"kind": "claims", "counts": {v: int((buckets == v).sum()) for v in analysis.VERDICTS},
+            "against": [c.rstrip(".") for c in claims[buckets == "does not hold here"]["claim"]]}
+
+
+def heldout_findings(per_seed: pd.DataFrame, condition: str, sigmoid: str = "sigmoid_bce") -> list[dict]:
+    """Each loss by its own score against the reference by its own, paired by seed, the comparisons of a condition
+    one family corrected with Holm's method (as the report's other findings); the sigmoids' 'none'."""
+    out = []
+    losses = analysis.ordered(per_seed["loss"])
+    natural = analysis.summarise(per_seed[per_seed["quantity"] == "auroc_natural"])
+    if REFERENCE in losses:
+        ref = _value(natural, loss=REFERENCE, quantity="auroc_natural")
+        others = [x for x in losses if x != REFERENCE]
+        found = [analysis.heldout_difference(per_seed, condition, (loss, "auroc_natural"),
+                                             (REFERENCE, "auroc_natural")) for loss in others]
+        adjusted = analysis.holm([d.p_value for d in found])
+        for loss, d, p_holm in zip(others, found, adjusted):
+            if not math.isfinite(p_holm):
+                verdict = "no test"
+            elif p_holm >= analysis.ALPHA:
+                verdict = "same"
+            else:
+                verdict = "better" if d.mean > 0 else "worse"
+            out.append({"kind": "heldout_auroc", "loss": loss,
+                        "by_sigmoid": analysis.NATURAL_SCORE.get(loss) == "auroc_max_sigmoid",
+                        "auroc": _value(natural, loss=loss, quantity="auroc_natural"), "reference_auroc": ref,
+                        "diff": d, "p_holm": p_holm, "verdict": verdict})
+    if sigmoid in losses:
+        d = analysis.heldout_difference(per_seed, condition, (sigmoid, "none_share_heldout"),
+                                        (sigmoid, "none_share_test"))
+        shares = analysis.summarise(per_seed[per_seed["loss"] == sigmoid])
+        out.append({"kind": "heldout_none", "loss": sigmoid, "heldout": _value(shares, quantity="none_share_heldout"),
+                    "trained": _value(shares, quantity="none_share_test"), "diff": d,
+                    "direction": ("same" if d.within_noise in (True, None) else "more" if d.mean > 0 else "less")})
+    return out
 
 
 # ---- Sections ---------------------------------------------------------------------------------------------------
@@ -772,11 +600,12 @@ def _optimizer_findings(inputs: Inputs, head: analysis.Headline, figures: Figure
 OPTION_SYMBOLS = {"eps": "ε", "gamma": "γ"}  # how the methods paragraph writes an option
 
 
-def _loss_formula(loss: str, setups: dict[str, dict]) -> str:
-    """``loss = formula with its options``: the options a setup.json states (``loss_options``, or the older
-    ``smoothing_eps``, which set ``eps``), else the registry's defaults, which training binds."""
+def _loss_formula(loss: str, setups: dict[str, dict]) -> dict:
+    """A loss's formula and the options a setup.json states (``loss_options``, or the older ``smoothing_eps``,
+    which set ``eps``), else the registry's defaults, which training binds. ``formula`` is None for a loss that is
+    no longer registered."""
     if loss not in registry.names():
-        return f"{loss} (no longer in the loss registry)"
+        return {"loss": loss, "formula": None, "options": []}
     spec = registry.spec(loss)
     options = dict(spec.options)
     for setup in setups.values():
@@ -786,83 +615,56 @@ def _loss_formula(loss: str, setups: dict[str, dict]) -> str:
         if stated is not None:
             options.update(stated)
             break
-    shown = ", ".join(f"{OPTION_SYMBOLS.get(key, key)} = {value:g}" for key, value in options.items())
-    return f"{loss} = {spec.formula}" + (f" with {shown}" if shown else "")
+    return {"loss": loss, "formula": spec.formula,
+            "options": [(OPTION_SYMBOLS.get(key, key), value) for key, value in options.items()]}
 
 
-def _setup_section(doc: Document, inputs: Inputs, computed: Computed, figures: Figures, losses: list[str]) -> None:
-    doc.heading(2, "Setup")
+def _describe(inputs: Inputs, c: str) -> dict[str, str]:
+    """One column of the setup table."""
+    s = inputs.setups[c]
+    p, sizes = s.get("params", {}), s.get("sizes", {})
+    return {
+        "dataset": str(s.get("dataset", "")),
+        "model": str(s.get("model", "")),
+        "optimizer": str(p.get("optimizer", "")) + (f" (momentum {p.get('momentum')})"
+                                                    if p.get("optimizer") == "sgd" else ""),
+        "batch_size": str(p.get("batch_size", "")),
+        "epochs": str(p.get("epochs", "")),
+        "label_noise": f"{p.get('label_noise', 0):g} ({sizes.get('flipped', 0)})",
+        "examples": " / ".join(str(sizes.get(k, "?")) for k in ("train", "val", "test")),
+        "seeds": ", ".join(map(str, s.get("seeds", []))),
+        "steps": f"{s.get('steps_per_epoch', '')} / {s.get('total_steps', '')}",
+        "targets": ", ".join(f"{t:g}" for t in inputs.targets.get(c, ())),
+        "lr_source": inputs.sources[c],
+        "device": str(s.get("device", "")),
+    }
 
-    def describe(c: str) -> dict[str, str]:
-        s = inputs.setups[c]
-        p, sizes = s.get("params", {}), s.get("sizes", {})
-        return {
-            "dataset": str(s.get("dataset", "")),
-            "model": str(s.get("model", "")),
-            "optimizer": str(p.get("optimizer", "")) + (f" (momentum {p.get('momentum')})"
-                                                        if p.get("optimizer") == "sgd" else ""),
-            "batch size": str(p.get("batch_size", "")),
-            "epochs": str(p.get("epochs", "")),
-            "label noise (flipped training labels)": f"{p.get('label_noise', 0):g} ({sizes.get('flipped', 0)})",
-            "examples train / val / test": " / ".join(str(sizes.get(k, "?")) for k in ("train", "val", "test")),
-            "seeds": ", ".join(map(str, s.get("seeds", []))),
-            "optimizer steps per epoch / total": f"{s.get('steps_per_epoch', '')} / {s.get('total_steps', '')}",
-            "validation-accuracy targets": ", ".join(f"{t:g}" for t in inputs.targets.get(c, ())),
-            "learning rates tuned in": inputs.sources[c],
-            "device": str(s.get("device", "")),
-        }
 
-    described = {c: describe(c) for c in inputs.conditions}
-    fields = list(next(iter(described.values())))
-    doc.table(["", *inputs.conditions], [[f, *(described[c][f] for c in inputs.conditions)] for f in fields])
-    doc.para("Losses (per example, from logits z and label y; batch loss = mean): "
-             + "; ".join(_loss_formula(loss, inputs.setups) for loss in losses)
-             + ". Prediction is argmax z for every loss.")
-    doc.para("Learning rate each loss trained with (tuned on the validation split of the condition named in "
-             "'lr from'):")
-    doc.table(["condition", *losses],
-              [[c, *(f"{inputs.lrs[c][loss]:g}" if loss in inputs.lrs[c] else "–" for loss in losses)]
-               for c in inputs.conditions])
-    if not inputs.tuning and inputs.tune is None:
-        doc.para("No tuning results (lr.json, tune.csv) were found, so the tuning curves are not shown.")
-        return
+def _setup(inputs: Inputs, losses: list[str]) -> dict:
+    tuning = []
     for source, info in inputs.tuning.items():
         scores = info.get("scores") or {}
         grid = sorted({float(lr) for s in scores.values() for lr in s})
-        if not grid:
-            doc.para(f"Tuning in {source}, criterion: {info.get('criterion', 'not stated')} (lr.json lists no "
-                     "scores).")
-            continue
-        doc.para(f"Tuning in {source}, criterion: {info.get('criterion', 'not stated')}. Score of each learning "
-                 "rate (the chosen one is marked *) and how many of the choices made with one tune seed left out "
-                 "pick the same rate:")
         chosen = _chosen(inputs, source)
         agreement = info.get("agreement") or {}
-        doc.table(["loss", *(f"lr {lr:g}" for lr in grid), "agreement"], [
-            [loss, *(_score_cell(scores.get(loss, {}), lr, chosen.get(loss)) for lr in grid),
-             str(agreement.get(loss, "–"))]
-            for loss in analysis.ordered(scores)])
-        fragile = _fragile_choices(agreement)
-        if fragile:
-            doc.para(f"Fragile choices in {source}: {', '.join(fragile)}. Leaving out one tune seed moves the rate "
-                     "of these losses, so another machine or thread count may train them at a neighbouring rate; "
-                     "the findings that rest on them (speed above all) are the least settled of the report.")
-        elif agreement:
-            doc.para(f"Every choice in {source} is made again with any one tune seed left out.")
-    if "tuning" in figures.names:
-        doc.figure("tuning", "Every loss at every learning rate of the grid (tuning runs, validation split): "
-                             "final validation accuracy (the star is the rate each loss trained with; crosses "
-                             "diverged, squares collapsed) and steps to the first target. How much of 'loss A is "
-                             "slower' is only 'loss A wants another learning rate' shows here.")
+        tuning.append({"source": source, "criterion": info.get("criterion"), "grid": grid,
+                       "rows": [[loss, *(_score_cell(scores.get(loss, {}), lr, chosen.get(loss)) for lr in grid),
+                                 str(agreement.get(loss, "–"))] for loss in analysis.ordered(scores)],
+                       "fragile": _fragile_choices(agreement), "agreement": bool(agreement)})
+    return {"conditions": [_describe(inputs, c) for c in inputs.conditions],
+            "formulas": [_loss_formula(loss, inputs.setups) for loss in losses],
+            "lrs": [[c, *(f"{inputs.lrs[c][loss]:g}" if loss in inputs.lrs[c] else "–" for loss in losses)]
+                    for c in inputs.conditions],
+            "no_tuning": not inputs.tuning and inputs.tune is None, "tuning": tuning}
 
 
-def _fragile_choices(agreement: dict) -> list[str]:
-    """Losses whose leave-one-seed-out agreement ('k of n') falls short of n, as 'loss (k of n)'."""
+def _fragile_choices(agreement: dict) -> list[tuple[str, str]]:
+    """Losses whose leave-one-seed-out agreement ('k of n') falls short of n, as (loss, 'k of n')."""
     out = []
     for loss in analysis.ordered(agreement):
         found = re.fullmatch(r"(\d+) of (\d+)", str(agreement[loss]))
         if found and int(found[1]) < int(found[2]):
-            out.append(f"{loss} ({agreement[loss]})")
+            out.append((loss, str(agreement[loss])))
     return out
 
 
@@ -872,118 +674,59 @@ def _score_cell(scores: dict, lr: float, chosen: float | None) -> str:
     return text + (" *" if chosen is not None and math.isclose(lr, chosen) else "")
 
 
-def _headline_section(doc: Document, inputs: Inputs, computed: Computed, figures: Figures,
-                      losses: list[str]) -> None:
+HEADLINE = ("final_accuracy", "selected_accuracy", "test_nll", "ece")  # the headline table's estimates, in order
+PRIMARY_UNITS = {"steps_to_target_1": (0, "steps", False), "saturated_share": (3, "", True), "ece": (3, "", False)}
+
+
+def _headline(inputs: Inputs, computed: Computed, losses: list[str]) -> dict:
     head = computed.head
-    doc.heading(2, "Headline table")
-    doc.para("Per condition and loss: mean over seeds and 95% t-interval of final test accuracy, validation-selected "
-             "test accuracy (at the evaluation with the best validation accuracy: early stopping on the clean "
-             "validation split), test NLL (softmax, any loss) and ECE; steps to each validation-accuracy target "
-             "(interpolated) as the median over seeds (a seed that never reached it counts as beyond the run), how "
-             "many seeds reached it, and ± the widest bracket of a crossing as a share of its step (the resolution "
-             "of the evaluations). Models that diverged are left out of the means and counted in the "
-             "'diverged' column; models that collapsed stay in and are counted in the 'collapsed' column.")
+    conditions = []
     for c in inputs.conditions:
         targets = inputs.targets.get(c, ())
+        steps = [analysis.steps_quantity(i) for i in range(1, len(targets) + 1)]
         mine = head.models[head.models["condition"] == c]
-        doc.heading(3, f"{c}")
-        header = ["loss", "lr", "seeds", "diverged", "collapsed", *(QUANTITY_LABELS[q] for q in
-                                                         ("final_accuracy", "selected_accuracy", "test_nll", "ece")),
-                  *(f"steps to val acc {t:g}" for t in targets)]
+        trained = [loss for loss in losses if not mine[mine["loss"] == loss].empty]
         rows = []
-        for loss in losses:
+        for loss in trained:
             m = mine[mine["loss"] == loss]
-            if m.empty:
-                continue
-            row = [loss, f"{inputs.lrs[c].get(loss, math.nan):g}", str(m["seed"].nunique()),
-                   str(int(m["diverged"].sum())), str(int(m["collapsed"].sum()))]
-            row += [fmt_estimate(_value(head.summary, condition=c, loss=loss, quantity=q))
-                    for q in ("final_accuracy", "selected_accuracy", "test_nll", "ece")]
-            row += [fmt_steps(_value(head.summary, condition=c, loss=loss, quantity=analysis.steps_quantity(i)))
-                    for i in range(1, len(targets) + 1)]
-            rows.append(row)
-        doc.table(header, rows)
-        diff_rows = []
-        for loss in losses if REFERENCE in set(mine["loss"]) else []:
-            if loss == REFERENCE or mine[mine["loss"] == loss].empty:
-                continue
-            row = [loss]
-            row += [fmt_difference(_value(head.differences, condition=c, loss=loss, quantity=q))
-                    for q in ("final_accuracy", "selected_accuracy", "test_nll", "ece")]
-            row += [fmt_difference(_value(head.differences, condition=c, loss=loss,
-                                          quantity=analysis.steps_quantity(i)), 0, "steps")
-                    for i in range(1, len(targets) + 1)]
-            diff_rows.append(row)
-        if diff_rows:
-            doc.para(f"Paired difference to {REFERENCE} (loss − {REFERENCE}, same seeds), 95% CI and paired t-test; "
-                     "'within noise' when the interval covers 0. Steps pair only seeds where both reached the target.")
-            doc.table(["loss", *(f"Δ {QUANTITY_LABELS[q]}" for q in ("final_accuracy", "selected_accuracy", "test_nll",
-                                                                      "ece")),
-                       *(f"Δ steps to {t:g}" for t in targets)], diff_rows)
-        elif REFERENCE not in set(mine["loss"]):
-            doc.para(f"{REFERENCE} was not trained in {c}, so no paired differences are shown.")
-    doc.figure("headline", "Final test accuracy, test NLL and ECE per condition and loss; mean over seeds with 95% "
-                           "t-intervals.")
-    doc.heading(3, "Primary comparisons")
-    doc.para(f"Declared before looking: one comparison per question, each loss against {REFERENCE} in every "
-             "condition, paired by seed; Holm-corrected within the condition. "
-             + "; ".join(f"{q}: {text}" for q, text in analysis.PRIMARY.items()) + ".")
+            rows.append([loss, f"{inputs.lrs[c].get(loss, math.nan):g}", str(m["seed"].nunique()),
+                         str(int(m["diverged"].sum())), str(int(m["collapsed"].sum())),
+                         *(fmt_estimate(_value(head.summary, condition=c, loss=loss, quantity=q)) for q in HEADLINE),
+                         *(fmt_steps(_value(head.summary, condition=c, loss=loss, quantity=q)) for q in steps)])
+        has_reference = REFERENCE in set(mine["loss"])
+        differences = [[loss, *(fmt_difference(_value(head.differences, condition=c, loss=loss, quantity=q))
+                                for q in HEADLINE),
+                        *(fmt_difference(_value(head.differences, condition=c, loss=loss, quantity=q), 0, "steps")
+                          for q in steps)]
+                       for loss in (trained if has_reference else []) if loss != REFERENCE]
+        conditions.append({"condition": c, "targets": targets, "rows": rows, "differences": differences,
+                           "has_reference": has_reference})
     primary = head.differences[head.differences["family"] == "primary"]
-    units = {"steps_to_target_1": (0, "steps", False), "saturated_share": (3, "", True), "ece": (3, "", False)}
-    rows = []
+    comparisons = []
     for c in inputs.conditions:
         for quantity in analysis.PRIMARY:
             for loss in losses:
                 d = _value(primary, condition=c, loss=loss, quantity=quantity)
                 if d is None:
                     continue
-                digits, unit, percent = units[quantity]
-                verdict = ("no test" if d["within_noise"] is None else
-                           f"not distinguishable with {int(d['n'])} seeds" if d["within_noise"] else "different")
-                rows.append([c, quantity, loss, fmt_difference(d, digits, unit, percent=percent), fmt_p(d["p_holm"]),
-                             verdict])
-    if rows:
-        doc.table(["condition", "quantity", "loss", f"Δ vs {REFERENCE} [95% CI], p", "Holm-adjusted p", "verdict"],
-                  rows)
-    else:
-        doc.para("No paired comparison could be made (the reference loss is missing).")
+                digits, unit, percent = PRIMARY_UNITS[quantity]
+                comparisons.append({"condition": c, "quantity": quantity, "loss": loss,
+                                    "diff": fmt_difference(d, digits, unit, percent=percent), "p_holm": d["p_holm"],
+                                    "within_noise": d["within_noise"], "n": int(d["n"])})
+    return {"conditions": conditions, "primary_questions": analysis.PRIMARY, "primary": comparisons}
 
 
-def _convergence_section(doc: Document, inputs: Inputs, computed: Computed, figures: Figures,
-                         losses: list[str]) -> None:
+def _convergence(inputs: Inputs, computed: Computed, losses: list[str]) -> dict:
     head = computed.head
-    doc.heading(2, "Convergence speed")
-    doc.para("Optimizer steps until validation accuracy first reaches each target, interpolated linearly between "
-             "the two validation readings around the crossing (dots: seeds; bars: medians; hollow triangles: never "
-             "reached, drawn at the last evaluation). " + _resolution_sentence(head.steps))
-    doc.figure("steps_to_target", "Steps to each validation-accuracy target per condition and loss.")
-    doc.figure("time_to_target", "Share of seeds that reached the first target by each step; a curve that ends "
-                                 "below 1 counts the seeds that never reached it (censored, not hidden in a median).")
-    doc.para("The threshold-free companion: the mean validation accuracy over log-steps (area under the "
-             "validation-accuracy curve against log10(step), from the first evaluation after step 0 to the last, "
-             f"divided by that span), with the paired difference to {REFERENCE}.")
-    rows = []
+    val_auc = []
     for c in inputs.conditions:
         for loss in losses:
             est = _value(head.summary, condition=c, loss=loss, quantity="val_auc")
             if est is None:
                 continue
             diff = _value(head.differences, condition=c, loss=loss, quantity="val_auc")
-            rows.append([c, loss, fmt_estimate(est), "–" if loss == REFERENCE else fmt_difference(diff)])
-    doc.table(["condition", "loss", "mean val acc over training", f"Δ vs {REFERENCE}"], rows)
-    for c in inputs.conditions:
-        doc.figure(f"convergence_{c}", f"{c}: validation accuracy and training loss against optimizer steps; mean "
-                                       "over seeds with 95% t-bands; dotted lines are the targets.")
-
-    doc.heading(3, "Tuned learning rate vs shared learning rate")
-    if not computed.lr_views or all(v.empty for v in computed.lr_views.values()):
-        doc.para(f"The shared-lr view needs the tuning runs (tune.csv) with {REFERENCE}'s tuned learning rate in the "
-                 "grid; they were not found, so this view is not shown.")
-        return
-    doc.para(f"From the tuning runs: each loss at its own tuned learning rate and at {REFERENCE}'s tuned learning "
-             "rate (the 'shared' one). A loss that is slow only at the shared rate is slow because of the learning "
-             "rate, not because of its shape.")
-    rows = []
+            val_auc.append([c, loss, fmt_estimate(est), "–" if loss == REFERENCE else fmt_difference(diff)])
+    views = []
     for source, view in computed.lr_views.items():
         if view.empty:
             continue
@@ -993,24 +736,18 @@ def _convergence_section(doc: Document, inputs: Inputs, computed: Computed, figu
         for loss in analysis.ordered(view["loss"]):
             own = _value(view, loss=loss, view="own lr")
             shared = _value(view, loss=loss, view="shared lr")
-            rows.append([source, target, loss] + [cell for row in (own, shared) for cell in _view_cells(row)])
-    doc.table(["tuned in", "val target", "loss", "own lr", "final val acc", "steps to target", "shared lr",
-               "final val acc (shared lr)", "steps to target (shared lr)"], rows)
-    if "lr_views" in figures.names:
-        doc.figure("lr_views", f"Validation accuracy of the tuning runs at each loss's own tuned learning rate "
-                               f"(solid) and at {REFERENCE}'s (dashed).")
+            views.append([source, target, loss] + [cell for row in (own, shared) for cell in _view_cells(row)])
+    return {"widest": _widest_bracket(head.steps), "val_auc": val_auc, "lr_views": views}
 
 
-def _resolution_sentence(steps: pd.DataFrame) -> str:
+def _widest_bracket(steps: pd.DataFrame) -> dict | None:
     """How well the evaluation schedule pins the crossings down: the widest bracket as a share of its step."""
     reached = steps[steps["reached"] & (steps["step"] > 0)]
     if reached.empty:
-        return "No model reached a target, so no crossing was measured."
+        return None
     worst = reached.loc[reached["resolution"].idxmax()]
-    return (f"Every crossing lies between two readings at most {100 * worst['resolution']:.1f}% of its step apart "
-            f"(the widest: {worst['condition']}, {worst['loss']}, seed {int(worst['seed'])}, between steps "
-            f"{int(worst['bracket_low'])} and {int(worst['bracket_high'])}), so each steps-to-target is known to "
-            "within that share of its value.")
+    return {"resolution": worst["resolution"], "condition": worst["condition"], "loss": worst["loss"],
+            "seed": int(worst["seed"]), "low": int(worst["bracket_low"]), "high": int(worst["bracket_high"])}
 
 
 def _view_cells(row: dict | None) -> list[str]:
@@ -1023,31 +760,7 @@ def _view_cells(row: dict | None) -> list[str]:
     return [f"{row['lr']:g}", acc, steps_text]
 
 
-def _gradient_section(doc: Document, inputs: Inputs, computed: Computed, figures: Figures,
-                      losses: list[str]) -> None:
-    doc.heading(2, "Gradient magnitudes")
-    doc.para("Global L2 norm of all parameter gradients (the clip_grad_norm_ convention), per-layer norms (weight and "
-             "bias of each linear layer) and the batch mean of the per-example norm of ∂L/∂logits, every logging "
-             "step, on a log scale.")
-    for c in inputs.conditions:
-        doc.figure(f"grad_norms_{c}", f"{c}: gradient norms against optimizer steps; median over seeds with the "
-                                      "seeds' quartiles as the band; last panel: the per-example logit-gradient "
-                                      "norm over the whole test set at each evaluation (median and quartiles of the "
-                                      "examples, median over seeds).")
-    doc.para("Per-example logit-gradient norm against the probability of the true class on the fixed probe "
-             "examples, every evaluation and seed, over the closed form of the probe stage (one wrong class with "
-             "margin a, the rest 0). The closed form covers p_true ≤ 1/(K − 1), mostly the confidently-wrong side.")
-    for c in inputs.conditions:
-        if f"logit_grad_{c}" in figures.names:
-            doc.figure(f"logit_grad_{c}", f"{c}: measured ‖∂L/∂z‖ against p_true; dots correct, crosses wrong, "
-                                          "solid line binned median, dashed line closed form.")
-        else:
-            doc.para(f"{c}: no probe examples were recorded, so the measured logit gradients are not shown.")
-    doc.heading(3, "Saturation")
-    doc.para(f"Share of the WRONG examples of the whole test set whose logit-gradient norm is below "
-             f"{analysis.SATURATION:g} at the model's last evaluation (the gradient has vanished although the "
-             f"prediction is wrong), mean over seeds with 95% t-interval, and the paired difference to {REFERENCE}; "
-             "the counts say how many examples each share rests on.")
+def _gradients(inputs: Inputs, computed: Computed, losses: list[str]) -> dict:
     sat = computed.saturation
     rows = []
     for c in inputs.conditions:
@@ -1061,22 +774,13 @@ def _gradient_section(doc: Document, inputs: Inputs, computed: Computed, figures
             diff_text = "–" if loss == REFERENCE else fmt_difference(diff, percent=True)
             rows.append([c, loss, fmt_percent(est.as_dict()), str(int(rows_l["n_wrong"].sum())),
                          str(int(rows_l["n_saturated"].sum())), diff_text])
-    if rows:
-        doc.table(["condition", "loss", "saturated share of wrong", "wrong (all seeds)", "saturated (all seeds)",
-                   f"Δ vs {REFERENCE}"], rows)
-    else:
-        doc.para("No per-example test outputs were recorded, so saturation cannot be measured.")
+    return {"saturation": rows}
 
 
-def _confident_wrong_section(doc: Document, inputs: Inputs, computed: Computed, figures: Figures,
-                             losses: list[str], noise_conditions: list[str]) -> None:
+def _confident_wrong(inputs: Inputs, computed: Computed, losses: list[str]) -> dict:
     cal = computed.calibration
-    doc.heading(2, "Confident-wrong penalties and calibration")
+    penalty = None
     if inputs.penalty is not None and not inputs.penalty.empty:
-        k = analysis.classes_from_penalty(inputs.penalty)
-        doc.para("Closed form (probe stage): loss and logit gradient when one wrong class has logit margin a over the "
-                 f"other classes, all at 0{f' (K = {k})' if k else ''}, at a = 0 (uniform output) and at the largest "
-                 "margin of the sweep:")
         rows = []
         for loss in analysis.ordered(inputs.penalty["loss"]):
             p = inputs.penalty[inputs.penalty["loss"] == loss].reset_index(drop=True)
@@ -1086,181 +790,176 @@ def _confident_wrong_section(doc: Document, inputs: Inputs, computed: Computed, 
                 rows.append([loss, f"{round(r['margin'], 9) + 0.0:g}", f"{r['p_true']:.3g}", f"{r['loss_value']:.4g}",
                              f"{r['logit_grad_norm']:.4g}",
                              f"{r['grad_true']:.4g}" if "grad_true" in p and math.isfinite(r["grad_true"]) else "–"])
-        doc.table(["loss", "margin a", "p_true", "loss on the example", "‖∂L/∂z‖", "∂L/∂z_true"], rows)
-        doc.figure("penalty", "Closed-form loss (left) and logit-gradient norm (right, log) against the probability "
-                              "of the true class.")
-    else:
-        doc.para("The probe stage's penalty.csv was not found, so the closed-form curves are not shown.")
-    confident = _confident(inputs)
-    if "wrong_confidence" in figures.names:
-        doc.figure("wrong_confidence", "Cumulative distribution of p_true among misclassified test examples at the "
-                                       f"last evaluation, seeds pooled; left of the dotted line the wrong prediction "
-                                       f"has confidence ≥ {confident:g}.")
-    doc.para(f"Confidently wrong = wrong with max probability ≥ {confident:g}. Rate among test examples, and the "
-             "share of the test loss they carry (own loss and NLL), at the last evaluation:")
-    rows = []
-    for c in inputs.conditions:
-        for loss in losses:
-            cells = [fmt_percent(_value(cal, condition=c, loss=loss, quantity=q))
-                     for q in ("confident_wrong_rate", "confident_wrong_loss_share", "confident_wrong_nll_share")]
-            if any(cell != "–" for cell in cells):
-                rows.append([c, loss, *cells])
-    doc.table(["condition", "loss", "confident-wrong rate", "share of own test loss", "share of test NLL"], rows)
+        penalty = {"classes": analysis.classes_from_penalty(inputs.penalty), "rows": rows}
+
+    def estimates(quantities: Sequence[str], cell: Callable) -> list[list[str]]:
+        """[condition, loss, cells...] for every model with at least one of ``quantities``."""
+        rows = []
+        for c in inputs.conditions:
+            for loss in losses:
+                cells = [cell(_value(cal, condition=c, loss=loss, quantity=q)) for q in quantities]
+                if any(x != "–" for x in cells):
+                    rows.append([c, loss, *cells])
+        return rows
+
+    corrections = None
     fixed = analysis.summarise(analysis.corrections(inputs.history))
     if not fixed.empty:
-        doc.para("Does the penalty pull confidently wrong examples back? On a fixed subset of the training examples "
-                 "(with their training labels, flipped ones included), of the examples a model got confidently wrong "
-                 "at one evaluation, the share it classified right at the next, pooled over the evaluations; mean "
-                 "over seeds with 95% t-interval, and how many confidently-wrong cases it rests on:")
-        rows = []
+        corrections = []
         for c in inputs.conditions:
             for loss in losses:
                 share = _value(fixed, condition=c, loss=loss, quantity="confident_wrong_corrected")
                 seen = _value(fixed, condition=c, loss=loss, quantity="confident_wrong_seen")
                 if share is not None:
-                    rows.append([c, loss, fmt_percent(share), f"{seen['mean'] * seen['n']:.0f}" if seen else "–"])
-        doc.table(["condition", "loss", "corrected by the next evaluation", "confidently wrong (all seeds)"], rows)
-
-    doc.heading(3, "Calibration")
-    bins = sorted({_bins(inputs, c) for c in inputs.conditions})
-    doc.para(f"ECE with {'/'.join(map(str, bins))} equal-width confidence bins, before and after temperature scaling "
-             "(temperature fitted on "
-             "the validation split; > 1 means the model was overconfident), test NLL before and after:")
-    rows = []
-    for c in inputs.conditions:
-        for loss in losses:
-            cells = [fmt_estimate(_value(cal, condition=c, loss=loss, quantity=q))
-                     for q in ("ece", "ece_ts", "temperature", "test_nll", "nll_ts", "brier")]
-            if any(cell != "–" for cell in cells):
-                rows.append([c, loss, *cells])
-    doc.table(["condition", "loss", "ECE", "ECE after TS", "temperature", "test NLL", "NLL after TS", "Brier"], rows)
-    for c in inputs.conditions:
-        if f"reliability_{c}" in figures.names:
-            doc.figure(f"reliability_{c}", f"{c}: reliability diagrams; bars are the accuracy in each confidence bin, "
-                                           "dots the same accuracy at the bin's mean confidence, the dashed line "
-                                           "perfect calibration.")
-
-    doc.heading(3, "Label noise")
-    if not noise_conditions:
-        doc.para("No condition of this study has noisy training labels (no train_flipped measurements), so this part "
-                 "is not shown.")
-        return
-    for c in noise_conditions:
+                    seen_count = f"{seen['mean'] * seen['n']:.0f}" if seen else "–"
+                    corrections.append([c, loss, fmt_percent(share), seen_count])
+    noise = []
+    for c in _noise_conditions(inputs):
         summary = computed.noise[c]
-        noise = inputs.setups[c].get("params", {}).get("label_noise")
-        flipped = inputs.setups[c].get("sizes", {}).get("flipped")
-        doc.para(f"{c}: {noise if noise is not None else '?'} of the training labels flipped ({flipped} examples). "
-                 "Validation-selected test accuracy (at the evaluation with the best accuracy on the clean validation "
-                 "split) vs final test accuracy, their drop, and the share of flipped training "
-                 "examples predicted as the noisy label (memorised; at the end and at its peak) or as the true label "
-                 "(recovered), and accuracy on the clean training examples:")
-        rows = []
-        for loss in analysis.ordered(summary["loss"]):
-            rows.append([loss, *(fmt_estimate(_value(summary, loss=loss, quantity=q)) for q in
-                                 ("selected_accuracy", "final_accuracy", "accuracy_drop")),
-                         *(fmt_percent(_value(summary, loss=loss, quantity=q)) for q in
-                           ("memorised", "memorised_peak", "recovered", "clean_train_accuracy"))])
-        doc.table(["loss", "val-selected test acc", "final test acc", "drop", "memorised", "memorised (peak)",
-                   "recovered", "clean train acc"], rows)
-        doc.figure(f"label_noise_{c}", f"{c}: validation-selected vs final test accuracy, memorised and recovered "
-                                       "shares of the flipped training labels over training.")
+        noise.append({"condition": c, "noise": inputs.setups[c].get("params", {}).get("label_noise"),
+                      "flipped": inputs.setups[c].get("sizes", {}).get("flipped"),
+                      "rows": [[loss, *(fmt_estimate(_value(summary, loss=loss, quantity=q)) for q in
+                                        ("selected_accuracy", "final_accuracy", "accuracy_drop")),
+                                *(fmt_percent(_value(summary, loss=loss, quantity=q)) for q in
+                                  ("memorised", "memorised_peak", "recovered", "clean_train_accuracy"))]
+                               for loss in analysis.ordered(summary["loss"])]})
+    return {"penalty": penalty, "confident": _confident(inputs),
+            "rates": estimates(("confident_wrong_rate", "confident_wrong_loss_share", "confident_wrong_nll_share"),
+                               fmt_percent),
+            "corrections": corrections, "bins": sorted({_bins(inputs, c) for c in inputs.conditions}),
+            "calibration": estimates(("ece", "ece_ts", "temperature", "test_nll", "nll_ts", "brier"), fmt_estimate),
+            "label_noise": noise}
 
 
 def _heldout_conditions(computed: Computed) -> list[str]:
     return list(dict.fromkeys(computed.heldout["condition"]))
 
 
-HELDOUT_COLUMNS = {"auroc_max_softmax": "AUROC by max softmax", "auroc_max_sigmoid": "AUROC by max sigmoid",
-                   "none_share_heldout": "'none' on held-out classes", "none_share_test": "'none' on trained classes"}
+HELDOUT = ("auroc_max_softmax", "auroc_max_sigmoid", "none_share_heldout", "none_share_test")  # table columns
 
 
-def _heldout_section(doc: Document, inputs: Inputs, computed: Computed) -> None:
-    conditions = _heldout_conditions(computed)
-    if not conditions:
-        return
-    doc.heading(2, "None of the above: classes never seen in training")
-    doc.para("A condition with classes held out of training asks what a model does with an input that belongs to "
-             "none of its classes. Its test images of the held-out classes are scored against the test images of "
-             "the trained classes by two confidence scores, the largest softmax probability and the largest of the "
-             "per-class sigmoids of the same logits; AUROC is the probability that a random trained-class image "
-             "scores above a random held-out one (0.5: no separation). 'None' is the share of images on which "
-             "every sigmoid is below 0.5 (every logit below 0), the answer one sigmoid per class can give and "
-             "softmax cannot. At the last evaluation, mean over seeds with 95% t-intervals:")
-    for c in conditions:
-        summary = analysis.summarise(computed.heldout[computed.heldout["condition"] == c])
-        held = inputs.setups[c].get("params", {}).get("heldout_classes", [])
-        doc.heading(3, f"{c} (held out: classes {', '.join(map(str, held))})")
-        doc.figure(f"heldout_{c}", f"{c}: AUROC of held-out against trained-class test images by each score (left) "
-                                   "and the share answered 'none' by the sigmoids (right); dot = seed.")
-        rows = []
-        for loss in analysis.ordered(summary["loss"]):
-            rows.append([loss] + [fmt_estimate(_value(summary, loss=loss, quantity=q)) if q.startswith("auroc")
-                                  else fmt_percent(_value(summary, loss=loss, quantity=q)) for q in HELDOUT_COLUMNS])
-        doc.table(["loss", *HELDOUT_COLUMNS.values()], rows)
-        doc.bullets(_heldout_findings(computed.heldout[computed.heldout["condition"] == c], c))
-
-
-def _heldout_findings(per_seed: pd.DataFrame, condition: str, sigmoid: str = "sigmoid_bce") -> list[list[Segment]]:
-    """Each loss by its own score against the reference by its own, paired by seed, the comparisons of a condition
-    one family corrected with Holm's method (as the report's other findings); the sigmoids' 'none'."""
+def _heldout(inputs: Inputs, computed: Computed) -> list[dict]:
     out = []
-    losses = analysis.ordered(per_seed["loss"])
-    natural = analysis.summarise(per_seed[per_seed["quantity"] == "auroc_natural"])
-    if REFERENCE in losses:
-        ref = _value(natural, loss=REFERENCE, quantity="auroc_natural")
-        others = [x for x in losses if x != REFERENCE]
-        found = [analysis.heldout_difference(per_seed, condition, (loss, "auroc_natural"),
-                                             (REFERENCE, "auroc_natural")) for loss in others]
-        adjusted = analysis.holm([d.p_value for d in found])
-        for loss, d, p_holm in zip(others, found, adjusted):
-            mine = _value(natural, loss=loss, quantity="auroc_natural")
-            score = "max sigmoid" if analysis.NATURAL_SCORE.get(loss) == "auroc_max_sigmoid" else "max softmax"
-            if not math.isfinite(p_holm):
-                verdict = "no test"
-            elif p_holm >= analysis.ALPHA:
-                verdict = f"not distinguishable from {REFERENCE} with {d.n} seeds"
-            else:
-                verdict = f"{'better' if d.mean > 0 else 'worse'} than {REFERENCE}"
-            out.append([f"{loss} by its own score ({score}) separates the held-out classes with AUROC "
-                        f"{fmt_estimate(mine)} against {REFERENCE}'s {fmt_estimate(ref)} by max softmax: "
-                        f"Δ {d.mean:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}], Holm {fmt_p(p_holm)}, {verdict}."])
-    if sigmoid in losses:
-        d = analysis.heldout_difference(per_seed, condition, (sigmoid, "none_share_heldout"),
-                                        (sigmoid, "none_share_test"))
-        shares = analysis.summarise(per_seed[per_seed["loss"] == sigmoid])
-        held = _value(shares, quantity="none_share_heldout")
-        known = _value(shares, quantity="none_share_test")
-        more = ("not distinguishable" if d.within_noise in (True, None)
-                else "more often" if d.mean > 0 else "less often")
-        out.append([f"{sigmoid} answers 'none' to {fmt_percent(held)} of the held-out images and "
-                    f"{fmt_percent(known)} of the trained-class ones ({more} for the unseen classes: Δ "
-                    f"{100 * d.mean:+.1f} pp [{100 * d.ci_low:+.1f}, {100 * d.ci_high:+.1f}]); the remaining held-out "
-                    "images it assigns to a trained class, as softmax assigns every one."])
+    for c in _heldout_conditions(computed):
+        per_seed = computed.heldout[computed.heldout["condition"] == c]
+        summary = analysis.summarise(per_seed)
+        rows = [[loss, *((fmt_estimate if q.startswith("auroc") else fmt_percent)(_value(summary, loss=loss,
+                                                                                          quantity=q))
+                         for q in HELDOUT)] for loss in analysis.ordered(summary["loss"])]
+        out.append({"condition": c, "classes": inputs.setups[c].get("params", {}).get("heldout_classes", []),
+                    "rows": rows, "findings": heldout_findings(per_seed, c)})
     return out
 
 
-def _anchors_section(doc: Document, inputs: Inputs, computed: Computed) -> None:
-    doc.heading(2, "Published results side by side")
-    doc.para("Each row: a published number, the study's own in the same metric, and whether it is reproduced here "
-             "(the verdict and its reason are computed from the tables).")
+def _claims(computed: Computed, figures: Figures) -> list[dict]:
+    """The claims table's rows as text; ``figure_name`` is the drawn figure a row's ``figure`` names, if any."""
+    return [{**{k: str(v) for k, v in row.items()},
+             "figure_name": figures.resolve(str(row["figure"])) if row["figure"] else None}
+            for row in computed.claims.to_dict("records")]
+
+
+def _anchors(inputs: Inputs, computed: Computed) -> dict:
     table = analysis.anchors(computed.head, inputs.history, inputs.setups)
-    doc.table(list(table.columns), [[str(v) for v in row] for row in table.itertuples(index=False)])
+    return {"header": list(table.columns), "rows": [[str(v) for v in row] for row in table.itertuples(index=False)]}
 
 
-def _claims_section(doc: Document, computed: Computed, figures: Figures) -> None:
-    doc.heading(2, "Claims of the source text, checked")
-    doc.para("One row per claim of the source text (understanding-cross-entropy.txt). Analytic claims come from the "
-             "probe stage (claims.csv); the claims about training are measured from the histories above. Every "
-             "verdict is computed from the numbers: holds / holds with a nuance / does not hold here / not "
-             f"established here. The rule for claims measured by several checks: {analysis.VERDICT_RULE}; the "
-             "value column counts the checks.")
-    rows = []
-    for row in computed.claims.to_dict("records"):
-        figure = figures.resolve(str(row["figure"])) if row["figure"] else None
-        rows.append([str(row["claim"]), str(row["measured"]), str(row["value"]), str(row["reference"]),
-                     str(row["verdict"]), str(row["note"]),
-                     Ref(figure, "figure", figure) if figure else str(row["figure"]) or "–"])
-    doc.table(["claim", "measured", "value", "reference", "verdict", "note", "figure"], rows)
+def _notes(inputs: Inputs, computed: Computed) -> list[dict]:
+    """What was missing or dropped, and every model that diverged or collapsed."""
+    models = computed.head.models
+    notes = [{"kind": "note", "text": n} for n in inputs.notes]
+    notes += [{"kind": "diverged", "condition": r.condition, "loss": r.loss, "lr": r.lr, "seed": r.seed,
+               "step": r.diverged_step} for r in models[models["diverged"]].itertuples()]
+    notes += [{"kind": "collapsed", "condition": r.condition, "loss": r.loss, "lr": r.lr, "seed": r.seed,
+               "step": r.collapsed_step} for r in models[models["collapsed"]].itertuples()]
+    return notes or [{"kind": "all_present"}]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rendering: the templates write report.md; markdown-it turns that text into index.html.
+
+
+def slug(text: str) -> str:
+    """GitHub's heading anchor: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"\s", "-", re.sub(r"[^\w\s-]", "", text.strip().lower()))
+
+
+def _cell(text: object) -> str:
+    """A table cell's text: a pipe would end the cell, a newline the row."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _join(names: Sequence[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("study", "templates"), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                             autoescape=jinja2.select_autoescape(["html.j2"], default_for_string=False))
+    env.filters.update({"num": format, "each": lambda values, spec: [spec.format(v) for v in values],
+                        "cell": _cell, "join_and": _join, "estimate": fmt_estimate, "difference": fmt_difference,
+                        "steps": fmt_steps, "percent": fmt_percent, "p": fmt_p})
+    env.globals.update({"reference": REFERENCE, "alpha": analysis.ALPHA, "saturation": analysis.SATURATION,
+                        "verdict_rule": analysis.VERDICT_RULE})
+    return env
+
+
+def _fold(text: str) -> str:
+    """Blocks apart by exactly one blank line, one newline at the end (the templates' own spacing varies)."""
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+def render_markdown(values: dict) -> str:
+    return _fold(_environment().get_template("report.md.j2").render(values))
+
+
+def render_bullets(items: Sequence[dict]) -> list[str]:
+    """Each finding or note as the one line of Markdown its macro writes (what a bullet of report.md says)."""
+    say = _environment().get_template("findings.md.j2").module
+    return [str(getattr(say, item["kind"])(item)) for item in items]
+
+
+def _markdown_parser(figures: Path) -> MarkdownIt:
+    """CommonMark with tables, where a heading gets its slug as id, a link to figures/<name>.png points at the
+    figure's id ``fig-<name>`` and a figure (its image paragraph and its caption paragraph) becomes one <figure>
+    whose image is a base64 PNG data URI."""
+    parser = MarkdownIt("commonmark").enable("table")
+
+    def figure_rule(state) -> None:
+        tokens = state.tokens
+        for i, token in enumerate(tokens):
+            if token.type == "heading_open":
+                token.attrSet("id", slug(tokens[i + 1].content))
+            if token.type != "inline":
+                continue
+            for child in token.children or []:
+                href = str(child.attrGet("href") or "")
+                if child.type == "link_open" and href.startswith("figures/"):
+                    child.attrSet("href", f"#fig-{Path(href).stem}")
+            image = token.children[0] if token.children and len(token.children) == 1 else None
+            if image is None or image.type != "image" or not str(image.attrGet("src")).startswith("figures/"):
+                continue
+            name = Path(str(image.attrGet("src"))).stem
+            data = base64.b64encode((figures / f"{name}.png").read_bytes()).decode("ascii")
+            image.attrSet("src", f"data:image/png;base64,{data}")
+            opening, closing = tokens[i - 1], tokens[i + 1]
+            opening.tag, closing.hidden = "figure", True
+            opening.attrSet("id", f"fig-{name}")
+            caption_open, caption, caption_close = tokens[i + 2], tokens[i + 3], tokens[i + 4]
+            caption_open.tag, caption_close.tag = "figcaption", "figcaption"
+            caption.children = [c for c in caption.children if c.type not in ("em_open", "em_close")]
+            tokens.insert(i + 5, Token("figure_close", "figure", -1, block=True))
+
+    parser.core.ruler.push("figures", figure_rule)
+    return parser
+
+
+def render_html(markdown: str, figures: Path, title: str) -> str:
+    """report.md as one HTML file with every figure inlined (opens from disk, nothing else needed)."""
+    body = _markdown_parser(figures).render(markdown)
+    return _environment().get_template("index.html.j2").render(title=title, body=markupsafe.Markup(body))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1314,10 +1013,11 @@ def build(results: Path, probe: Path, conditions: Sequence[str], out: Path, metr
     try:
         (staged / "figures").mkdir()
         figures = Figures(staged / "figures")
-        doc = compose(inputs, computed, figures)
-        title = "Loss study report"
-        (staged / "report.md").write_text(render_markdown(doc), encoding="utf-8")
-        (staged / "index.html").write_text(render_html(doc, staged / "figures", title), encoding="utf-8")
+        draw_figures(inputs, computed, figures)
+        markdown = render_markdown(context(inputs, computed, figures))
+        (staged / "report.md").write_text(markdown, encoding="utf-8")
+        (staged / "index.html").write_text(render_html(markdown, staged / "figures", "Loss study report"),
+                                           encoding="utf-8")
         with tables.atomic_path(metrics) as tmp:
             tmp.write_text(json.dumps(_plain(computed.metrics), indent=2, allow_nan=False) + "\n", encoding="utf-8")
             _swap(staged, out)
