@@ -39,7 +39,8 @@ CLAIMS = "claims.csv"
 
 @dataclass
 class Inputs:
-    """Everything the report reads, cleaned. ``notes`` says what was missing or dropped."""
+    """Everything the report reads, cleaned. ``notes`` says what was missing or dropped (dicts whose ``kind`` names
+    their macro in templates/findings.md.j2)."""
 
     conditions: list[str]
     history: pd.DataFrame
@@ -52,7 +53,7 @@ class Inputs:
     tune: pd.DataFrame | None
     penalty: pd.DataFrame | None
     claims: pd.DataFrame | None
-    notes: list[str] = field(default_factory=list)
+    notes: list[dict] = field(default_factory=list)
 
 
 def _required(path: Path, stage: str) -> Path:
@@ -68,14 +69,14 @@ def load(results: Path, probe: Path, conditions: Sequence[str]) -> Inputs:
     results, probe = Path(results), Path(probe)
     if not conditions:
         raise ValueError("no conditions to report on")
-    notes: list[str] = []
+    notes: list[dict] = []
     histories, examples, setups = [], [], {}
     for condition in conditions:
         directory = results / condition
         setups[condition] = tables.read_json(_required(directory / tables.SETUP, "train"))
         history, dropped = analysis.drop_nonfinite(tables.read_history(_required(directory / tables.HISTORY, "train")))
         if dropped:
-            notes.append(f"{condition}: dropped {dropped} non-finite values from {tables.HISTORY}.")
+            notes.append({"kind": "dropped_values", "source": condition, "count": dropped, "file": tables.HISTORY})
         histories.append(history)
         path = directory / tables.EXAMPLES
         if path.exists():
@@ -83,11 +84,11 @@ def load(results: Path, probe: Path, conditions: Sequence[str]) -> Inputs:
             needed = frame[["p_true", "confidence", "logit_grad_norm"]].to_numpy(dtype=float)
             keep = np.isfinite(needed).all(axis=1)
             if not keep.all():
-                notes.append(f"{condition}: dropped {int((~keep).sum())} examples with non-finite probabilities or "
-                             f"gradient norms from {tables.EXAMPLES}.")
+                notes.append({"kind": "dropped_examples", "source": condition, "count": int((~keep).sum()),
+                              "file": tables.EXAMPLES})
             examples.append(frame[keep])
         else:
-            notes.append(f"{condition}: {tables.EXAMPLES} is missing; per-example figures leave it out.")
+            notes.append({"kind": "missing_examples", "source": condition, "file": tables.EXAMPLES})
     history = pd.concat(histories, ignore_index=True)
     history = history.astype({"lr": float, "seed": int, "step": int, "epoch": float, "value": float})
     example_frame = (pd.concat(examples, ignore_index=True) if examples
@@ -111,10 +112,10 @@ def load(results: Path, probe: Path, conditions: Sequence[str]) -> Inputs:
         if tune_path.exists():
             tune, dropped = analysis.drop_nonfinite(tables.read_history(tune_path))
             if dropped:
-                notes.append(f"{source}: dropped {dropped} non-finite values from {tables.TUNE}.")
+                notes.append({"kind": "dropped_values", "source": source, "count": dropped, "file": tables.TUNE})
             tunes.append(tune.astype({"lr": float, "seed": int, "step": int, "value": float}))
         else:
-            notes.append(f"{source}: {tables.TUNE} is missing; the tuning curves and the shared-lr view leave it out.")
+            notes.append({"kind": "missing_tune", "source": source, "file": tables.TUNE})
     tune_frame = pd.concat(tunes, ignore_index=True) if tunes else None
 
     penalty = claims = None
@@ -122,11 +123,11 @@ def load(results: Path, probe: Path, conditions: Sequence[str]) -> Inputs:
         penalty = pd.read_csv(probe / PENALTY)
         penalty = penalty[np.isfinite(penalty[["p_true", "loss_value", "logit_grad_norm"]].to_numpy(float)).all(1)]
     else:
-        notes.append(f"{PENALTY} of the probe stage is missing; closed-form curves are left out.")
+        notes.append({"kind": "missing_penalty", "file": PENALTY})
     if (probe / CLAIMS).exists():
         claims = pd.read_csv(probe / CLAIMS, dtype=str, keep_default_na=False)
     else:
-        notes.append(f"{CLAIMS} of the probe stage is missing; only the claims measured from training are checked.")
+        notes.append({"kind": "missing_claims", "file": CLAIMS})
     return Inputs(list(conditions), history, example_frame, setups, targets, lrs, sources, tuning, tune_frame,
                   penalty, claims, notes)
 
@@ -866,7 +867,7 @@ def _anchors(inputs: Inputs, computed: Computed) -> dict:
 def _notes(inputs: Inputs, computed: Computed) -> list[dict]:
     """What was missing or dropped, and every model that diverged or collapsed."""
     models = computed.head.models
-    notes = [{"kind": "note", "text": n} for n in inputs.notes]
+    notes = list(inputs.notes)
     notes += [{"kind": "diverged", "condition": r.condition, "loss": r.loss, "lr": r.lr, "seed": r.seed,
                "step": r.diverged_step} for r in models[models["diverged"]].itertuples()]
     notes += [{"kind": "collapsed", "condition": r.condition, "loss": r.loss, "lr": r.lr, "seed": r.seed,
