@@ -924,37 +924,39 @@ def render_bullets(items: Sequence[dict]) -> list[str]:
 
 def _markdown_parser(figures: Path) -> MarkdownIt:
     """CommonMark with tables, where a heading gets its slug as id, a link to figures/<name>.png points at the
-    figure's id ``fig-<name>`` and a figure (its image paragraph and its caption paragraph) becomes one <figure>
-    whose image is a base64 PNG data URI."""
-    parser = MarkdownIt("commonmark").enable("table")
+    figure's id ``fig-<name>``, and a figure (see the ``figure`` macro) becomes one <figure> with its image inlined."""
+    parser = MarkdownIt("commonmark", {"html": False}).enable("table")  # text that looks like a tag stays text
 
-    def figure_rule(state) -> None:
+    def anchors(state) -> None:
         tokens = state.tokens
         for i, token in enumerate(tokens):
             if token.type == "heading_open":
                 token.attrSet("id", slug(tokens[i + 1].content))
-            if token.type != "inline":
-                continue
-            for child in token.children or []:
-                href = str(child.attrGet("href") or "")
-                if child.type == "link_open" and href.startswith("figures/"):
-                    child.attrSet("href", f"#fig-{Path(href).stem}")
-            image = token.children[0] if token.children and len(token.children) == 1 else None
-            if image is None or image.type != "image" or not str(image.attrGet("src")).startswith("figures/"):
-                continue
-            name = Path(str(image.attrGet("src"))).stem
-            data = base64.b64encode((figures / f"{name}.png").read_bytes()).decode("ascii")
-            image.attrSet("src", f"data:image/png;base64,{data}")
-            opening, closing = tokens[i - 1], tokens[i + 1]
-            opening.tag, closing.hidden = "figure", True
-            opening.attrSet("id", f"fig-{name}")
-            caption_open, caption, caption_close = tokens[i + 2], tokens[i + 3], tokens[i + 4]
-            caption_open.tag, caption_close.tag = "figcaption", "figcaption"
-            caption.children = [c for c in caption.children if c.type not in ("em_open", "em_close")]
-            tokens.insert(i + 5, Token("figure_close", "figure", -1, block=True))
+            elif token.type == "inline":
+                for child in token.children or []:
+                    href = str(child.attrGet("href") or "")
+                    if child.type == "link_open" and href.startswith("figures/"):
+                        child.attrSet("href", f"#fig-{Path(href).stem}")
+                image = token.children[0] if token.children and len(token.children) == 1 else None
+                if image is not None and image.type == "image" and str(image.attrGet("src")).startswith("figures/"):
+                    _as_figure(tokens, i, figures)
 
-    parser.core.ruler.push("figures", figure_rule)
+    parser.core.ruler.push("anchors", anchors)
     return parser
+
+
+def _as_figure(tokens: list[Token], i: int, figures: Path) -> None:
+    """Tokens ``i - 1 .. i + 4`` are the figure macro's two paragraphs, the image and its caption: make them
+    <figure id="fig-<name>"><img src="data:..."><figcaption>...</figcaption></figure>."""
+    image = tokens[i].children[0]
+    name = Path(str(image.attrGet("src"))).stem
+    image.attrSet("src", "data:image/png;base64," + base64.b64encode((figures / f"{name}.png").read_bytes()).decode())
+    image_open, image_close, caption_open, caption, caption_close = tokens[i - 1], *tokens[i + 1:i + 5]
+    image_open.tag, image_close.hidden = "figure", True
+    image_open.attrSet("id", f"fig-{name}")
+    caption_open.tag = caption_close.tag = "figcaption"
+    caption.children = [c for c in caption.children if c.type not in ("em_open", "em_close")]
+    tokens.insert(i + 5, Token("figure_close", "figure", -1, block=True))
 
 
 def render_html(markdown: str, figures: Path, title: str) -> str:
