@@ -368,3 +368,68 @@ def test_queued_experiments_log_to_the_repository_store(monkeypatch: pytest.Monk
     assert default_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     monkeypatch.chdir(tmp_path)
     assert default_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+
+
+def _stored(uri: str) -> dict[str, tuple]:
+    """Each child run's metric histories (key, step, timestamp, value, as stored) and latest values."""
+    client = MlflowClient(uri)
+    out = {}
+    for name, run in by_name(uri).items():
+        history = sorted((m.key, m.step, m.timestamp, repr(m.value))
+                         for key in run.data.metrics for m in client.get_metric_history(run.info.run_id, key))
+        out[name] = (history, {k: repr(v) for k, v in run.data.metrics.items()})
+    return out
+
+
+def test_bulk_insert_stores_what_log_batch_stores(tmp_path: Path, empty_store: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SQL store's bulk path against MLflow's own log_batch, same records: NaN and infinities, a duplicate in one
+    batch, a key logged twice at one step with different values (the larger wins 'latest' at a tie), a summary."""
+    monkeypatch.setattr(tracking, "_now_ms", lambda: 1_000)  # one timestamp: 'latest' is decided by step and value
+    logged = [*records(RUNS[0], range(1500)), *records(RUNS[0], range(1500), split="test", metric="accuracy"),
+              Record("mse", 0.5, 0, 0.0, 3, "train", "loss", float("nan")),
+              Record("mse", 0.5, 0, 0.0, 4, "train", "loss", float("inf")),
+              Record("mse", 0.5, 0, 0.0, 4, "train", "loss", float("inf")),  # an exact duplicate
+              Record("mse", 0.5, 0, 0.0, 5, "train", "loss", -float("inf")),
+              Record("mse", 0.5, 0, 0.0, 5, "train", "grad_norm", 2.0),
+              Record("mse", 0.5, 0, 0.0, 5, "train", "grad_norm", 3.0)]
+    stores = {}
+    for kind in ("bulk", "log_batch"):
+        (tmp_path / kind).mkdir()
+        shutil.copyfile(empty_store, tmp_path / kind / "mlflow.db")
+        stores[kind] = f"sqlite:///{tmp_path / kind / 'mlflow.db'}"
+    bulk_calls = []
+    real_insert = tracking._insert_metrics
+    monkeypatch.setattr(tracking, "_insert_metrics", lambda *a: bulk_calls.append(len(a[2])) or real_insert(*a))
+    with opened(stores["bulk"]) as tracker:
+        tracker.log(logged)
+        tracker.set_summary(RUNS[0].run, {"summary/final": 0.5})
+    assert bulk_calls and max(bulk_calls) > 1000  # one transaction per run, not MLflow's 1,000-metric batches
+    monkeypatch.setattr(tracking, "_sql_store", lambda client: None)
+    with opened(stores["log_batch"]) as tracker:
+        tracker.log(logged)
+        tracker.set_summary(RUNS[0].run, {"summary/final": 0.5})
+    bulk, reference = _stored(stores["bulk"]), _stored(stores["log_batch"])
+    assert bulk == reference
+    assert len(bulk[RUNS[0].run][0]) == 3001 and bulk["mse-lr0.5-s0"][1]["train/grad_norm"] == "3.0"
+
+
+def test_a_metric_already_stored_falls_back_to_log_batch(uri: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Bulk insert refuses a row that exists (same key, step, timestamp, value): nothing of that batch is half
+    written, log_batch settles the duplicate, and the rest of the batch is stored."""
+    with opened(uri) as tracker:
+        run_id = tracker.handle().run_ids[RUNS[1].run]
+        first = records(RUNS[1], range(3))
+        tracker.log(first)
+        assert tracker.flush(60)
+        stored = MlflowClient(uri).get_metric_history(run_id, "train/loss")
+        stamp = stored[0].timestamp
+        from mlflow.entities import Metric
+        again = [Metric("train/loss", m.value, stamp, m.step) for m in stored] + [Metric("train/loss", 0.01, stamp, 9)]
+        with pytest.raises(Exception, match="UNIQUE|IntegrityError|unique"):
+            tracking._insert_metrics(tracker._store, run_id, again)  # all or nothing: the new step 9 is not stored
+        assert len(MlflowClient(uri).get_metric_history(run_id, "train/loss")) == 3
+        tracker._send_run(run_id, again, {})
+    history = MlflowClient(uri).get_metric_history(run_id, "train/loss")
+    assert sorted(m.step for m in history) == [0, 1, 2, 9]
+    assert "tracking_error" not in by_name(uri)["fashion_sgd/train"].data.tags

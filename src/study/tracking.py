@@ -242,6 +242,7 @@ class MlflowTracker:
         self._broken = False  # the store failed even after retries: later batches are dropped, not retried
         self._dropped = 0
         self._closed = False
+        self._store = _sql_store(client)  # a database MLflow reaches directly: metrics go in one bulk insert
         self._thread = threading.Thread(target=self._send_loop, name="mlflow-sender", daemon=True)
         self._thread.start()
 
@@ -449,6 +450,14 @@ class MlflowTracker:
             self._dropped += len(metrics)
             return
         run_tags = [RunTag(k, v) for k, v in tags.items()]
+        if metrics and self._store is not None:
+            try:
+                _retry(_insert_metrics, self._store, run_id, metrics)
+                metrics = []  # stored in one transaction; the tags (if any) still go through log_batch
+            except Exception as exc:  # e.g. a metric already stored: log_batch below settles duplicates itself
+                _log.debug("MLflow: bulk insert refused (%s); sending through log_batch", exc)
+            if not metrics and not run_tags:
+                return
         for start in range(0, max(len(metrics), 1), _MAX_METRICS):
             chunk = metrics[start : start + _MAX_METRICS]
             first = run_tags if start == 0 else []
@@ -478,6 +487,57 @@ class MlflowTracker:
             self._unknown.add(run)
             _log.warning("MLflow: no child run named %s was opened; its records are not sent", run)
         return run_id
+
+
+def _sql_store(client: MlflowClient) -> Any:
+    """The client's store when it is MLflow's SQL store (SQLite, PostgreSQL reached directly), else None (a tracking
+    server: its REST API takes log_batch only)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = client._tracking_client.store
+    return store if isinstance(store, SqlAlchemyStore) else None
+
+
+def _insert_metrics(store: Any, run_id: str, metrics: Sequence[Any]) -> None:
+    """What ``log_batch`` stores for ``metrics`` of one active run (the metric rows, each key's latest value), in one
+    transaction of two bulk statements instead of MLflow's ORM objects, a thousand metrics per call: importing the
+    study's 400,000 values took 42 s that way. Same rules: NaN stored as 0 with ``is_nan``, infinities clipped to
+    the largest float, exact duplicates in the batch dropped, "latest" the largest (step, timestamp, value).
+    Raises (and stores nothing) when a row exists already; ``log_batch`` then settles it."""
+    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric
+    from mlflow.utils.validation import _validate_metric
+    from sqlalchemy import insert
+
+    rows: dict[tuple, dict[str, Any]] = {}
+    for metric in metrics:
+        is_nan, value = store.sanitize_metric_value(metric.value)
+        row = {"run_uuid": run_id, "key": metric.key, "value": value, "timestamp": metric.timestamp,
+               "step": metric.step, "is_nan": is_nan}
+        rows.setdefault((metric.key, metric.timestamp, metric.step, value, is_nan), row)
+    latest: dict[str, dict[str, Any]] = {}
+    for row in rows.values():
+        held = latest.get(row["key"])
+        if held is None or _recency(row) > _recency(held):
+            latest[row["key"]] = row
+    for row in latest.values():  # one check per key, as log_batch checks each metric
+        _validate_metric(row["key"], row["value"], row["timestamp"], row["step"])
+    with store.ManagedSessionMaker() as session:
+        store._check_run_is_active(store._get_run(run_uuid=run_id, session=session))
+        session.execute(insert(SqlMetric), list(rows.values()))
+        stored = session.query(SqlLatestMetric).filter(SqlLatestMetric.run_uuid == run_id,
+                                                       SqlLatestMetric.key.in_(list(latest))).all()
+        stored = {row.key: row for row in stored}
+        for key, row in latest.items():
+            old = stored.get(key)
+            if old is None:
+                session.add(SqlLatestMetric(**row))
+            elif _recency(row) > (old.step, old.timestamp, old.value):
+                old.value, old.timestamp, old.step, old.is_nan = row["value"], row["timestamp"], row["step"], \
+                    row["is_nan"]
+
+
+def _recency(row: dict[str, Any]) -> tuple:
+    return row["step"], row["timestamp"], row["value"]
 
 
 def _now_ms() -> int:
