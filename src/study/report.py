@@ -207,9 +207,10 @@ def plot_headline(history: pd.DataFrame) -> Figure:
             sns.pointplot(data=rows, x="condition", y="value", hue="loss", order=conditions, hue_order=losses,
                           palette=_palette(losses), estimator=_t_mean, errorbar=_t_interval,
                           dodge=_dodge(len(losses)), linestyle="none", markersize=5, linewidth=1.5, capsize=0.1,
-                          legend=False, ax=ax, log_scale=(False, quantity == "test_nll"))
+                          legend=False, ax=ax)
             _category_ticks(ax, conditions, wrap=True)
             if quantity == "test_nll":  # a collapsed, confidently wrong model reaches thousands of nats
+                ax.set_yscale("log")  # after the means: pointplot's log_scale would average the logarithms
                 _plain_log_ticks(ax)
             else:
                 _fraction_limits(ax)
@@ -345,10 +346,11 @@ def plot_convergence(history: pd.DataFrame, targets: Sequence[float] = ()) -> Fi
         for i, target in enumerate(targets):  # labels alternate sides so that close targets stay readable
             ax.axhline(target, color="black", ls=":", lw=1)
             ax.annotate(f"target {target:g}", (0.99 if i % 2 else 0.01, target), xycoords=("axes fraction", "data"),
-                        ha="right" if i % 2 else "left", va="bottom", fontsize=8)
+                        ha="right" if i % 2 else "left", va="bottom", fontsize=8, annotation_clip=True)
         means = accuracy.groupby(["loss", "step"])["value"].mean()
         if len(means) and targets:
-            top = min(1.0, float(means.max()) + 0.01)
+            # Every target on the chart, reached or not (a short run may reach none).
+            top = min(1.0, max(float(means.max()), max(targets)) + 0.01)
             # Zoomed onto the targets, but never past where a loss ends: a collapse must stay on the chart.
             finals = means.groupby(level="loss").last()
             ax.set_ylim(max(0.0, min(min(targets) - 0.08, top - 0.2, float(finals.min()) - 0.03)), top)
@@ -604,6 +606,8 @@ def plot_wrong_confidence(examples: pd.DataFrame, confident: float = analysis.CO
                              legend=False)
                 ax.axvline(1 - confident, color="black", ls=":", lw=1)
                 _plain_log_ticks(ax, "x", minor_thresholds=(1, 0.3))
+                # At most five labelled decades: on a panel four inches wide '1e-08' is wider than a decade.
+                ax.xaxis.set_major_locator(mticker.LogLocator(numticks=5))
             ax.set_xlabel("p_true of misclassified examples (log)")
             ax.set_ylabel("cumulative share of wrong examples")
             ax.set_title(condition)
@@ -643,11 +647,12 @@ def plot_reliability(examples: pd.DataFrame, bins: int = 15) -> Figure:
 
 
 def _loss_points(ax, per_seed: pd.DataFrame, losses: Sequence[str], markers: Mapping[str, str],
-                 filled: Mapping[str, str], *, seeds: bool = False) -> None:
+                 filled: Mapping[str, str], *, seeds: bool = False, wrap: bool = False) -> None:
     """One category per loss with its quantities side by side (``markers``: quantity -> marker, in order): the
     mean over seeds with its 95% t-interval (seaborn's pointplot), filled for the loss's ``filled[loss]`` quantity
-    and hollow for the others; ``seeds`` adds a dot per seed. ``per_seed`` is long (``loss, seed, quantity,
-    value``). One pointplot per loss, so that each loss keeps its colour while its quantities are dodged."""
+    and hollow for the others; ``seeds`` adds a dot per seed, ``wrap`` breaks the losses' names at underscores.
+    ``per_seed`` is long (``loss, seed, quantity, value``). One pointplot per loss, so that each loss keeps its
+    colour while its quantities are dodged."""
     quantities = list(markers)
     for loss in losses:
         rows = per_seed[(per_seed["loss"] == loss) & per_seed["quantity"].isin(quantities)]
@@ -665,7 +670,7 @@ def _loss_points(ax, per_seed: pd.DataFrame, losses: Sequence[str], markers: Map
         for line, quantity in zip([line for line in ax.lines[drawn:] if line.get_marker() != "None"], quantities):
             if quantity != filled.get(loss):  # the means' lines, in hue order (error bars have no marker)
                 line.set_markerfacecolor("white")
-    _category_ticks(ax, losses)
+    _category_ticks(ax, losses, wrap=wrap)
 
 
 def plot_label_noise(history: pd.DataFrame) -> Figure:
@@ -676,9 +681,9 @@ def plot_label_noise(history: pd.DataFrame) -> Figure:
     losses = analysis.ordered(history["loss"])
     per_seed = analysis.label_noise(history)
     with _style():
-        fig, axes = _figure(1, 3, 14, 4.2)
+        fig, axes = _figure(1, 3, 14, 4.2, width_ratios=[max(1.0, len(losses) / 5), 1, 1])  # room for the names
         _loss_points(axes[0, 0], per_seed, losses, {"selected_accuracy": "o", "final_accuracy": "s"},
-                     dict.fromkeys(losses, "selected_accuracy"))
+                     dict.fromkeys(losses, "selected_accuracy"), wrap=True)
         _fraction_limits(axes[0, 0])
         axes[0, 0].set_ylabel("test accuracy (fraction)")
         axes[0, 0].set_title("val-selected (filled) vs final (hollow) test acc")
@@ -714,7 +719,7 @@ def plot_heldout(history: pd.DataFrame) -> Figure:
     per_seed = analysis.heldout_per_seed(history)
     losses = analysis.ordered(per_seed["loss"])
     with _style():
-        fig, axes = _figure(1, 2, 12, 4.4)
+        fig, axes = _figure(1, 2, max(12.0, 2 * (0.95 * len(losses) + 1)), 4.4)  # each loss's name its room
         # left: filled = the loss's own score; right: filled = held-out classes
         own = {loss: analysis.NATURAL_SCORE.get(loss, "auroc_max_softmax") for loss in losses}
         for ax, panel, filled in zip(axes[0], HELDOUT_PANELS, (own, dict.fromkeys(losses, "none_share_heldout")),
