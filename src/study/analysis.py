@@ -496,6 +496,33 @@ def differences(per_seed: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFr
     return out
 
 
+@dataclass(frozen=True)
+class Leaders:
+    """Which losses lead on a quantity: ``best`` has the best mean; ``tied`` (in the registry's order, ``best``
+    among them) are those no paired test, Holm-corrected over the comparisons with ``best``, tells from it. A
+    ranking inside ``tied`` is noise: another thread count can reorder it, so a finding names the group."""
+
+    best: str
+    tied: tuple[str, ...]
+    means: dict[str, float]
+    alone: bool  # True when every other loss is distinguishably worse than ``best``
+
+
+def leaders(by_loss: Mapping[str, pd.Series], higher_is_better: bool) -> Leaders | None:
+    """``by_loss``: each loss's values indexed by seed. None when no loss has a finite mean."""
+    means = {loss: mean_ci(values).mean for loss, values in by_loss.items()}
+    means = {loss: m for loss, m in means.items() if math.isfinite(m)}
+    if not means:
+        return None
+    # Ties on the mean are broken by the registry's order, never by dictionary or float order.
+    best = min(ordered(means), key=lambda loss: -means[loss] if higher_is_better else means[loss])
+    others = [loss for loss in ordered(means) if loss != best]
+    p_values = [paired_difference(by_loss[loss], by_loss[best]).p_value for loss in others]
+    adjusted = holm(p_values)
+    tied = {best, *(loss for loss, p in zip(others, adjusted, strict=True) if not (math.isfinite(p) and p < ALPHA))}
+    return Leaders(best, tuple(ordered(tied)), means, alone=len(tied) == 1)
+
+
 def lookup(frame: pd.DataFrame, **keys) -> dict | None:
     """The single row of ``frame`` matching ``keys`` as a dict, or None."""
     mask = np.ones(len(frame), dtype=bool)
