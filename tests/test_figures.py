@@ -241,6 +241,24 @@ def test_convergence_keeps_a_collapsed_losss_final_value_on_the_chart():
     assert one_line(ax, "mse").get_ydata()[-1] == pytest.approx(0.9)
 
 
+def test_convergence_keeps_a_collapse_it_recovers_from_on_the_chart():
+    """mse climbs to 0.6, collapses to 0.15 at step 10 and recovers to 0.9: the zoom onto the targets may leave
+    out the first climb, not the collapse."""
+    frame = history()
+    accuracy = frame["metric"].eq("accuracy")
+    frame.loc[accuracy & frame["step"].eq(20), "value"] = 0.9 + frame.loc[accuracy & frame["step"].eq(20), "seed"].map(
+        SHIFT)
+    for step, value in ((5, 0.6), (10, 0.15), (15, 0.7)):
+        rows = accuracy & frame["loss"].eq("mse") & frame["step"].eq(step)
+        frame.loc[rows, "value"] = value + frame.loc[rows, "seed"].map(SHIFT)
+    fig = report.plot_convergence(frame, (0.85, 0.88))
+    low, high = fig.axes[0].get_ylim()
+    mse = one_line(fig.axes[0], "mse").get_ydata()
+    np.testing.assert_allclose(mse, [0.6, 0.15, 0.7, 0.9], atol=1e-12)
+    assert low < 0.15 and high > 0.9
+    assert low > 0.0  # still zoomed: the other losses' early values (0.2 to 0.3) may fall below it
+
+
 def test_steps_to_target_draws_each_seeds_crossing_and_the_median():
     frame = history()
     targets = (0.35, 0.5)  # mse reaches the first late and never the second

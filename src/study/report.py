@@ -330,6 +330,21 @@ def plot_time_to_target(history: pd.DataFrame, targets: Mapping[str, Sequence[fl
 # Convergence
 
 
+DROP = 0.1  # accuracy lost since a curve's best so far that a zoomed axis must show (a collapse, not noise)
+
+
+def _zoom_bottom(means: pd.Series, bottom: float, margin: float = 0.03) -> float:
+    """The lower limit of an accuracy axis zoomed down to ``bottom`` that hides no result: every loss's final mean
+    and every value more than ``DROP`` below the curve's best so far (a collapse, even one it recovers from) stay on
+    the chart. ``means``: mean accuracy indexed by ``(loss, step)``."""
+    lowest = math.inf
+    for _, curve in means.groupby(level="loss"):
+        values = curve.sort_index().to_numpy(dtype=float)
+        fell = values[np.maximum.accumulate(values) - values > DROP]
+        lowest = min(lowest, values[-1], fell.min() if fell.size else math.inf)
+    return max(0.0, min(bottom, lowest - margin))
+
+
 def plot_convergence(history: pd.DataFrame, targets: Sequence[float] = ()) -> Figure:
     """Validation accuracy and training loss against optimizer steps for one condition (mean over seeds, 95% band)."""
     condition = _single(history)
@@ -351,9 +366,7 @@ def plot_convergence(history: pd.DataFrame, targets: Sequence[float] = ()) -> Fi
         if len(means) and targets:
             # Every target on the chart, reached or not (a short run may reach none).
             top = min(1.0, max(float(means.max()), max(targets)) + 0.01)
-            # Zoomed onto the targets, but never past where a loss ends: a collapse must stay on the chart.
-            finals = means.groupby(level="loss").last()
-            ax.set_ylim(max(0.0, min(min(targets) - 0.08, top - 0.2, float(finals.min()) - 0.03)), top)
+            ax.set_ylim(_zoom_bottom(means, min(min(targets) - 0.08, top - 0.2)), top)
         else:
             _fraction_limits(ax)
         ax.set_xlabel("optimizer step (log scale)")
