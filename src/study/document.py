@@ -207,6 +207,7 @@ class Computed:
     saturation: pd.DataFrame
     calibration: pd.DataFrame
     noise: dict[str, pd.DataFrame]
+    noise_per_seed: dict[str, pd.DataFrame]
     lr_views: dict[str, pd.DataFrame]
     heldout: pd.DataFrame  # per seed: analysis.heldout_per_seed
     claims: pd.DataFrame
@@ -259,7 +260,8 @@ def compute(inputs: Inputs) -> Computed:
     for row in analysis.summarise(heldout).itertuples():
         if row.quantity == "auroc_natural" and row.condition in metrics and row.loss in metrics[row.condition]:
             metrics[row.condition][row.loss]["heldout_auroc"] = row.mean
-    return Computed(head, saturation, calibration, noise, views, heldout, claims.fillna(""), metrics)
+    return Computed(head, saturation, calibration, noise, noise_per_seed, views, heldout, claims.fillna(""),
+                    metrics)
 
 
 def _chosen(inputs: Inputs, source: str) -> dict[str, float]:
@@ -373,7 +375,8 @@ def findings(inputs: Inputs, computed: Computed, figures: Figures) -> list[dict]
     items += [f for c in inputs.conditions if (f := _calibration_finding(c, inputs, computed, figures))]
     items += [f for f in [_gradient_finding(inputs, computed, figures)] if f]
     items += optimizer_findings(inputs, computed.head, figures)
-    items += [f for c, summary in computed.noise.items() if (f := _label_noise_finding(c, summary, figures))]
+    items += [f for c, summary in computed.noise.items()
+              if (f := _label_noise_finding(c, summary, computed.noise_per_seed[c], figures))]
     items += [f for f in [_claims_finding(computed)] if f]
     diverged = computed.head.models[computed.head.models["diverged"]]
     if not diverged.empty:
@@ -382,29 +385,62 @@ def findings(inputs: Inputs, computed: Computed, figures: Figures) -> list[dict]
     return items
 
 
+def _by_loss(per_seed: pd.DataFrame, condition: str, quantity: str) -> dict[str, pd.Series]:
+    """Each loss's per-seed values of one quantity in one condition, indexed by seed."""
+    rows = per_seed[(per_seed["condition"] == condition) & (per_seed["quantity"] == quantity)]
+    return {loss: g.set_index("seed")["value"] for loss, g in rows.groupby("loss")}
+
+
+def _leaders(by_loss: dict[str, pd.Series], higher_is_better: bool, summary: pd.DataFrame | None = None) -> dict | None:
+    """analysis.leaders as the templates word it: the group (registry order) with each member's estimate."""
+    lead = analysis.leaders(by_loss, higher_is_better)
+    if lead is None:
+        return None
+    members = []
+    for loss in lead.tied:
+        row = _value(summary, loss=loss) if summary is not None else None
+        members.append({"loss": loss, "mean": lead.means[loss], "estimate": row})
+    return {"members": members, "alone": lead.alone, "seeds": max(len(v) for v in by_loss.values())}
+
+
+def _verdicts(differences: pd.DataFrame, condition: str, quantity: str) -> dict[str, list[dict]]:
+    """Each loss's paired difference to the reference, sorted into the Holm-corrected verdicts (registry order)."""
+    rows = differences[(differences["condition"] == condition) & (differences["quantity"] == quantity)]
+    out: dict[str, list[dict]] = {"lower": [], "higher": [], "same": [], "untested": []}
+    for row in rows.to_dict("records"):
+        # within_noise is True, False or None (no interval); numpy's bools compare equal to Python's.
+        if row["within_noise"] in (False,):
+            out["lower" if row["diff"] < 0 else "higher"].append(row)
+        elif row["within_noise"] in (True,):
+            out["same"].append(row)
+        else:
+            out["untested"].append(row)
+    return out
+
+
 def _speed_finding(c: str, inputs: Inputs, computed: Computed, figures: Figures) -> dict | None:
-    """The losses with the lowest median steps to the first target, against the reference or the runner-up."""
+    """Steps to the first target: each loss against the reference, sorted by the Holm-corrected paired verdict. No
+    loss is named fastest by its median alone: a ranking within noise is what another thread count reorders."""
     head, q1 = computed.head, analysis.steps_quantity(1)
     targets = inputs.targets.get(c, ())
     rows = head.summary[(head.summary["condition"] == c) & (head.summary["quantity"] == q1)]
     if not targets or rows.empty:
         return None
     found = {"kind": "speed", "condition": c, "target": targets[0], "figure": figures.resolve("steps_to_target"),
-             "best": None}
-    reached = rows[np.isfinite(rows["median"].to_numpy(dtype=float))].sort_values("median")
-    if reached.empty:
+             "reached": False}
+    medians = rows["median"].to_numpy(dtype=float)
+    if not np.isfinite(medians).any():
         return found
-    fastest = analysis.ordered(reached[reached["median"] == reached["median"].iloc[0]]["loss"])
-    best = _value(reached, loss=fastest[0])
-    ref = _value(rows, loss=REFERENCE)
-    against = runner = None
-    if REFERENCE not in fastest and ref is not None:
-        against = {"reference": ref, "diff": _value(head.differences, condition=c, loss=best["loss"], quantity=q1)}
-    elif len(reached) > len(fastest):
-        runner = reached.iloc[len(fastest)].to_dict()
-        runner["diff"] = _value(head.differences, condition=c, loss=runner["loss"], quantity=q1)
-    return {**found, "fastest": fastest, "all_tie": len(fastest) == len(rows) > 1, "best": best, "against": against,
-            "runner": runner, "slow": rows[~np.isfinite(rows["median"].to_numpy(dtype=float))]["loss"].tolist()}
+    verdicts = _verdicts(head.differences, c, q1)
+    slow = analysis.ordered(rows[~np.isfinite(medians)]["loss"])
+    verdicts["untested"] = [row for row in verdicts["untested"] if row["loss"] not in slow]  # named once, below
+    for group in verdicts.values():
+        for row in group:
+            row["steps"] = _value(rows, loss=row["loss"])
+    return {**found, "reached": True, "reference": _value(rows, loss=REFERENCE), "faster": verdicts["lower"],
+            "slower": verdicts["higher"], "same": verdicts["same"], "untested": verdicts["untested"],
+            "seeds": int(max((r["n"] for g in verdicts.values() for r in g), default=0)),
+            "slow": slow}
 
 
 def _accuracy_finding(c: str, computed: Computed, figures: Figures) -> dict | None:
@@ -413,14 +449,12 @@ def _accuracy_finding(c: str, computed: Computed, figures: Figures) -> dict | No
     rows = rows[np.isfinite(rows["mean"].to_numpy(dtype=float))]
     if rows.empty:
         return None
-    best = rows.sort_values("mean", ascending=False).iloc[0].to_dict()
-    diffs = head.differences[(head.differences["condition"] == c)
-                             & (head.differences["quantity"] == "final_accuracy")].to_dict("records")
-    return {"kind": "accuracy", "condition": c, "best_loss": best["loss"], "best_mean": best["mean"],
-            "seeds": int(max((r["n"] for r in diffs), default=0)),
-            # within_noise is True, False or None (no interval); numpy's bools compare equal to Python's.
-            "within_noise": [r["loss"] for r in diffs if r["within_noise"] in (True,)],
-            "apart": [(r["loss"], r["diff"]) for r in diffs if r["within_noise"] in (False,)],
+    verdicts = _verdicts(head.differences, c, "final_accuracy")
+    return {"kind": "accuracy", "condition": c,
+            "leaders": _leaders(_by_loss(head.per_seed, c, "final_accuracy"), True, rows),
+            "seeds": int(max((r["n"] for g in verdicts.values() for r in g), default=0)),
+            "within_noise": [r["loss"] for r in verdicts["same"]],
+            "apart": [(r["loss"], r["diff"]) for r in verdicts["lower"] + verdicts["higher"]],
             "figure": figures.resolve("headline")}
 
 
@@ -447,28 +481,23 @@ def _collapse_findings(condition: str, head: analysis.Headline, setup: dict, fig
 
 
 def _calibration_finding(c: str, inputs: Inputs, computed: Computed, figures: Figures) -> dict | None:
-    """The loss with the lowest ECE against the next, the reference's fitted temperature, the confident-wrong
-    share of the test loss of the reference and of each bounded loss."""
+    """The losses with the lowest ECE (the lowest mean and those not distinguishable from it), the reference's
+    fitted temperature, the confident-wrong share of the test loss of the reference and of each bounded loss."""
     cal, head = computed.calibration, computed.head
     rows = cal[(cal["condition"] == c) & (cal["quantity"] == "ece")]
     rows = rows[np.isfinite(rows["mean"].to_numpy(dtype=float))]
     if rows.empty:
         return None
-    ranked = rows.sort_values("mean")
-    best = ranked.iloc[0].to_dict()
-    second = None
-    if len(ranked) > 1:
-        second = ranked.iloc[1].to_dict()
-        ece = head.per_seed[(head.per_seed["condition"] == c) & (head.per_seed["quantity"] == "ece")]
-        by_loss = {loss: g.set_index("seed")["value"] for loss, g in ece.groupby("loss")}
-        d = analysis.paired_difference(by_loss[second["loss"]], by_loss[best["loss"]])
-        second = {"loss": second["loss"], "mean": second["mean"], "diff": d, "apart": d.within_noise in (False,)}
+    lowest = _leaders(_by_loss(head.per_seed, c, "ece"), False, rows)
     temperature = None
     temp = _value(cal, condition=c, loss=REFERENCE, quantity="temperature")
     if temp is not None and math.isfinite(temp["mean"]):
         low, high = analysis.TEMPERATURE_BOUNDS
         at_bound = temp["ci_low"] >= high * 0.99 or temp["ci_high"] <= low * 1.01 or temp["mean"] >= high * 0.99
-        temperature = {"mean": temp["mean"], "at_bound": at_bound, "low": low, "high": high}
+        # Over- or underconfident only when the interval over seeds excludes 1: a mean near 1 is noise's to tip.
+        side = "over" if temp["ci_low"] > 1 else "under" if temp["ci_high"] < 1 else "neither"
+        temperature = {"mean": temp["mean"], "at_bound": at_bound, "low": low, "high": high, "side": side,
+                       "n": int(temp["n"])}
     confident_wrong = []
     # The reference's unbounded penalty beside the bounded losses', each loss's own rate.
     for loss in (REFERENCE, *(name for name in registry.names() if registry.spec(name).bounded)):
@@ -476,7 +505,7 @@ def _calibration_finding(c: str, inputs: Inputs, computed: Computed, figures: Fi
         rate = _value(cal, condition=c, loss=loss, quantity="confident_wrong_rate")
         if share is not None and rate is not None and math.isfinite(share["mean"]):
             confident_wrong.append({"loss": loss, "rate": rate["mean"], "share": share["mean"]})
-    return {"kind": "calibration", "condition": c, "best": best, "next": second, "temperature": temperature,
+    return {"kind": "calibration", "condition": c, "lowest": lowest, "temperature": temperature,
             "confident_wrong": confident_wrong, "noisy_labels": c in _noise_conditions(inputs),
             "figure": figures.resolve(f"reliability_{c}")}
 
@@ -538,7 +567,7 @@ def optimizer_findings(inputs: Inputs, head: analysis.Headline, figures: Figures
     return items
 
 
-def _label_noise_finding(c: str, summary: pd.DataFrame, figures: Figures) -> dict | None:
+def _label_noise_finding(c: str, summary: pd.DataFrame, per_seed: pd.DataFrame, figures: Figures) -> dict | None:
     rows = []
     for loss in analysis.ordered(summary["loss"]):
         drop = _value(summary, loss=loss, quantity="accuracy_drop")
@@ -547,10 +576,9 @@ def _label_noise_finding(c: str, summary: pd.DataFrame, figures: Figures) -> dic
             rows.append({"loss": loss, "drop": drop["mean"], "memorised": mem["mean"]})
     if not rows:
         return None
-    return {"kind": "label_noise", "condition": c, "losses": rows,
-            "most": max(rows, key=lambda r: r["memorised"] if math.isfinite(r["memorised"]) else -1),
-            "least": min(rows, key=lambda r: r["memorised"] if math.isfinite(r["memorised"]) else 2),
-            "figure": figures.resolve(f"label_noise_{c}")}
+    memorised = _by_loss(per_seed, c, "memorised")
+    return {"kind": "label_noise", "condition": c, "losses": rows, "most": _leaders(memorised, True),
+            "fewest": _leaders(memorised, False), "figure": figures.resolve(f"label_noise_{c}")}
 
 
 def _claims_finding(computed: Computed) -> dict | None:
