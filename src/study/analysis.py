@@ -923,8 +923,9 @@ def claim_none_of_the_above(heldout: pd.DataFrame, reference: str = REFERENCE, s
                   f"loss's own confidence score ({sigmoid}: max sigmoid; {reference}: max softmax), paired by seed, "
                   f"and how often {sigmoid} answers 'none'",
                   "The text contrasts softmax with nothing explicit; one sigmoid per class is the alternative that can "
-                  "answer 'none' (no probability has to win). Supported only if it separates unseen classes better "
-                  "and does say 'none' more for them.", "heldout" if checks else "")
+                  "answer 'none' (no probability has to win). It holds whole when both checks support it (the sigmoids "
+                  "separate unseen classes better and say 'none' more for them); one supporting check with no "
+                  "contradiction is a nuance, by the verdict rule.", "heldout" if checks else "")
 
 
 def claim_faster(head: Headline, reference: str = REFERENCE, others: Sequence[str] | None = None) -> dict:
