@@ -677,6 +677,8 @@ def test_verdicts_are_proportional_to_the_evidence():
     assert analysis.verdict([s, s, c]) == "not established here"  # a contradiction is never "a nuance"
     assert analysis.verdict([s, c, c]) == "does not hold here"
     assert analysis.verdict_bucket("not established here") in analysis.VERDICTS
+    with pytest.raises(ValueError, match="unknown verdict 'does not hold'"):  # one vocabulary: no prefix matching
+        analysis.verdict_bucket("does not hold")
 
 
 def test_the_measured_claims_quote_the_source_text_verbatim():

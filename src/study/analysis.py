@@ -16,6 +16,7 @@ import pandas as pd
 from scipy import stats
 
 from study import losses as registry
+from study import verdicts
 
 # Every paired difference is (loss - reference), seed by seed: the registry's reference loss, read once at import
 # (the registry refuses a second reference, so a loss registered later cannot change it).
@@ -33,19 +34,16 @@ FINAL = {
     "ece": ("test", "ece"),
 }
 HIGHER_IS_BETTER = {"final_accuracy": True, "selected_accuracy": True, "test_nll": False, "ece": False, "val_auc": True}
-VERDICTS = ("holds", "holds with a nuance", "does not hold here", "not established here")
+VERDICTS = verdicts.VERDICTS
+UNMEASURED = "not measured"  # the verdict on a claim no condition of this study measures
 
 
 def verdict_bucket(text: str) -> str:
-    """One of VERDICTS for a verdict as written by any stage ('does not hold' counts as 'does not hold here')."""
-    text = str(text).strip().lower()
-    if text.startswith("does not hold") or text.startswith("doesn't hold"):
-        return VERDICTS[2]
-    if text.startswith("not established"):
-        return VERDICTS[3]
-    if "nuance" in text:
-        return VERDICTS[1]
-    return VERDICTS[0] if text.startswith("holds") else text
+    """The verdict as counted: one of VERDICTS, or "not measured" for a claim no condition of the study measured.
+    Anything else is a stage writing outside the shared vocabulary (study.verdicts), which is a bug."""
+    if text in VERDICTS or text == UNMEASURED:
+        return text
+    raise ValueError(f"unknown verdict {text!r}: claims.csv and analysis write one of {VERDICTS} (study.verdicts)")
 
 
 def loss_order() -> tuple[str, ...]:
@@ -761,16 +759,16 @@ VERDICT_RULE = ("a claim measured by several checks holds when every check suppo
 def verdict(outcomes: Sequence[str]) -> str:
     """The verdict of VERDICT_RULE from the checks' outcomes (supports / contradicts / no difference)."""
     if not outcomes:
-        return "not measured"
+        return UNMEASURED
     supports = sum(o == SUPPORTS for o in outcomes)
     contradicts = sum(o == CONTRADICTS for o in outcomes)
     if supports == len(outcomes):
-        return "holds"
+        return verdicts.HOLDS
     if 2 * supports >= len(outcomes) and contradicts == 0:
-        return "holds with a nuance"
+        return verdicts.NUANCE
     if contradicts > supports:
-        return "does not hold here"
-    return "not established here"
+        return verdicts.FAILS
+    return verdicts.UNSETTLED
 
 
 def _claim(claim_id: str, claim: str, checks: Sequence[tuple[str, str]], reference: str, note: str,

@@ -25,7 +25,7 @@ import pandas as pd
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from study import analysis, report, tables
+from study import analysis, report, tables, verdicts
 from study import losses as registry
 from study.analysis import REFERENCE
 
@@ -587,7 +587,7 @@ def _claims_finding(computed: Computed) -> dict | None:
         return None
     buckets = claims["verdict"].map(analysis.verdict_bucket)
     return {"kind": "claims", "counts": {v: int((buckets == v).sum()) for v in analysis.VERDICTS},
-            "against": [c.rstrip(".") for c in claims[buckets == "does not hold here"]["claim"]]}
+            "against": [c.rstrip(".") for c in claims[buckets == verdicts.FAILS]["claim"]]}
 
 
 def heldout_findings(per_seed: pd.DataFrame, condition: str, sigmoid: str = "sigmoid_bce") -> list[dict]:

@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from study.losses import LossFn, build, check_name, names, reference, spec, uniform_value
+from study.verdicts import FAILS, HOLDS, NUANCE
 
 SWEEP_COLUMNS = ("loss", "margin", "p_true", "loss_value", "logit_grad_norm", "grad_true")
 CLAIM_COLUMNS = ("claim_id", "claim", "measured", "value", "reference", "verdict", "note", "figure")
 
-HOLDS, NUANCE, FAILS = "holds", "holds with a nuance", "does not hold"
-VERDICTS = (HOLDS, NUANCE, FAILS)
+VERDICTS = (HOLDS, NUANCE, FAILS)  # a closed-form check is exact: never "not established here"
 
 TRUE_CLASS, WRONG_CLASS = 0, 1  # the synthetic example: label 0, one wrong class (1) with logit a, the rest 0
 FAR_MARGIN = 50.0  # e^-50 ~ 2e-22 is below float64 resolution next to 1: the a -> infinity limit, as a number
