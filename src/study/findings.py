@@ -8,7 +8,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-NUMBER = re.compile(r"[-+−]?\d+(?:[.,]\d+)*(?:e[-+]?\d+)?%?")
+# A number with its sign, exponent and percent sign; "p<0.001" and "p=0.0012" are one wording (the formatter writes
+# the bound below 0.001), so a comparator in front of a number is masked with it.
+NUMBER = re.compile(r"[<=]?[-+−]?\d+(?:[.,]\d+)*(?:e[-+]?\d+)?%?")
 
 
 def masked(report_md: str) -> list[str]:
