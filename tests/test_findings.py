@@ -20,7 +20,8 @@ REPORT = """# Report
 
 
 def test_numbers_may_move_but_words_may_not():
-    moved = REPORT.replace("234", "251").replace("0.895", "0.893").replace("p=0.028", "p<0.001")  # the formatter's bound
+    # "p<0.001" is the formatter's bound: the same wording as "p=0.028"
+    moved = REPORT.replace("234", "251").replace("0.895", "0.893").replace("p=0.028", "p<0.001")
     result = findings.compare(REPORT, moved)
     assert len(result.kept) == 3 and not result.changed
     assert result.summary() == "3 of 3 findings kept their wording (numbers masked)"

@@ -418,6 +418,11 @@ def _verdicts(differences: pd.DataFrame, condition: str, quantity: str) -> dict[
     return out
 
 
+def _paired_seeds(by_verdict: dict[str, list[dict]]) -> int:
+    """The most seeds any of these paired comparisons used."""
+    return int(max((row["n"] for group in by_verdict.values() for row in group), default=0))
+
+
 def _speed_finding(c: str, inputs: Inputs, computed: Computed, figures: Figures) -> dict | None:
     """Steps to the first target: each loss against the reference, sorted by the Holm-corrected paired verdict. No
     loss is named fastest by its median alone: a ranking within noise is what another thread count reorders."""
@@ -431,16 +436,15 @@ def _speed_finding(c: str, inputs: Inputs, computed: Computed, figures: Figures)
     medians = rows["median"].to_numpy(dtype=float)
     if not np.isfinite(medians).any():
         return found
-    verdicts = _verdicts(head.differences, c, q1)
+    by_verdict = _verdicts(head.differences, c, q1)
     slow = analysis.ordered(rows[~np.isfinite(medians)]["loss"])
-    verdicts["untested"] = [row for row in verdicts["untested"] if row["loss"] not in slow]  # named once, below
-    for group in verdicts.values():
+    by_verdict["untested"] = [row for row in by_verdict["untested"] if row["loss"] not in slow]  # named once, below
+    for group in by_verdict.values():
         for row in group:
             row["steps"] = _value(rows, loss=row["loss"])
-    return {**found, "reached": True, "reference": _value(rows, loss=REFERENCE), "faster": verdicts["lower"],
-            "slower": verdicts["higher"], "same": verdicts["same"], "untested": verdicts["untested"],
-            "seeds": int(max((r["n"] for g in verdicts.values() for r in g), default=0)),
-            "slow": slow}
+    return {**found, "reached": True, "reference": _value(rows, loss=REFERENCE), "faster": by_verdict["lower"],
+            "slower": by_verdict["higher"], "same": by_verdict["same"], "untested": by_verdict["untested"],
+            "seeds": _paired_seeds(by_verdict), "slow": slow}
 
 
 def _accuracy_finding(c: str, computed: Computed, figures: Figures) -> dict | None:
@@ -449,12 +453,12 @@ def _accuracy_finding(c: str, computed: Computed, figures: Figures) -> dict | No
     rows = rows[np.isfinite(rows["mean"].to_numpy(dtype=float))]
     if rows.empty:
         return None
-    verdicts = _verdicts(head.differences, c, "final_accuracy")
+    by_verdict = _verdicts(head.differences, c, "final_accuracy")
     return {"kind": "accuracy", "condition": c,
             "leaders": _leaders(_by_loss(head.per_seed, c, "final_accuracy"), True, rows),
-            "seeds": int(max((r["n"] for g in verdicts.values() for r in g), default=0)),
-            "within_noise": [r["loss"] for r in verdicts["same"]],
-            "apart": [(r["loss"], r["diff"]) for r in verdicts["lower"] + verdicts["higher"]],
+            "seeds": _paired_seeds(by_verdict),
+            "within_noise": [r["loss"] for r in by_verdict["same"]],
+            "apart": [(r["loss"], r["diff"]) for r in by_verdict["lower"] + by_verdict["higher"]],
             "figure": figures.resolve("headline")}
 
 
