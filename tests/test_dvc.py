@@ -131,12 +131,21 @@ def test_the_package_init_imports_nothing():
 @pytest.mark.parametrize("stage_name", list(pipeline()))
 def test_each_stage_lists_exactly_the_modules_it_imports(stage_name: str):
     stage = pipeline()[stage_name]
-    listed = {Path(dep).stem for dep in stage.get("deps", []) if dep.startswith("src/study/")}
+    listed = {Path(dep).stem for dep in stage.get("deps", []) if dep.startswith("src/study/") and dep.endswith(".py")}
     imported = modules_run_by(subcommand(stage))
     missing, extra = sorted(imported - listed), sorted(listed - imported)
     assert not missing, f"dvc.yaml stage {stage_name}: add deps {', '.join(f'src/study/{m}.py' for m in missing)}"
     assert not extra, f"dvc.yaml stage {stage_name}: {', '.join(extra)} not imported by `study " \
                       f"{subcommand(stage)}`; remove src/study/<module>.py from its deps"
+
+
+@pytest.mark.parametrize("stage_name", list(pipeline()))
+def test_a_stage_that_writes_the_report_lists_its_templates(stage_name: str):
+    """document.py reads its wording from src/study/templates/: editing a template must rerun the report."""
+    stage = pipeline()[stage_name]
+    uses = "document" in modules_run_by(subcommand(stage))
+    assert ("src/study/templates" in stage.get("deps", [])) == uses, (
+        f"dvc.yaml stage {stage_name}: {'add' if uses else 'remove'} src/study/templates in its deps")
 
 
 def test_every_stage_runs_after_the_params_are_validated():
