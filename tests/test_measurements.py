@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from study import analysis, runner, tables, tracking
+from study import analysis, measures, runner, tables, tracking
 from study.records import Record
 
 
@@ -49,21 +49,21 @@ def test_a_loss_that_climbs_back_and_stays_up_collapsed_at_the_start_of_the_clim
     noisy = [2.3, 1.0, 0.5, 0.3, 2.0, 0.25, 0.2, 0.2] + [0.2] * 12  # one spike that recovers: not a collapse
     history = history_of({("mse", 0.3, 0): list(zip(steps, learned + climbs)),
                           ("mse", 0.3, 1): list(zip(steps, noisy))}, split="train", metric="loss")
-    found = analysis.collapses(history, chance=0.1)
+    found = measures.collapses(history, chance=0.1)
     assert found[["seed", "collapsed_step", "reason"]].values.tolist() == [[0, 200, "training loss climbed back"]]
 
 
 def test_a_model_that_never_learned_did_not_collapse():
     history = history_of({("mse", 0.01, 0): [(s, 2.3 - s * 1e-4) for s in range(20, 420, 20)]}, split="train",
                          metric="loss")
-    assert analysis.collapses(history, chance=0.1).empty
+    assert measures.collapses(history, chance=0.1).empty
 
 
 def test_validation_accuracy_back_at_chance_after_learning_is_a_collapse_and_overfitting_is_not():
     collapsed = [(0, 0.1), (100, 0.6), (200, 0.7), (300, 0.12), (400, 0.11), (500, 0.14)]
     overfits = [(0, 0.1), (100, 0.6), (200, 0.7), (300, 0.66), (400, 0.64), (500, 0.62)]
     history = history_of({("mse", 0.3, 0): collapsed, ("mse", 0.1, 0): overfits})
-    found = analysis.collapses(history, chance=0.1)
+    found = measures.collapses(history, chance=0.1)
     assert found[["lr", "collapsed_step"]].values.tolist() == [[0.3, 300]]
 
 
@@ -74,7 +74,7 @@ def test_run_summary_reports_validation_selected_test_accuracy_and_the_resolutio
                     Record("mse", 0.1, 0, step / 100, step, "test", "accuracy", test)]
     records.append(Record("mse", 0.1, 0, 0.5, 50, "val", "accuracy", 0.45))  # a dense speed reading, no test
     history = tables.history_frame(records, condition="c", dataset="d")
-    row = analysis.run_summary(history, [0.5]).iloc[0]
+    row = measures.run_summary(history, [0.5]).iloc[0]
     assert row["test_accuracy_at_best_val"] == pytest.approx(0.79) and row["best_val_step"] == 100
     assert row["final_test_accuracy"] == pytest.approx(0.72)
     assert row["steps_to_0.5"] == pytest.approx(50 + 50 * 0.05 / 0.35)
@@ -98,7 +98,7 @@ def test_train_stage_falls_back_to_the_next_stable_rate_when_a_rate_collapses(mo
             mark = history.head(1).assign(split="train", metric="collapsed_step", value=10.0, step=10)
             history = pd.concat([history, mark], ignore_index=True)
         trainer = type("T", (), {"steps_per_epoch": 10, "total_steps": 20, "device": "cpu", "backend": "fused"})()
-        return finish(trainer, [], history, analysis.run_summary(history, ()), tracking.NullTracker())
+        return finish(trainer, [], history, measures.run_summary(history, ()), tracking.NullTracker())
 
     monkeypatch.setattr(runner, "_train_pass", fake_pass)
     monkeypatch.setattr(runner, "_load_data", lambda cond, root: synthetic_dataset())

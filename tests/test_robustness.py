@@ -9,7 +9,7 @@ import yaml
 
 from conftest import SMOKE
 from smoke_repo import copy_repo
-from study import findings, tables
+from study import findings, rerun, tables
 
 pytestmark = pytest.mark.slow
 
@@ -40,3 +40,12 @@ def test_another_thread_count_states_the_same_findings(smoke_pipeline, one_threa
     result = findings.compare_files(smoke_pipeline.repo.joinpath(*report), one_thread.repo.joinpath(*report))
     assert result.kept  # the report has findings to compare
     assert not result.changed and not result.only_first and not result.only_second, result.changed
+
+
+def test_another_thread_count_contradicts_no_verdict(smoke_pipeline, one_thread):
+    """Every paired verdict of the headline comparisons in both runs: none says 'different' in one and 'not
+    distinguishable' (or 'different' the other way) in the other."""
+    conditions = list(yaml.safe_load(SMOKE.read_text())["conditions"])
+    result = rerun.compare(smoke_pipeline.repo / "results", one_thread.repo / "results", conditions)
+    assert len(result.verdicts) > 0 and result.contradicted.empty, result.summary()
+    assert all(a == b for _, _, a, b in result.rates)

@@ -13,15 +13,25 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import optimize, stats
 
 from study import losses as registry
 from study import verdicts
+from study.measures import (
+    RUN,
+    best_values,
+    healthy,
+    last_values,
+    runs,
+    select,
+    steps_to_target,
+    val_auc,
+    val_selected,
+)
 
 # Every paired difference is (loss - reference), seed by seed: the registry's reference loss, read once at import
 # (the registry refuses a second reference, so a loss registered later cannot change it).
 REFERENCE = registry.reference()
-RUN = ["condition", "loss", "lr", "seed"]  # one trained model
 LEVEL = 0.95  # confidence level of every interval
 SATURATION = 1e-3  # = study.grads.SATURATION, repeated to keep this module free of torch (a test holds them equal)
 TEMPERATURE_BOUNDS = (0.05, 20.0)  # = train.fit_temperature's search interval (a test holds them equal)
@@ -101,6 +111,11 @@ class Difference:
             return None
         return self.ci_low <= 0.0 <= self.ci_high
 
+    @property
+    def evidence(self) -> str | None:
+        """``evidence`` of this (uncorrected) comparison's p-value."""
+        return evidence(self.p_value, self.n)
+
 
 def finite(values: Iterable[float]) -> np.ndarray:
     array = np.asarray(list(values) if not isinstance(values, (np.ndarray, pd.Series)) else values, dtype=float)
@@ -163,208 +178,6 @@ def band(frame: pd.DataFrame, x: str, by: Sequence[str], level: float = LEVEL) -
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Tables in, per-run values out
-
-
-def drop_nonfinite(frame: pd.DataFrame, column: str = "value") -> tuple[pd.DataFrame, int]:
-    """Rows whose ``column`` is finite, and how many were dropped."""
-    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
-    keep = np.isfinite(values)
-    return frame[keep].reset_index(drop=True), int((~keep).sum())
-
-
-def select(frame: pd.DataFrame, split: str, metric: str) -> pd.DataFrame:
-    return frame[(frame["split"] == split) & (frame["metric"] == metric)]
-
-
-def runs(history: pd.DataFrame) -> pd.DataFrame:
-    """One row per model: ``condition, loss, lr, seed, last_step, diverged_step, collapsed_step`` (NaN when it did
-    not diverge or collapse; collapses are the ``train/collapsed_step`` rows the train stage writes) and the flags
-    ``diverged``, ``collapsed``."""
-    last = history.groupby(RUN)["step"].max().rename("last_step")
-    diverged = select(history, "train", "diverged_step").groupby(RUN)["value"].min().rename("diverged_step")
-    collapsed = select(history, "train", "collapsed_step").groupby(RUN)["value"].min().rename("collapsed_step")
-    out = pd.concat([last, diverged, collapsed], axis=1).reset_index()
-    out["diverged"] = out["diverged_step"].notna()
-    out["collapsed"] = out["collapsed_step"].notna()
-    return out
-
-
-def _healthy(frame: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
-    """Rows of models that did not diverge (a diverged model has no final value to average)."""
-    bad = models.loc[models["diverged"], RUN]
-    if bad.empty:
-        return frame
-    merged = frame.merge(bad.assign(_bad=True), on=RUN, how="left")
-    return frame[merged["_bad"].isna().to_numpy()]
-
-
-def last_values(history: pd.DataFrame, split: str, metric: str) -> pd.DataFrame:
-    """Value at each model's last evaluation of ``split/metric``: columns ``condition, loss, lr, seed, step, value``."""
-    rows = select(history, split, metric)
-    if rows.empty:
-        return pd.DataFrame(columns=[*RUN, "step", "value"])
-    rows = rows.reset_index(drop=True)
-    return rows.loc[rows.groupby(RUN)["step"].idxmax(), [*RUN, "step", "value"]].reset_index(drop=True)
-
-
-def best_values(history: pd.DataFrame, split: str, metric: str, *, after_step: int = -1) -> pd.DataFrame:
-    """Largest value of ``split/metric`` per model over its evaluations after ``after_step``."""
-    rows = select(history, split, metric)
-    rows = rows[rows["step"] > after_step]
-    if rows.empty:
-        return pd.DataFrame(columns=[*RUN, "value"])
-    return rows.groupby(RUN)["value"].max().reset_index()
-
-
-def val_selected(history: pd.DataFrame) -> pd.DataFrame:
-    """Early stopping on the validation split: test accuracy at each model's full evaluation (one that read test
-    too) with the best validation accuracy, the earliest on ties. Columns ``condition, loss, lr, seed, step,
-    value``."""
-    val = select(history, "val", "accuracy")
-    test = select(history, "test", "accuracy")[[*RUN, "step", "value"]].rename(columns={"value": "test"})
-    full = val.merge(test, on=[*RUN, "step"]).sort_values([*RUN, "step"])
-    if full.empty:
-        return pd.DataFrame(columns=[*RUN, "step", "value"])
-    best = full.loc[full.groupby(RUN)["value"].idxmax()]
-    return best[[*RUN, "step", "test"]].rename(columns={"test": "value"}).reset_index(drop=True)
-
-
-def steps_to_target(history: pd.DataFrame, target: float) -> pd.DataFrame:
-    """Optimizer steps until validation accuracy first reached ``target``, per model, interpolated linearly between
-    the last reading below the target and the first at or above it.
-
-    Columns ``condition, loss, lr, seed, target, step, reached, censored_at, bracket_low, bracket_high,
-    resolution``: ``[bracket_low, bracket_high]`` are the two readings around the crossing and ``resolution`` is
-    their distance as a share of ``step`` (how well the evaluation schedule pins it down). ``step`` is NaN when the
-    model never reached the target (right-censored at ``censored_at``, its last evaluation or divergence).
-    """
-    val = select(history, "val", "accuracy").sort_values([*RUN, "step"])
-    rows = []
-    for key, group in val.groupby(RUN, sort=False):
-        steps, values = group["step"].to_numpy(dtype=float), group["value"].to_numpy(dtype=float)
-        row = dict(zip(RUN, key), target=float(target), step=math.nan, reached=False, censored_at=steps[-1],
-                   bracket_low=math.nan, bracket_high=math.nan, resolution=math.nan)
-        hits = np.flatnonzero(values >= target)
-        if len(hits):
-            i = int(hits[0])
-            if i == 0:
-                row.update(step=steps[0], bracket_low=steps[0], bracket_high=steps[0], resolution=0.0)
-            else:
-                a, b, va, vb = steps[i - 1], steps[i], values[i - 1], values[i]
-                step = a + (target - va) / (vb - va) * (b - a)
-                row.update(step=step, bracket_low=a, bracket_high=b, resolution=(b - a) / step)
-            row["reached"] = True
-        rows.append(row)
-    columns = [*RUN, "target", "step", "reached", "censored_at", "bracket_low", "bracket_high", "resolution"]
-    return pd.DataFrame(rows, columns=columns)
-
-
-def val_auc(history: pd.DataFrame) -> pd.DataFrame:
-    """Mean validation accuracy over log-steps: the area under the validation-accuracy curve against log10(step)
-    from the first evaluation after step 0 to the last, divided by that span. Threshold-free, and weighted like
-    the steps-to-target axis (the first hundred steps count as much as the hundred after step 1,000)."""
-    val = select(history, "val", "accuracy")
-    val = val[val["step"] > 0].sort_values([*RUN, "step"])
-    rows = []
-    for key, group in val.groupby(RUN, sort=False):
-        x, y = np.log10(group["step"].to_numpy(dtype=float)), group["value"].to_numpy(dtype=float)
-        span = x[-1] - x[0]
-        rows.append((*key, float(np.trapezoid(y, x) / span) if span > 0 else float(y[-1])))
-    return pd.DataFrame(rows, columns=[*RUN, "value"])
-
-
-# Collapse: the model learned, then lost it for good. A climb of the training loss back past half-way from its
-# running minimum to where it started, held to the end (at least COLLAPSE_HOLD readings), or validation accuracy
-# back within a quarter of the way from chance to its best, held to the end (at least 2 evaluations), after it
-# had learned (best at least chance + 0.2). Divergence (non-finite values) is recorded separately.
-COLLAPSE_CLIMB = 0.5
-COLLAPSE_HOLD = 3
-COLLAPSE_ACCURACY = 0.25
-LEARNED = 0.2
-
-
-def collapses(history: pd.DataFrame, chance: float) -> pd.DataFrame:
-    """Per model that collapsed: ``condition, loss, lr, seed, collapsed_step, reason`` (the first step of the
-    collapse that lasts to the end of training). Models that did not collapse have no row."""
-    rows = []
-    loss = select(history, "train", "loss").sort_values([*RUN, "step"])
-    for key, group in loss.groupby(RUN, sort=False):
-        values, steps = group["value"].to_numpy(dtype=float), group["step"].to_numpy()
-        start = _loss_collapse(values)
-        if start is not None:
-            rows.append((*key, int(steps[start]), "training loss climbed back"))
-    val = select(history, "val", "accuracy").sort_values([*RUN, "step"])
-    for key, group in val.groupby(RUN, sort=False):
-        values, steps = group["value"].to_numpy(dtype=float), group["step"].to_numpy()
-        start = _accuracy_collapse(values, chance)
-        if start is not None:
-            rows.append((*key, int(steps[start]), "validation accuracy fell to chance"))
-    out = pd.DataFrame(rows, columns=[*RUN, "collapsed_step", "reason"])
-    return out.sort_values("collapsed_step").drop_duplicates(RUN).sort_values(RUN).reset_index(drop=True)
-
-
-def _loss_collapse(values: np.ndarray) -> int | None:
-    """First index from which the loss stays above half-way back to its first value from the running minimum."""
-    if len(values) < COLLAPSE_HOLD + 1 or not np.isfinite(values).all():
-        return None
-    running_min = np.minimum.accumulate(values)
-    bound = running_min + COLLAPSE_CLIMB * (values[0] - running_min)
-    above = values > bound
-    learned = running_min < values[0] * (1 - LEARNED)
-    held = np.flip(np.logical_and.accumulate(np.flip(above)))  # above from here to the end
-    candidates = np.flatnonzero(held & learned & (np.arange(len(values)) <= len(values) - COLLAPSE_HOLD))
-    return int(candidates[0]) if len(candidates) else None
-
-
-def _accuracy_collapse(values: np.ndarray, chance: float) -> int | None:
-    """First index after the best from which accuracy stays within a quarter of the way from chance to the best."""
-    if len(values) < 3:
-        return None
-    best = int(np.argmax(values))
-    if values[best] < chance + LEARNED:
-        return None
-    low = values <= chance + COLLAPSE_ACCURACY * (values[best] - chance)
-    held = np.flip(np.logical_and.accumulate(np.flip(low)))
-    candidates = np.flatnonzero(held & (np.arange(len(values)) > best) & (np.arange(len(values)) <= len(values) - 2))
-    return int(candidates[0]) if len(candidates) else None
-
-
-def run_summary(history: pd.DataFrame, targets: Sequence[float]) -> pd.DataFrame:
-    """One row per model (``summary.csv``): final and validation-selected numbers, divergence, collapse (the
-    ``collapsed_step`` rows of the history), and steps to each validation-accuracy target with the resolution its
-    evaluations give."""
-    models = runs(history).set_index(RUN)
-    final = {name: last_values(history, split, metric).set_index(RUN)["value"] for name, (split, metric) in {
-        "final_val_accuracy": ("val", "accuracy"), "final_test_accuracy": ("test", "accuracy"),
-        "final_test_nll": ("test", "nll"), "final_test_ece": ("test", "ece")}.items()}
-    steps = {t: steps_to_target(history, t).set_index(RUN) for t in targets}
-    selected = val_selected(history).set_index(RUN)
-    best_val = select(history, "val", "accuracy").set_index([*RUN, "step"])["value"]
-    dataset = history["dataset"].iloc[0] if "dataset" in history and len(history) else ""
-    rows = []
-    for key in models.index:
-        condition, loss, lr, seed = key
-        step = int(selected.loc[key, "step"]) if key in selected.index else -1
-        row = {"condition": condition, "dataset": dataset, "loss": loss, "lr": lr, "seed": seed,
-               "run": f"{loss}-lr{lr:g}-s{seed}"}
-        row.update({name: float(values.get(key, math.nan)) for name, values in final.items()})
-        row.update({
-            "best_val_accuracy": float(best_val.get((*key, step), math.nan)),
-            "best_val_step": step,
-            "test_accuracy_at_best_val": float(selected.loc[key, "value"]) if step >= 0 else math.nan,
-            "diverged_step": float(models.loc[key, "diverged_step"]),
-            "collapsed_step": float(models.loc[key, "collapsed_step"]),
-        })
-        for target, table in steps.items():
-            row[f"steps_to_{target:g}"] = float(table.loc[key, "step"]) if key in table.index else math.nan
-            row[f"steps_to_{target:g}_resolution"] = (float(table.loc[key, "resolution"]) if key in table.index
-                                                      else math.nan)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Headline table
 
 
@@ -393,9 +206,9 @@ def headline(history: pd.DataFrame, targets: Mapping[str, Sequence[float]], refe
     models = runs(history)
     parts = []
     for quantity, (split, metric) in FINAL.items():
-        parts.append(_healthy(last_values(history, split, metric), models).assign(quantity=quantity))
-    parts.append(_healthy(val_selected(history), models).assign(quantity="selected_accuracy"))
-    parts.append(_healthy(val_auc(history), models).assign(quantity="val_auc"))
+        parts.append(healthy(last_values(history, split, metric), models).assign(quantity=quantity))
+    parts.append(healthy(val_selected(history), models).assign(quantity="selected_accuracy"))
+    parts.append(healthy(val_auc(history), models).assign(quantity="val_auc"))
     if saturation is not None and not saturation.empty:
         parts.append(saturation[np.isfinite(saturation["value"].to_numpy(dtype=float))].assign(
             quantity="saturated_share"))
@@ -451,6 +264,55 @@ PRIMARY = {
 }
 ALPHA = 0.05  # family-wise error rate of each family
 
+# How sure a verdict must be to be stated. With five seeds a p-value is itself noisy: the same params rerun with
+# another thread count (a different float order, which long training turns into a fresh draw of the seeds' noise)
+# moved 12 of 170 paired verdicts across p = 0.05, one from Holm p = 0.0018 to 0.23 (README, "Same params, another
+# machine"). So a difference is stated only when a rerun would repeat it with probability REPLICATION, and called
+# absent only when a rerun would find it with probability at most 1 - REPLICATION; in between it is "not
+# established". Measured on that rerun, no verdict moved between "different" and "not distinguishable".
+REPLICATION = 0.9
+DIFFERENT, NOT_ESTABLISHED, ALIKE = "different", "not established", "not distinguishable"
+EVIDENCE = (DIFFERENT, NOT_ESTABLISHED, ALIKE)
+
+
+def replication(p_value: float, n: int, alpha: float = ALPHA) -> float:
+    """Goodman's (1992) replication probability for the paired t-test on ``n`` seeds: the probability that a rerun
+    with as many seeds gives two-sided p < ``alpha`` in the same direction, were the observed mean difference and
+    spread the true ones (the rerun's t statistic is then noncentral t with n - 1 degrees of freedom, centred on the
+    observed t). At p = alpha it is about 0.5. NaN without a test."""
+    if not math.isfinite(p_value) or n < 2:
+        return math.nan
+    df = n - 1
+    observed = float(stats.t.isf(min(p_value, 1.0) / 2, df)) if p_value > 0 else math.inf
+    chance = float(stats.nct.sf(stats.t.isf(alpha / 2, df), df, observed)) if observed < 1e6 else 1.0
+    return chance if math.isfinite(chance) else 1.0  # NaN only far out in the noncentral tail, where it is 1
+
+
+def evidence_word(chance: float) -> str | None:
+    """DIFFERENT when a rerun repeats the difference with probability at least REPLICATION, ALIKE when it finds one
+    with probability at most 1 - REPLICATION, NOT_ESTABLISHED in between; None without a test."""
+    if not math.isfinite(chance):
+        return None
+    if chance >= REPLICATION:
+        return DIFFERENT
+    return ALIKE if chance <= 1.0 - REPLICATION else NOT_ESTABLISHED
+
+
+def evidence(p_value: float, n: int, alpha: float = ALPHA) -> str | None:
+    """The word a paired t-test's p-value on ``n`` seeds supports (``evidence_word`` of its ``replication``). A
+    Holm-adjusted p-value is read as it is: the adjustment scales the raw p by the family's step-down factor."""
+    return evidence_word(replication(p_value, n, alpha))
+
+
+def evidence_bounds(n: int, alpha: float = ALPHA) -> tuple[float, float]:
+    """The p-values where ``evidence`` on ``n`` seeds changes its word: below the first a difference is stated;
+    from the second on it is called absent (five seeds: about 0.012 and 0.45)."""
+
+    def where(target: float) -> float:
+        return 10 ** optimize.brentq(lambda lg: replication(10**lg, n, alpha) - target, -12.0, -1e-9, xtol=1e-6)
+
+    return where(REPLICATION), where(1.0 - REPLICATION)
+
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
     """Holm's step-down adjusted p-values (NaN stays NaN and does not count in the family)."""
@@ -467,8 +329,8 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
 
 def differences(per_seed: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
     """Paired difference (loss - reference) by seed for every condition, loss and quantity, with Holm-adjusted
-    p-values within the condition's primary or secondary family (``family``, ``p_holm``). ``within_noise`` is True
-    when the difference does not survive the correction (adjusted p >= ALPHA), None without a test.
+    p-values within the condition's primary or secondary family (``family``, ``p_holm``) and the verdict the
+    adjusted p-value supports (``evidence``: DIFFERENT, NOT_ESTABLISHED or ALIKE; None without a test).
 
     Steps-to-target pairs only the seeds where both models reached the target (the others are counted in the
     summary's n_reached). Intervals are the uncorrected 95% t-intervals.
@@ -490,20 +352,23 @@ def differences(per_seed: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFr
     out["p_holm"] = math.nan
     for _, group in out.groupby(["condition", "family"], sort=False):
         out.loc[group.index, "p_holm"] = holm(group["p_value"].to_numpy(dtype=float))
-    out["within_noise"] = [None if not math.isfinite(p) else bool(p >= ALPHA) for p in out["p_holm"]]
+    # object, not pandas' string dtype: an untested comparison keeps None (a string column would make it NaN)
+    out["evidence"] = pd.Series([evidence(p, n) for p, n in zip(out["p_holm"], out["n"], strict=True)],
+                                index=out.index, dtype=object)
     return out
 
 
 @dataclass(frozen=True)
 class Leaders:
     """Which losses lead on a quantity: ``best`` has the best mean; ``tied`` (in the registry's order, ``best``
-    among them) are those no paired test, Holm-corrected over the comparisons with ``best``, tells from it. A
-    ranking inside ``tied`` is noise: another thread count can reorder it, so a finding names the group."""
+    among them) are those that no paired test, Holm-corrected over the comparisons with ``best``, establishes as
+    different from it (``evidence``). A ranking inside ``tied`` is noise: another thread count can reorder it, so a
+    finding names the group."""
 
     best: str
     tied: tuple[str, ...]
     means: dict[str, float]
-    alone: bool  # True when every other loss is distinguishably worse than ``best``
+    alone: bool  # True when every other loss is established as worse than ``best``
 
 
 def leaders(by_loss: Mapping[str, pd.Series], higher_is_better: bool) -> Leaders | None:
@@ -515,9 +380,9 @@ def leaders(by_loss: Mapping[str, pd.Series], higher_is_better: bool) -> Leaders
     # Ties on the mean are broken by the registry's order, never by dictionary or float order.
     best = min(ordered(means), key=lambda loss: -means[loss] if higher_is_better else means[loss])
     others = [loss for loss in ordered(means) if loss != best]
-    p_values = [paired_difference(by_loss[loss], by_loss[best]).p_value for loss in others]
-    adjusted = holm(p_values)
-    tied = {best, *(loss for loss, p in zip(others, adjusted, strict=True) if not (math.isfinite(p) and p < ALPHA))}
+    found = [paired_difference(by_loss[loss], by_loss[best]) for loss in others]
+    adjusted = holm([d.p_value for d in found])
+    tied = {best, *(loss for loss, d, p in zip(others, found, adjusted, strict=True) if evidence(p, d.n) != DIFFERENT)}
     return Leaders(best, tuple(ordered(tied)), means, alone=len(tied) == 1)
 
 
@@ -537,7 +402,7 @@ def lookup(frame: pd.DataFrame, **keys) -> dict | None:
 def final_table(history: pd.DataFrame, specs: Mapping[str, tuple[str, str]]) -> pd.DataFrame:
     """Summary (mean, t-interval, n) of ``{quantity: (split, metric)}`` at each healthy model's last evaluation."""
     models = runs(history)
-    parts = [_healthy(last_values(history, s, m), models).assign(quantity=q) for q, (s, m) in specs.items()]
+    parts = [healthy(last_values(history, s, m), models).assign(quantity=q) for q, (s, m) in specs.items()]
     parts = [p for p in parts if not p.empty]
     if not parts:
         return summarise(pd.DataFrame(columns=[*RUN, "quantity", "value"]))
@@ -561,7 +426,7 @@ def heldout_per_seed(history: pd.DataFrame) -> pd.DataFrame:
     if not (history["split"] == "heldout").any():
         return pd.DataFrame(columns=[*RUN, "quantity", "value"])
     models = runs(history)
-    parts = [_healthy(last_values(history, s, m), models).assign(quantity=q) for q, (s, m) in HELDOUT.items()]
+    parts = [healthy(last_values(history, s, m), models).assign(quantity=q) for q, (s, m) in HELDOUT.items()]
     parts = [p[[*RUN, "quantity", "value"]] for p in parts if not p.empty]
     per_seed = pd.concat(parts, ignore_index=True)
     own = per_seed["quantity"] == per_seed["loss"].map(NATURAL_SCORE).fillna("auroc_max_softmax")
@@ -584,14 +449,14 @@ def label_noise(history: pd.DataFrame) -> pd.DataFrame:
     of the flipped training examples (final and peak), clean-train accuracy. Long: ``RUN, quantity, value``."""
     models = runs(history)
     parts = [
-        _healthy(val_selected(history), models).assign(quantity="selected_accuracy"),
-        _healthy(last_values(history, "test", "accuracy"), models).assign(quantity="final_accuracy"),
-        _healthy(last_values(history, "train_flipped", "memorised"), models).assign(quantity="memorised"),
+        healthy(val_selected(history), models).assign(quantity="selected_accuracy"),
+        healthy(last_values(history, "test", "accuracy"), models).assign(quantity="final_accuracy"),
+        healthy(last_values(history, "train_flipped", "memorised"), models).assign(quantity="memorised"),
         # The peak of training: at step 0 the shared random initialisation agrees with some noisy labels by chance.
-        _healthy(best_values(history, "train_flipped", "memorised", after_step=0), models).assign(
+        healthy(best_values(history, "train_flipped", "memorised", after_step=0), models).assign(
             quantity="memorised_peak"),
-        _healthy(last_values(history, "train_flipped", "recovered"), models).assign(quantity="recovered"),
-        _healthy(last_values(history, "train_clean", "accuracy"), models).assign(quantity="clean_train_accuracy"),
+        healthy(last_values(history, "train_flipped", "recovered"), models).assign(quantity="recovered"),
+        healthy(last_values(history, "train_clean", "accuracy"), models).assign(quantity="clean_train_accuracy"),
     ]
     per_seed = pd.concat([p[[*RUN, "quantity", "value"]] for p in parts if not p.empty], ignore_index=True)
     if per_seed.empty:
@@ -748,7 +613,8 @@ def lr_views(tune: pd.DataFrame, lrs: Mapping[str, float], targets: Sequence[flo
 
 
 CLAIM_COLUMNS = ["claim_id", "claim", "measured", "value", "reference", "verdict", "note", "figure"]
-SUPPORTS, CONTRADICTS, NO_DIFFERENCE = "supports", "contradicts", "no difference"
+# A check's outcome; UNCLEAR: the evidence is between a difference and none (``evidence``), so it counts for nothing.
+SUPPORTS, CONTRADICTS, NO_DIFFERENCE, UNCLEAR = "supports", "contradicts", "no difference", "not established"
 
 
 VERDICT_RULE = ("a claim measured by several checks holds when every check supports it; holds with a nuance "
@@ -757,7 +623,8 @@ VERDICT_RULE = ("a claim measured by several checks holds when every check suppo
 
 
 def verdict(outcomes: Sequence[str]) -> str:
-    """The verdict of VERDICT_RULE from the checks' outcomes (supports / contradicts / no difference)."""
+    """The verdict of VERDICT_RULE from the checks' outcomes (supports / contradicts / no difference / not
+    established)."""
     if not outcomes:
         return UNMEASURED
     supports = sum(o == SUPPORTS for o in outcomes)
@@ -788,10 +655,15 @@ def _claim(claim_id: str, claim: str, checks: Sequence[tuple[str, str]], referen
     }
 
 
+def _outcome(found: str | None, positive: bool, positive_supports: bool) -> str:
+    """A check's outcome from the ``evidence`` of its comparison and the sign of its difference."""
+    if found == DIFFERENT:
+        return SUPPORTS if positive == positive_supports else CONTRADICTS
+    return UNCLEAR if found == NOT_ESTABLISHED else NO_DIFFERENCE
+
+
 def _from_difference(d: Difference, positive_supports: bool) -> str:
-    if d.within_noise is not False:
-        return NO_DIFFERENCE
-    return SUPPORTS if (d.mean > 0) == positive_supports else CONTRADICTS
+    return _outcome(d.evidence, d.mean > 0, positive_supports)
 
 
 def _fmt_steps(value: float) -> str:
@@ -824,11 +696,14 @@ def claim_sigmoid_multiclass(head: Headline, reference: str = REFERENCE, losses:
                 continue
             text = (f"{condition}: {loss} final test accuracy {mine['mean']:.3f}, Δ vs {reference} "
                     f"{row['diff']:+.3f} (Holm p={row['p_holm']:.2g})")
-            works = abs(row["diff"]) <= margin or row["within_noise"] in (True,) or row["diff"] > 0
-            checks.append((CONTRADICTS if works else SUPPORTS, text))
+            if abs(row["diff"]) <= margin or row["diff"] > 0 or row["evidence"] == ALIKE:
+                checks.append((CONTRADICTS, text))  # it works: close to the reference, above it, or no gap found
+            else:
+                checks.append((SUPPORTS if row["evidence"] == DIFFERENT else UNCLEAR, text))
     return _claim("sigmoid_multiclass", SIGMOID_MULTICLASS, checks,
                   f"checks where {' / '.join(losses)} (one sigmoid per class, argmax prediction) falls clearly short "
-                  f"of {reference}: more than {margin:g} below it and distinguishable after Holm's correction",
+                  f"of {reference}: more than {margin:g} below it and established as different after Holm's "
+                  "correction",
                   "The text means sigmoid and 1 − sigmoid as the two probabilities of a binary model; one sigmoid per "
                   "class with a summed BCE is a multiclass classifier that trains.", "headline")
 
@@ -845,12 +720,11 @@ def claim_penalty_works(head: Headline, noise: Mapping[str, pd.DataFrame], refer
             continue
         for loss in bounded:
             row = lookup(head.differences, condition=condition, loss=loss, quantity="final_accuracy")
-            if row is None or row["within_noise"] is None:
+            if row is None or row["evidence"] is None:
                 continue
             text = (f"{condition}: {loss} − {reference} final test accuracy {row['diff']:+.3f} "
                     f"(Holm p={row['p_holm']:.2g})")
-            checks.append((NO_DIFFERENCE if row["within_noise"] else SUPPORTS if row["diff"] < 0 else CONTRADICTS,
-                           text))
+            checks.append((_outcome(row["evidence"], row["diff"] > 0, positive_supports=False), text))
     for condition, per_seed in noise.items():
         drop = per_seed[per_seed["quantity"] == "accuracy_drop"]
         by_loss = {loss: g.set_index("seed")["value"] for loss, g in drop.groupby("loss")}
@@ -951,15 +825,16 @@ def claim_faster(head: Headline, reference: str = REFERENCE, others: Sequence[st
                 text += f", paired Δ {d.mean:+.0f} steps"
                 if d.within_noise is not None:
                     text += f" [{d.ci_low:+.0f}, {d.ci_high:+.0f}], Holm p={row['p_holm']:.2g}"
-            # A primary comparison: it counts as a difference only when it survives Holm's correction.
-            outcome = NO_DIFFERENCE if row is not None and row["within_noise"] in (True,) else _from_difference(
-                d, positive_supports=True)
+            # A primary comparison: its Holm-corrected evidence decides.
+            outcome = NO_DIFFERENCE if row is None else _outcome(row["evidence"], row["diff"] > 0,
+                                                                 positive_supports=True)
             checks.append((outcome, text))
     return _claim(
         "faster_training", f"{TWO_BENEFITS} (the 'faster' half)", checks,
         f"checks (condition × compared loss) where {reference} reached the first validation-accuracy target in "
-        "fewer steps (paired by seed, 95% CI excluding 0) or in more seeds",
-        "Each loss at its own tuned learning rate; 'no difference' when the paired CI covers 0.",
+        "fewer steps (paired by seed, established after Holm's correction) or in more seeds",
+        "Each loss at its own tuned learning rate; 'no difference' or 'not established' by the Holm-adjusted p, as "
+        "everywhere in the report.",
         "steps_to_target")
 
 
@@ -994,12 +869,15 @@ def claim_reliable(head: Headline, reference: str = REFERENCE, others: Sequence[
             ratio = (sd[large] / sd[small]) ** 2
             p = float(stats.f.sf(ratio, len(values[large]) - 1, len(values[small]) - 1))
             text += f", variance ratio {ratio:.3g} (p={p:.2g})"
-            outcome = NO_DIFFERENCE if p >= alpha else SUPPORTS if small == reference else CONTRADICTS
-            checks.append((outcome, text))
+            # Were the observed ratio the true one, a rerun's ratio is it times an F variate: how often it passes.
+            critical = float(stats.f.isf(alpha, len(values[large]) - 1, len(values[small]) - 1))
+            chance = float(stats.f.sf(critical / ratio, len(values[large]) - 1, len(values[small]) - 1))
+            checks.append((_outcome(evidence_word(chance), small == other, positive_supports=True), text))
     return _claim(
         "reliable_training", f"{TWO_BENEFITS} (the 'more reliable' half)", checks,
-        f"checks (condition × compared loss) where {reference} diverged less often, or had a significantly smaller "
-        f"seed spread of final test accuracy (one-sided F-test, p < {alpha:g}, at least 3 seeds each)",
+        f"checks (condition × compared loss) where {reference} diverged less often, or had a smaller seed spread of "
+        f"final test accuracy established by a one-sided F-test (a rerun would repeat p < {alpha:g} with "
+        f"probability at least {REPLICATION:g}; at least 3 seeds each)",
         "Seed spread = standard deviation over seeds of final test accuracy; with few seeds only large differences "
         "in spread are detectable.",
         "headline")
@@ -1041,7 +919,7 @@ def claim_gradient(sat: pd.DataFrame, penalty: pd.DataFrame | None, conditions: 
         "gradient_meaningful", "Not a sentence of the source text but the study's own question: the cross-entropy "
         "gradient stays meaningful where sigmoid/MSE saturate.", checks,
         f"checks where {reference}'s logit gradient is larger in closed form, or its share of wrong test examples "
-        f"with ‖∂L/∂z‖ < {threshold:g} at the last evaluation is significantly smaller (paired by seed)",
+        f"with ‖∂L/∂z‖ < {threshold:g} at the last evaluation is established as smaller (paired by seed)",
         "Per-class sigmoid BCE does not saturate on a confidently wrong example: its gradient on the true class is "
         "sigmoid(z_true) − 1. Trained networks may put few wrong examples where MSE's gradient vanishes.",
         "logit_grad")
@@ -1159,9 +1037,9 @@ def _published_rows(anchor: Published, head: Headline, condition: str | None) ->
     for loss in registry.taking_part(anchor.claim):
         row = None if condition is None else lookup(head.differences, condition=condition, loss=loss,
                                                     quantity=anchor.quantity)
-        if row is None or row["within_noise"] is None:
+        if row is None or row["evidence"] is None:
             continue
-        diff, apart = row["diff"], row["within_noise"] in (False,)
+        diff, apart = row["diff"], row["evidence"] == DIFFERENT
         if anchor.sign:
             verdict = (REPRODUCED if apart and np.sign(diff) == anchor.sign else
                        CONTRADICTED if apart else NOT_REPRODUCED)

@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="report directory")
     p.add_argument("--metrics", type=Path, required=True, help="DVC metrics file to write")
 
+    p = command("compare", compare_cmd, "set a rerun's results beside these: rate choices, findings, verdicts")
+    p.add_argument("first", type=Path, help="a results directory (conditions/, probe/, report/), e.g. results")
+    p.add_argument("second", type=Path, help="the rerun's results directory, written with the same params")
+    p.add_argument("--params", type=Path, default=Path("experiments/study.yaml"),
+                   help="the params both runs used (default: %(default)s)")
+
     p = command("bench", bench_cmd, "measure the lockstep trainer against per-model loops, side by side")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--data", type=Path, default=Path("data"), help="directory the data stage prepared")
@@ -166,6 +172,17 @@ def report_cmd(args: argparse.Namespace) -> None:
 
     cfg = config.load(args.params)
     document.build(args.results, args.probe, list(cfg.conditions), args.out, args.metrics)
+
+
+def compare_cmd(args: argparse.Namespace) -> None:
+    from study import rerun
+
+    cfg = config.load(args.params)
+    for root in (args.first, args.second):
+        if not (root / "report" / "report.md").exists():
+            raise ConfigError(f"{root}/report/report.md is missing: pass a results directory the pipeline wrote "
+                              "(its report stage included)")
+    print(rerun.compare(args.first, args.second, list(cfg.conditions)).summary())
 
 
 def bench_cmd(args: argparse.Namespace) -> None:

@@ -25,7 +25,7 @@ import pandas as pd
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from study import analysis, report, tables, verdicts
+from study import analysis, measures, report, tables, verdicts
 from study import losses as registry
 from study.analysis import REFERENCE
 
@@ -74,7 +74,7 @@ def load(results: Path, probe: Path, conditions: Sequence[str]) -> Inputs:
     for condition in conditions:
         directory = results / condition
         setups[condition] = tables.read_json(_required(directory / tables.SETUP, "train"))
-        history, dropped = analysis.drop_nonfinite(tables.read_history(_required(directory / tables.HISTORY, "train")))
+        history, dropped = measures.drop_nonfinite(tables.read_history(_required(directory / tables.HISTORY, "train")))
         if dropped:
             notes.append({"kind": "dropped_values", "source": condition, "count": dropped, "file": tables.HISTORY})
         histories.append(history)
@@ -110,7 +110,7 @@ def load(results: Path, probe: Path, conditions: Sequence[str]) -> Inputs:
         if lr_path.exists():
             tuning[source] = tables.read_json(lr_path)
         if tune_path.exists():
-            tune, dropped = analysis.drop_nonfinite(tables.read_history(tune_path))
+            tune, dropped = measures.drop_nonfinite(tables.read_history(tune_path))
             if dropped:
                 notes.append({"kind": "dropped_values", "source": source, "count": dropped, "file": tables.TUNE})
             tunes.append(tune.astype({"lr": float, "seed": int, "step": int, "value": float}))
@@ -155,9 +155,11 @@ def fmt_p(p: float) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.2g}"
 
 
-def fmt_difference(row: dict | None, digits: int = 3, unit: str = "", percent: bool = False) -> str:
-    """'+0.012 [-0.003, +0.027], p=0.09, within noise'; ``unit`` follows the mean ('+5 steps [...]'); ``percent``
-    writes shares as percentage points."""
+def fmt_difference(row: dict | None, digits: int = 3, unit: str = "", percent: bool = False,
+                   word: bool = True) -> str:
+    """'+0.012 [-0.003, +0.027], p=0.09, Holm p=0.27, not established with 5 seeds'; ``unit`` follows the mean
+    ('+5 steps [...]'); ``percent`` writes shares as percentage points; ``word=False`` leaves out the verdict (for a
+    list that names it once)."""
     if row is None or not math.isfinite(row["diff"]):
         return "–"
 
@@ -168,13 +170,15 @@ def fmt_difference(row: dict | None, digits: int = 3, unit: str = "", percent: b
 
     unit = " pp" if percent else (f" {unit}" if unit else "")
     text = number(row["diff"]) + unit
-    if row["within_noise"] is None:
+    if row["evidence"] is None:
         return text + f" ({int(row['n'])} pair, no interval)"
     text += f" [{number(row['ci_low'])}, {number(row['ci_high'])}], {fmt_p(row['p_value'])}"
     p_holm = row.get("p_holm", math.nan)
     if isinstance(p_holm, float) and math.isfinite(p_holm):
         text += f", Holm {fmt_p(p_holm)}"
-    return text + (f", not distinguishable with {int(row['n'])} seeds" if row["within_noise"] else "")
+    if not word or row["evidence"] == analysis.DIFFERENT:
+        return text
+    return text + f", {row['evidence']} with {int(row['n'])} seeds"
 
 
 def fmt_steps(row: dict | None) -> str:
@@ -404,17 +408,16 @@ def _leaders(by_loss: dict[str, pd.Series], higher_is_better: bool, summary: pd.
 
 
 def _verdicts(differences: pd.DataFrame, condition: str, quantity: str) -> dict[str, list[dict]]:
-    """Each loss's paired difference to the reference, sorted into the Holm-corrected verdicts (registry order)."""
+    """Each loss's paired difference to the reference, sorted by the evidence of its Holm-corrected p-value
+    (registry order): established lower or higher, not established, not distinguishable, untested."""
     rows = differences[(differences["condition"] == condition) & (differences["quantity"] == quantity)]
-    out: dict[str, list[dict]] = {"lower": [], "higher": [], "same": [], "untested": []}
+    out: dict[str, list[dict]] = {"lower": [], "higher": [], "unsure": [], "same": [], "untested": []}
+    group = {analysis.NOT_ESTABLISHED: "unsure", analysis.ALIKE: "same", None: "untested"}
     for row in rows.to_dict("records"):
-        # within_noise is True, False or None (no interval); numpy's bools compare equal to Python's.
-        if row["within_noise"] in (False,):
+        if row["evidence"] == analysis.DIFFERENT:
             out["lower" if row["diff"] < 0 else "higher"].append(row)
-        elif row["within_noise"] in (True,):
-            out["same"].append(row)
         else:
-            out["untested"].append(row)
+            out[group[row["evidence"]]].append(row)
     return out
 
 
@@ -443,7 +446,8 @@ def _speed_finding(c: str, inputs: Inputs, computed: Computed, figures: Figures)
         for row in group:
             row["steps"] = _value(rows, loss=row["loss"])
     return {**found, "reached": True, "reference": _value(rows, loss=REFERENCE), "faster": by_verdict["lower"],
-            "slower": by_verdict["higher"], "same": by_verdict["same"], "untested": by_verdict["untested"],
+            "slower": by_verdict["higher"], "unsure": by_verdict["unsure"], "same": by_verdict["same"],
+            "untested": by_verdict["untested"],
             "seeds": _paired_seeds(by_verdict), "slow": slow}
 
 
@@ -458,6 +462,7 @@ def _accuracy_finding(c: str, computed: Computed, figures: Figures) -> dict | No
             "leaders": _leaders(_by_loss(head.per_seed, c, "final_accuracy"), True, rows),
             "seeds": _paired_seeds(by_verdict),
             "within_noise": [r["loss"] for r in by_verdict["same"]],
+            "unsure": [r["loss"] for r in by_verdict["unsure"]],
             "apart": [(r["loss"], r["diff"]) for r in by_verdict["lower"] + by_verdict["higher"]],
             "figure": figures.resolve("headline")}
 
@@ -562,9 +567,9 @@ def optimizer_findings(inputs: Inputs, head: analysis.Headline, figures: Figures
             d_adam = _value(head.differences, condition=c_adam, loss=loss, quantity=q1)
             if d_sgd is None or d_adam is None:
                 continue
-            # within_noise is True, False or None (no interval); numpy's bools compare equal to Python's.
-            compared.append({"loss": loss, "sgd": d_sgd, "adam": d_adam, "apart_sgd": d_sgd["within_noise"] in (False,),
-                             "apart_adam": d_adam["within_noise"] in (False,)})
+            compared.append({"loss": loss, "sgd": d_sgd, "adam": d_adam,
+                             "apart_sgd": d_sgd["evidence"] == analysis.DIFFERENT,
+                             "apart_adam": d_adam["evidence"] == analysis.DIFFERENT})
         if compared:
             items.append({"kind": "optimizer", "target": t_sgd[0], "sgd": c_sgd, "adam": c_adam, "losses": compared,
                           "figure": figures.resolve("steps_to_target")})
@@ -607,12 +612,11 @@ def heldout_findings(per_seed: pd.DataFrame, condition: str, sigmoid: str = "sig
                                              (REFERENCE, "auroc_natural")) for loss in others]
         adjusted = analysis.holm([d.p_value for d in found])
         for loss, d, p_holm in zip(others, found, adjusted):
-            if not math.isfinite(p_holm):
-                verdict = "no test"
-            elif p_holm >= analysis.ALPHA:
-                verdict = "same"
-            else:
+            word = analysis.evidence(p_holm, d.n)
+            if word == analysis.DIFFERENT:
                 verdict = "better" if d.mean > 0 else "worse"
+            else:
+                verdict = {analysis.NOT_ESTABLISHED: "unsure", analysis.ALIKE: "same", None: "no test"}[word]
             out.append({"kind": "heldout_auroc", "loss": loss,
                         "by_sigmoid": analysis.NATURAL_SCORE.get(loss) == "auroc_max_sigmoid",
                         "auroc": _value(natural, loss=loss, quantity="auroc_natural"), "reference_auroc": ref,
@@ -623,7 +627,8 @@ def heldout_findings(per_seed: pd.DataFrame, condition: str, sigmoid: str = "sig
         shares = analysis.summarise(per_seed[per_seed["loss"] == sigmoid])
         out.append({"kind": "heldout_none", "loss": sigmoid, "heldout": _value(shares, quantity="none_share_heldout"),
                     "trained": _value(shares, quantity="none_share_test"), "diff": d,
-                    "direction": ("same" if d.within_noise in (True, None) else "more" if d.mean > 0 else "less")})
+                    "direction": ("more" if d.mean > 0 else "less") if d.evidence == analysis.DIFFERENT else
+                    "unsure" if d.evidence == analysis.NOT_ESTABLISHED else "same"})
     return out
 
 
@@ -745,7 +750,7 @@ def _headline(inputs: Inputs, computed: Computed, losses: list[str]) -> dict:
                 digits, unit, percent = PRIMARY_UNITS[quantity]
                 comparisons.append({"condition": c, "quantity": quantity, "loss": loss,
                                     "diff": fmt_difference(d, digits, unit, percent=percent), "p_holm": d["p_holm"],
-                                    "within_noise": d["within_noise"], "n": int(d["n"])})
+                                    "evidence": d["evidence"], "n": int(d["n"])})
     return {"conditions": conditions, "primary_questions": analysis.PRIMARY, "primary": comparisons}
 
 
@@ -935,6 +940,7 @@ def _environment() -> jinja2.Environment:
                         "cell": _cell, "join_and": _join, "estimate": fmt_estimate, "difference": fmt_difference,
                         "steps": fmt_steps, "percent": fmt_percent, "p": fmt_p})
     env.globals.update({"reference": REFERENCE, "alpha": analysis.ALPHA, "saturation": analysis.SATURATION,
+                        "replication": analysis.REPLICATION, "evidence_bounds": analysis.evidence_bounds,
                         "verdict_rule": analysis.VERDICT_RULE})
     return env
 

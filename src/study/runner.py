@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from study import analysis, cluster, data, losses, tables, tracking, train
+from study import cluster, data, losses, measures, tables, tracking, train
 from study.config import Condition, StudyConfig, flatten
 from study.losses import CONVENTIONS
 from study.records import ExampleStats, Record
@@ -68,7 +68,7 @@ def choose_lrs(history: pd.DataFrame, loss_names, grid, *, val_size: int) -> dic
     """Per loss, the rate chosen by TUNE_CRITERION, with the evidence: ``{"lrs": {loss: lr}, "scores": {loss:
     {lr: mean}}, "standard_errors": {loss: {lr: se}}, "unstable": {loss: [lr, ...]}, "agreement": {loss: "k of
     n"}}``. A seed that diverged (or stopped early) scores zero in the mean."""
-    models = analysis.runs(history)
+    models = measures.runs(history)
     unstable_models = models[models["diverged"] | models["collapsed"]]
     scores = tuning_scores(history)
     out: dict[str, dict] = {"lrs": {}, "scores": {}, "standard_errors": {}, "unstable": {}, "agreement": {}}
@@ -95,7 +95,7 @@ def choose_lrs(history: pd.DataFrame, loss_names, grid, *, val_size: int) -> dic
 def tuning_scores(history: pd.DataFrame) -> pd.DataFrame:
     """Each tuning model's score: its mean validation accuracy over the readings in the last TUNE_WINDOW of the
     tuning steps (columns ``loss, lr, seed, value``). A model that stopped before the window has no score."""
-    val = analysis.select(history, "val", "accuracy")
+    val = measures.select(history, "val", "accuracy")
     if val.empty:
         return pd.DataFrame(columns=["loss", "lr", "seed", "value"])
     last = history["step"].max()
@@ -191,7 +191,7 @@ def _train_pass(cfg: StudyConfig, cond: Condition, dataset: data.Dataset, lrs: d
         records = [item for item in items if isinstance(item, Record)]
         history = tables.history_frame(records, condition=cond.name, dataset=cond.dataset)
         history = _with_collapses(history, records, tracker, cond, chance=1 / dataset.num_classes)
-        summary = analysis.run_summary(history, cond.targets)
+        summary = measures.run_summary(history, cond.targets)
         for row in summary.to_dict("records"):
             tracker.set_summary(row["run"], {k: v for k, v in row.items()
                                              if k.startswith(tables.SUMMARY_PREFIXES) and _finite(v)})
@@ -202,7 +202,7 @@ def _with_collapses(history: pd.DataFrame, records: list[Record], tracker, cond:
                     chance: float) -> pd.DataFrame:
     """The history with a ``train/collapsed_step`` row per collapsed model (also sent to the tracker, which tags
     the run)."""
-    found = analysis.collapses(history, chance)
+    found = measures.collapses(history, chance)
     if found.empty:
         return history
     steps_per_epoch = _steps_per_epoch(history)
@@ -220,7 +220,7 @@ def _steps_per_epoch(history: pd.DataFrame) -> float:
 
 def _failed_losses(history: pd.DataFrame) -> dict[str, dict]:
     """Per loss with a diverged or collapsed seed: which seeds, at which steps."""
-    models = analysis.runs(history)
+    models = measures.runs(history)
     failed = {}
     for loss, group in models[models["diverged"] | models["collapsed"]].groupby("loss", sort=False):
         failed[loss] = {
