@@ -662,6 +662,24 @@ def test_a_difference_that_does_not_survive_holm_is_not_called_a_difference():
     assert "seeds" not in document.fmt_difference(diffs.loc["mse"].to_dict(), 0)
 
 
+def test_the_primary_table_gives_each_comparison_its_holm_p_and_verdict_once(built: Path):
+    """Each row of the primary table: the difference with its interval and raw p, then the Holm-adjusted p and the
+    verdict in their own columns, computed from the fabricated histories (not repeated in the difference's cell)."""
+    inputs = document.load(built / "conditions", built / "probe", [CLEAN, NOISY])
+    head = analysis.headline(inputs.history, inputs.targets, saturation=analysis.saturation(inputs.examples))
+    primary = head.differences[(head.differences["family"] == "primary") & (head.differences["condition"] == CLEAN)]
+    section = (built / "report" / "report.md").read_text().split("### Primary comparisons")[1].split("\n#")[0]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith(f"| {CLEAN} |")]
+    assert len(rows) == len(primary) > 0
+    for (_, quantity, loss, diff, p_holm, verdict) in rows:
+        d = primary[(primary["quantity"] == quantity) & (primary["loss"] == loss)].iloc[0]
+        assert p_holm == document.fmt_p(d["p_holm"]) and "Holm" not in diff
+        assert diff.endswith(document.fmt_p(d["p_value"]))
+        assert verdict == (d["evidence"] if d["evidence"] == analysis.DIFFERENT
+                           else f"{d['evidence']} with {int(d['n'])} seeds")
+
+
 def test_the_anchors_table_puts_the_studys_number_beside_the_published_one(built: Path):
     history = fabricate_history(CLEAN)
     final = history[(history["split"] == "test") & (history["metric"] == "accuracy") & (history["step"] == TOTAL)

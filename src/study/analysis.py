@@ -62,8 +62,9 @@ def loss_order() -> tuple[str, ...]:
 
 
 def ordered(losses: Iterable[str]) -> list[str]:
-    """Losses in the study's fixed order; names outside it follow, sorted."""
-    present, order = set(losses), loss_order()
+    """Losses in the study's fixed order; names outside it follow, sorted. A column is reduced to its distinct
+    values first (iterating a million-row arrow string column element by element took seconds of the report)."""
+    present, order = set(losses.unique() if isinstance(losses, pd.Series) else losses), loss_order()
     return [loss for loss in order if loss in present] + sorted(present - set(order))
 
 

@@ -156,10 +156,10 @@ def fmt_p(p: float) -> str:
 
 
 def fmt_difference(row: dict | None, digits: int = 3, unit: str = "", percent: bool = False,
-                   word: bool = True) -> str:
+                   word: bool = True, holm: bool = True) -> str:
     """'+0.012 [-0.003, +0.027], p=0.09, Holm p=0.27, not established with 5 seeds'; ``unit`` follows the mean
-    ('+5 steps [...]'); ``percent`` writes shares as percentage points; ``word=False`` leaves out the verdict (for a
-    list that names it once)."""
+    ('+5 steps [...]'); ``percent`` writes shares as percentage points; ``word=False`` leaves out the verdict and
+    ``holm=False`` the Holm-adjusted p (for a table or list that gives them in their own place)."""
     if row is None or not math.isfinite(row["diff"]):
         return "–"
 
@@ -174,7 +174,7 @@ def fmt_difference(row: dict | None, digits: int = 3, unit: str = "", percent: b
         return text + f" ({int(row['n'])} pair, no interval)"
     text += f" [{number(row['ci_low'])}, {number(row['ci_high'])}], {fmt_p(row['p_value'])}"
     p_holm = row.get("p_holm", math.nan)
-    if isinstance(p_holm, float) and math.isfinite(p_holm):
+    if holm and isinstance(p_holm, float) and math.isfinite(p_holm):
         text += f", Holm {fmt_p(p_holm)}"
     if not word or row["evidence"] == analysis.DIFFERENT:
         return text
@@ -749,7 +749,8 @@ def _headline(inputs: Inputs, computed: Computed, losses: list[str]) -> dict:
                     continue
                 digits, unit, percent = PRIMARY_UNITS[quantity]
                 comparisons.append({"condition": c, "quantity": quantity, "loss": loss,
-                                    "diff": fmt_difference(d, digits, unit, percent=percent), "p_holm": d["p_holm"],
+                                    "diff": fmt_difference(d, digits, unit, percent=percent, word=False, holm=False),
+                                    "p_holm": d["p_holm"],
                                     "evidence": d["evidence"], "n": int(d["n"])})
     return {"conditions": conditions, "primary_questions": analysis.PRIMARY, "primary": comparisons}
 
