@@ -123,6 +123,26 @@ def test_every_member_sees_its_seeds_batches_on_either_backend(signal_data, spec
             assert torch.equal(batch[row].cpu(), train.batch_order(n, seed, 0)[step * b:(step + 1) * b])
 
 
+@pytest.mark.parametrize("spec", [MLPSpec((16, 16)), CNN], ids=["mlp-fused", "cnn1d-autograd"])
+def test_a_models_numbers_do_not_depend_on_the_models_stacked_beside_it(signal_data, spec):
+    """What lets a learning-rate fallback train only the losses that failed: every measurement of a model trained
+    in a stack of sixteen equals, to the last bit, that of the same model trained beside its own loss's models
+    alone (a logged training loss averaged down the columns of [steps, models] summed in an order that depended
+    on how many models there were)."""
+    cond = tiny_condition(model=spec, epochs=3, log_every=9)
+    members = train.grid(NAMES, [0, 1, 2, 3], {loss: [0.1] for loss in NAMES})
+    records, examples, _ = run(cond, signal_data, members)
+    assert len({r.metric for r in records if r.split == "train"}) > 1 and examples
+    for loss in NAMES:
+        alone_records, alone_examples, _ = run(cond, signal_data, [m for m in members if m.loss == loss])
+        assert alone_records == [r for r in records if r.loss == loss]
+        beside = [e for e in examples if e.loss == loss]
+        assert [(e.seed, e.step, e.split) for e in alone_examples] == [(e.seed, e.step, e.split) for e in beside]
+        for got, want in zip(alone_examples, beside):
+            for name in ("index", "predicted", "p_true", "confidence", "loss_value", "logit_grad_norm"):
+                assert np.array_equal(getattr(got, name), getattr(want, name)), (loss, name)
+
+
 # ---- autograd = fused on an MLP ----------------------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ from study.records import ExampleStats, Record
 
 PROBE_SEED = 0  # which test examples form the probe set: fixed, independent of every training seed
 MEMO_SIZE = 5000  # training examples watched: gradient populations, confident-wrong corrections, memorisation
-EVAL_CHUNK = 2000  # examples per forward pass during evaluation
+EVAL_CHUNK = 512  # examples per forward pass during evaluation (see the README's arithmetic section)
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults
 ADAM_EPS = 1e-8
 STATE_FORMAT = 3  # of Trainer.state(): raise when its keys change, so that older checkpoints are not resumed
@@ -563,7 +563,9 @@ class Trainer:
 
     def _log_train(self, logit_grads: Tensor | None, layer_norms: Tensor | None, bar: tqdm) -> Iterator[Record]:
         self._scan_step_losses()
-        window = self.step_losses[:self.window_steps].mean(dim=0).tolist()
+        # Each model's window along its own contiguous row: a reduction down the columns of [n, M] sums in an
+        # order that depends on M, and a model's logged loss would change with the models stacked beside it.
+        window = self.step_losses[:self.window_steps].T.contiguous().mean(dim=1).tolist()
         self.window_steps = 0
         values: dict[str, list[float]] = {"loss": window}
         if layer_norms is not None:
