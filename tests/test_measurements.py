@@ -114,6 +114,46 @@ def test_train_stage_falls_back_to_the_next_stable_rate_when_a_rate_collapses(mo
     assert np.isfinite(pd.read_csv(tmp_path / tables.SUMMARY)["final_val_accuracy"]).all()
 
 
+def test_a_fallback_trains_only_the_failed_loss_and_writes_the_tables_of_one_pass(monkeypatch, tmp_path):
+    """softmax_nll at lr 1e3 diverges; the next pass trains softmax_nll's models alone at a smaller rate and keeps
+    the other losses' models, and every table comes out as from one pass of every loss at the final rates."""
+    import dataclasses
+
+    from conftest import STUDY, synthetic_dataset, tiny_condition
+    from study import config, train
+
+    built = []
+
+    class Spy(train.Trainer):
+        def __init__(self, cond, data, members, settings):
+            built.append([(m.loss, m.lr) for m in members])
+            super().__init__(cond, data, members, settings)
+
+    monkeypatch.setattr(train, "Trainer", Spy)
+    monkeypatch.setattr(runner, "_load_data", lambda cond, root: synthetic_dataset())
+    cond = tiny_condition(lr_grid=(0.1, 0.2, 1e3))
+    cfg = dataclasses.replace(config.load(STUDY), seeds=(0, 1), executor="local", conditions={cond.name: cond})
+    names = cond.losses
+
+    def train_into(out, lrs):
+        out.mkdir()
+        runner.train_condition(cfg, cond, lrs, data_root=tmp_path, out=out, checkpoint=None, tracking=False,
+                               progress=False, unstable={})
+        return tables.read_json(out / tables.SETUP)
+
+    setup = train_into(tmp_path / "fallback", {**dict.fromkeys(names, 0.1), "softmax_nll": 1e3})
+    final = setup["lrs"]
+    assert list(setup["lr_fallbacks"]) == ["softmax_nll"] and final["softmax_nll"] in (0.1, 0.2)
+    assert len(built[0]) == 2 * len(names) and all(loss == "softmax_nll" for run in built[1:] for loss, _ in run)
+    assert built[-1] == [("softmax_nll", final["softmax_nll"])] * 2
+    built.clear()
+    assert train_into(tmp_path / "direct", final)["lr_fallbacks"] == {} and len(built) == 1
+    for name in (tables.HISTORY, tables.SUMMARY, tables.CURVES):
+        assert (tmp_path / "fallback" / name).read_bytes() == (tmp_path / "direct" / name).read_bytes(), name
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "fallback" / tables.EXAMPLES),
+                                  pd.read_parquet(tmp_path / "direct" / tables.EXAMPLES))
+
+
 def test_test_set_gradient_populations_agree_with_the_per_example_outputs(tiny_data):
     """The trainer's test-set quartiles and saturated share, recomputed from the per-example test outputs of the
     last evaluation."""

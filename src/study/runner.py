@@ -124,17 +124,22 @@ def train_condition(cfg: StudyConfig, cond: Condition, lrs: dict[str, float], *,
     """Every loss x seed in lockstep with its tuned lr; resumable from ``checkpoint`` after SIGINT/SIGTERM.
 
     A loss whose rate diverges or collapses in any seed falls back to the next smaller rate of the grid that was
-    stable in tuning (``unstable``: the rates tuning found unstable, per loss), and the condition trains again."""
+    stable in tuning (``unstable``: the rates tuning found unstable, per loss), and that loss trains again: a
+    model's numbers do not depend on the models stacked beside it (``tests/test_train.py``), so the other losses'
+    models keep what they measured, and the tables are those of one pass at the final rates."""
     dataset = _load_data(cond, data_root)
     for name in TRAIN_OUTPUTS:  # nothing from an earlier run may look like this run's output
         (out / name).unlink(missing_ok=True)
     lrs, fallbacks = dict(lrs), {}
+    again: dict = {"kept": [], "losses": None}  # the next pass: items it keeps, losses it trains (None: all)
 
     def finish(trainer: train.Trainer, items: list, history: pd.DataFrame, summary: pd.DataFrame, tracker) -> bool:
         """After a pass, inside its tracker: fall back from the failed rates (False: train again), or write the
         outputs and attach them to the parent run (True)."""
         moved = {}
         for loss, evidence in _failed_losses(history).items():
+            if again["losses"] is not None and loss not in again["losses"]:
+                continue  # kept from an earlier pass, which recorded its failure
             smaller = [lr for lr in cond.lr_grid if lr < lrs[loss] and lr not in (unstable or {}).get(loss, [])]
             fallbacks.setdefault(loss, []).append({"lr": lrs[loss], **evidence,
                                                    "next_lr": max(smaller) if smaller else None})
@@ -144,6 +149,7 @@ def train_condition(cfg: StudyConfig, cond: Condition, lrs: dict[str, float], *,
             changes = ", ".join(f"{loss} {lrs[loss]:g} -> {lr:g}" for loss, lr in moved.items())
             print(f"study train: {cond.name}: {changes} ({FALLBACK_RULE})", file=sys.stderr)
             lrs.update(moved)
+            again.update(kept=[item for item in items if item.loss not in moved], losses=set(moved))
             return False
         setup = {**_setup(cfg, cond, dataset, trainer, lrs), "lr_fallbacks": fallbacks, "fallback_rule": FALLBACK_RULE}
         tables.write_parquet(
@@ -158,28 +164,33 @@ def train_condition(cfg: StudyConfig, cond: Condition, lrs: dict[str, float], *,
         return True
 
     while not _train_pass(cfg, cond, dataset, lrs, checkpoint=checkpoint, tracking=tracking, progress=progress,
-                          finish=finish, data_root=data_root):
+                          finish=finish, data_root=data_root, kept=again["kept"], losses=again["losses"]):
         pass
     if checkpoint:
         Checkpoint(checkpoint, "").remove()
 
 
 def _train_pass(cfg: StudyConfig, cond: Condition, dataset: data.Dataset, lrs: dict[str, float], *,
-                checkpoint: Path | None, tracking: bool, progress: bool, finish, data_root: Path) -> bool:
-    """One lockstep run of every loss x seed at ``lrs``, then ``finish(trainer, items, history, summary, tracker)``
-    inside the run's tracker; returns what ``finish`` returns."""
+                checkpoint: Path | None, tracking: bool, progress: bool, finish, data_root: Path,
+                kept: list[Record | ExampleStats] = (), losses: set[str] | None = None) -> bool:
+    """One lockstep run of the loss x seed grid at ``lrs``, then ``finish(trainer, items, history, summary,
+    tracker)`` inside the run's tracker; returns what ``finish`` returns. With ``losses``, only those losses'
+    models train and ``kept`` (an earlier pass's items of the others) stands for the rest: the tables and the
+    tracker's runs cover every loss either way."""
     members = train.grid(cond.losses, cfg.seeds, {loss: [lrs[loss]] for loss in cond.losses})
+    training = members if losses is None else [m for m in members if m.loss in losses]
     settings = _settings(cfg, splits=("val", "test"), instrument=True, progress=progress)
-    trainer = train.Trainer(cond, dataset, members, settings)
+    trainer = train.Trainer(cond, dataset, training, settings)
     local = _executor(cfg) == "local"  # shards on Ray restart from scratch: no checkpoint
-    saved = Checkpoint(checkpoint, _fingerprint(cfg, cond, lrs, dataset.sizes())) if checkpoint and local else None
+    fingerprint = _fingerprint(cfg, cond, lrs, dataset.sizes(), training)
+    saved = Checkpoint(checkpoint, fingerprint) if checkpoint and local else None
     items: list[Record | ExampleStats] = []
     state = saved.load() if saved else None
     if state is not None:
         trainer.load(state["trainer"])
         items = _decode(state["items"])
     with _tracker(cfg, cond, "train", members, tuned=True, enabled=tracking) as tracker:
-        tracker.log([item for item in items if isinstance(item, Record)])
+        tracker.log([item for item in [*kept, *items] if isinstance(item, Record)])
         with _stop_signals() as stopping:
             try:
                 _run_grid(cfg, cond, data_root, trainer, tracker, into=items, keep_examples=True, stop=stopping)
@@ -188,6 +199,8 @@ def _train_pass(cfg: StudyConfig, cond: Condition, dataset: data.Dataset, lrs: d
                     saved.save({"trainer": trainer.state(), "items": _encode(items)})
                 raise KeyboardInterrupt from None
         print(f"study train: {cond.name}: evaluations took {trainer.evaluation_seconds:.0f} s", file=sys.stderr)
+        if kept:
+            items = cluster.merge([kept, items], members)  # the order of one pass over every member
         records = [item for item in items if isinstance(item, Record)]
         history = tables.history_frame(records, condition=cond.name, dataset=cond.dataset)
         history = _with_collapses(history, records, tracker, cond, chance=1 / dataset.num_classes)
@@ -360,8 +373,10 @@ class Checkpoint:
         self.path.unlink(missing_ok=True)
 
 
-def _fingerprint(cfg: StudyConfig, cond: Condition, lrs: dict[str, float], sizes: dict) -> str:
+def _fingerprint(cfg: StudyConfig, cond: Condition, lrs: dict[str, float], sizes: dict,
+                 members: list[train.Member]) -> str:
     what = {"condition": dataclasses.asdict(cond), "losses": cond.losses, "seeds": cfg.seeds, "lrs": lrs,
+            "members": [dataclasses.astuple(m) for m in members],
             "loss_options": _loss_options(cond), "confident": cfg.confident, "ece_bins": cfg.ece_bins, "sizes": sizes,
             "device": cfg.device, "state_format": train.STATE_FORMAT}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=list).encode()).hexdigest()
