@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.datasets
 from torch import Tensor
 
 FASHION_SOURCES_DEBIAN = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
@@ -314,6 +313,14 @@ def _install(dataset: str, spec: RawFile, src: Path, dest: Path, progress: bool)
         return _verify_raw(dataset, spec, tmp, shown=src, fix=fix)
 
 
+def _torchvision_class(dataset: str):
+    """torchvision's dataset class for ``dataset``, imported here: importing torchvision takes about a second (it
+    brings torch._dynamo), which every stage that never reads an IDX file would pay at start-up."""
+    import torchvision.datasets
+
+    return getattr(torchvision.datasets, TORCHVISION_CLASSES[dataset])
+
+
 def _download(dataset: str, root: Path, progress: bool) -> None:
     """torchvision's own download, into a scratch folder first so that a failed one leaves nothing behind."""
     raw = root / TORCHVISION_CLASSES[dataset] / "raw"
@@ -321,7 +328,7 @@ def _download(dataset: str, root: Path, progress: bool) -> None:
     scratch = Path(tempfile.mkdtemp(dir=root, prefix=".download."))
     debian = dataset == "fashion_mnist"
     try:
-        cls = getattr(torchvision.datasets, TORCHVISION_CLASSES[dataset])
+        cls = _torchvision_class(dataset)
         try:
             for train in (True, False):
                 cls(str(scratch), train=train, download=True)
@@ -425,7 +432,7 @@ def _manifest(dataset: str, raw: Path) -> dict[str, str]:
 def _read_idx(dataset: str, root: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Inputs in [0, 1] as float32 [N, 784] and labels int64 [N], train then test, read through torchvision."""
     _manifest(dataset, root / TORCHVISION_CLASSES[dataset] / "raw")  # verified before torchvision touches them
-    cls = getattr(torchvision.datasets, TORCHVISION_CLASSES[dataset])
+    cls = _torchvision_class(dataset)
     arrays = []
     for train in (True, False):
         try:
