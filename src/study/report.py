@@ -480,8 +480,13 @@ def plot_grad_norms(history: pd.DataFrame) -> Figure:
             if rows.empty:
                 _empty(ax, f"no {metric} measured")
             else:
-                sns.lineplot(data=rows, x="step", y="value", hue="loss", hue_order=losses, palette=palette,
-                             estimator="median", errorbar=("pi", 50), legend=False, ax=ax)
+                # Quartiles over seeds per step by one groupby: seaborn's estimator="median" with errorbar=("pi", 50)
+                # drew the same lines and bands, computed group by group, in a fifth of the report stage's time.
+                spread = rows.groupby(["loss", "step"], observed=True)["value"].quantile([0.25, 0.5, 0.75]).unstack()
+                for loss in (loss for loss in losses if loss in spread.index):
+                    mine = spread.loc[loss]
+                    ax.plot(mine.index, mine[0.5], color=palette[loss])
+                    ax.fill_between(mine.index, mine[0.25], mine[0.75], color=palette[loss], alpha=0.2, lw=0)
                 ax.set_yscale("log")
                 _plain_log_ticks(ax)
             ax.set_title(title)
