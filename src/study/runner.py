@@ -13,7 +13,7 @@ import math
 import signal
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -125,7 +125,7 @@ def train_condition(cfg: StudyConfig, cond: Condition, lrs: dict[str, float], *,
 
     A loss whose rate diverges or collapses in any seed falls back to the next smaller rate of the grid that was
     stable in tuning (``unstable``: the rates tuning found unstable, per loss), and that loss trains again: a
-    model's numbers do not depend on the models stacked beside it (``tests/test_train.py``), so the other losses'
+    model's numbers do not depend on the models stacked beside it (``tests/test_backend.py``), so the other losses'
     models keep what they measured, and the tables are those of one pass at the final rates."""
     dataset = _load_data(cond, data_root)
     for name in TRAIN_OUTPUTS:  # nothing from an earlier run may look like this run's output
@@ -172,7 +172,7 @@ def train_condition(cfg: StudyConfig, cond: Condition, lrs: dict[str, float], *,
 
 def _train_pass(cfg: StudyConfig, cond: Condition, dataset: data.Dataset, lrs: dict[str, float], *,
                 checkpoint: Path | None, tracking: bool, progress: bool, finish, data_root: Path,
-                kept: list[Record | ExampleStats] = (), losses: set[str] | None = None) -> bool:
+                kept: Sequence[Record | ExampleStats] = (), losses: set[str] | None = None) -> bool:
     """One lockstep run of the loss x seed grid at ``lrs``, then ``finish(trainer, items, history, summary,
     tracker)`` inside the run's tracker; returns what ``finish`` returns. With ``losses``, only those losses'
     models train and ``kept`` (an earlier pass's items of the others) stands for the rest: the tables and the
