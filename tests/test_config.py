@@ -42,7 +42,11 @@ def test_shipped_params_load(path):
         assert cfg.condition(name).losses[:4] == MISSION
     assert cfg.condition("fashion_sgd").losses[4:] == ("logit_mse", "focal")
     assert cfg.condition("fashion_noise40").losses[4:] == ("gce", "mae")
-    assert cfg.tuned_losses("fashion_sgd") == (*MISSION, "logit_mse", "focal", "gce", "mae")
+    assert cfg.tuned_losses("fashion_sgd") == (*MISSION, "logit_mse", "focal")
+    # Noisy labels are tuned in their own condition, on noisy validation labels (issue 25, item 4).
+    assert cfg.condition("fashion_noise40").lr_from == "fashion_noise40" and "fashion_noise40" in cfg.tune
+    assert cfg.tuned_losses("fashion_noise40") == (*MISSION, "gce", "mae")
+    assert all(cfg.condition(name).lr_extend >= 1 for name in cfg.tune)
     assert cfg.condition("fashion_heldout").heldout_classes == (8, 9)
     assert cfg.condition("fashion_heldout").lr_from == "fashion_sgd"
     assert cfg.condition("mnist1d_cnn").model.kind == "cnn1d" and "mnist1d_cnn" in cfg.tune
@@ -167,8 +171,16 @@ RULES = {
     "missing key": (lambda p: p["conditions"]["fashion_sgd"].pop("batch_size"), ["conditions.fashion_sgd.batch_size"]),
     "unknown optimizer": (set_in("conditions", "fashion_sgd", "optimizer", "rmsprop"),
                           ["conditions.fashion_sgd.optimizer", "sgd", "adam"]),
-    "lr_from not tuned": (set_in("conditions", "fashion_noise40", "lr_from", "fashion_noise40"),
-                          ["conditions.fashion_noise40.lr_from", "study.tune"]),
+    "lr_from not tuned": (set_in("conditions", "fashion_heldout", "lr_from", "fashion_heldout"),
+                          ["conditions.fashion_heldout.lr_from", "study.tune"]),
+    "lr_extend negative": (set_in("conditions", "fashion_sgd", "lr_extend", -1),
+                           ["conditions.fashion_sgd.lr_extend", "whole number >= 0", "factor of 2", "0 = never"]),
+    "lr_extend not an integer": (set_in("conditions", "fashion_sgd", "lr_extend", 1.5),
+                                 ["conditions.fashion_sgd.lr_extend", "whole number >= 0"]),
+    "lr_extend a flag": (set_in("conditions", "fashion_sgd", "lr_extend", True),
+                         ["conditions.fashion_sgd.lr_extend", "whole number >= 0"]),
+    "missing lr_extend": (lambda p: p["conditions"]["mnist1d_sgd"].pop("lr_extend"),
+                          ["missing key conditions.mnist1d_sgd.lr_extend"]),
     "tune names unknown condition": (set_in("study", "tune", ["fashion_sgd", "cifar"]), ["study.tune", "cifar"]),
     "heldout class out of range": (set_in("conditions", "fashion_heldout", "heldout_classes", [8, 10]),
                                    ["conditions.fashion_heldout.heldout_classes", "0..9", "e.g. [8, 9]"]),

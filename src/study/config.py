@@ -57,6 +57,9 @@ class Condition:
     probe_size: int
     targets: tuple[float, ...]
     heldout_classes: tuple[int, ...] = ()  # classes left out of training, scored as "none of the above"; () = none
+    # Grid extensions per side: a loss whose chosen or best-scoring rate sits on a stable grid edge has its grid
+    # extended by a factor of 2 beyond it, at most this many times per side. The params file always states it.
+    lr_extend: int = 0
 
 
 @dataclass(frozen=True)
@@ -266,7 +269,16 @@ def _condition(name: str, spec: Any, get: _Getter, path: Path, *, losses: tuple[
         probe_size=get.integer(sub, key("probe_size"), lo=1),
         targets=targets,
         heldout_classes=heldout,
+        lr_extend=_lr_extend(sub, key("lr_extend"), get, path),
     )
+
+
+def _lr_extend(mapping: dict, dotted: str, get: _Getter, path: Path) -> int:
+    value = get.value(mapping, dotted)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{path}: {dotted} = {value!r}, but it must be a whole number >= 0: how many times tuning "
+                          "may extend a loss's lr grid by a factor of 2 beyond each edge (e.g. 2; 0 = never)")
+    return value
 
 
 def _heldout_classes(mapping: dict, dotted: str, get: _Getter, path: Path) -> tuple[int, ...]:
