@@ -17,7 +17,7 @@ import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +72,8 @@ RAW_FILES: dict[str, tuple[RawFile, ...]] = {
 }
 TORCHVISION_CLASSES = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST"}  # also the folder names under root
 
+VAL_NOISE_SEED_OFFSET = 1_000_003  # val_noise_seed(noise_seed) = noise_seed + this
+
 MNIST1D_FILE = "mnist1d.npz"
 MNIST1D_VERSION = "0.0.2.post1"  # the mnist1d release whose generator was checked against the constants below
 # mnist1d.data.get_dataset_args() as published (its download url left out: the set is generated, never downloaded).
@@ -117,10 +119,20 @@ class Dataset:
     # and the original class of each kept label: label k of every split above is class ``classes[k]``.
     x_heldout: Tensor = field(default_factory=lambda: torch.empty(0))
     classes: tuple[int, ...] = ()
+    # The validation labels with the training labels' noise (same rate, flips seeded by val_noise_seed(noise_seed)):
+    # what the tune stage scores on, as a practitioner with noisy labels only would. Empty: none were made.
+    y_val_noisy: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
 
     @property
     def input_dim(self) -> int:
         return self.x_train.shape[1]
+
+    def with_noisy_validation(self) -> Dataset:
+        """This dataset with ``y_val`` replaced by the noisy validation labels (itself when there are none). Training
+        keeps reading the clean ``y_val`` (an oracle under label noise); tuning reads this."""
+        if not len(self.y_val_noisy):
+            return self
+        return replace(self, y_val=self.y_val_noisy)
 
     def sizes(self) -> dict[str, int]:
         sizes = {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)}
@@ -459,6 +471,12 @@ def _read_mnist1d(root: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return x_train, torch.from_numpy(arrays["y"]), x_test, torch.from_numpy(arrays["y_test"])
 
 
+def val_noise_seed(noise_seed: int) -> int:
+    """The seed of the validation split's label flips: apart from the training flips' (``noise_seed``), so the two
+    draws are independent, and fixed by it, so the same params flip the same validation labels."""
+    return noise_seed + VAL_NOISE_SEED_OFFSET
+
+
 def _flip_labels(labels: Tensor, rate: float, seed: int, num_classes: int) -> tuple[Tensor, Tensor]:
     """Symmetric label noise: each label flips with probability `rate` to a uniformly chosen *other* class.
 
@@ -488,7 +506,8 @@ def load(
     Validation: the first val_size of a permutation of the training set seeded by split_seed; training: the rest,
     or its first train_size when train_size > 0. Test: the first test_size examples when test_size > 0.
     Inputs are standardised with one scalar mean and std of the training split (after images are scaled to [0, 1]).
-    Label noise touches the training labels only; validation and test labels stay clean.
+    Label noise touches the training labels; validation and test labels stay clean. ``y_val_noisy`` holds the
+    validation labels flipped at the same rate with seed ``val_noise_seed(noise_seed)``, for the tune stage.
 
     ``heldout_classes`` are removed from training and validation after the split (so the other classes keep the
     examples they have without it); their test images become ``x_heldout`` and the kept classes are relabelled
@@ -546,6 +565,8 @@ def load(
 
     y_train_clean = relabel[y_all[train_index]]
     y_train, flipped = _flip_labels(y_train_clean, label_noise, noise_seed, len(kept))
+    y_val = relabel[y_all[val_index]]
+    y_val_noisy, _ = _flip_labels(y_val, label_noise, val_noise_seed(noise_seed), len(kept))
     return Dataset(
         name=dataset,
         x_train=standardise(x_train),
@@ -553,10 +574,11 @@ def load(
         y_train_clean=y_train_clean,
         flipped=flipped,
         x_val=standardise(x_all[val_index]),
-        y_val=relabel[y_all[val_index]],
+        y_val=y_val,
         x_test=standardise(x_test[~out_of_classes]),
         y_test=relabel[y_test[~out_of_classes]],
         num_classes=len(kept),
         x_heldout=standardise(x_test[out_of_classes]),
         classes=tuple(kept.tolist()),
+        y_val_noisy=y_val_noisy,
     )
