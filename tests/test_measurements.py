@@ -36,6 +36,39 @@ def test_steps_to_target_at_step_zero_is_exact():
     assert table["step"].tolist() == [0.0] and table["resolution"].tolist() == [0.0]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_reading_equal_to_the_target_reached_it_in_float32_and_float64(dtype):
+    # 0.88 in float32 is 0.87999999523...: below 0.88 in float64, yet the same reading as 0.88 in history.csv.
+    assert float(np.float32(0.88)) < 0.88
+    assert measures.reached(np.array([0.87, 0.88, 0.9], dtype=dtype), 0.88).tolist() == [False, True, True]
+    assert not measures.reached(np.array([0.88 - 1 / 2000], dtype=dtype), 0.88).any()  # one example short
+    readings = [(0, 0.1), (100, 0.5), (200, float(dtype(0.88))), (300, float(dtype(0.9)))]
+    table = measures.steps_to_target(history_of({("mse", 0.1, 0): readings}), 0.88)
+    assert table["reached"].tolist() == [True] and table["step"].tolist() == [200.0]
+
+
+def test_summary_from_memory_agrees_with_the_history_written_and_read_back(tmp_path):
+    rng = np.random.default_rng(0)
+    curves = {}
+    for seed in range(6):
+        # float32 accuracies out of 500 validation examples, rising, several exactly at a target (0.88 = 440/500)
+        correct = np.sort(np.concatenate([rng.integers(50, 500, 40), [300, 440, 440, 450]]))
+        values = (correct / 500).astype(np.float32).astype(float)
+        steps = np.cumsum(rng.integers(1, 60, len(values))) - 1
+        curves[("mse", 0.1, seed)] = list(zip(steps.tolist(), values.tolist()))
+    history = history_of(curves)
+    assert (history["value"] < 0.88).sum() > (history["value"] < np.float32(0.88)).sum()  # the float32 trap is there
+    path = tmp_path / tables.HISTORY
+    tables.write_csv(history, path)
+    back = tables.read_history(path)
+    targets = [0.6, 0.88, 0.9]
+    in_memory = measures.run_summary(history, targets).set_index("seed")
+    for target in targets:
+        table = measures.steps_to_target(back, target).set_index("seed")
+        assert table["reached"].all()
+        np.testing.assert_allclose(in_memory[f"steps_to_{target:g}"], table["step"], atol=1e-6)
+
+
 def test_val_auc_weighs_log_steps_equally():
     # 0.2 from step 1 to 10, 0.8 from 10 to 100: on a log axis each decade counts the same -> mean 0.5.
     history = history_of({("mse", 0.1, 0): [(0, 0.1), (1, 0.2), (10, 0.2), (10.0001, 0.8), (100, 0.8)]})

@@ -81,6 +81,28 @@ def val_selected(history: pd.DataFrame) -> pd.DataFrame:
     return best[[*RUN, "step", "test"]].rename(columns={"test": "value"}).reset_index(drop=True)
 
 
+# One rule for reaching a target, used wherever an accuracy is compared against one (summary.csv, the report's
+# steps-to-target, the tuning figures): readings are taken at the 6 significant digits history.csv stores
+# (tables.write_csv's %.6g), so a float32 reading in memory and its CSV round-trip are the same reading, and a
+# reading counts as reaching the target when it is at least target - TARGET_TOLERANCE. The tolerance absorbs
+# float32 and decimal rounding (0.8799999 is 0.88) and is far below one example of the smallest validation split
+# (1/2000 = 5e-4 on MNIST-1D, 1/6000 on Fashion-MNIST), so no reading one example short of a target counts.
+READING_DIGITS = 6
+TARGET_TOLERANCE = 1e-6
+
+
+def as_read(values) -> np.ndarray:
+    """Accuracy readings as float64 at the precision the history table stores (READING_DIGITS significant digits)."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.array([float(f"{v:.{READING_DIGITS}g}") for v in values.ravel()]).reshape(values.shape)
+
+
+def reached(values, target: float) -> np.ndarray:
+    """Whether each accuracy reading reached ``target``: at least ``target - TARGET_TOLERANCE`` once taken at the
+    stored precision (``as_read``). float32 or float64 readings equal to the target both count."""
+    return as_read(values) >= float(target) - TARGET_TOLERANCE
+
+
 def steps_to_target(history: pd.DataFrame, target: float) -> pd.DataFrame:
     """Optimizer steps until validation accuracy first reached ``target``, per model, interpolated linearly between
     the last reading below the target and the first at or above it.
@@ -89,21 +111,23 @@ def steps_to_target(history: pd.DataFrame, target: float) -> pd.DataFrame:
     resolution``: ``[bracket_low, bracket_high]`` are the two readings around the crossing and ``resolution`` is
     their distance as a share of ``step`` (how well the evaluation schedule pins it down). ``step`` is NaN when the
     model never reached the target (right-censored at ``censored_at``, its last evaluation or divergence).
+    Reaching is ``reached``'s rule, and readings enter the interpolation as ``as_read`` takes them, so the result is
+    the same from records in memory and from history.csv read back.
     """
     val = select(history, "val", "accuracy").sort_values([*RUN, "step"])
     rows = []
     for key, group in val.groupby(RUN, sort=False):
-        steps, values = group["step"].to_numpy(dtype=float), group["value"].to_numpy(dtype=float)
+        steps, values = group["step"].to_numpy(dtype=float), as_read(group["value"].to_numpy(dtype=float))
         row = dict(zip(RUN, key), target=float(target), step=math.nan, reached=False, censored_at=steps[-1],
                    bracket_low=math.nan, bracket_high=math.nan, resolution=math.nan)
-        hits = np.flatnonzero(values >= target)
+        hits = np.flatnonzero(reached(values, target))
         if len(hits):
             i = int(hits[0])
             if i == 0:
                 row.update(step=steps[0], bracket_low=steps[0], bracket_high=steps[0], resolution=0.0)
             else:
                 a, b, va, vb = steps[i - 1], steps[i], values[i - 1], values[i]
-                step = a + (target - va) / (vb - va) * (b - a)
+                step = min(b, a + (target - va) / (vb - va) * (b - a))  # at most b: vb may sit within the tolerance
                 row.update(step=step, bracket_low=a, bracket_high=b, resolution=(b - a) / step)
             row["reached"] = True
         rows.append(row)
