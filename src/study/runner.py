@@ -25,6 +25,7 @@ from study import cluster, data, losses, measures, tables, tracking, train
 from study.config import Condition, StudyConfig, flatten
 from study.losses import CONVENTIONS
 from study.records import ExampleStats, Record
+from study.tracking import NullTracker
 
 TRAIN_OUTPUTS = (tables.HISTORY, tables.EXAMPLES, tables.SUMMARY, tables.SETUP, tables.CURVES)
 TUNE_WINDOW = 0.2  # the tuning score averages validation accuracy over the last fifth of the tuning steps
@@ -34,61 +35,113 @@ TUNE_SPEED = (0.25, 1 - TUNE_WINDOW)
 TUNE_CRITERION = (
     "validation accuracy averaged over the readings of the last fifth of the tuning steps (not the last reading "
     "alone: averaging several readings damps the step-to-step jitter that a change of machine or thread count "
-    "perturbs), mean over the tune seeds. A rate at which any tune seed diverged or collapsed is unstable and never "
-    "chosen. Among the stable rates, the smallest whose mean is within one standard error of the best mean "
-    "(standard error over seeds, at least the binomial one of the validation split): differences smaller than the "
-    "tuning noise do not decide, and the smaller rate is the safer one. Agreement: how many of the choices made "
-    "with one tune seed left out pick the same rate")
+    "perturbs), mean over the tune seeds; under label noise the validation labels carry the same noise as the "
+    "training labels. A rate at which any tune seed diverged or collapsed is unstable and never chosen. The chosen "
+    "rate is the peak of a quadratic fitted by least squares (every rate weighted equally) to the stable rates' mean "
+    "scores against log2(lr), snapped to the nearest stable rate in log space (the nearest end of the stable range "
+    "when the peak lies beyond it); where the fit is not concave or fewer than three rates are stable, the "
+    "best-scoring stable rate. Two losses whose score curves have the same shape get the same rate, whatever their "
+    "level or their spread over seeds, and a small change of the scores moves the peak a little: the choice changes "
+    "only near the midpoint between two rates. Agreement: how many of the choices made with one tune seed left out "
+    "pick the same rate")
+GRID_RULE = ("a loss whose chosen or best-scoring rate is the smallest or largest of its grid, and stable, has its "
+             "grid extended by a factor of 2 beyond that edge and the new rate tuned like the others, at most "
+             "lr_extend times per side; an unstable new rate ends the extension on its side")
 FALLBACK_RULE = ("a loss whose rate diverged or collapsed in any training seed is trained again at the next "
                  "smaller rate of the grid that was stable in tuning")
+SIDES = ("smallest", "largest")
 
 
 def tune(cfg: StudyConfig, cond: Condition, *, data_root: Path, out: Path, tracking: bool, progress: bool) -> None:
-    """Every loss over the lr grid on the validation split (test data is never looked at); writes the chosen lr
-    per loss with its evidence."""
-    dataset = _load_data(cond, data_root)
+    """Every loss over its lr grid on the validation split (test data is never looked at; under label noise the
+    validation labels are noisy too), the grids extended beyond an edge where the choice sits there (GRID_RULE);
+    writes the chosen lr per loss with its evidence."""
+    dataset = _load_tune_data(cond, data_root)
     short = dataclasses.replace(cond, epochs=cond.tune_epochs)
     names = cfg.tuned_losses(cond.name)
-    members = train.grid(names, cond.tune_seeds, {loss: cond.lr_grid for loss in names})
     settings = dataclasses.replace(_settings(cfg, splits=("val",), instrument=False, progress=progress),
                                    coarse_speed=TUNE_SPEED)
-    trainer = train.Trainer(short, dataset, members, settings)
-    with _tracker(cfg, cond, "tune", members, tuned=False, enabled=tracking) as tracker:
-        records: list[Record] = []
-        _run_grid(cfg, short, data_root, trainer, tracker, into=records, keep_examples=False)
+    grids = {loss: sorted(cond.lr_grid) for loss in names}
+    extended = {loss: dict.fromkeys(SIDES, 0) for loss in names}
+    records: list[Record] = []
+    pending = dict(grids)
+    while pending:
+        # Only the new (loss, rate) models train: a model's numbers do not depend on the models stacked beside it.
+        members = train.grid(list(pending), cond.tune_seeds, pending)
+        found: list[Record] = []
+        _run_grid(cfg, short, data_root, train.Trainer(short, dataset, members, settings), NullTracker(),
+                  into=found, keep_examples=False, load_data=_load_tune_data)
+        _with_collapses(tables.history_frame(found, condition=cond.name, dataset=cond.dataset), found,
+                        NullTracker(), cond, chance=1 / dataset.num_classes)
+        records.extend(found)
         history = tables.history_frame(records, condition=cond.name, dataset=cond.dataset)
-        history = _with_collapses(history, records, tracker, cond, chance=1 / dataset.num_classes)
-        choice = choose_lrs(history, names, cond.lr_grid, val_size=len(dataset.y_val))
-        tables.write_csv(history, out / tables.TUNE)
-        tables.write_json({"source": cond.name, "criterion": TUNE_CRITERION, **choice}, out / tables.LRS)
+        choice = choose_lrs(history, names, grids, val_size=len(dataset.y_val), extended=extended,
+                            limit=cond.lr_extend)
+        new = grid_extensions(choice, grids, extended, cond.lr_extend)
+        pending = {loss: sorted(sides.values()) for loss, sides in new.items()}
+        for loss, sides in new.items():
+            grids[loss] = sorted([*grids[loss], *sides.values()])
+            for side in sides:
+                extended[loss][side] += 1
+    tables.write_csv(history, out / tables.TUNE)
+    tables.write_json({"source": cond.name, "criterion": TUNE_CRITERION, "grid_rule": GRID_RULE,
+                       "validation_labels": "noisy" if cond.label_noise > 0 else "clean", **choice}, out / tables.LRS)
+    # The runs are logged once the grids are known (the tracker opens its runs up front); the tables hold the same.
+    members = train.grid(names, cond.tune_seeds, grids)
+    with _tracker(cfg, cond, "tune", members, tuned=False, enabled=tracking) as tracker:
+        tracker.log(records)
         tracker.log_artifacts([out / tables.LRS])
 
 
-def choose_lrs(history: pd.DataFrame, loss_names, grid, *, val_size: int) -> dict:
-    """Per loss, the rate chosen by TUNE_CRITERION, with the evidence: ``{"lrs": {loss: lr}, "scores": {loss:
-    {lr: mean}}, "standard_errors": {loss: {lr: se}}, "unstable": {loss: [lr, ...]}, "agreement": {loss: "k of
-    n"}}``. A seed that diverged (or stopped early) scores zero in the mean."""
+def grid_extensions(choice: dict, grids: dict[str, list[float]], extended: dict[str, dict[str, int]],
+                    limit: int) -> dict[str, dict[str, float]]:
+    """GRID_RULE: per loss and side (smallest, largest), the new rate a factor of 2 beyond an edge of its grid
+    where its chosen or best-scoring rate sits, while that edge is stable and its side has had fewer than ``limit``
+    extensions."""
+    new: dict[str, dict[str, float]] = {}
+    for loss, grid in grids.items():
+        picks = {choice["lrs"][loss], choice["best_lrs"][loss]}
+        for side, edge, beyond in (("smallest", min(grid), min(grid) / 2), ("largest", max(grid), max(grid) * 2)):
+            if edge in picks and edge not in choice["unstable"][loss] and extended[loss][side] < limit:
+                new.setdefault(loss, {})[side] = beyond
+    return new
+
+
+def choose_lrs(history: pd.DataFrame, loss_names, grid, *, val_size: int,
+               extended: dict[str, dict[str, int]] | None = None, limit: int | None = None) -> dict:
+    """Per loss, the rate chosen by TUNE_CRITERION, with the evidence: ``{"lrs": {loss: lr}, "best_lrs": {loss:
+    best-scoring stable lr}, "peak_lrs": {loss: fitted peak, unsnapped, or None}, "scores": {loss: {lr: mean}},
+    "standard_errors": {loss: {lr: se}}, "unstable": {loss: [lr, ...]}, "agreement": {loss: "k of n"}, "edge":
+    {loss: why the choice sits at an end of its stable range, or None}, "grids": {loss: [lr, ...]}}``. ``grid``: the
+    rates, shared or per loss; ``extended`` (per loss, extensions per side) and ``limit`` (lr_extend) word the edge
+    reasons. A seed that diverged (or stopped early) scores zero in the mean."""
     models = measures.runs(history)
     unstable_models = models[models["diverged"] | models["collapsed"]]
     scores = tuning_scores(history)
-    out: dict[str, dict] = {"lrs": {}, "scores": {}, "standard_errors": {}, "unstable": {}, "agreement": {}}
+    keys = ("lrs", "best_lrs", "peak_lrs", "scores", "standard_errors", "unstable", "agreement", "edge", "grids")
+    out: dict[str, dict] = {key: {} for key in keys}
     for loss in loss_names:
+        rates = sorted(grid[loss] if isinstance(grid, dict) else grid)
         per_seed, unstable = {}, []
-        for lr in grid:
+        for lr in rates:
             mine = models[(models["loss"] == loss) & np.isclose(models["lr"], lr)]
             rows = scores[(scores["loss"] == loss) & np.isclose(scores["lr"], lr)]
             per_seed[lr] = rows.set_index("seed")["value"].reindex(mine["seed"], fill_value=0.0)
             if ((unstable_models["loss"] == loss) & np.isclose(unstable_models["lr"], lr)).any():
                 unstable.append(lr)
-        chosen, means, errors = _choose(per_seed, grid, unstable, val_size)
+        picked = _choose(per_seed, rates, unstable, val_size)
         seeds = sorted({seed for values in per_seed.values() for seed in values.index})
-        left_out = [_choose({lr: values.drop(seed, errors="ignore") for lr, values in per_seed.items()}, grid,
-                            unstable, val_size)[0] for seed in seeds] if len(seeds) > 2 else []
-        out["lrs"][loss] = chosen
-        out["scores"][loss] = {f"{lr:g}": means[lr] for lr in grid}
-        out["standard_errors"][loss] = {f"{lr:g}": errors[lr] for lr in grid}
+        left_out = [_choose({lr: values.drop(seed, errors="ignore") for lr, values in per_seed.items()}, rates,
+                            unstable, val_size).lr for seed in seeds] if len(seeds) > 2 else []
+        out["lrs"][loss] = picked.lr
+        out["best_lrs"][loss] = picked.best
+        out["peak_lrs"][loss] = picked.peak
+        out["scores"][loss] = {f"{lr:g}": picked.means[lr] for lr in rates}
+        out["standard_errors"][loss] = {f"{lr:g}": picked.errors[lr] for lr in rates}
         out["unstable"][loss] = [float(lr) for lr in unstable]
-        out["agreement"][loss] = f"{sum(lr == chosen for lr in left_out)} of {len(left_out)}" if left_out else "n/a"
+        out["agreement"][loss] = f"{sum(lr == picked.lr for lr in left_out)} of {len(left_out)}" if left_out else "n/a"
+        out["edge"][loss] = _edge_reason(picked.lr, rates, unstable, (extended or {}).get(loss), limit)
+        out["grids"][loss] = [float(lr) for lr in rates]
     return out
 
 
@@ -103,9 +156,18 @@ def tuning_scores(history: pd.DataFrame) -> pd.DataFrame:
     return window.groupby(["loss", "lr", "seed"])["value"].mean().reset_index()
 
 
-def _choose(per_seed: dict[float, pd.Series], grid, unstable: list[float],
-            val_size: int) -> tuple[float, dict[float, float], dict[float, float]]:
-    """The TUNE_CRITERION choice from per-seed scores per rate, with each rate's mean and standard error."""
+@dataclasses.dataclass(frozen=True)
+class _Choice:
+    lr: float  # chosen: the fitted peak snapped to a stable rate, else the best-scoring stable rate
+    best: float  # the best-scoring stable rate
+    peak: float | None  # the fitted peak (unsnapped); None where the fit is not concave or has under 3 rates
+    means: dict[float, float]
+    errors: dict[float, float]
+
+
+def _choose(per_seed: dict[float, pd.Series], grid, unstable: list[float], val_size: int) -> _Choice:
+    """The TUNE_CRITERION choice from per-seed scores per rate, with each rate's mean and standard error (the
+    standard error over seeds, at least the binomial one of the validation split: evidence, not part of the rule)."""
     means, errors = {}, {}
     for lr in grid:
         values = per_seed[lr].to_numpy(dtype=float)
@@ -115,16 +177,61 @@ def _choose(per_seed: dict[float, pd.Series], grid, unstable: list[float],
         errors[lr] = max(spread, binomial)
     stable = [lr for lr in grid if lr not in unstable] or list(grid)  # all unstable: the least bad still
     best = max(stable, key=lambda lr: (means[lr], -lr))
-    return min(lr for lr in stable if means[lr] >= means[best] - errors[best]), means, errors
+    peak = fitted_peak(stable, [means[lr] for lr in stable])
+    if peak is None:
+        return _Choice(best, best, None, means, errors)
+    chosen = min(stable, key=lambda lr: (abs(math.log2(lr) - math.log2(peak)), lr))  # nearest in log space
+    return _Choice(chosen, best, peak, means, errors)
+
+
+def fitted_peak(rates: Sequence[float], means: Sequence[float]) -> float | None:
+    """The rate at the maximum of the least-squares quadratic through (log2 rate, mean score), every rate weighted
+    equally; None with fewer than three rates or a fit that is not concave (no maximum)."""
+    if len(rates) < 3:
+        return None
+    x = np.log2(np.asarray(rates, dtype=float))
+    centre = float(x.mean())  # centred: a better-conditioned fit
+    a, b, _ = np.polyfit(x - centre, np.asarray(means, dtype=float), 2)
+    if not a < 0:
+        return None
+    return float(2.0 ** (centre - b / (2 * a)))
+
+
+def _edge_reason(chosen: float, grid: Sequence[float], unstable: list[float], extended: dict[str, int] | None,
+                 limit: int | None) -> str | None:
+    """Why the chosen rate is the smallest or largest stable rate of its grid; None when it is neither."""
+    stable = [lr for lr in grid if lr not in unstable]
+    if not stable:
+        return "every rate of the grid diverged or collapsed in a tune seed: the least bad was chosen"
+    reasons = []
+    for side, end, step in (("smallest", min(stable), -1), ("largest", max(stable), 1)):
+        if chosen != end:
+            continue
+        position = grid.index(end) + step
+        if 0 <= position < len(grid):  # a rate beyond it was tuned: unstable
+            word = "smaller" if step < 0 else "larger"
+            reasons.append(f"the {side} stable rate: the next {word} rate, {grid[position]:g}, diverged or collapsed "
+                           "in a tune seed")
+        elif limit is None:
+            reasons.append(f"the {side} rate of its grid")
+        elif limit == 0:
+            reasons.append(f"the {side} rate of its grid, which is not extended (lr_extend: 0)")
+        else:
+            times = (extended or {}).get(side, 0)
+            reasons.append(f"the {side} rate of its grid after {times} of {limit} extensions beyond that edge "
+                           "(lr_extend, the limit)")
+    return "; ".join(reasons) or None
 
 
 def train_condition(cfg: StudyConfig, cond: Condition, lrs: dict[str, float], *, data_root: Path, out: Path,
                     checkpoint: Path | None, tracking: bool, progress: bool,
-                    unstable: dict[str, list[float]] | None = None) -> None:
+                    unstable: dict[str, list[float]] | None = None,
+                    grids: dict[str, list[float]] | None = None) -> None:
     """Every loss x seed in lockstep with its tuned lr; resumable from ``checkpoint`` after SIGINT/SIGTERM.
 
     A loss whose rate diverges or collapses in any seed falls back to the next smaller rate of the grid that was
-    stable in tuning (``unstable``: the rates tuning found unstable, per loss), and that loss trains again: a
+    stable in tuning (``unstable``: the rates tuning found unstable, per loss; ``grids``: the grids it tuned, per
+    loss, the condition's lr_grid where absent), and that loss trains again: a
     model's numbers do not depend on the models stacked beside it (``tests/test_backend.py``), so the other losses'
     models keep what they measured, and the tables are those of one pass at the final rates."""
     dataset = _load_data(cond, data_root)
@@ -140,7 +247,8 @@ def train_condition(cfg: StudyConfig, cond: Condition, lrs: dict[str, float], *,
         for loss, evidence in _failed_losses(history).items():
             if again["losses"] is not None and loss not in again["losses"]:
                 continue  # kept from an earlier pass, which recorded its failure
-            smaller = [lr for lr in cond.lr_grid if lr < lrs[loss] and lr not in (unstable or {}).get(loss, [])]
+            grid = (grids or {}).get(loss, cond.lr_grid)
+            smaller = [lr for lr in grid if lr < lrs[loss] and lr not in (unstable or {}).get(loss, [])]
             fallbacks.setdefault(loss, []).append({"lr": lrs[loss], **evidence,
                                                    "next_lr": max(smaller) if smaller else None})
             if smaller:
@@ -248,13 +356,14 @@ def _executor(cfg: StudyConfig) -> str:
 
 
 def _run_grid(cfg: StudyConfig, cond: Condition, data_root: Path, trainer: train.Trainer, tracker, *, into: list,
-              keep_examples: bool, stop=lambda: False) -> None:
+              keep_examples: bool, stop=lambda: False, load_data=None) -> None:
     """Train the trainer's grid into ``into``: here, or as one Ray task per seed (the same items, in the same
-    order; each task loads the data itself from ``data_root``)."""
+    order; each task loads the data itself from ``data_root``, with ``load_data(cond, root)``, by default
+    ``_load_data``)."""
     if _executor(cfg) == "local":
         collect(trainer.run(stop=stop), tracker, into=into, keep_examples=keep_examples)
         return
-    load = functools.partial(_load_data, cond, Path(data_root).resolve())
+    load = functools.partial(load_data or _load_data, cond, Path(data_root).resolve())
     settings = dataclasses.replace(trainer.settings, progress=False)
     with cluster.session():
         outcome = cluster.run_grid(cond, load, trainer.members, settings, tracker, keep_examples=keep_examples,
@@ -284,6 +393,11 @@ def _load_data(cond: Condition, root: Path) -> data.Dataset:
     return data.load(cond.dataset, root, val_size=cond.val_size, split_seed=cond.split_seed,
                      train_size=cond.train_size, test_size=cond.test_size, label_noise=cond.label_noise,
                      noise_seed=cond.noise_seed, heldout_classes=cond.heldout_classes)
+
+
+def _load_tune_data(cond: Condition, root: Path) -> data.Dataset:
+    """The tune stage's data: validation labels with the training labels' noise (clean where there is none)."""
+    return _load_data(cond, root).with_noisy_validation()
 
 
 def _settings(cfg: StudyConfig, *, splits, instrument: bool, progress: bool) -> train.Settings:
