@@ -343,12 +343,17 @@ def test_logit_grad_gives_each_loss_its_panel_and_points():
         np.testing.assert_allclose(closed.get_ydata(), INDEX[loss] + 1.0)
 
 
-def test_penalty_draws_the_closed_form():
+def test_penalty_draws_the_closed_form_on_log_axes():
+    """Every loss visible: log y on both panels (on a linear axis logit_mse's parabola, up to 145, flattened the
+    others), zero drawn at the floor."""
     table = penalty()
     fig = report.plot_penalty(table)
     for loss in LOSSES:
         line = one_line(fig.axes[0], loss)
-        np.testing.assert_allclose(line.get_xydata(), table.loc[table["loss"] == loss, ["margin", "loss_value"]])
+        rows = table.loc[table["loss"] == loss]
+        np.testing.assert_allclose(line.get_xdata(), rows["margin"])
+        np.testing.assert_allclose(line.get_ydata(), np.clip(rows["loss_value"], report.FLOOR, None))
+    assert [ax.get_yscale() for ax in fig.axes[:2]] == ["log", "log"]
     assert_legend(fig)
 
 

@@ -22,6 +22,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.text import Text
 
 from study import analysis
 from study.losses import COLOURS, LABELS
@@ -32,6 +33,29 @@ _SPARE = ("#949494", "#ece133", "#000000")
 FLOOR = 1e-8  # log axes: values at or below 0 are drawn at this floor (and said so in the axis label)
 MAX_POINTS = 4000  # scatter points drawn per panel (a fixed random subset; statistics use every point)
 DPI = 100
+
+
+DISPLAY_WIDTH = 1000  # CSS px: the widest the HTML report shows a figure; a wider PNG is scaled down to it
+MIN_TEXT_PX = 8.0  # the smallest text a figure may show at DISPLAY_WIDTH
+
+
+def _shown(artist) -> Iterator:
+    """``artist`` and its descendants that would be drawn: an invisible artist hides its whole subtree."""
+    if not artist.get_visible():
+        return
+    yield artist
+    for child in artist.get_children():
+        yield from _shown(child)
+
+
+def min_text_px(fig: Figure, display_width: float = DISPLAY_WIDTH) -> float:
+    """The smallest text of ``fig`` in CSS px as the page shows it: font size (pt) * DPI / 72, scaled by
+    min(1, display_width / the PNG's width in px), over every visible, non-empty text artist (titles, labels, tick
+    labels, legend entries, annotations). The PNG is written by ``save`` at ``DPI``; inf when there is no text."""
+    fig.draw_without_rendering()  # tick labels get their text, and constrained layout its sizes, at draw time
+    scale = min(1.0, display_width / (fig.get_figwidth() * DPI))
+    sizes = [t.get_fontsize() for t in _shown(fig) if isinstance(t, Text) and t.get_text().strip()]
+    return min(sizes) * DPI / 72 * scale if sizes else math.inf
 
 
 def save(fig: Figure, path) -> None:
@@ -77,18 +101,36 @@ def _loss_legend(fig: Figure, losses: Sequence[str], extra: Sequence[Line2D] = (
 
 
 PANELS_PER_ROW = 4  # one panel per loss: rows of at most this many
+CONDITIONS_PER_ROW = 3  # one panel per condition: rows of at most this many (six conditions in one row were 25
+#                         inches wide: at DISPLAY_WIDTH their text shrank to 5 px)
+
+
+def _shape(count: int, per_row: int) -> tuple[int, int]:
+    """(rows, columns) for ``count`` panels, at most ``per_row`` to a row, rows as evenly filled as they can be
+    (four panels make 2 x 2, not 3 + 1)."""
+    nrows = max(1, math.ceil(count / per_row))
+    return nrows, max(1, math.ceil(count / nrows))
+
+
+def _panels(count: int, width: float, height: float, per_row: int, **kwargs) -> tuple[Figure, list, list]:
+    """``count`` panels of ``width`` x ``height`` inches, at most ``per_row`` to a row (unused panels hidden).
+    Returns the figure, the panels in order and the first panel of each row (for the y label)."""
+    nrows, ncols = _shape(count, per_row)
+    fig, axes = _figure(nrows, ncols, max(width * ncols, 7.5), height * nrows, **kwargs)
+    flat = list(axes.flat)
+    for ax in flat[max(count, 1):]:
+        ax.set_visible(False)
+    return fig, flat[:max(count, 1)], list(axes[:, 0])
 
 
 def _loss_panels(count: int, width: float, height: float, **kwargs) -> tuple[Figure, list, list]:
-    """One panel per loss, ``PANELS_PER_ROW`` to a row (as many rows as the losses need; unused panels hidden).
-    Returns the figure, the loss panels in order and the first panel of each row (for the y label)."""
-    ncols = min(max(count, 1), PANELS_PER_ROW)
-    nrows = max(1, math.ceil(count / ncols))
-    fig, axes = _figure(nrows, ncols, max(width * ncols, 7.5), height * nrows, **kwargs)
-    flat = list(axes.flat)
-    for ax in flat[count:]:
-        ax.set_visible(False)
-    return fig, flat[:count], list(axes[:, 0])
+    """One panel per loss, ``PANELS_PER_ROW`` to a row (see ``_panels``)."""
+    return _panels(count, width, height, PANELS_PER_ROW, **kwargs)
+
+
+def _condition_panels(count: int, width: float, height: float, **kwargs) -> tuple[Figure, list, list]:
+    """One panel per condition, ``CONDITIONS_PER_ROW`` to a row (see ``_panels``)."""
+    return _panels(count, width, height, CONDITIONS_PER_ROW, **kwargs)
 
 
 def _single(frame: pd.DataFrame, column: str = "condition") -> str:
@@ -232,11 +274,19 @@ def plot_tuning(tune: pd.DataFrame, chosen: Mapping[str, Mapping[str, float]],
     losses = analysis.ordered(tune["loss"])
     targets = targets or {}
     with _style():
-        n = max(len(conditions), 1)
-        fig, axes = _figure(2, n, max(4.8 * n, 7.5), 7.2, sharex="col")
+        # Per condition a pair of panels, one above the other; the pairs CONDITIONS_PER_ROW to a row.
+        nrows, ncols = _shape(len(conditions), CONDITIONS_PER_ROW)
+        fig, axes = _figure(2 * nrows, ncols, max(4.8 * ncols, 7.5), 7.2 * nrows)
+        pairs = [(axes[2 * (i // ncols), i % ncols], axes[2 * (i // ncols) + 1, i % ncols])
+                 for i in range(nrows * ncols)]
+        for ax, below in pairs[len(conditions):]:
+            ax.set_visible(False)
+            below.set_visible(False)
         for col, condition in enumerate(conditions):
             mine = scores[scores["condition"] == condition]
-            ax, below = axes[0, col], axes[1, col]
+            ax, below = pairs[col]
+            below.sharex(ax)
+            ax.tick_params(labelbottom=False)
             first = (targets.get(condition) or (None,))[0]
             steps = (analysis.steps_to_target(tune[tune["condition"] == condition], first) if first is not None
                      else None)
@@ -290,11 +340,10 @@ def _target_panels(history: pd.DataFrame, targets: Mapping[str, Sequence[float]]
                    height: float) -> tuple[Figure, list[tuple[object, str, pd.DataFrame]]]:
     """One panel per condition that has targets: the figure and (axes, condition, its history) for each."""
     conditions = [c for c in dict.fromkeys(history["condition"]) if targets.get(c)]
-    n = max(len(conditions), 1)
-    fig, axes = _figure(1, n, max(4.2 * n, 7.5), height)
+    fig, axes, _ = _condition_panels(len(conditions), 4.2, height)
     if not conditions:
-        _empty(axes[0, 0], "no targets")
-    return fig, [(ax, c, history[history["condition"] == c]) for ax, c in zip(axes[0], conditions, strict=False)]
+        _empty(axes[0], "no targets")
+    return fig, [(ax, c, history[history["condition"] == c]) for ax, c in zip(axes, conditions, strict=False)]
 
 
 def plot_time_to_target(history: pd.DataFrame, targets: Mapping[str, Sequence[float]]) -> Figure:
@@ -426,11 +475,10 @@ def plot_lr_views(tune: pd.DataFrame, chosen: Mapping[str, Mapping[str, float]],
     conditions = [c for c in dict.fromkeys(tune["condition"]) if reference in chosen.get(c, {})]
     losses = analysis.ordered(tune["loss"])
     with _style():
-        n = max(len(conditions), 1)
-        fig, axes = _figure(1, n, max(5.0 * n, 7.5), 4.2)
+        fig, axes, _ = _condition_panels(len(conditions), 5.0, 4.2)
         if not conditions:
-            _empty(axes[0, 0], f"no tuned learning rate for {reference}")
-        for ax, condition in zip(axes[0], conditions, strict=False):
+            _empty(axes[0], f"no tuned learning rate for {reference}")
+        for ax, condition in zip(axes, conditions, strict=False):
             mine = analysis.select(tune[tune["condition"] == condition], "val", "accuracy")
             lrs = chosen[condition]
             for loss in losses:
@@ -579,7 +627,7 @@ def plot_penalty(penalty: pd.DataFrame) -> Figure:
         fig, axes = _figure(1, 2, 12, 4.4, sharex=True)
         for loss in losses:
             rows = penalty[penalty["loss"] == loss].sort_values("margin")
-            axes[0, 0].plot(rows["margin"], rows["loss_value"], color=colour(loss), lw=2)
+            axes[0, 0].plot(rows["margin"], np.clip(rows["loss_value"], FLOOR, None), color=colour(loss), lw=2)
             axes[0, 1].plot(rows["margin"], np.clip(rows["logit_grad_norm"], FLOOR, None), color=colour(loss), lw=2)
         for ax in axes[0]:
             ax.set_xlabel("wrong-class logit margin a (right = confidently wrong)")
@@ -592,9 +640,11 @@ def plot_penalty(penalty: pd.DataFrame) -> Figure:
                 ticks = [t for t in (0.1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6) if lo <= t <= hi]
                 top.set_xticks(ticks, [f"{t:g}" for t in ticks])
                 top.set_xlabel("probability of the true class p_true")
-        axes[0, 0].set_ylabel("loss on the example (own units)")
-        axes[0, 1].set_yscale("log")
-        _plain_log_ticks(axes[0, 1])
+        # Log y on both: logit_mse's parabola (up to 145) would flatten the other losses (1 to 18) on a linear axis.
+        axes[0, 0].set_ylabel(f"loss on the example (own units, log; floor {FLOOR:g})")
+        for ax in axes[0]:
+            ax.set_yscale("log")
+            _plain_log_ticks(ax)
         axes[0, 1].set_ylabel("‖∂L/∂z‖ (log scale)")
         fig.suptitle("Closed form: penalty (left) and logit gradient (right) of a confidently wrong prediction"
                      + (f", K = {k}" if k else ""))
@@ -609,9 +659,8 @@ def plot_wrong_confidence(examples: pd.DataFrame, confident: float = analysis.CO
     conditions = list(dict.fromkeys(examples["condition"]))
     losses = analysis.ordered(examples["loss"])
     with _style():
-        n = max(len(conditions), 1)
-        fig, axes = _figure(1, n, max(4.0 * n, 9), 3.9, sharey=True)
-        for ax, condition in zip(axes[0], conditions, strict=False):
+        fig, axes, first = _condition_panels(len(conditions), 4.0, 3.9, sharey=True)
+        for ax, condition in zip(axes, conditions, strict=False):
             rows = wrong[wrong["condition"] == condition]
             rows = rows.assign(p_true=np.clip(rows["p_true"].astype(float), FLOOR, 1))
             rows = _finite(rows, "p_true")
@@ -627,8 +676,9 @@ def plot_wrong_confidence(examples: pd.DataFrame, confident: float = analysis.CO
                 # At most five labelled decades: on a panel four inches wide '1e-08' is wider than a decade.
                 ax.xaxis.set_major_locator(mticker.LogLocator(numticks=5))
             ax.set_xlabel("p_true of misclassified examples (log)")
-            ax.set_ylabel("cumulative share of wrong examples")
             ax.set_title(condition)
+        for ax in first:
+            ax.set_ylabel("cumulative share of wrong examples")
         fig.suptitle("How wrong are the mistakes? p_true among misclassified test examples")
         extra = [Line2D([], [], color="black", ls=":", label=f"p_true = {1 - confident:g}: left of it, confidence "
                                                              f"≥ {confident:g}")]
@@ -737,7 +787,11 @@ def plot_heldout(history: pd.DataFrame) -> Figure:
     per_seed = analysis.heldout_per_seed(history)
     losses = analysis.ordered(per_seed["loss"])
     with _style():
-        fig, axes = _figure(1, 2, max(12.0, 2 * (0.95 * len(losses) + 1)), 4.4)  # each loss's name its room
+        width = 0.95 * len(losses) + 1  # each loss's name its room
+        # Side by side while that stays readable at DISPLAY_WIDTH; one above the other beyond.
+        fig, grid = (_figure(1, 2, max(12.0, 2 * width), 4.4) if 2 * width <= 13
+                     else _figure(2, 1, max(7.5, width), 8.4))
+        axes = grid.reshape(1, 2)
         # left: filled = the loss's own score; right: filled = held-out classes
         own = {loss: analysis.NATURAL_SCORE.get(loss, "auroc_max_softmax") for loss in losses}
         for ax, panel, filled in zip(axes[0], HELDOUT_PANELS, (own, dict.fromkeys(losses, "none_share_heldout")),
