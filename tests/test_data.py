@@ -367,18 +367,63 @@ def mnist1d_root(tmp_path_factory) -> tuple[Path, dict[str, str], float]:
 
 def test_mnist1d_is_the_published_set(mnist1d_root):
     root, manifest, seconds = mnist1d_root
-    assert seconds < 10
+    assert seconds < 20
     assert list(manifest) == ["mnist1d.npz"]
     with np.load(root / "mnist1d.npz", allow_pickle=False) as archive:
         assert {k: archive[k].shape for k in archive.files} == {
-            "x": (4000, 40), "y": (4000,), "x_test": (1000, 40), "y_test": (1000,)
+            "x": (4000, 40), "y": (4000,), "x_test": (1000, 40), "y_test": (1000,),
+            "x_extra": (5000, 40), "y_extra": (5000,),
         }  # fmt: skip
     ds = data.load(
-        "mnist1d", root, val_size=500, split_seed=0, train_size=0, test_size=0, label_noise=0.0, noise_seed=0
+        "mnist1d", root, val_size=2000, split_seed=0, train_size=0, test_size=0, label_noise=0.0, noise_seed=0
     )
-    assert ds.sizes() == {"train": 3500, "val": 500, "test": 1000, "flipped": 0}
+    assert ds.sizes() == {"train": 4000, "val": 2000, "test": 4000, "flipped": 0}
     assert ds.input_dim == 40 and ds.num_classes == 10
     assert abs(ds.x_train.mean().item()) < 1e-5 and abs(ds.x_train.std(correction=0).item() - 1) < 1e-5
+
+
+def test_mnist1d_trains_on_the_published_set_and_validates_and_tests_on_more_examples(mnist1d_root):
+    root, _, _ = mnist1d_root
+    with np.load(root / "mnist1d.npz", allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    assert np.bincount(arrays["y_extra"]).tolist() == [500] * 10
+    published = np.concatenate([arrays["x"], arrays["x_test"]])
+    assert not (arrays["x_extra"][:, None, :] == published[None, :, :]).all(axis=2).any()  # no example repeated
+    # on the published set's scale: make_dataset's standardisation, not one of their own
+    assert abs(arrays["x_extra"].mean()) < 0.02 and abs(arrays["x_extra"].std() - 1) < 0.02
+    assert arrays["x_extra"].std() != 1.0
+
+    kwargs = dict(split_seed=0, train_size=0, test_size=0, label_noise=0.0, noise_seed=0)
+    ds = data.load("mnist1d", root, val_size=2000, **kwargs)
+    assert torch.equal(ds.y_train, torch.from_numpy(arrays["y"]))  # the published training set, whole and in order
+    assert torch.equal(ds.y_test[:1000], torch.from_numpy(arrays["y_test"]))  # the published test set comes first
+    train = torch.from_numpy(arrays["x"]).float()
+    unscaled = ds.x_val * train.std(correction=0) + train.mean()  # load() standardises with the training split's
+    extra = torch.from_numpy(arrays["x_extra"]).float()
+    nearest = torch.cdist(unscaled, extra, compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values
+    assert nearest.max() < 1e-3  # every validation example is one of the extra examples
+    # val_size moves examples between validation and test only; training does not change
+    small = data.load("mnist1d", root, val_size=500, **kwargs)
+    assert small.sizes() == {"train": 4000, "val": 500, "test": 5500, "flipped": 0}
+    assert torch.equal(small.x_train, ds.x_train)
+    other = data.load("mnist1d", root, val_size=2000, **{**kwargs, "split_seed": 1})
+    assert not torch.equal(other.y_val, ds.y_val) and torch.equal(other.y_train, ds.y_train)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"val_size": 5001}, r"val_size=5001: MNIST-1D's validation examples come from its 5000 extra examples.*at most "
+                             r"5000"),
+        ({"train_size": 4001}, "MNIST-1D has 4000 training examples"),
+        ({"test_size": 3001}, "test_size=3001: mnist1d has 3000 test examples"),
+    ],
+)
+def test_impossible_mnist1d_sizes_are_refused(mnist1d_root, overrides, message):
+    root, _, _ = mnist1d_root
+    kwargs = dict(val_size=3000, split_seed=0, train_size=0, test_size=0, label_noise=0.0, noise_seed=0)
+    with pytest.raises(data.DataError, match=message):
+        data.load("mnist1d", root, **{**kwargs, **overrides})
 
 
 def test_mnist1d_file_is_reproducible(mnist1d_root, tmp_path):
@@ -390,10 +435,17 @@ def test_mnist1d_checksum_catches_a_changed_set(mnist1d_root, tmp_path):
     root, _, _ = mnist1d_root
     with np.load(root / "mnist1d.npz", allow_pickle=False) as archive:
         arrays = {k: archive[k] for k in archive.files}
-    arrays["x"] = arrays["x"].copy()
-    arrays["x"][0, 0] += 1e-9
-    np.savez(tmp_path / "mnist1d.npz", **arrays)
-    with pytest.raises(data.DataError, match=r"mnist1d\.npz: checksum mismatch"):
+    for key, what in (("x", "not the published MNIST-1D set"), ("x_extra", "not the extra examples of seed 4242")):
+        changed = {**arrays, key: arrays[key].copy()}
+        changed[key][0, 0] += 1e-9
+        np.savez(tmp_path / "mnist1d.npz", **changed)
+        with pytest.raises(data.DataError, match=rf"mnist1d\.npz: checksum mismatch, {what}"):
+            data.load(
+                "mnist1d", tmp_path, val_size=500, split_seed=0, train_size=0, test_size=0, label_noise=0.0,
+                noise_seed=0,
+            )
+    np.savez(tmp_path / "mnist1d.npz", **{k: v for k, v in arrays.items() if k in data.MNIST1D_ARRAYS})
+    with pytest.raises(data.DataError, match=r"mnist1d\.npz: no array 'x_extra'.*dvc repro"):
         data.load(
             "mnist1d", tmp_path, val_size=500, split_seed=0, train_size=0, test_size=0, label_noise=0.0, noise_seed=0
         )

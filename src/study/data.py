@@ -99,6 +99,12 @@ MNIST1D_ARRAYS = {  # name: (shape, dtype) as make_dataset returns them
     "y_test": ((1000,), "int64"),
 }
 MNIST1D_SHA256 = "2377c0b18c9f643da2b39e66086395782aac2fcfdd678b89f55a22b17ec47631"  # bytes of those arrays, in order
+# Extra examples for a larger validation and test split (the published 4,000 training examples stay whole): the
+# same generator with the published args but this seed instead of 42, standardised with the published set's raw
+# mean and std (as make_dataset standardises the published set), so they are more draws of the same distribution.
+MNIST1D_EXTRA_SEED = 4242
+MNIST1D_EXTRA_ARRAYS = {"x_extra": ((5000, 40), "float64"), "y_extra": ((5000,), "int64")}  # 500 per class
+MNIST1D_EXTRA_SHA256 = "b3ee3ac1bf13da2f7fcfada89003154c4b11a3eebf002c79b0fd9cd71a1e2c5d"  # of x_extra, y_extra
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: tensors have no single truth value, so compare fields explicitly
@@ -268,23 +274,26 @@ def _verify_raw(dataset: str, spec: RawFile, path: Path, *, shown: Path | None =
 
 
 def _check_mnist1d(arrays: dict[str, np.ndarray], shown: str, fix: str) -> None:
-    for key, (shape, dtype) in MNIST1D_ARRAYS.items():
-        if key not in arrays:
-            raise DataError(f"{shown}: no array {key!r}. {fix}")
-        if arrays[key].shape != shape or arrays[key].dtype != np.dtype(dtype):
-            raise DataError(
-                f"{shown}: array {key!r} is {arrays[key].dtype} {arrays[key].shape}, expected {dtype} {shape}. {fix}"
-            )
-    for key in ("y", "y_test"):
-        if arrays[key].min() < 0 or arrays[key].max() >= NUM_CLASSES:
-            raise DataError(f"{shown}: labels in {key!r} out of range 0..{NUM_CLASSES - 1}. {fix}")
-    digest = hashlib.sha256()
-    for key in MNIST1D_ARRAYS:
-        digest.update(np.ascontiguousarray(arrays[key]).tobytes())
-    if digest.hexdigest() != MNIST1D_SHA256:
-        raise DataError(
-            f"{shown}: checksum mismatch, not the published MNIST-1D set (corrupt or generated differently). {fix}"
-        )
+    expected = (
+        (MNIST1D_ARRAYS, MNIST1D_SHA256, "not the published MNIST-1D set"),
+        (MNIST1D_EXTRA_ARRAYS, MNIST1D_EXTRA_SHA256, f"not the extra examples of seed {MNIST1D_EXTRA_SEED}"),
+    )
+    for specs, sha256, what in expected:
+        for key, (shape, dtype) in specs.items():
+            if key not in arrays:
+                raise DataError(f"{shown}: no array {key!r}. {fix}")
+            if arrays[key].shape != shape or arrays[key].dtype != np.dtype(dtype):
+                raise DataError(
+                    f"{shown}: array {key!r} is {arrays[key].dtype} {arrays[key].shape}, expected {dtype} {shape}. {fix}"
+                )
+        for key in specs:
+            if key.startswith("y") and (arrays[key].min() < 0 or arrays[key].max() >= NUM_CLASSES):
+                raise DataError(f"{shown}: labels in {key!r} out of range 0..{NUM_CLASSES - 1}. {fix}")
+        digest = hashlib.sha256()
+        for key in specs:
+            digest.update(np.ascontiguousarray(arrays[key]).tobytes())
+        if digest.hexdigest() != sha256:
+            raise DataError(f"{shown}: checksum mismatch, {what} (corrupt or generated differently). {fix}")
 
 
 # ---- prepare: the data stage -----------------------------------------------------------------------------------------
@@ -382,6 +391,7 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def _prepare_mnist1d(root: Path, progress: bool) -> dict[str, str]:
     import mnist1d.data  # only the data stage generates; it also pulls in requests, which nothing here uses
+    import mnist1d.utils
 
     fix = _get_a_copy("mnist1d")
     args = mnist1d.data.get_dataset_args(as_dict=True)
@@ -398,13 +408,38 @@ def _prepare_mnist1d(root: Path, progress: bool) -> dict[str, str]:
     if digest.hexdigest() != MNIST1D_TEMPLATES_SHA256:
         raise DataError(f"mnist1d.data.get_templates(): the digit templates differ from the published ones. {fix}")
     if progress:
-        print(f"data: generating MNIST-1D -> {root / MNIST1D_FILE}", file=sys.stderr)
+        extra = MNIST1D_EXTRA_ARRAYS["y_extra"][0][0]
+        print(f"data: generating MNIST-1D and {extra} extra examples -> {root / MNIST1D_FILE}", file=sys.stderr)
     with _global_rngs_kept():
-        generated = mnist1d.data.make_dataset(mnist1d.data.get_dataset_args(), templates)
-    arrays = {key: np.ascontiguousarray(generated[key]) for key in MNIST1D_ARRAYS}
-    _check_mnist1d(arrays, "mnist1d.data.make_dataset()", fix)
+        x_raw, y = _mnist1d_raw(mnist1d.data, mnist1d.data.get_dataset_args(), templates)
+        extra_args = mnist1d.data.get_dataset_args(as_dict=True) | {"seed": MNIST1D_EXTRA_SEED}
+        x_extra_raw, y_extra = _mnist1d_raw(mnist1d.data, mnist1d.utils.ObjectView(extra_args), templates)
+    mean, std = x_raw.mean(), x_raw.std()  # make_dataset's standardisation of the published set, kept for the extra
+    x = (x_raw - mean) / std
+    split = int(len(y) * MNIST1D_ARGS["train_split"])
+    arrays = {"x": x[:split], "y": y[:split], "x_test": x[split:], "y_test": y[split:],
+              "x_extra": (x_extra_raw - mean) / std, "y_extra": y_extra}
+    arrays = {key: np.ascontiguousarray(array) for key, array in arrays.items()}
+    _check_mnist1d(arrays, "mnist1d.data (generated)", fix)
     _write_npz(root / MNIST1D_FILE, arrays)
     return {MNIST1D_FILE: _digest(root / MNIST1D_FILE, "sha256")}
+
+
+def _mnist1d_raw(generator, args, templates) -> tuple[np.ndarray, np.ndarray]:
+    """mnist1d.data.make_dataset's examples before its final standardisation: the same calls in the same order
+    (seed, one ``transform`` per example class by class, one shuffle), so that the published set comes out byte for
+    byte (its checksum proves it) and other seeds can be put on the published set's scale. ``generator`` is the
+    ``mnist1d.data`` module; returns inputs [N, 40] float64 and labels [N] int64."""
+    generator.set_seed(args.seed)
+    xs, ys = [], []
+    per_class = args.num_samples // len(templates["y"])
+    for label_ix in range(len(templates["y"])):
+        for _ in range(per_class):
+            x, _shifts = generator.transform(templates["x"][label_ix], templates["t"], args)
+            xs.append(x)
+            ys.append(templates["y"][label_ix])
+    shuffle = np.random.permutation(len(ys))
+    return np.stack(xs)[shuffle], np.stack(ys)[shuffle]
 
 
 def prepare(dataset: str, data_dir: str | None, root: Path, *, progress: bool = True) -> dict[str, str]:
@@ -456,7 +491,8 @@ def _read_idx(dataset: str, root: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]
     return tuple(arrays)
 
 
-def _read_mnist1d(root: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _read_mnist1d(root: Path) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The published training and test sets, then the extra examples: inputs float32 [N, 40], labels int64 [N]."""
     path = root / MNIST1D_FILE
     fix = _rebuild("mnist1d")
     if not path.is_file():
@@ -467,8 +503,24 @@ def _read_mnist1d(root: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise DataError(f"{path}: not a readable .npz ({err}); it is corrupt or truncated. {fix}") from err
     _check_mnist1d(arrays, str(path), fix)
-    x_train, x_test = (torch.from_numpy(arrays[key]).to(torch.float32) for key in ("x", "x_test"))
-    return x_train, torch.from_numpy(arrays["y"]), x_test, torch.from_numpy(arrays["y_test"])
+    return tuple(torch.from_numpy(arrays[key]).to(torch.float32 if key.startswith("x") else torch.int64)
+                 for key in ("x", "y", "x_test", "y_test", "x_extra", "y_extra"))
+
+
+def _mnist1d_splits(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, x_extra: Tensor,
+                    y_extra: Tensor, *, val_size: int, split_seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """MNIST-1D's validation split is the first val_size of a permutation of the extra examples seeded by split_seed;
+    the rest of them follow the published test set. The published training set stays whole (the published
+    benchmark). Returns the validation inputs and labels, then the test inputs and labels."""
+    if val_size > len(y_extra):
+        raise DataError(
+            f"val_size={val_size}: MNIST-1D's validation examples come from its {len(y_extra)} extra examples (the "
+            f"published {len(y_train)} training examples stay whole for training); set val_size to at most "
+            f"{len(y_extra)} in the condition's params."
+        )
+    order = torch.randperm(len(y_extra), generator=torch.Generator().manual_seed(split_seed))
+    val, rest = order[:val_size], order[val_size:]
+    return x_extra[val], y_extra[val], torch.cat([x_test, x_extra[rest]]), torch.cat([y_test, y_extra[rest]])
 
 
 def val_noise_seed(noise_seed: int) -> int:
@@ -505,6 +557,9 @@ def load(
 
     Validation: the first val_size of a permutation of the training set seeded by split_seed; training: the rest,
     or its first train_size when train_size > 0. Test: the first test_size examples when test_size > 0.
+    MNIST-1D differs: validation is the first val_size of a permutation (split_seed) of the extra examples, the test
+    set is the published 1,000 followed by the remaining extra examples, and training is the published 4,000 (or
+    their first train_size), so val_size no longer takes from training.
     Inputs are standardised with one scalar mean and std of the training split (after images are scaled to [0, 1]).
     Label noise touches the training labels; validation and test labels stay clean. ``y_val_noisy`` holds the
     validation labels flipped at the same rate with seed ``val_noise_seed(noise_seed)``, for the tune stage.
@@ -515,15 +570,23 @@ def load(
     """
     _check_dataset(dataset)
     root = Path(root)
+    if val_size < 0 or train_size < 0 or test_size < 0:
+        sizes = f"val_size={val_size}, train_size={train_size}, test_size={test_size}"
+        raise DataError(f"{sizes}: sizes cannot be negative.")
+    n_published = 0  # MNIST-1D: training examples of the published set, which validation no longer takes from
     if dataset == "mnist1d":
-        x_all, y_all, x_test, y_test = _read_mnist1d(root)
+        x_all, y_all, x_test, y_test, x_extra, y_extra = _read_mnist1d(root)
+        n_published = len(y_all)
+        x_val, y_val, x_test, y_test = _mnist1d_splits(x_all, y_all, x_test, y_test, x_extra, y_extra,
+                                                       val_size=val_size, split_seed=split_seed)
+        x_all, y_all = torch.cat([x_all, x_val]), torch.cat([y_all, y_val])  # validation last: indexed as below
     else:
         x_all, y_all, x_test, y_test = _read_idx(dataset, root)
 
     n_all, n_test = len(y_all), len(y_test)
-    if val_size < 0 or train_size < 0 or test_size < 0:
-        sizes = f"val_size={val_size}, train_size={train_size}, test_size={test_size}"
-        raise DataError(f"{sizes}: sizes cannot be negative.")
+    if n_published and train_size > n_published:
+        raise DataError(f"train_size={train_size}: MNIST-1D has {n_published} training examples (the published set; "
+                        "validation comes from the extra examples).")
     if val_size + 1 > n_all:
         raise DataError(f"val_size={val_size} leaves no training example: {dataset} has {n_all} training examples.")
     if train_size > n_all - val_size:
@@ -539,7 +602,10 @@ def load(
         raise DataError(f"heldout_classes={list(heldout_classes)}: class indices 0..{NUM_CLASSES - 1}, leaving at "
                         "least two classes to train on.")
 
-    order = torch.randperm(n_all, generator=torch.Generator().manual_seed(split_seed))
+    if n_published:  # validation (drawn above, placed last), then the published training set in its own order
+        order = torch.arange(n_all).roll(val_size)
+    else:
+        order = torch.randperm(n_all, generator=torch.Generator().manual_seed(split_seed))
     val_index, train_index = order[:val_size], order[val_size:]
     if train_size > 0:
         train_index = train_index[:train_size]
