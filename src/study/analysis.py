@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
 from study import losses as registry
+from study import quantities
 from study import verdicts
 from study.measures import (
     RUN,
@@ -37,13 +38,10 @@ SATURATION = 1e-3  # = study.grads.SATURATION, repeated to keep this module free
 TEMPERATURE_BOUNDS = (0.05, 20.0)  # = train.fit_temperature's search interval (a test holds them equal)
 CONFIDENT = 0.9  # a wrong prediction with max probability >= this is confidently wrong (setup.json carries it too)
 
-# Per-seed quantities of the headline table: (split, metric) read at the model's last evaluation.
-FINAL = {
-    "final_accuracy": ("test", "accuracy"),
-    "test_nll": ("test", "nll"),
-    "ece": ("test", "ece"),
-}
-HIGHER_IS_BETTER = {"final_accuracy": True, "selected_accuracy": True, "test_nll": False, "ece": False, "val_auc": True}
+# Per-seed quantities of the headline table read at the model's last evaluation: {quantity: (split, metric)}, from the
+# quantity registry (the headline's estimates and the calibration in each loss's own terms).
+FINAL = {name: source for name, source in quantities.read_last().items()
+         if quantities.spec(name).headline or name == "ece_own"}
 VERDICTS = verdicts.VERDICTS
 UNMEASURED = "not measured"  # the verdict on a claim no condition of this study measures
 
@@ -74,8 +72,8 @@ def _taking_part(claim: str, given: Sequence[str] | None) -> tuple[str, ...]:
 
 
 def steps_quantity(i: int) -> str:
-    """Name of the per-seed quantity 'steps to the i-th target' (1-based)."""
-    return f"steps_to_target_{i}"
+    """Name of the per-seed quantity 'steps to the i-th target' (1-based): the quantity registry's."""
+    return quantities.steps_name(i)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -208,11 +206,12 @@ def headline(history: pd.DataFrame, targets: Mapping[str, Sequence[float]], refe
     parts = []
     for quantity, (split, metric) in FINAL.items():
         parts.append(healthy(last_values(history, split, metric), models).assign(quantity=quantity))
-    parts.append(healthy(val_selected(history), models).assign(quantity="selected_accuracy"))
-    parts.append(healthy(val_auc(history), models).assign(quantity="val_auc"))
-    if saturation is not None and not saturation.empty:
-        parts.append(saturation[np.isfinite(saturation["value"].to_numpy(dtype=float))].assign(
-            quantity="saturated_share"))
+    readers = {"selected": val_selected, "auc": val_auc}  # the registry's other per-model readings of the history
+    for q in quantities.QUANTITIES:
+        if q.reading in readers and q.group in ("accuracy", "speed"):
+            parts.append(healthy(readers[q.reading](history), models).assign(quantity=q.name))
+        if q.reading == "saturation" and saturation is not None and not saturation.empty:
+            parts.append(saturation[np.isfinite(saturation["value"].to_numpy(dtype=float))].assign(quantity=q.name))
     steps = []
     for condition, group in history.groupby("condition", sort=False):
         for i, target in enumerate(targets.get(condition, ()), start=1):
@@ -242,7 +241,7 @@ def summarise(per_seed: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (condition, loss, quantity), group in per_seed.groupby(["condition", "loss", "quantity"], sort=False):
         values = group["value"].to_numpy(dtype=float)
-        if quantity.startswith("steps_to_target"):
+        if quantities.is_steps(quantity):
             reached = np.isfinite(values)
             rows.append({"condition": condition, "loss": loss, "quantity": quantity,
                          "mean": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": len(values),
@@ -255,48 +254,49 @@ def summarise(per_seed: pd.DataFrame) -> pd.DataFrame:
                                        "n_reached"])
 
 
-# The comparisons the study is built to make, one per mission question, each loss against the reference in every
-# condition: one family per condition, corrected with Holm's method. Every other paired difference belongs to the
-# condition's secondary family, corrected the same way.
-PRIMARY = {
-    "steps_to_target_1": "speed: steps to the first validation-accuracy target",
-    "saturated_share": "gradient magnitude: share of wrong test examples whose logit gradient vanished",
-    "ece": "confident-wrong penalty: expected calibration error",
-}
+# The comparisons the study is built to make, one per mission question (the quantity registry's primary quantities),
+# each loss against the reference in every condition: one family per condition, corrected with Holm's method. Every
+# other paired comparison belongs to the condition's secondary family, corrected the same way.
+PRIMARY = quantities.primary()
 ALPHA = 0.05  # family-wise error rate of each family
 
 # How sure a verdict must be to be stated. With five seeds a p-value is itself noisy: the same params rerun with
 # another thread count (a different float order, which long training turns into a fresh draw of the seeds' noise)
 # moved 12 of 170 paired verdicts across p = 0.05, one from Holm p = 0.0018 to 0.23 (README, "Same params, another
-# machine"). So a difference is stated only when a rerun would repeat it with probability REPLICATION, and called
-# absent only when a rerun would find it with probability at most 1 - REPLICATION; in between it is "not
-# established". Measured on that rerun, no verdict moved between "different" and "not distinguishable".
+# machine"). So a difference is stated only when a rerun would repeat it with probability REPLICATION, and an
+# equivalence only when a rerun's two one-sided tests would both pass with that probability; in between it is "not
+# established".
 REPLICATION = 0.9
-DIFFERENT, NOT_ESTABLISHED, ALIKE = "different", "not established", "not distinguishable"
-EVIDENCE = (DIFFERENT, NOT_ESTABLISHED, ALIKE)
+# The one vocabulary of paired verdicts (loss against the reference, or against the best).
+DIFFERENT = "different"  # a difference a rerun would repeat
+EQUIVALENT = "equivalent"  # within the quantity's declared margin (printed with it), shown by two one-sided tests
+NOT_ESTABLISHED = "not established"  # neither shown
+IDENTICAL = "identical"  # the same value in every seed: no test, and no part in Holm's correction
+EVIDENCE = (DIFFERENT, EQUIVALENT, NOT_ESTABLISHED, IDENTICAL)
+ALIKE = EQUIVALENT  # the former word for 'no difference found'; kept for document.py and rerun.py until they move
 
 
-def replication(p_value: float, n: int, alpha: float = ALPHA) -> float:
-    """Goodman's (1992) replication probability for the paired t-test on ``n`` seeds: the probability that a rerun
-    with as many seeds gives two-sided p < ``alpha`` in the same direction, were the observed mean difference and
-    spread the true ones (the rerun's t statistic is then noncentral t with n - 1 degrees of freedom, centred on the
-    observed t). At p = alpha it is about 0.5. NaN without a test."""
+def replication(p_value: float, n: int, alpha: float = ALPHA, *, sides: int = 2) -> float:
+    """Goodman's (1992) replication probability, an approximation: the probability that a rerun with as many seeds
+    gives p < ``alpha`` in the same direction, were the observed mean difference and spread the true ones (the
+    rerun's t statistic is then noncentral t with n - 1 degrees of freedom, centred on the observed t). ``sides``:
+    2 for the paired t-test (p two-sided), 1 for a one-sided test (one side of the TOST). At p = alpha it is about
+    0.5. NaN without a test."""
     if not math.isfinite(p_value) or n < 2:
         return math.nan
     df = n - 1
-    observed = float(stats.t.isf(min(p_value, 1.0) / 2, df)) if p_value > 0 else math.inf
-    chance = float(stats.nct.sf(stats.t.isf(alpha / 2, df), df, observed)) if observed < 1e6 else 1.0
-    return chance if math.isfinite(chance) else 1.0  # NaN only far out in the noncentral tail, where it is 1
+    observed = float(stats.t.isf(min(p_value, 1.0) / sides, df)) if p_value > 0 else math.inf
+    chance = float(stats.nct.sf(stats.t.isf(alpha / sides, df), df, observed)) if observed < 1e6 else 1.0
+    return chance if math.isfinite(chance) else (1.0 if observed > 0 else 0.0)  # NaN only far out in a tail
 
 
 def evidence_word(chance: float) -> str | None:
-    """DIFFERENT when a rerun repeats the difference with probability at least REPLICATION, ALIKE when it finds one
-    with probability at most 1 - REPLICATION, NOT_ESTABLISHED in between; None without a test."""
+    """DIFFERENT when a rerun repeats the difference with probability at least REPLICATION, NOT_ESTABLISHED
+    otherwise (the absence of a difference is never read from a p-value: see ``equivalence``); None without a
+    test."""
     if not math.isfinite(chance):
         return None
-    if chance >= REPLICATION:
-        return DIFFERENT
-    return ALIKE if chance <= 1.0 - REPLICATION else NOT_ESTABLISHED
+    return DIFFERENT if chance >= REPLICATION else NOT_ESTABLISHED
 
 
 def evidence(p_value: float, n: int, alpha: float = ALPHA) -> str | None:
@@ -305,14 +305,26 @@ def evidence(p_value: float, n: int, alpha: float = ALPHA) -> str | None:
     return evidence_word(replication(p_value, n, alpha))
 
 
+def equivalence_chance(p_low: float, p_high: float, n: int, alpha: float = ALPHA) -> float:
+    """How likely a rerun's two one-sided tests both pass at ``alpha``: each side's one-sided ``replication``, joined
+    by Bonferroni's inequality (P(both) >= P(low) + P(high) - 1), so the approximation errs on the cautious side
+    where both bounds are close. NaN without a test."""
+    low, high = (replication(p, n, alpha, sides=1) for p in (p_low, p_high))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return math.nan
+    return max(0.0, low + high - 1.0)
+
+
 def evidence_bounds(n: int, alpha: float = ALPHA) -> tuple[float, float]:
-    """The p-values where ``evidence`` on ``n`` seeds changes its word: below the first a difference is stated;
-    from the second on it is called absent (five seeds: about 0.012 and 0.45)."""
+    """The Holm-adjusted p-values where a verdict on ``n`` seeds becomes stated: below the first (two-sided, the
+    t-test) a difference; below the second (one-sided, the TOST's larger p) an equivalence, when the other side of
+    the TOST is far from its bound (five seeds: about 0.012 and 0.011)."""
 
-    def where(target: float) -> float:
-        return 10 ** optimize.brentq(lambda lg: replication(10**lg, n, alpha) - target, -12.0, -1e-9, xtol=1e-6)
+    def where(sides: int) -> float:
+        return 10 ** optimize.brentq(lambda lg: replication(10**lg, n, alpha, sides=sides) - REPLICATION, -12.0,
+                                     -1e-9, xtol=1e-6)
 
-    return where(REPLICATION), where(1.0 - REPLICATION)
+    return where(2), where(1)
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
@@ -328,52 +340,170 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     return out
 
 
+def declared(quantity: str) -> quantities.Quantity | None:
+    """The quantity's declaration in the registry (its margin, scale and direction), None when undeclared."""
+    return quantities.get(quantity)
+
+
+COMPARISON_COLUMNS = ["diff", "ci_low", "ci_high", "p_value", "n", "margin", "p_equiv", "p_equiv_low",
+                      "p_equiv_high", "ratio", "ratio_low", "ratio_high", "identical"]
+
+
+def compare(values: pd.Series, reference: pd.Series, quantity: quantities.Quantity | None = None,
+            level: float = LEVEL) -> dict:
+    """(values - reference) paired by seed, on the seeds where both are finite: the difference and its t-interval in
+    the quantity's units, the paired t-test's p, and the two one-sided tests (TOST) of equivalence within the
+    declared margin (``p_equiv`` = the larger one-sided p, NaN without a margin).
+
+    A RELATIVE quantity (steps) is tested on log values: the p-values come from log(values) - log(reference),
+    whose margin is ±log(1 + margin), and ``ratio``, ``ratio_low``, ``ratio_high`` are the geometric mean of
+    values / reference and its t-interval (NaN for other quantities); ``diff`` and its interval stay in steps, a
+    description. ``identical``: the same value in every paired seed; then no test is made (p-values NaN).
+    """
+    joined = pd.concat({"a": values, "b": reference}, axis=1).astype(float)
+    log = quantity is not None and quantity.log_scale
+    if log:  # log steps: a non-positive value has no log (never seen: a target is not reached at step 0)
+        joined = joined.where(joined > 0)
+    joined = joined[np.isfinite(joined["a"]) & np.isfinite(joined["b"])]
+    a, b = joined["a"].to_numpy(), joined["b"].to_numpy()
+    plain = paired_difference(joined["a"], joined["b"], level)
+    margin = math.nan if quantity is None else quantity.margin
+    row = {"diff": plain.mean, "ci_low": plain.ci_low, "ci_high": plain.ci_high, "p_value": plain.p_value,
+           "n": plain.n, "margin": margin, "p_equiv": math.nan, "p_equiv_low": math.nan, "p_equiv_high": math.nan,
+           "ratio": math.nan, "ratio_low": math.nan, "ratio_high": math.nan,
+           "identical": bool(len(a) > 0 and np.all(np.abs(a - b) <= 1e-12 * np.maximum(1.0, np.abs(b))))}
+    if row["identical"]:
+        row["p_value"] = math.nan
+        if log:
+            row.update(ratio=1.0, ratio_low=1.0, ratio_high=1.0)
+        return row
+    tested = np.log(a) - np.log(b) if log else a - b
+    if log:
+        on_log = paired_difference(pd.Series(np.log(a)), pd.Series(np.log(b)), level)
+        row.update(p_value=on_log.p_value, ratio=math.exp(on_log.mean), ratio_low=math.exp(on_log.ci_low)
+                   if math.isfinite(on_log.ci_low) else math.nan,
+                   ratio_high=math.exp(on_log.ci_high) if math.isfinite(on_log.ci_high) else math.nan)
+    if quantity is not None and len(tested) >= 2:
+        row["p_equiv_low"], row["p_equiv_high"] = tost(tested, quantity.test_margin)
+        row["p_equiv"] = max(row["p_equiv_low"], row["p_equiv_high"])
+    return row
+
+
+def tost(differences: np.ndarray, margin: float) -> tuple[float, float]:
+    """Two one-sided paired t-tests (Schuirmann 1987) of the mean difference against -margin and +margin: the
+    p-values of H0: mean <= -margin and of H0: mean >= +margin. Equivalence at alpha needs both below alpha (the
+    larger one is the TOST's p). A spread of 0 makes each side 0 or 1 by where the mean lies."""
+    d = np.asarray(differences, dtype=float)
+    n, mean = len(d), float(d.mean())
+    se = float(d.std(ddof=1)) / math.sqrt(n)
+    if se <= 1e-12 * max(1.0, abs(mean)):
+        return (0.0 if mean > -margin else 1.0), (0.0 if mean < margin else 1.0)
+    return float(stats.t.sf((mean + margin) / se, n - 1)), float(stats.t.cdf((mean - margin) / se, n - 1))
+
+
+def decide(family: pd.DataFrame) -> pd.DataFrame:
+    """Holm's correction and the verdict of every comparison of one family (rows from ``compare``).
+
+    The difference p-values and the TOST p-values are corrected as two sets, each with Holm's method over the
+    family's tested comparisons; an IDENTICAL comparison has neither and takes no part. Why two sets and not one:
+    the two null hypotheses of a comparison are disjoint (no difference; a difference beyond the margin), so a
+    comparison can make at most one false claim, and each set's family-wise error is at most its Holm level. A
+    verdict is stated only when the adjusted p gives a rerun the chance REPLICATION to repeat it, which needs an
+    adjusted p below ``evidence_bounds`` (at most 0.021 for either set from three seeds on): both sets together
+    keep the family-wise error below ALPHA. The replication rule is also what keeps verdicts stable across
+    machines (another thread count redraws the seeds' noise).
+
+    Verdicts: IDENTICAL; DIFFERENT (the Holm-adjusted t-test p's replication probability at least REPLICATION);
+    EQUIVALENT (the TOST's two sides, each scaled by the Holm factor of the larger, give ``equivalence_chance`` at
+    least REPLICATION); NOT_ESTABLISHED otherwise; None without a test (fewer than two pairs). A difference smaller
+    than the margin yet established is DIFFERENT: the stronger, signed statement.
+    """
+    out = family.copy()
+    identical = out["identical"].astype(bool).to_numpy()
+    p = np.where(identical, math.nan, out["p_value"].to_numpy(dtype=float))
+    p_equiv = np.where(identical, math.nan, out["p_equiv"].to_numpy(dtype=float))
+    out["p_value"], out["p_equiv"] = p, p_equiv
+    out["p_holm"], out["p_equiv_holm"] = holm(p), holm(p_equiv)
+    words = []
+    for row in out.itertuples(index=False):
+        n = int(row.n)
+        if row.identical:
+            words.append(IDENTICAL)
+            continue
+        word = evidence(row.p_holm, n)
+        if word == NOT_ESTABLISHED and math.isfinite(row.p_equiv_holm):
+            scale = row.p_equiv_holm / row.p_equiv if row.p_equiv > 0 else 1.0
+            low, high = (min(1.0, side * scale) for side in (row.p_equiv_low, row.p_equiv_high))
+            if equivalence_chance(low, high, n) >= REPLICATION:
+                word = EQUIVALENT
+        words.append(word)
+    # object, not pandas' string dtype: an untested comparison keeps None (a string column would make it NaN)
+    out["verdict"] = pd.Series(words, index=out.index, dtype=object)
+    out["evidence"] = out["verdict"]  # the former name of the column
+    return out
+
+
+DIFFERENCE_COLUMNS = ["condition", "loss", "quantity", "diff", "ci_low", "ci_high", "p_value", "n", "family",
+                      "p_holm", "evidence", "margin", "p_equiv", "p_equiv_holm", "verdict", "ratio", "ratio_low",
+                      "ratio_high"]
+
+
 def differences(per_seed: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
-    """Paired difference (loss - reference) by seed for every condition, loss and quantity, with Holm-adjusted
-    p-values within the condition's primary or secondary family (``family``, ``p_holm``) and the verdict the
-    adjusted p-value supports (``evidence``: DIFFERENT, NOT_ESTABLISHED or ALIKE; None without a test).
+    """Paired comparison (loss - reference) by seed for every condition, loss and quantity (``compare``), with
+    Holm-adjusted p-values within the condition's primary or secondary family (``family``, ``p_holm``,
+    ``p_equiv_holm``) and the verdict (``verdict``, also as ``evidence``: DIFFERENT, EQUIVALENT, NOT_ESTABLISHED,
+    IDENTICAL, or None without a test); ``decide`` says how. ``margin``: the quantity's declared margin (relative
+    for steps: a ratio within 1 ± margin; NaN when the registry declares none, and then no equivalence is tested).
 
     Steps-to-target pairs only the seeds where both models reached the target (the others are counted in the
-    summary's n_reached). Intervals are the uncorrected 95% t-intervals.
+    summary's n_reached) and is tested on log steps (``ratio`` columns). Intervals are the uncorrected 95% ones.
     """
     rows = []
     for (condition, quantity), group in per_seed.groupby(["condition", "quantity"], sort=False):
         by_loss = {loss: g.set_index("seed")["value"] for loss, g in group.groupby("loss")}
         if reference not in by_loss:
             continue
+        spec = declared(quantity)
         for loss in ordered(by_loss):
             if loss == reference:
                 continue
-            d = paired_difference(by_loss[loss], by_loss[reference])
-            rows.append({"condition": condition, "loss": loss, "quantity": quantity, "diff": d.mean,
-                         "ci_low": d.ci_low, "ci_high": d.ci_high, "p_value": d.p_value, "n": d.n,
+            rows.append({"condition": condition, "loss": loss, "quantity": quantity,
+                         **compare(by_loss[loss], by_loss[reference], spec),
                          "family": "primary" if quantity in PRIMARY else "secondary"})
-    out = pd.DataFrame(rows, columns=["condition", "loss", "quantity", "diff", "ci_low", "ci_high", "p_value", "n",
-                                      "family"])
-    out["p_holm"] = math.nan
-    for _, group in out.groupby(["condition", "family"], sort=False):
-        out.loc[group.index, "p_holm"] = holm(group["p_value"].to_numpy(dtype=float))
-    # object, not pandas' string dtype: an untested comparison keeps None (a string column would make it NaN)
-    out["evidence"] = pd.Series([evidence(p, n) for p, n in zip(out["p_holm"], out["n"], strict=True)],
-                                index=out.index, dtype=object)
-    return out
+    frame = pd.DataFrame(rows, columns=["condition", "loss", "quantity", *COMPARISON_COLUMNS, "family"])
+    if frame.empty:
+        return pd.DataFrame(columns=DIFFERENCE_COLUMNS)
+    parts = [decide(group) for _, group in frame.groupby(["condition", "family"], sort=False)]
+    out = pd.concat(parts).sort_index()
+    return out[DIFFERENCE_COLUMNS].reset_index(drop=True)
 
 
 @dataclass(frozen=True)
 class Leaders:
     """Which losses lead on a quantity: ``best`` has the best mean; ``tied`` (in the registry's order, ``best``
-    among them) are those that no paired test, Holm-corrected over the comparisons with ``best``, establishes as
-    different from it (``evidence``). A ranking inside ``tied`` is noise: another thread count can reorder it, so a
-    finding names the group."""
+    among them) are those whose verdict against ``best`` (``decide``, Holm over the comparisons with ``best``) is
+    EQUIVALENT within the quantity's margin or IDENTICAL. A loss merely not established as different is not among
+    them. A ranking inside ``tied`` is noise: another thread count can reorder it, so a finding names the group."""
 
     best: str
     tied: tuple[str, ...]
     means: dict[str, float]
-    alone: bool  # True when every other loss is established as worse than ``best``
+    alone: bool  # True when no other loss is shown equivalent to ``best``
+    verdicts: dict[str, str | None] = field(default_factory=dict)  # each other loss's verdict against ``best``
 
 
-def leaders(by_loss: Mapping[str, pd.Series], higher_is_better: bool) -> Leaders | None:
-    """``by_loss``: each loss's values indexed by seed. None when no loss has a finite mean."""
+def leaders(by_loss: Mapping[str, pd.Series], higher_is_better: bool | None = None, *, quantity: str | None = None,
+            margin: float | None = None) -> Leaders | None:
+    """``by_loss``: each loss's values indexed by seed. ``quantity`` names the registry's declaration (direction and
+    margin); ``higher_is_better`` and ``margin`` (absolute) override it. Without a margin only IDENTICAL losses tie.
+    None when no loss has a finite mean."""
+    spec = declared(quantity) if quantity is not None else None
+    if higher_is_better is None:
+        if spec is None or spec.higher_is_better is None:
+            raise ValueError(f"leaders: no direction for {quantity!r}; pass higher_is_better")
+        higher_is_better = spec.higher_is_better
+    if margin is not None:
+        spec = quantities.Quantity(quantity or "given", "given", ("", ""), higher_is_better, margin)
     means = {loss: mean_ci(values).mean for loss, values in by_loss.items()}
     means = {loss: m for loss, m in means.items() if math.isfinite(m)}
     if not means:
@@ -381,10 +511,13 @@ def leaders(by_loss: Mapping[str, pd.Series], higher_is_better: bool) -> Leaders
     # Ties on the mean are broken by the registry's order, never by dictionary or float order.
     best = min(ordered(means), key=lambda loss: -means[loss] if higher_is_better else means[loss])
     others = [loss for loss in ordered(means) if loss != best]
-    found = [paired_difference(by_loss[loss], by_loss[best]) for loss in others]
-    adjusted = holm([d.p_value for d in found])
-    tied = {best, *(loss for loss, d, p in zip(others, found, adjusted, strict=True) if evidence(p, d.n) != DIFFERENT)}
-    return Leaders(best, tuple(ordered(tied)), means, alone=len(tied) == 1)
+    words: dict[str, str | None] = {}
+    if others:
+        found = pd.DataFrame([compare(by_loss[loss], by_loss[best], spec) for loss in others],
+                             columns=COMPARISON_COLUMNS)
+        words = dict(zip(others, decide(found)["verdict"], strict=True))
+    tied = {best, *(loss for loss, word in words.items() if word in (EQUIVALENT, IDENTICAL))}
+    return Leaders(best, tuple(ordered(tied)), means, alone=len(tied) == 1, verdicts=words)
 
 
 def lookup(frame: pd.DataFrame, **keys) -> dict | None:

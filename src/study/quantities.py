@@ -1,0 +1,209 @@
+"""The quantity registry: one ``Quantity`` per per-seed quantity the report compares between losses, the only place
+a quantity's name is spelled (the twin of the loss registry in ``study.losses``). Imports nothing from the study
+and no torch: training, the statistics and the report all read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+
+# How a quantity is read from a model's history (``Quantity.reading``).
+READINGS = (
+    "last",  # the value of (split, metric) at the model's last evaluation
+    "selected",  # test accuracy at the evaluation of best validation accuracy (early stopping on validation)
+    "auc",  # mean validation accuracy over log-steps (study.measures.val_auc)
+    "steps",  # optimizer steps until validation accuracy first reaches the condition's ``target``-th target
+    "peak",  # the largest value of (split, metric) after step 0
+    "saturation",  # from examples.parquet: share of wrong test examples whose logit gradient vanished
+    "derived",  # computed from other quantities or metrics (its ``source`` names the main one)
+)
+# How a margin is read (``Quantity.margin_kind``).
+ABSOLUTE = "absolute"  # the paired difference must lie within ±margin, in the quantity's own units
+RELATIVE = "relative"  # the paired ratio must lie within [1/(1+margin), 1+margin]: tested on log values
+# The questions of the study; each has exactly one primary quantity (``Quantity.question``).
+QUESTIONS = {
+    "speed": "speed: steps to the first validation-accuracy target",
+    "gradient": "gradient magnitude: share of wrong test examples whose logit gradient vanished",
+    "confident_wrong": "confident-wrong penalty: expected calibration error after temperature scaling (every loss "
+                       "can enter it)",
+}
+# The report's groups of quantities (``Quantity.group``).
+GROUPS = ("accuracy", "speed", "calibration", "gradient", "label_noise", "heldout")
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """One per-seed quantity: where it is read from, which way is better, how it is printed, and the margin within
+    which two losses count as equivalent (two one-sided tests, study.analysis)."""
+
+    name: str
+    label: str  # how tables and figures name it
+    source: tuple[str, str]  # (split, metric) of the history table it is read from
+    higher_is_better: bool | None  # None: neither direction is better (a temperature, a share of the loss)
+    margin: float  # equivalence margin: ±margin (ABSOLUTE) or a ratio within 1 ± margin (RELATIVE)
+    margin_kind: str = ABSOLUTE
+    unit: str = ""  # "steps", "nats", or "" for a plain number or share
+    digits: int = 3  # decimals when printed as a number (shares printed as percentages use digits - 2)
+    percent: bool = False  # printed as a percentage
+    reading: str = "last"  # one of READINGS
+    group: str = "accuracy"  # one of GROUPS
+    headline: bool = False  # an estimate of the headline table (in the registry's order)
+    question: str = ""  # the key of QUESTIONS this quantity answers as the primary comparison, else ""
+    target: int = 0  # for reading == "steps": which target (1-based)
+
+    def __post_init__(self) -> None:
+        if self.reading not in READINGS:
+            raise ValueError(f"quantity {self.name!r}: reading {self.reading!r} is not one of {READINGS}")
+        if self.margin_kind not in (ABSOLUTE, RELATIVE):
+            raise ValueError(f"quantity {self.name!r}: margin_kind {self.margin_kind!r} is not {ABSOLUTE!r} or "
+                             f"{RELATIVE!r}")
+        if self.group not in GROUPS:
+            raise ValueError(f"quantity {self.name!r}: group {self.group!r} is not one of {GROUPS}")
+        if self.question and self.question not in QUESTIONS:
+            raise ValueError(f"quantity {self.name!r}: question {self.question!r} is not one of {tuple(QUESTIONS)}")
+        if not (math.isfinite(self.margin) and self.margin > 0):
+            raise ValueError(f"quantity {self.name!r}: margin must be a positive number, got {self.margin!r}")
+        if (self.reading == "steps") != (self.target > 0):
+            raise ValueError(f"quantity {self.name!r}: a 'steps' reading needs its target (1-based), and only it")
+
+    @property
+    def primary(self) -> bool:
+        return bool(self.question)
+
+    @property
+    def log_scale(self) -> bool:
+        """Compared as log values (a ratio), so that a RELATIVE margin is a fixed distance: ±log(1 + margin)."""
+        return self.margin_kind == RELATIVE
+
+    @property
+    def test_margin(self) -> float:
+        """The margin on the scale the tests use: log(1 + margin) for RELATIVE, the margin itself otherwise."""
+        return math.log1p(self.margin) if self.log_scale else self.margin
+
+
+def steps_name(i: int) -> str:
+    """Name of the per-seed quantity 'steps to the i-th target' (1-based)."""
+    return f"steps_to_target_{i}"
+
+
+_SHARE = {"digits": 3, "percent": True, "margin": 0.005}  # shares: ±0.5 percentage points
+_ECE = {"higher_is_better": False, "margin": 0.01, "group": "calibration"}  # ECE: ±0.01 (one point)
+_SPEED = {"higher_is_better": False, "margin": 0.10, "margin_kind": RELATIVE, "unit": "steps", "digits": 0,
+          "reading": "steps", "group": "speed"}  # steps: ±10% of the reference, as a ratio
+
+QUANTITIES: tuple[Quantity, ...] = (
+    Quantity(steps_name(1), "steps to the first target", ("val", "accuracy"), **_SPEED, target=1, question="speed"),
+    Quantity(steps_name(2), "steps to the second target", ("val", "accuracy"), **_SPEED, target=2),
+    Quantity("val_auc", "validation accuracy over log-steps", ("val", "accuracy"), True, 0.005, reading="auc",
+             group="speed"),
+    Quantity("final_accuracy", "final test accuracy", ("test", "accuracy"), True, 0.005, headline=True),
+    Quantity("selected_accuracy", "validation-selected test accuracy", ("test", "accuracy"), True, 0.005,
+             reading="selected", headline=True),
+    Quantity("test_nll", "test NLL", ("test", "nll"), False, 0.02, unit="nats", headline=True),
+    Quantity("ece", "ECE (softmax)", ("test", "ece"), **_ECE, headline=True),
+    Quantity("ece_ts", "ECE after temperature scaling", ("test", "ece_ts"), **_ECE, question="confident_wrong",
+             headline=True),
+    Quantity("ece_own", "ECE on the loss's own probabilities", ("test", "ece_own"), **_ECE),
+    Quantity("nll_ts", "test NLL after temperature scaling", ("test", "nll_ts"), False, 0.02, unit="nats",
+             group="calibration"),
+    Quantity("temperature", "fitted temperature", ("val", "temperature"), None, 0.1, digits=2, group="calibration"),
+    Quantity("brier", "Brier score", ("test", "brier"), False, 0.01, group="calibration"),
+    Quantity("confidence", "mean confidence", ("test", "confidence"), None, 0.01, group="calibration"),
+    Quantity("confident_wrong_rate", "confidently wrong share of test examples", ("test", "confident_wrong_rate"),
+             False, **_SHARE, group="calibration"),
+    Quantity("confident_wrong_loss_share", "share of the test loss carried by confidently wrong examples",
+             ("test", "confident_wrong_loss_share"), None, **_SHARE, group="calibration"),
+    Quantity("confident_wrong_nll_share", "share of the test NLL carried by confidently wrong examples",
+             ("test", "confident_wrong_nll_share"), None, **_SHARE, group="calibration"),
+    Quantity("saturated_share", "wrong test examples with a vanished logit gradient", ("test", "logit_grad_norm"),
+             False, **_SHARE, reading="saturation", group="gradient", question="gradient"),
+    Quantity("confident_wrong_corrected", "confidently wrong training examples corrected by the next evaluation",
+             ("train_subset", "confident_wrong_corrected"), True, **_SHARE, reading="derived", group="gradient"),
+    Quantity("memorised", "flipped training labels memorised", ("train_flipped", "memorised"), False, **_SHARE,
+             group="label_noise"),
+    Quantity("memorised_peak", "flipped training labels memorised at the peak", ("train_flipped", "memorised"),
+             False, **_SHARE, reading="peak", group="label_noise"),
+    Quantity("recovered", "flipped training labels recovered", ("train_flipped", "recovered"), True, **_SHARE,
+             group="label_noise"),
+    Quantity("clean_train_accuracy", "accuracy on the clean training labels", ("train_clean", "accuracy"), True,
+             0.005, group="label_noise"),
+    Quantity("accuracy_drop", "accuracy lost after the validation-selected best", ("test", "accuracy"), False, 0.005,
+             reading="derived", group="label_noise"),
+    Quantity("auroc_max_softmax", "AUROC held-out vs known classes, max softmax", ("heldout", "auroc_max_softmax"),
+             True, 0.01, group="heldout"),
+    Quantity("auroc_max_sigmoid", "AUROC held-out vs known classes, max sigmoid", ("heldout", "auroc_max_sigmoid"),
+             True, 0.01, group="heldout"),
+    Quantity("auroc_natural", "AUROC held-out vs known classes, the loss's own score", ("heldout", "auroc_natural"),
+             True, 0.01, reading="derived", group="heldout"),
+    Quantity("none_share_heldout", "held-out images answered 'none'", ("heldout", "none_share"), None, **_SHARE,
+             group="heldout"),
+    Quantity("none_share_test", "known-class test images answered 'none'", ("test", "none_share"), None, **_SHARE,
+             group="heldout"),
+)
+
+
+def _index() -> dict[str, Quantity]:
+    index: dict[str, Quantity] = {}
+    for q in QUANTITIES:
+        if q.name in index:
+            raise ValueError(f"quantity {q.name!r} is declared twice")
+        index[q.name] = q
+    return index
+
+
+_BY_NAME = _index()
+
+
+def get(name: str) -> Quantity | None:
+    """The declaration of ``name``, or None for a quantity the registry does not declare. Steps to a target beyond
+    the declared ones (a condition with more targets) are declared like the second."""
+    if name in _BY_NAME:
+        return _BY_NAME[name]
+    found = re.fullmatch(r"steps_to_target_([1-9][0-9]*)", name)
+    if found:
+        return dataclasses.replace(_BY_NAME[steps_name(2)], name=name, label=f"steps to target {found[1]}",
+                                   target=int(found[1]), question="")
+    return None
+
+
+def spec(name: str) -> Quantity:
+    """The declaration of ``name`` (as ``get``); a KeyError that lists the declared names otherwise."""
+    found = get(name)
+    if found is None:
+        raise KeyError(f"unknown quantity {name!r}; declared: {', '.join(_BY_NAME)}")
+    return found
+
+
+def names(group: str | None = None) -> tuple[str, ...]:
+    """Declared quantities in the registry's order, all or those of ``group``."""
+    return tuple(q.name for q in QUANTITIES if group is None or q.group == group)
+
+
+def primary() -> dict[str, str]:
+    """{quantity: the question it answers} for the primary quantities, one per question, in QUESTIONS' order."""
+    found = {q.question: q.name for q in QUANTITIES if q.question}
+    return {found[question]: text for question, text in QUESTIONS.items() if question in found}
+
+
+def read_last(group: str | None = None) -> dict[str, tuple[str, str]]:
+    """{quantity: (split, metric)} of the quantities read at the last evaluation, all or those of ``group``."""
+    return {q.name: q.source for q in QUANTITIES if q.reading == "last" and (group is None or q.group == group)}
+
+
+def headline() -> tuple[str, ...]:
+    """The headline table's estimates, in the registry's order."""
+    return tuple(q.name for q in QUANTITIES if q.headline)
+
+
+def is_steps(name: str) -> bool:
+    """Whether ``name`` is a steps-to-target quantity (right-censored: NaN means never reached)."""
+    found = get(name)
+    return found is not None and found.reading == "steps"
+
+
+def steps_names(count: int) -> tuple[str, ...]:
+    """The steps quantities of a condition with ``count`` targets."""
+    return tuple(steps_name(i) for i in range(1, count + 1))
