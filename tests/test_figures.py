@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.collections import PathCollection, PolyCollection
+from matplotlib.collections import LineCollection, PathCollection, PolyCollection
 from matplotlib.colors import same_color, to_hex
 from matplotlib.figure import Figure
 
@@ -32,9 +33,10 @@ def base(loss: str, step: int) -> float:
 
 
 def history(condition: str = "cond_a", losses=LOSSES, *, collapse: str | None = None,
-            noise: bool = False, heldout: bool = False) -> pd.DataFrame:
+            noise: bool = False, heldout: bool = False, confident: bool = False) -> pd.DataFrame:
     """A two-epoch history: accuracy ``base + SHIFT[seed]``, training loss ``1 / (1 + step) * (i + 1)``, other
-    metrics constant per loss. ``collapse``: that loss ends at accuracy 0.1 after reaching 0.6."""
+    metrics constant per loss. ``collapse``: that loss ends at accuracy 0.1 after reaching 0.6. ``confident``: the
+    confident-wrong shares of ``confident_values``."""
     rows = []
     for loss, seed in itertools.product(losses, SEEDS):
         i = INDEX[loss]
@@ -63,7 +65,19 @@ def history(condition: str = "cond_a", losses=LOSSES, *, collapse: str | None = 
             if heldout:
                 for split, metric, value in heldout_values(i):
                     add(step, split, metric, value + SHIFT[seed])
+            if confident and step > 0:
+                add(step, "train_subset", "confident_wrong_before", 10)
+                for split, metric, value in confident_values(i, condition):
+                    add(step, split, metric, value + SHIFT[seed])
     return pd.DataFrame(rows, columns=tables.HISTORY_COLUMNS)
+
+
+def confident_values(i: int, condition: str) -> list[tuple[str, str, float]]:
+    """(split, metric, mean over seeds, the same at every evaluation) of the confident-wrong shares of loss number
+    ``i``; each condition its own values."""
+    c = 0.01 * (sum(map(ord, condition)) % 7)
+    return [("train_subset", "confident_wrong_corrected", 0.1 + 0.08 * i + c),
+            ("test", "confident_wrong_loss_share", 0.6 - 0.05 * i - c)]
 
 
 def heldout_values(i: int) -> list[tuple[str, str, float]]:
@@ -106,6 +120,20 @@ def tune(condition: str = "cond_a", losses=LOSSES) -> pd.DataFrame:
             rows.append((condition, "synthetic", loss, lr, seed, step / 10, step, "val", "accuracy",
                          0.1 + (final - 0.1) * step / 20))
     return pd.DataFrame(rows, columns=tables.HISTORY_COLUMNS)
+
+
+VERDICTS = ("different", "not established", "equivalent", "identical")
+
+
+def ratios(losses=LOSSES, conditions=("cond_a", "cond_b")) -> pd.DataFrame:
+    """Paired speed ratios against the reference: loss i, condition j has ratio ``0.5 * 1.5 ** (i + j)``, its
+    interval a factor 1.2 either side, the verdicts in turn; the reference's own rows are left out."""
+    rows = []
+    for j, condition in enumerate(conditions):
+        for i, loss in enumerate(loss for loss in losses if loss != analysis.REFERENCE):
+            ratio = 0.5 * 1.5 ** (i + j)
+            rows.append((condition, loss, ratio, ratio / 1.2, ratio * 1.2, 5, VERDICTS[(i + j) % len(VERDICTS)]))
+    return pd.DataFrame(rows, columns=["condition", "loss", "ratio", "ci_low", "ci_high", "n", "verdict"])
 
 
 def penalty(losses=LOSSES, k: int = 10) -> pd.DataFrame:
@@ -426,36 +454,131 @@ def test_heldout_draws_the_mean_and_every_seed_with_the_losss_own_score_filled()
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The answers' figures, across conditions
+
+
+def collections_of(ax, loss: str, kind) -> list:
+    """The axes' collections of ``kind`` drawn in the loss's colour (edge colour: hollow markers have no face)."""
+    return [c for c in ax.collections if isinstance(c, kind) and len(c.get_edgecolor())
+            and same_color(c.get_edgecolor()[0][:3], report.colour(loss))]
+
+
+def test_speed_forest_draws_each_ratio_and_interval_on_a_log_axis_through_1():
+    table = ratios()
+    fig = report.plot_speed_forest(table)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    low, high = ax.get_xlim()
+    assert low < 1 < high
+    assert any(np.allclose(line.get_xdata(), 1.0) for line in ax.get_lines())  # the vertical line at 1
+    assert {t.get_text() for t in ax.get_xticklabels()} >= {"0.5", "1", "2"}  # plain numbers, not 10^0
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert report.label(analysis.REFERENCE) not in labels
+    others = [loss for loss in LOSSES if loss != analysis.REFERENCE]
+    for loss in others:
+        rows = table[table["loss"] == loss]
+        head = labels.index(report.label(loss))  # the loss's header row, its conditions below it
+        assert same_color(ax.get_yticklabels()[head].get_color(), report.colour(loss))
+        assert labels[head + 1:head + 3] == [f"{c}  (n=5)" for c in rows["condition"]]
+        points, = collections_of(ax, loss, PathCollection)  # one artist per loss
+        np.testing.assert_allclose(points.get_offsets(), np.c_[rows["ratio"], [head + 1, head + 2]])
+        filled = [not same_color(face, "white") for face in points.get_facecolor()]
+        assert filled == [report.VERDICT_MARKERS[v][1] for v in rows["verdict"]]
+        bars, = [c for c in ax.collections if isinstance(c, LineCollection)
+                 and same_color(c.get_color()[0], report.colour(loss))]
+        np.testing.assert_allclose([seg[:, 0] for seg in bars.get_segments()], rows[["ci_low", "ci_high"]])
+    assert_legend(fig, others)
+    assert set(VERDICTS) <= set(legend_labels(fig))
+
+
+def test_gradient_answer_draws_the_median_of_wrong_examples_per_decade_and_the_closed_form():
+    frame = pd.concat([examples("cond_a"), examples("cond_b")], ignore_index=True)  # pooled over conditions
+    fig = report.plot_gradient_answer(frame, penalty())
+    ax = fig.axes[0]
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    for loss in LOSSES:
+        points, = collections_of(ax, loss, PathCollection)
+        xy = np.asarray(points.get_offsets())
+        np.testing.assert_allclose(xy[:, 1], 1.0)  # every wrong example's gradient norm
+        decades = np.unique(np.floor(np.log10(np.clip(wrong_p_true(np.arange((INDEX[loss] + 1) * 4)), 1e-8, 1))))
+        np.testing.assert_array_equal(np.sort(np.floor(np.log10(xy[:, 0]))), decades)  # dodged inside its decade
+        closed = one_line(ax, loss)
+        assert closed.get_linestyle() == "--"
+        np.testing.assert_allclose(closed.get_ydata(), INDEX[loss] + 1.0)
+    assert_legend(fig)
+
+
+def test_gradient_answer_leaves_out_thin_bins():
+    frame = examples("cond_a", ["mse"])  # four wrong examples in four decades, three seeds: three per bin
+    for min_count, drawn in ((3, 4), (4, 0)):
+        fig = report.plot_gradient_answer(frame, None, min_count=min_count)
+        assert sum(len(c.get_offsets()) for c in collections_of(fig.axes[0], "mse", PathCollection)) == drawn
+
+
+def test_penalty_answer_draws_each_conditions_mean_share_per_loss():
+    noisy = history("cond_noise", noise=True, confident=True)
+    frame = pd.concat([history("cond_a", confident=True), noisy], ignore_index=True)
+    fig = report.plot_penalty_answer(frame)
+    corrected, memorised, carried = fig.axes[:3]
+    assert [t.get_text() for t in corrected.get_yticklabels()] == LOSSES
+    for loss in LOSSES:
+        i = INDEX[loss]
+        want = {c: dict(((s, m), v) for s, m, v in confident_values(i, c)) for c in ("cond_a", "cond_noise")}
+        for ax, key in ((corrected, ("train_subset", "confident_wrong_corrected")),
+                        (carried, ("test", "confident_wrong_loss_share"))):
+            points, = collections_of(ax, loss, PathCollection)  # one artist per loss
+            assert all(same_color(face[:3], report.colour(loss)) for face in points.get_facecolor())
+            np.testing.assert_allclose(np.asarray(points.get_offsets())[:, 0], [want["cond_a"][key],
+                                                                                want["cond_noise"][key]])
+        points, = collections_of(memorised, loss, PathCollection)  # the noise condition only, last evaluation
+        np.testing.assert_allclose(np.asarray(points.get_offsets())[:, 0], [0.05 * i + 0.1])
+    assert_legend(fig)
+    assert {"cond_a", "cond_noise"} <= set(legend_labels(fig))
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # A run of two epochs gives readable figures
 
 
 CONDITIONS = ("fashion_sgd", "fashion_adam", "fashion_noise40", "mnist1d_sgd", "fashion_heldout", "mnist1d_cnn")
 
 
-def every_figure(losses=LOSSES) -> dict[str, Figure]:
-    """Every figure of the report from two-epoch frames of the study's six conditions."""
-    frame = pd.concat([history(c, losses, noise="noise" in c, heldout="heldout" in c) for c in CONDITIONS],
-                      ignore_index=True)
+PLOTS = sorted(name for name in dir(report) if name.startswith("plot_"))  # every figure function of the report
+
+
+def figure_builders(losses=LOSSES) -> dict[str, Callable[[], Figure]]:
+    """Every figure function of the report, by name, drawing from two-epoch frames of the study's six conditions
+    (each condition tuned, as a study where every condition tunes its own rates)."""
+    frame = pd.concat([history(c, losses, noise="noise" in c, heldout="heldout" in c, confident=True)
+                       for c in CONDITIONS], ignore_index=True)
     ex = pd.concat([examples(c, losses) for c in CONDITIONS], ignore_index=True)
     targets = dict.fromkeys(CONDITIONS, TARGETS)
     one = frame[frame["condition"] == "mnist1d_sgd"]
-    tuned = pd.concat([tune(c, losses) for c in CONDITIONS[:2]], ignore_index=True)
-    chosen = {c: dict.fromkeys(losses, 0.1) for c in CONDITIONS[:2]}
+    tuned = pd.concat([tune(c, losses) for c in CONDITIONS], ignore_index=True)
+    chosen = {c: dict.fromkeys(losses, 0.1) for c in CONDITIONS}
     return {
-        "headline": report.plot_headline(frame),
-        "tuning": report.plot_tuning(tuned, chosen, targets),
-        "lr_views": report.plot_lr_views(tuned, chosen),
-        "steps_to_target": report.plot_steps_to_target(frame, targets),
-        "time_to_target": report.plot_time_to_target(frame, targets),
-        "convergence": report.plot_convergence(one, TARGETS),
-        "grad_norms": report.plot_grad_norms(one),
-        "logit_grad": report.plot_logit_grad(ex[ex["condition"] == "mnist1d_sgd"], penalty(losses)),
-        "penalty": report.plot_penalty(penalty(losses)),
-        "wrong_confidence": report.plot_wrong_confidence(ex),
-        "reliability": report.plot_reliability(ex[ex["condition"] == "mnist1d_sgd"]),
-        "label_noise": report.plot_label_noise(frame[frame["condition"] == "fashion_noise40"]),
-        "heldout": report.plot_heldout(frame[frame["condition"] == "fashion_heldout"]),
+        "plot_headline": lambda: report.plot_headline(frame),
+        "plot_speed_forest": lambda: report.plot_speed_forest(ratios(losses, CONDITIONS)),
+        "plot_gradient_answer": lambda: report.plot_gradient_answer(ex, penalty(losses)),
+        "plot_penalty_answer": lambda: report.plot_penalty_answer(frame),
+        "plot_tuning": lambda: report.plot_tuning(tuned, chosen, targets),
+        "plot_lr_views": lambda: report.plot_lr_views(tuned, chosen),
+        "plot_steps_to_target": lambda: report.plot_steps_to_target(frame, targets),
+        "plot_time_to_target": lambda: report.plot_time_to_target(frame, targets),
+        "plot_convergence": lambda: report.plot_convergence(one, TARGETS),
+        "plot_grad_norms": lambda: report.plot_grad_norms(one),
+        "plot_logit_grad": lambda: report.plot_logit_grad(ex[ex["condition"] == "mnist1d_sgd"], penalty(losses)),
+        "plot_penalty": lambda: report.plot_penalty(penalty(losses)),
+        "plot_wrong_confidence": lambda: report.plot_wrong_confidence(ex),
+        "plot_reliability": lambda: report.plot_reliability(ex[ex["condition"] == "mnist1d_sgd"]),
+        "plot_label_noise": lambda: report.plot_label_noise(frame[frame["condition"] == "fashion_noise40"]),
+        "plot_heldout": lambda: report.plot_heldout(frame[frame["condition"] == "fashion_heldout"]),
     }
+
+
+def every_figure(losses=LOSSES) -> dict[str, Figure]:
+    """Every figure of the report from two-epoch frames of the study's six conditions."""
+    return {name: build() for name, build in figure_builders(losses).items()}
 
 
 def drawn_ticklabels(axis) -> list:
@@ -494,3 +617,36 @@ def test_a_two_epoch_run_gives_readable_figures(losses):
                     assert not clash, f"{name}: overlapping tick labels {clash}"
             legend = fig.legends[0].get_window_extent()
             assert frame.x0 <= legend.x0 and legend.x1 <= frame.x1 and frame.y0 <= legend.y0, f"{name}: legend cut"
+
+
+def test_every_figure_function_is_drawn_by_these_tests():
+    """A new plot_* function must join ``figure_builders`` (and so the readability tests below)."""
+    assert sorted(figure_builders()) == PLOTS
+
+
+@pytest.mark.parametrize("name", PLOTS)
+def test_no_text_is_smaller_than_8_px_where_the_page_shows_the_figure(name):
+    """Every text of every figure, at the width the HTML page shows it (at most DISPLAY_WIDTH CSS px), is at least
+    8 px tall: a figure wider than the page is scaled down, and its text with it. Drawn with every registered loss
+    and six conditions, the widest the study makes them."""
+    build = figure_builders(EVERY).get(name)
+    if build is None:
+        pytest.fail(f"{name}: add it to figure_builders")
+    fig = build()
+    assert report.min_text_px(fig) >= 8, (name, fig.get_figwidth(), report.min_text_px(fig))
+
+
+def test_min_text_px_is_the_smallest_visible_text_scaled_to_the_page():
+    fig, ax = report.plt.subplots(figsize=(20, 4))  # 2,000 px at report.DPI: shown at half size
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title("title", fontsize=20)
+    ax.text(0.5, 0.5, "small", fontsize=10)
+    ax.text(0.5, 0.2, "", fontsize=2)  # empty: not text a reader sees
+    ax.text(0.5, 0.1, "hidden", fontsize=3, visible=False)
+    assert report.min_text_px(fig) == pytest.approx(10 * report.DPI / 72 * report.DISPLAY_WIDTH / 2000)
+    assert report.min_text_px(fig, display_width=4000) == pytest.approx(10 * report.DPI / 72)
+    hidden = fig.add_axes((0, 0, 0.1, 0.1))
+    hidden.set_title("tiny", fontsize=1)
+    hidden.set_visible(False)  # an invisible axes hides its texts
+    assert report.min_text_px(fig) == pytest.approx(10 * report.DPI / 72 * report.DISPLAY_WIDTH / 2000)
