@@ -151,9 +151,10 @@ def train_cmd(args: argparse.Namespace) -> None:
 
     cfg, cond = _load(args)
     lrs = _read_lrs(args.lrs, cond)
-    unstable = tables.read_json(args.lrs).get("unstable", {})
+    tuned = tables.read_json(args.lrs)
     runner.train_condition(cfg, cond, lrs, data_root=args.data, out=args.out, checkpoint=args.checkpoint,
-                           tracking=not args.no_tracking, progress=not args.no_progress, unstable=unstable)
+                           tracking=not args.no_tracking, progress=not args.no_progress,
+                           unstable=tuned.get("unstable", {}), grids=tuned.get("grids"))
 
 
 def probe_cmd(args: argparse.Namespace) -> None:
