@@ -84,3 +84,39 @@ def test_tost_sides():
     assert low < 1e-4 and high < 1e-4
     low, high = analysis.tost(np.array([0.9, 1.1, 1.0, 0.95, 1.05]), 0.5)  # far above the upper margin
     assert low < 1e-4 and high > 0.99
+
+
+def test_speed_views_say_whether_the_ordering_holds_in_all_three():
+    """mse is slower than the reference at its tuned rate, and also at its best grid rate and at the shared rate in
+    the tuning runs: the ordering is the loss's (agrees). Fabricated: steps are read from val accuracy crossing 0.5."""
+    def curve(loss, lr, seed, cross):  # val accuracy 0.1 at step 0, 0.9 from ``cross`` on
+        return [("c", "d", loss, lr, seed, 0, step, "val", "accuracy", 0.1 if step < cross else 0.9)
+                for step in range(0, 2000, 10)]
+
+    tune_rows = []
+    for seed in (100, 101, 102):
+        for lr in (0.05, 0.1):
+            tune_rows += curve(REF, lr, seed, 300 if lr == 0.1 else 500)
+            tune_rows += curve("mse", lr, seed, 400 + 10 * seed % 30 if lr == 0.1 else 700)
+            tune_rows += curve("smoothed_ce", lr, seed, 350 if lr == 0.1 else 800)
+    tune = pd.DataFrame(tune_rows, columns=["condition", "dataset", *analysis.RUN[1:], "epoch", "step", "split",
+                                            "metric", "value"])
+    q = analysis.steps_quantity(1)
+    per_seed = frame(q, {REF: [300, 310, 290, 305, 295], "mse": [450, 470, 430, 460, 440],
+                         "smoothed_ce": [250, 260, 240, 255, 245]})
+    head = analysis.Headline(per_seed, analysis.summarise(per_seed), analysis.differences(per_seed),
+                             pd.DataFrame(), pd.DataFrame(), {"c": (0.5,)})
+    lr_file = {"lrs": {REF: 0.1, "mse": 0.1, "smoothed_ce": 0.05}, "unstable": {}, "best_lrs": {"mse": 0.1}}
+    views = analysis.speed_views(head, {"c": tune}, {"c": lr_file})
+    mse = views[views["loss"] == "mse"].set_index("view")
+    assert set(mse.index) == set(analysis.SPEED_VIEWS)
+    assert (mse["direction"] == "slower").all() and mse["agrees"].all() and (mse["best_lr"] == 0.1).all()
+    assert mse.loc["tuned", "ratio"] == pytest.approx(1.5, abs=0.02)
+    assert mse.loc["envelope", "lr"] == 0.1 and mse.loc["shared", "lr"] == 0.1
+    # smoothed_ce is faster at its tuned rate only: slower at its best grid rate and at the shared one.
+    smooth = views[views["loss"] == "smoothed_ce"].set_index("view")
+    assert smooth.loc["tuned", "direction"] == "faster" and smooth.loc["shared", "direction"] == "slower"
+    assert not smooth["agrees"].any()
+    ratios = analysis.speed_ratios(head)
+    assert list(ratios.columns) == ["condition", "loss", "ratio", "ci_low", "ci_high", "n", "verdict"]
+    assert (ratios["verdict"] == analysis.DIFFERENT).all()
