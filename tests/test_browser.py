@@ -25,8 +25,11 @@ pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
-SECTIONS = ["Findings", "Setup", "Headline table", "Convergence speed", "Gradient magnitudes",
-            "Confident-wrong penalties and calibration", "Claims of the source text, checked"]
+SECTIONS = ["Answers", "Contents", "Convergence speed", "Gradient magnitudes",
+            "The confident-wrong penalty and its consequences", "Accuracy and stability",
+            "Claims of the source text and published results", "Methods and statistics"]
+ANSWERS = ["Convergence speed", "Gradient magnitudes", "The confident-wrong penalty"]
+FIRST_SCREEN = {"width": 1400, "height": 900}
 # This machine has no network and no display: keep Chromium from reaching out or looking for a GPU.
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-quic"]
@@ -80,6 +83,71 @@ def test_the_report_opens_from_disk_with_every_figure_and_section(smoke_pipeline
     for section in SECTIONS:
         assert section in headings, f"missing section {section!r}; headings: {headings}"
     page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+    assert not errors, errors
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def fabricated_report(tmp_path_factory) -> Path:
+    """The report built from test_report.py's fabricated results tree (seconds, no training)."""
+    from test_report import build, fabricate
+
+    root = fabricate(tmp_path_factory.mktemp("results") / "results")
+    build(root)
+    return root / "report"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk."""
+    header = path.read_bytes()[16:24]
+    return int.from_bytes(header[:4], "big"), int.from_bytes(header[4:], "big")
+
+
+# What the first screen shows, and every figure as the page displays it (inside a closed fold: not displayed).
+FIRST_SCREEN_JS = """() => {
+  const answers = [...document.querySelectorAll('h2')].find(h => h.textContent.trim() === 'Answers');
+  const list = answers.nextElementSibling;
+  const items = [...list.querySelectorAll(':scope > li')].map(li => ({
+      text: li.textContent.trim(), bottom: li.getBoundingClientRect().bottom}));
+  const figures = [...document.querySelectorAll('figure img')].map(img => {
+      const fold = img.closest('details');
+      const link = img.closest('a');
+      return {id: img.closest('figure').id, top: img.getBoundingClientRect().top, shown: img.clientWidth,
+              natural: img.naturalWidth, naturalHeight: img.naturalHeight,
+              minText: parseFloat(img.dataset.minTextPx), displayed: fold === null || fold.open,
+              href: link ? link.getAttribute('href') : null};
+  });
+  const methods = document.getElementById('methods-and-statistics').getBoundingClientRect().top;
+  return {items, figures, methods, height: window.innerHeight};
+}"""
+
+
+def test_the_report_opens_on_the_three_answers_and_every_figure_is_readable_and_opens_full_size(
+        fabricated_report, browser):
+    page = browser.new_page()
+    page.set_viewport_size(FIRST_SCREEN)
+    errors = watch_errors(page)
+    page.goto((fabricated_report / "index.html").as_uri(), wait_until="load")
+    page.screenshot(path=str(ARTIFACTS / "report-first-screen.png"))
+    seen = page.evaluate(FIRST_SCREEN_JS)
+    height = seen["height"]
+    assert [item["text"].split(":")[0] for item in seen["items"]] == ANSWERS
+    assert all(item["bottom"] <= height for item in seen["items"]), seen["items"]  # the three answers, whole
+    assert seen["figures"] and min(f["top"] for f in seen["figures"]) < height  # and at least the first figure
+    assert seen["methods"] > height  # no methods paragraph on the first screen
+    first_screen = page.evaluate("document.body.innerText").split("Contents")[0]
+    assert "Holm" not in first_screen and "replication probability" not in first_screen
+
+    displayed = [f for f in seen["figures"] if f["displayed"]]
+    assert displayed
+    for figure in displayed:  # the smallest text at the width the page shows the figure
+        assert figure["shown"] <= 1000, figure
+        assert figure["minText"] * figure["shown"] / figure["natural"] >= 8, figure
+    for figure in seen["figures"]:  # every figure, folded or not, links to its PNG at full size
+        assert figure["href"] == f"figures/{figure['id'].removeprefix('fig-')}.png", figure
+        target = fabricated_report / figure["href"]
+        assert target.exists(), figure
+        assert png_size(target) == (figure["natural"], figure["naturalHeight"]), figure
     assert not errors, errors
     page.close()
 

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 
 import jinja2
@@ -25,7 +26,7 @@ import pandas as pd
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from study import analysis, measures, report, tables, verdicts
+from study import analysis, answers, measures, report, tables, verdicts
 from study import losses as registry
 from study.analysis import REFERENCE
 
@@ -175,7 +176,7 @@ def fmt_difference(row: dict | None, digits: int = 3, unit: str = "", percent: b
     text += f" [{number(row['ci_low'])}, {number(row['ci_high'])}], {fmt_p(row['p_value'])}"
     p_holm = row.get("p_holm", math.nan)
     if holm and isinstance(p_holm, float) and math.isfinite(p_holm):
-        text += f", Holm {fmt_p(p_holm)}"
+        text += f", Holm p {answers.fmt_holm(p_holm, int(row['n']))}"
     if not word or row["evidence"] == analysis.DIFFERENT:
         return text
     return text + f", {row['evidence']} with {int(row['n'])} seeds"
@@ -216,6 +217,7 @@ class Computed:
     heldout: pd.DataFrame  # per seed: analysis.heldout_per_seed
     claims: pd.DataFrame
     metrics: dict
+    penalty_seeds: pd.DataFrame | None = None  # answers.penalty_per_seed
 
 
 CALIBRATION = {
@@ -264,8 +266,9 @@ def compute(inputs: Inputs) -> Computed:
     for row in analysis.summarise(heldout).itertuples():
         if row.quantity == "auroc_natural" and row.condition in metrics and row.loss in metrics[row.condition]:
             metrics[row.condition][row.loss]["heldout_auroc"] = row.mean
+    penalty_seeds = answers.penalty_per_seed(inputs.history, noise_per_seed, heldout)
     return Computed(head, saturation, calibration, noise, noise_per_seed, views, heldout, claims.fillna(""),
-                    metrics)
+                    metrics, penalty_seeds if not penalty_seeds.empty else None)
 
 
 def _chosen(inputs: Inputs, source: str) -> dict[str, float]:
@@ -281,9 +284,14 @@ class Figures:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.names: list[str] = []
+        self.text_px: dict[str, float] = {}  # each figure's smallest text in px at its full (PNG) size
 
     def save(self, name: str, draw: Callable[..., object], *args) -> str:
-        report.save(draw(*args), self.directory / f"{name}.png")
+        fig = draw(*args)
+        smallest = report.min_text_px(fig, math.inf)
+        if math.isfinite(smallest):
+            self.text_px[name] = smallest
+        report.save(fig, self.directory / f"{name}.png")
         self.names.append(name)
         return name
 
@@ -307,6 +315,7 @@ def _value(frame: pd.DataFrame, **keys) -> dict | None:
 def draw_figures(inputs: Inputs, computed: Computed, figures: Figures) -> None:
     """Every figure of the report, drawn before the text so that the text can check which exist."""
     conditions = inputs.conditions
+    draw_answer_figures(inputs, computed, figures)
     figures.save("headline", report.plot_headline, inputs.history)
     if inputs.tune is not None and not inputs.tune.empty:
         chosen = {s: _chosen(inputs, s) for s in inputs.tune["condition"].unique()}
@@ -334,6 +343,55 @@ def draw_figures(inputs: Inputs, computed: Computed, figures: Figures) -> None:
         figures.save("wrong_confidence", report.plot_wrong_confidence, inputs.examples, _confident(inputs))
 
 
+SPEED_FOREST, GRADIENT_ANSWER, PENALTY_ANSWER = "speed_forest", "gradient_answer", "penalty_answer"
+
+
+def forest_rows(head: analysis.Headline) -> pd.DataFrame:
+    """The speed comparisons as the forest plot reads them: ``condition, loss, ratio, ci_low, ci_high, n,
+    verdict`` (a ratio of steps to the first target, loss over the reference)."""
+    ratios = answers.speed_ratios(head)
+    return pd.DataFrame({"condition": ratios["condition"], "loss": ratios["loss"], "ratio": ratios["ratio"],
+                         "ci_low": ratios["ratio_low"], "ci_high": ratios["ratio_high"], "n": ratios["n"],
+                         "verdict": [answers.direction(r) for r in ratios.to_dict("records")]})
+
+
+def draw_answer_figures(inputs: Inputs, computed: Computed, figures: Figures) -> None:
+    """One summary figure per answer, across all conditions, where report.py draws it (the speed forest plot, the
+    measured gradient of wrong examples against its closed form, the confident-wrong shares)."""
+    if hasattr(report, "plot_speed_forest") and not computed.head.differences.empty:
+        figures.save(SPEED_FOREST, report.plot_speed_forest, forest_rows(computed.head))
+    if hasattr(report, "plot_gradient_answer") and (inputs.examples["split"] == "test").any():
+        figures.save(GRADIENT_ANSWER, report.plot_gradient_answer, inputs.examples, inputs.penalty)
+    if hasattr(report, "plot_penalty_answer"):
+        figures.save(PENALTY_ANSWER, report.plot_penalty_answer, inputs.history)
+
+
+def answer_figures(inputs: Inputs, figures: Figures) -> list[tuple[str, str]]:
+    """The answers' figures in the answers' order (name, caption): each answer's summary figure where drawn, else
+    the figure of the detail that comes closest."""
+    first = inputs.conditions[0]
+    choices = [
+        ((SPEED_FOREST, "Speed: steps to the first validation-accuracy target as a ratio to " + REFERENCE
+          + "'s, per loss and condition (log scale, 95% interval; the verdict marked)."),
+         ("steps_to_target", "Speed: steps to each validation-accuracy target per condition and loss.")),
+        ((GRADIENT_ANSWER, "Gradients: median per-example logit-gradient norm of wrong examples against the "
+          "probability of the true class (binned), per loss, measured beside the closed form."),
+         (f"logit_grad_{first}", f"Gradients, {first}: measured logit-gradient norm against p_true; dots correct, "
+          "crosses wrong, solid line binned median, dashed line closed form.")),
+        ((PENALTY_ANSWER, "Confident-wrong penalty: per loss, the share of confidently wrong examples corrected by "
+          "the next evaluation, the share of flipped labels memorised under noise and the share of test loss "
+          "carried by confident mistakes."),
+         ("penalty", "Confident-wrong penalty in closed form: loss and logit-gradient norm against the probability "
+          "of the true class.")),
+    ]
+    out = []
+    for preferred, fallback in choices:
+        pick = next(((name, caption) for name, caption in (preferred, fallback) if name in figures.names), None)
+        if pick is not None:
+            out.append(pick)
+    return out
+
+
 def _bins(inputs: Inputs, condition: str) -> int:
     return int(inputs.setups[condition].get("ece_bins", 15))
 
@@ -347,14 +405,24 @@ def _confident(inputs: Inputs) -> float:
 # and notes as dicts whose "kind" names their macro in templates/findings.md.j2.
 
 
+FINDINGS_BY_QUESTION = {  # which section's folded detail holds each kind of finding
+    "speed": ("speed", "optimizer"), "accuracy": ("accuracy", "stability", "fallback", "divergence"),
+    "calibration": ("calibration",), "gradients": ("gradients",), "label_noise": ("label_noise",),
+    "claims": ("claims",),
+}
+
+
 def context(inputs: Inputs, computed: Computed, figures: Figures) -> dict:
     losses = analysis.ordered(inputs.history["loss"])
+    items = findings(inputs, computed, figures)
     return {
+        **question_context(inputs, computed, figures),
+        "findings": {part: [f for f in items if f["kind"] in kinds] for part, kinds in FINDINGS_BY_QUESTION.items()},
+        "text_px": dict(figures.text_px),
         "conditions": inputs.conditions,
         "losses": losses,
         "seeds": sorted({s for c in inputs.conditions for s in inputs.setups[c].get("seeds", [])}),
         "figures": list(figures.names),
-        "findings": findings(inputs, computed, figures),
         "setup": _setup(inputs, losses),
         "headline": _headline(inputs, computed, losses),
         "convergence": _convergence(inputs, computed, losses),
@@ -365,6 +433,132 @@ def context(inputs: Inputs, computed: Computed, figures: Figures) -> dict:
         "anchors": _anchors(inputs, computed),
         "notes": _notes(inputs, computed),
     }
+
+
+# ---- Answers and their evidence -----------------------------------------------------------------------------------
+
+
+def question_context(inputs: Inputs, computed: Computed, figures: Figures) -> dict:
+    """The answers (answers.py), the evidence table of each question and the summaries the main text shows."""
+    conditions, head = inputs.conditions, computed.head
+    speed = answers.speed(head, conditions, computed.lr_views)
+    gradients = answers.gradients(head, computed.saturation, inputs.penalty, conditions)
+    penalty = answers.penalty(computed.penalty_seeds, conditions)
+    first = inputs.conditions[0]
+    gradient_figure = next((n for n in (f"logit_grad_{first}", f"grad_norms_{first}") if n in figures.names), None)
+    return {
+        "answers": {"speed": speed, "gradients": gradients, "penalty": penalty},
+        "answer_figures": answer_figures(inputs, figures),
+        "evidence": {
+            "speed": _comparison_table(answers.speed_ratios(head), analysis.steps_quantity(1), conditions, _ratio_cell),
+            "gradients": {**_comparison_table(head.differences, "saturated_share", conditions,
+                                              _share_cell(computed.saturation)),
+                          "figure": gradient_figure,
+                          "caption": f"{first}: measured ‖∂L/∂z‖ against p_true; dots correct, crosses wrong, solid line "
+                                     "binned median, dashed line closed form."},
+            "penalty": _penalty_table(penalty),
+        },
+        "words": {"equivalent": answers.EQUIVALENT, "not_established": answers.NOT_ESTABLISHED,
+                  "identical": answers.IDENTICAL},
+        "margins": _margins(),
+        "accuracy_summary": _accuracy_summary(inputs, computed),
+        "calibration_summary": "",
+    }
+
+
+def _comparison_table(rows: pd.DataFrame, quantity: str, conditions: Sequence[str], cell: Callable) -> dict:
+    """Per loss (at most one row each, so at most as many rows as losses), per condition the cell ``cell(row)``
+    of its comparison with the reference, and the loss's tally over the conditions."""
+    mine = rows[rows["quantity"] == quantity]
+    where = [c for c in conditions if c in set(mine["condition"])]
+    out = []
+    for t in answers.tally(mine, quantity, where, effect="ratio" if "ratio" in mine else "diff"):
+        cells = [cell(analysis.lookup(mine, condition=c, loss=t.loss)) for c in where]
+        out.append({"loss": t.loss, "tally": t, "cells": cells})
+    return {"conditions": where, "rows": out}
+
+
+def _ratio_cell(row: dict | None) -> dict | None:
+    if row is None:
+        return None
+    holm = row.get("p_holm", math.nan)
+    return {"text": answers.fmt_ratio(row["ratio"], row["ratio_low"], row["ratio_high"]),
+            "holm": answers.fmt_holm(holm, int(row["n"])) if math.isfinite(holm) else "",
+            "word": answers.direction(row)}
+
+
+def _share_cell(saturation: pd.DataFrame) -> Callable:
+    def cell(row: dict | None) -> dict | None:
+        if row is None:
+            return None
+        mine = saturation[(saturation["condition"] == row["condition"]) & (saturation["loss"] == row["loss"])]
+        holm = row.get("p_holm", math.nan)
+        return {"text": f"{analysis.mean_ci(mine['value']).mean:.1%}",
+                "holm": answers.fmt_holm(holm, int(row["n"])) if math.isfinite(holm) else "",
+                "word": answers.direction(row)}
+    return cell
+
+
+PENALTY_COLUMNS = {  # quantity -> (column header, words for a difference's direction, formatter of a mean)
+    "confident_wrong_loss_share": ("share of test loss carried by confident mistakes", ("more", "less"), "{:.1%}"),
+    "confident_wrong_corrected": ("confidently wrong training examples corrected by the next evaluation",
+                                  ("more", "fewer"), "{:.1%}"),
+    "memorised": ("flipped labels memorised (label noise)", ("more", "fewer"), "{:.1%}"),
+    "ece_ts": ("ECE after temperature scaling", ("higher", "lower"), "{:.3f}"),
+    "ece_own": ("ECE on the loss's own probabilities", ("higher", "lower"), "{:.3f}"),
+    "ece": ("ECE (softmax)", ("higher", "lower"), "{:.3f}"),
+    "auroc_natural": ("held-out AUROC by its own score", ("higher", "lower"), "{:.3f}"),
+}
+
+
+def _penalty_table(penalty: dict | None) -> dict:
+    """One row per loss; per quantity the range of the loss's means over conditions and its tally against the
+    reference. ECE on the softmax is shown only where the loss's own probabilities were not measured."""
+    if penalty is None:
+        return {"columns": [], "rows": []}
+    shown = [q for q in PENALTY_COLUMNS if penalty.get(q) and not (q == "ece" and penalty.get("ece_own"))]
+    losses = analysis.ordered({loss for q in shown for loss in penalty[q]["means"]})
+    rows = []
+    for loss in losses:
+        cells = []
+        for q in shown:
+            means = penalty[q]["means"].get(loss) or []
+            header, (up, down), spec = PENALTY_COLUMNS[q]
+            if not means:
+                cells.append(None)
+                continue
+            low, high = spec.format(min(means)), spec.format(max(means))
+            tally = next((t for t in penalty[q]["tallies"] if t.loss == loss), None)
+            cells.append({"range": low if low == high else f"{low} to {high}", "tally": tally,
+                          "words": {"higher": up, "lower": down}})
+        rows.append({"loss": loss, "cells": cells})
+    return {"columns": [PENALTY_COLUMNS[q][0] for q in shown], "rows": rows}
+
+
+def _margins() -> str:
+    """The declared equivalence margins, where analysis declares them (quantities registry), as one phrase."""
+    try:
+        from study import quantities
+    except ImportError:
+        return ""
+    parts = []
+    for q in getattr(quantities, "QUANTITIES", ()):
+        margin = getattr(q, "margin", None)
+        if margin:
+            unit = getattr(q, "unit", "") or ""
+            parts.append(f"{getattr(q, 'label', getattr(q, 'name', ''))} ±{margin:g}{(' ' + unit) if unit else ''}")
+    return ", ".join(parts)
+
+
+def _accuracy_summary(inputs: Inputs, computed: Computed) -> list[dict]:
+    """Per condition the highest-accuracy group: the best mean and the losses whose verdict against it is not
+    'different' (analysis.leaders)."""
+    out = []
+    for c in inputs.conditions:
+        lead = analysis.leaders(_by_loss(computed.head.per_seed, c, "final_accuracy"), True)
+        if lead is not None:
+            out.append({"condition": c, "losses": list(lead.tied)})
+    return out
 
 
 # ---- Findings ---------------------------------------------------------------------------------------------------
@@ -716,6 +910,18 @@ HEADLINE = ("final_accuracy", "selected_accuracy", "test_nll", "ece")  # the hea
 PRIMARY_UNITS = {"steps_to_target_1": (0, "steps", False), "saturated_share": (3, "", True), "ece": (3, "", False)}
 
 
+def _units(quantity: str) -> tuple[int, str, bool]:
+    """(digits, unit, percent) of a quantity as its declaration in study.quantities prints it, where declared."""
+    try:
+        from study import quantities
+    except ImportError:
+        quantities = None
+    spec = next((q for q in getattr(quantities, "QUANTITIES", ()) if q.name == quantity), None)
+    if spec is not None:
+        return int(spec.digits), str(spec.unit), bool(spec.percent)
+    return PRIMARY_UNITS.get(quantity, (3, "", False))
+
+
 def _headline(inputs: Inputs, computed: Computed, losses: list[str]) -> dict:
     head = computed.head
     conditions = []
@@ -747,11 +953,12 @@ def _headline(inputs: Inputs, computed: Computed, losses: list[str]) -> dict:
                 d = _value(primary, condition=c, loss=loss, quantity=quantity)
                 if d is None:
                     continue
-                digits, unit, percent = PRIMARY_UNITS[quantity]
+                digits, unit, percent = _units(quantity)
                 comparisons.append({"condition": c, "quantity": quantity, "loss": loss,
                                     "diff": fmt_difference(d, digits, unit, percent=percent, word=False, holm=False),
                                     "p_holm": d["p_holm"],
-                                    "evidence": d["evidence"], "n": int(d["n"])})
+                                    "evidence": None if answers.verdict(d) == answers.UNTESTED else answers.verdict(d),
+                                    "n": int(d["n"])})
     return {"conditions": conditions, "primary_questions": analysis.PRIMARY, "primary": comparisons}
 
 
@@ -939,10 +1146,10 @@ def _environment() -> jinja2.Environment:
                              autoescape=jinja2.select_autoescape(["html.j2"], default_for_string=False))
     env.filters.update({"num": format, "each": lambda values, spec: [spec.format(v) for v in values],
                         "cell": _cell, "join_and": _join, "estimate": fmt_estimate, "difference": fmt_difference,
-                        "steps": fmt_steps, "percent": fmt_percent, "p": fmt_p})
+                        "steps": fmt_steps, "percent": fmt_percent, "p": fmt_p, "holm": answers.fmt_holm})
     env.globals.update({"reference": REFERENCE, "alpha": analysis.ALPHA, "saturation": analysis.SATURATION,
                         "replication": analysis.REPLICATION, "evidence_bounds": analysis.evidence_bounds,
-                        "verdict_rule": analysis.VERDICT_RULE})
+                        "verdict_rule": analysis.VERDICT_RULE, "effect_range": answers.effect_range})
     return env
 
 
@@ -964,7 +1171,8 @@ def render_bullets(items: Sequence[dict]) -> list[str]:
 def _markdown_parser(figures: Path) -> MarkdownIt:
     """CommonMark with tables, where a heading gets its slug as id, a link to figures/<name>.png points at the
     figure's id ``fig-<name>``, and a figure (see the ``figure`` macro) becomes one <figure> with its image inlined."""
-    parser = MarkdownIt("commonmark", {"html": False}).enable("table")  # text that looks like a tag stays text
+    # HTML blocks only (the folds' <details> lines); inline text that looks like a tag stays text.
+    parser = MarkdownIt("commonmark", {"html": True}).enable("table").disable("html_inline")
 
     def anchors(state) -> None:
         tokens = state.tokens
@@ -984,12 +1192,26 @@ def _markdown_parser(figures: Path) -> MarkdownIt:
     return parser
 
 
+TEXT_PX = re.compile(r"smallest text ([0-9.]+) px")  # the figure macro's image title
+
+
 def _as_figure(tokens: list[Token], i: int, figures: Path) -> None:
     """Tokens ``i - 1 .. i + 4`` are the figure macro's two paragraphs, the image and its caption: make them
-    <figure id="fig-<name>"><img src="data:..."><figcaption>...</figcaption></figure>."""
+    <figure id="fig-<name>"><a href="figures/<name>.png"><img src="data:..."></a><figcaption>...</figcaption>
+    </figure>. The link opens the PNG at full size; the image's title (its smallest text at full size, in px)
+    becomes the attribute data-min-text-px, for a browser to compare with the width it displays."""
     image = tokens[i].children[0]
-    name = Path(str(image.attrGet("src"))).stem
+    src = str(image.attrGet("src"))
+    name = Path(src).stem
     image.attrSet("src", "data:image/png;base64," + base64.b64encode((figures / f"{name}.png").read_bytes()).decode())
+    title = TEXT_PX.search(str(image.attrGet("title") or ""))
+    if image.attrs and "title" in image.attrs:
+        del image.attrs["title"]
+    if title:
+        image.attrSet("data-min-text-px", title[1])
+    link_open, link_close = Token("link_open", "a", 1), Token("link_close", "a", -1)
+    link_open.attrSet("href", src)
+    tokens[i].children = [link_open, image, link_close]
     image_open, image_close, caption_open, caption, caption_close = tokens[i - 1], *tokens[i + 1:i + 5]
     image_open.tag, image_close.hidden = "figure", True
     image_open.attrSet("id", f"fig-{name}")
@@ -998,10 +1220,48 @@ def _as_figure(tokens: list[Token], i: int, figures: Path) -> None:
     tokens.insert(i + 5, Token("figure_close", "figure", -1, block=True))
 
 
+def main_words(html_text: str) -> int:
+    """The words a reader sees without opening a fold: the text of index.html's body outside <details> blocks
+    (their <summary> lines count), tables and captions included, styles and image data left out."""
+    counter = _WordCounter()
+    counter.feed(html_text)
+    return counter.words
+
+
+class _WordCounter(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.words = 0
+        self._details = 0  # nesting depth of <details>
+        self._summary = False
+        self._skip = 0  # inside <style>, <script> or <title>
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "details":
+            self._details += 1
+        elif tag == "summary":
+            self._summary = True
+        elif tag in ("style", "script", "title"):
+            self._skip += 1
+
+    def handle_endtag(self, tag):
+        if tag == "details":
+            self._details -= 1
+        elif tag == "summary":
+            self._summary = False
+        elif tag in ("style", "script", "title"):
+            self._skip -= 1
+
+    def handle_data(self, data):
+        if not self._skip and (self._details == 0 or (self._details == 1 and self._summary)):
+            self.words += len(data.split())
+
+
 def render_html(markdown: str, figures: Path, title: str) -> str:
     """report.md as one HTML file with every figure inlined (opens from disk, nothing else needed)."""
     body = _markdown_parser(figures).render(markdown)
-    return _environment().get_template("index.html.j2").render(title=title, body=markupsafe.Markup(body))
+    return _environment().get_template("index.html.j2").render(title=title, body=markupsafe.Markup(body),
+                                                                display_width=report.DISPLAY_WIDTH)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1066,3 +1326,8 @@ def build(results: Path, probe: Path, conditions: Sequence[str], out: Path, metr
     finally:
         if staged.exists():
             shutil.rmtree(staged, ignore_errors=True)
+
+
+def render_answer(kind: str, values: dict) -> str:
+    """One answer's sentences (``kind``: speed, gradients or penalty) as report.md words them."""
+    return str(getattr(_environment().get_template("answers.md.j2").module, kind)(values)).strip()

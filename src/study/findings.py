@@ -13,12 +13,24 @@ from pathlib import Path
 NUMBER = re.compile(r"[<=]?[-+−]?\d+(?:[.,]\d+)*(?:e[-+]?\d+)?%?")
 
 
+HEADING = re.compile(r"#{1,6} (.*)")
+SECTIONS = ("Answers", "Findings")  # the headings (any level) whose bullets are the report's findings
+
+
 def masked(report_md: str) -> list[str]:
-    """The bullets of the report's "Findings" section with every number replaced by ``#``."""
-    if "## Findings" not in report_md:
-        raise ValueError("no '## Findings' section: pass a report.md written by `study report`")
-    section = report_md.split("## Findings", 1)[1].split("\n## ", 1)[0]
-    return [NUMBER.sub("#", line) for line in section.splitlines() if line.startswith("- ")]
+    """The bullets of the report's "Answers" section and of every "Findings" section (the per-question findings
+    in the folded detail), in order, with every number replaced by ``#``."""
+    bullets, inside, found = [], False, False
+    for line in report_md.splitlines():
+        heading = HEADING.fullmatch(line)
+        if heading:
+            inside = heading[1].startswith(SECTIONS)
+            found = found or inside
+        elif inside and line.startswith("- "):
+            bullets.append(NUMBER.sub("#", line))
+    if not found:
+        raise ValueError("no 'Answers' or 'Findings' section: pass a report.md written by `study report`")
+    return bullets
 
 
 @dataclass(frozen=True)

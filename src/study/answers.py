@@ -1,0 +1,396 @@
+"""The report's three answers (convergence speed, gradient magnitudes, the confident-wrong penalty and its
+consequences), computed from the analysis tables: which loss, in how many conditions, with which verdict. Plain
+values only; the words live in templates/answers.md.j2. Imports no plotting library and no document code.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from study import analysis
+from study import losses as registry
+from study.analysis import REFERENCE
+from study.measures import healthy, last_values, runs
+
+# The verdict vocabulary of analysis; before its equivalence tests the word for "no difference shown" was ALIKE.
+DIFFERENT = analysis.DIFFERENT
+NOT_ESTABLISHED = analysis.NOT_ESTABLISHED
+EQUIVALENT = getattr(analysis, "EQUIVALENT", analysis.ALIKE)
+IDENTICAL = getattr(analysis, "IDENTICAL", "identical")
+UNTESTED = "no test"
+LOWER, HIGHER = "lower", "higher"  # a DIFFERENT verdict with its direction (loss - reference)
+# The order in which a tally lists its parts: the decided verdicts first.
+ORDER = (LOWER, HIGHER, EQUIVALENT, IDENTICAL, NOT_ESTABLISHED, UNTESTED)
+SAME = (EQUIVALENT, IDENTICAL)  # verdicts that say "no difference", each in its own terms
+
+
+def verdict(row: Mapping | None) -> str:
+    """The verdict word of one row of ``analysis.differences`` (its ``verdict`` column where analysis writes one,
+    else ``evidence``); UNTESTED without a test."""
+    if row is None:
+        return UNTESTED
+    for column in ("verdict", "evidence"):
+        word = row.get(column)
+        if isinstance(word, str) and word:
+            return word
+    return UNTESTED
+
+
+def direction(row: Mapping | None) -> str:
+    """LOWER or HIGHER for a DIFFERENT verdict (by the sign of loss - reference), else the verdict itself."""
+    word = verdict(row)
+    if word != DIFFERENT:
+        return word
+    return LOWER if float(row["diff"]) < 0 else HIGHER
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Numbers that cannot contradict their verdict
+
+
+@functools.lru_cache(maxsize=64)
+def thresholds(n: int) -> tuple[float, ...]:
+    """The p-values where a verdict on ``n`` seeds changes its word: the family-wise level and, where analysis
+    reads a p-value through its replication probability, the bounds of that rule."""
+    bounds = [analysis.ALPHA]
+    if n >= 2 and hasattr(analysis, "evidence_bounds"):
+        bounds += [float(b) for b in analysis.evidence_bounds(n)]
+    return tuple(sorted(set(bounds)))
+
+
+def fmt_holm(p: float, n: int = 0) -> str:
+    """A Holm-adjusted p-value printed with as many significant digits as it takes for the printed number to lie
+    on the same side of every verdict threshold (``thresholds(n)``) as the value itself: two equal printed values
+    then never carry different verdicts (0.0115 and 0.0125 around 0.012 print as 0.0115 and 0.0125)."""
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    if p < 0.001 and all(t >= 0.001 for t in thresholds(n)):
+        return "<0.001"
+    for digits in range(2, 8):
+        text = f"{p:.{digits}g}"
+        printed = float(text)
+        if all((printed < t) == (p < t) for t in thresholds(n)):
+            return text
+    return f"{p:.8g}"
+
+
+def fmt_ratio(ratio: float, low: float, high: float) -> str:
+    """'0.63× [0.55, 0.72]' (a ratio of steps, loss over reference); '–' without a value."""
+    if ratio is None or not math.isfinite(ratio):
+        return "–"
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return f"{ratio:.2f}×"
+    return f"{ratio:.2f}× [{low:.2f}, {high:.2f}]"
+
+
+def percent_change(ratio: float) -> str:
+    """A ratio of steps as the change it makes: 0.63 -> '37% fewer steps', 1.6 -> '60% more steps'."""
+    if not math.isfinite(ratio):
+        return "–"
+    change = round(100 * (ratio - 1))
+    return f"{abs(change)}% {'fewer' if change < 0 else 'more'} steps"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tallies: where an answer holds
+
+
+@dataclass(frozen=True)
+class Part:
+    word: str  # LOWER, HIGHER or a verdict word
+    conditions: tuple[str, ...]
+    effects: tuple[float, ...]  # the effect (ratio or difference) in each of those conditions
+
+    @property
+    def n(self) -> int:
+        return len(self.conditions)
+
+
+@dataclass(frozen=True)
+class Tally:
+    """One loss against the reference on one quantity over the conditions that compared them."""
+
+    loss: str
+    parts: tuple[Part, ...]
+    total: int
+
+    def count(self, *words: str) -> int:
+        return sum(p.n for p in self.parts if p.word in words)
+
+    def part(self, word: str) -> Part | None:
+        return next((p for p in self.parts if p.word == word), None)
+
+
+def tally(differences: pd.DataFrame, quantity: str, conditions: Sequence[str], *, effect: str = "diff",
+          losses: Iterable[str] | None = None) -> list[Tally]:
+    """Per loss (registry order), how many of ``conditions`` give each verdict on ``quantity`` against the
+    reference; ``effect`` names the column whose value each part keeps (``ratio`` for speed)."""
+    rows = differences[(differences["quantity"] == quantity) & differences["condition"].isin(conditions)]
+    out = []
+    for loss in analysis.ordered(losses if losses is not None else rows["loss"]):
+        mine = rows[rows["loss"] == loss]
+        if mine.empty:
+            continue
+        by_word: dict[str, tuple[list[str], list[float]]] = {}
+        for condition in conditions:  # the report's order of conditions
+            row = analysis.lookup(mine, condition=condition)
+            if row is None:
+                continue
+            cs, es = by_word.setdefault(direction(row), ([], []))
+            cs.append(condition)
+            es.append(float(row.get(effect, math.nan)))
+        parts = tuple(Part(w, tuple(by_word[w][0]), tuple(by_word[w][1])) for w in sorted(by_word, key=_rank))
+        out.append(Tally(loss, parts, sum(p.n for p in parts)))
+    return out
+
+
+def _rank(word: str) -> int:
+    return ORDER.index(word) if word in ORDER else len(ORDER)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Speed
+
+
+def speed_ratios(head: analysis.Headline, reference: str = REFERENCE) -> pd.DataFrame:
+    """The speed comparisons as ratios of steps (loss / reference) with their verdicts: ``analysis.differences``'
+    rows of the first target, with ``ratio, ratio_low, ratio_high`` where analysis writes them, else the geometric
+    mean of the per-seed ratios (seeds where both reached the target) with its t-interval on the log scale."""
+    q1 = analysis.steps_quantity(1)
+    rows = head.differences[head.differences["quantity"] == q1].copy()
+    if "ratio" in rows.columns and rows["ratio"].notna().any():
+        return rows
+    ratios, lows, highs = [], [], []
+    steps = head.per_seed[head.per_seed["quantity"] == q1]
+    for row in rows.itertuples():
+        mine = steps[steps["condition"] == row.condition]
+        a = mine[mine["loss"] == row.loss].set_index("seed")["value"]
+        b = mine[mine["loss"] == reference].set_index("seed")["value"]
+        joined = pd.concat({"a": a, "b": b}, axis=1).astype(float).dropna()
+        joined = joined[(joined["a"] > 0) & (joined["b"] > 0)]
+        est = analysis.mean_ci(np.log(joined["a"] / joined["b"]))
+        ratios.append(math.exp(est.mean) if math.isfinite(est.mean) else math.nan)
+        lows.append(math.exp(est.ci_low) if math.isfinite(est.ci_low) else math.nan)
+        highs.append(math.exp(est.ci_high) if math.isfinite(est.ci_high) else math.nan)
+    return rows.assign(ratio=ratios, ratio_low=lows, ratio_high=highs)
+
+
+def fastest(head: analysis.Headline, conditions: Sequence[str]) -> list[dict]:
+    """Per loss, in how many conditions it belongs to the fastest group (the loss with the fewest mean steps to the
+    first target and every loss no Holm-corrected paired test establishes as slower than it; a loss that did not
+    reach the target in at least half its seeds is left out). Most conditions first, then the registry's order."""
+    q1 = analysis.steps_quantity(1)
+    counts: dict[str, list[str]] = {}
+    trained: dict[str, int] = {}
+    for c in conditions:
+        rows = head.per_seed[(head.per_seed["condition"] == c) & (head.per_seed["quantity"] == q1)]
+        summary = head.summary[(head.summary["condition"] == c) & (head.summary["quantity"] == q1)]
+        reached = set(summary.loc[np.isfinite(summary["median"].to_numpy(dtype=float)), "loss"])
+        for loss in set(summary["loss"]):
+            trained[loss] = trained.get(loss, 0) + 1
+        by_loss = {loss: g.set_index("seed")["value"] for loss, g in rows.groupby("loss") if loss in reached}
+        lead = analysis.leaders(by_loss, higher_is_better=False) if by_loss else None
+        if lead is None:
+            continue
+        for loss in lead.tied:
+            counts.setdefault(loss, []).append(c)
+    order = analysis.ordered(counts)
+    order.sort(key=lambda loss: -len(counts[loss]))  # stable: ties keep the registry's order
+    return [{"loss": loss, "n": len(counts[loss]), "of": trained[loss], "conditions": counts[loss]}
+            for loss in order]
+
+
+def rate_views(views: Mapping[str, pd.DataFrame], reference: str = REFERENCE) -> dict | None:
+    """Whether each loss's order against the reference in steps to the first target (from the tuning runs) is the
+    same at its own tuned rate and at the reference's rate: ``held`` and ``moved`` list (condition, loss)."""
+    held, moved = [], []
+    for source, view in views.items():
+        if view is None or view.empty or "steps_to_target" not in view:
+            continue
+        ref = analysis.lookup(view, loss=reference, view="own lr")
+        if ref is None or not math.isfinite(ref["steps_to_target"]):
+            continue
+        for loss in analysis.ordered(view["loss"]):
+            if loss == reference:
+                continue
+            own = analysis.lookup(view, loss=loss, view="own lr")
+            shared = analysis.lookup(view, loss=loss, view="shared lr")
+            if own is None or shared is None:
+                continue
+            a, b = _order(own["steps_to_target"], ref["steps_to_target"]), _order(shared["steps_to_target"],
+                                                                                  ref["steps_to_target"])
+            (held if a == b else moved).append({"condition": source, "loss": loss})
+    if not held and not moved:
+        return None
+    return {"held": held, "moved": moved, "views": ("its own tuned rate", f"{reference}'s rate")}
+
+
+def _order(steps: float, reference: float, tolerance: float = 0.1) -> int:
+    """-1 faster, +1 slower than the reference beyond ``tolerance`` (a share of its steps), 0 within it; a target
+    never reached counts as slower."""
+    if not math.isfinite(steps):
+        return 1
+    if abs(steps - reference) <= tolerance * reference:
+        return 0
+    return -1 if steps < reference else 1
+
+
+def speed(head: analysis.Headline, conditions: Sequence[str], views: Mapping[str, pd.DataFrame] | None = None,
+          speed_views: pd.DataFrame | None = None, reference: str = REFERENCE) -> dict | None:
+    """The speed answer: the fastest group's members and in how many conditions; each loss against the reference
+    (faster / slower / equivalent / ...) in how many conditions, with its ratios of steps; whether the ordering
+    holds under the learning-rate views. None without a steps comparison."""
+    ratios = speed_ratios(head, reference)
+    tallies = tally(ratios, analysis.steps_quantity(1), conditions, effect="ratio")
+    if not tallies:
+        return None
+    decided = [t for t in tallies if t.count(LOWER, HIGHER)]
+    views_answer = None
+    if speed_views is not None and not speed_views.empty and "holds" in speed_views:
+        holds = speed_views.drop_duplicates(["condition", "loss"])
+        views_answer = {"held": holds[holds["holds"].astype(bool)][["condition", "loss"]].to_dict("records"),
+                        "moved": holds[~holds["holds"].astype(bool)][["condition", "loss"]].to_dict("records"),
+                        "views": ("each loss's tuned rate", "its best rate over the grid", f"{reference}'s rate")}
+    elif views:
+        views_answer = rate_views(views, reference)
+    return {"reference": reference, "conditions": len(conditions), "fastest": fastest(head, conditions),
+            "tallies": tallies, "none_different": not decided, "views": views_answer}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Gradient magnitudes
+
+
+VANISHED = 0.1  # a closed-form gradient below this share of the reference's at the same point has vanished
+
+
+def closed_form(penalty: pd.DataFrame | None, reference: str = REFERENCE) -> dict | None:
+    """Each loss's logit-gradient norm at the most confidently wrong point of the probe sweep (its smallest
+    p_true), beside the reference's."""
+    if penalty is None or penalty.empty:
+        return None
+    worst = penalty.loc[penalty.groupby("loss")["p_true"].idxmin()].set_index("loss")
+    if reference not in worst.index:
+        return None
+    ref = float(worst.loc[reference, "logit_grad_norm"])
+    losses = [{"loss": loss, "norm": float(worst.loc[loss, "logit_grad_norm"]),
+               "vanished": float(worst.loc[loss, "logit_grad_norm"]) < VANISHED * ref}
+              for loss in analysis.ordered(worst.index) if loss != reference]
+    return {"p_true": float(worst.loc[reference, "p_true"]), "reference_norm": ref, "losses": losses}
+
+
+def gradients(head: analysis.Headline, saturation: pd.DataFrame, penalty: pd.DataFrame | None,
+              conditions: Sequence[str], reference: str = REFERENCE) -> dict | None:
+    """The gradient answer: the losses whose logit gradient vanishes on wrong examples (in closed form, or a share
+    of wrong test examples with a vanished gradient established as higher than the reference's in some
+    condition), with where that holds; the losses that keep a gradient."""
+    tallies = tally(head.differences, "saturated_share", conditions)
+    form = closed_form(penalty, reference)
+    if not tallies and form is None:
+        return None
+    shares = {}
+    for t in tallies:
+        mine = saturation[(saturation["loss"] == t.loss) & saturation["condition"].isin(conditions)]
+        shares[t.loss] = float(mine.groupby("condition")["value"].mean().max()) if not mine.empty else math.nan
+    by_form = {x["loss"]: x for x in (form["losses"] if form else [])}
+    vanishing = [loss for loss in analysis.ordered({*by_form, *(t.loss for t in tallies)})
+                 if (loss in by_form and by_form[loss]["vanished"])
+                 or any(t.loss == loss and t.count(HIGHER) for t in tallies)]
+    kept = [t for t in tallies if t.loss not in vanishing]
+    return {"reference": reference, "threshold": analysis.SATURATION, "closed_form": form,
+            "vanishing": [{"loss": loss, "closed_form": by_form.get(loss),
+                           "tally": next((t for t in tallies if t.loss == loss), None),
+                           "largest_share": shares.get(loss, math.nan)} for loss in vanishing],
+            "kept": kept, "conditions": len(conditions)}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The confident-wrong penalty and its consequences
+
+
+# quantity -> (split, metric) at each healthy model's last evaluation; ece_own is the training helpers' ECE on each
+# loss's own probabilities (none for logit_mse), read where it exists, else the ECE on the softmax.
+PENALTY_FINAL = {"confident_wrong_loss_share": ("test", "confident_wrong_loss_share"), "ece_ts": ("test", "ece_ts"),
+                 "ece_own": ("test", "ece_own"), "ece": ("test", "ece")}
+
+
+def penalty_per_seed(history: pd.DataFrame, noise_per_seed: Mapping[str, pd.DataFrame],
+                     heldout: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per seed (``RUN, quantity, value``): the penalty's quantities at the last evaluation, the share of
+    confidently wrong training examples corrected by the next evaluation, the memorised share of flipped labels
+    (label-noise conditions) and the held-out AUROC by each loss's own score."""
+    models = runs(history)
+    parts = [healthy(last_values(history, split, metric), models).assign(quantity=q)
+             for q, (split, metric) in PENALTY_FINAL.items()]
+    fixed = analysis.corrections(history)
+    parts.append(fixed[fixed["quantity"] == "confident_wrong_corrected"])
+    for per_seed in noise_per_seed.values():
+        if not per_seed.empty:
+            parts.append(per_seed[per_seed["quantity"] == "memorised"])
+    if heldout is not None and not heldout.empty:
+        parts.append(heldout[heldout["quantity"].isin(["auroc_natural"])])
+    parts = [p[[*analysis.RUN, "quantity", "value"]] for p in parts if not p.empty]
+    if not parts:
+        return pd.DataFrame(columns=[*analysis.RUN, "quantity", "value"])
+    return pd.concat(parts, ignore_index=True).astype({"value": float})
+
+
+def _conditions_of(frame: pd.DataFrame, quantity: str, conditions: Sequence[str]) -> list[str]:
+    found = set(frame.loc[frame["quantity"] == quantity, "condition"])
+    return [c for c in conditions if c in found]
+
+
+def _means(per_seed: pd.DataFrame, quantity: str, loss: str, conditions: Sequence[str]) -> list[float]:
+    rows = per_seed[(per_seed["quantity"] == quantity) & (per_seed["loss"] == loss)
+                    & per_seed["condition"].isin(conditions)]
+    return [float(v) for v in rows.groupby("condition")["value"].mean() if math.isfinite(v)]
+
+
+def penalty(per_seed: pd.DataFrame | None, conditions: Sequence[str], reference: str = REFERENCE) -> dict | None:
+    """The confident-wrong answer from ``penalty_per_seed``: how much of the reference's test loss its confident
+    mistakes carry and how often its pull corrects them, against the other losses; the same pull memorising flipped
+    labels under noise; its consequences for calibration (ECE after temperature scaling) and for unseen classes."""
+    if per_seed is None or per_seed.empty:
+        return None
+    per_seed = per_seed[per_seed["condition"].isin(conditions)]
+    if per_seed.empty or reference not in set(per_seed["loss"]):
+        return None
+    diffs = analysis.differences(per_seed, reference)
+    bounded = [name for name in registry.names() if registry.spec(name).bounded]
+
+    def quantity(q: str) -> dict | None:
+        where = _conditions_of(per_seed, q, conditions)
+        if not where:
+            return None
+        means = _means(per_seed, q, reference, where)
+        return {"quantity": q, "conditions": where, "reference": (min(means), max(means)) if means else None,
+                "tallies": tally(diffs, q, where),
+                "means": {loss: _means(per_seed, q, loss, where) for loss in analysis.ordered(per_seed["loss"])}}
+
+    found = {q: quantity(q) for q in ("confident_wrong_loss_share", "confident_wrong_corrected", "memorised",
+                                      "ece_ts", "ece_own", "ece", "auroc_natural")}
+    return {"reference": reference, "bounded": bounded, "conditions": len(conditions),
+            **{q: v for q, v in found.items()},
+            "ece_own_measured": found["ece_own"] is not None}
+
+
+def evidence_rows(tallies: Sequence[Tally], differences: pd.DataFrame, quantity: str, conditions: Sequence[str]
+                  ) -> list[dict]:
+    """Per loss, per condition, the row of ``differences`` (None where not compared): the evidence table's cells."""
+    out = []
+    for t in tallies:
+        cells = {c: analysis.lookup(differences, condition=c, loss=t.loss, quantity=quantity) for c in conditions}
+        out.append({"loss": t.loss, "tally": t, "cells": cells})
+    return out
+
+
+def effect_range(t: Tally, words: Sequence[str] = (LOWER, HIGHER)) -> tuple[float, float] | None:
+    """The smallest and largest finite effect among the parts of ``t`` whose word is in ``words``."""
+    effects = [e for p in t.parts if p.word in words for e in p.effects if math.isfinite(e)]
+    return (min(effects), max(effects)) if effects else None
