@@ -1179,6 +1179,7 @@ def claim_gradient(sat: pd.DataFrame, penalty: pd.DataFrame | None, conditions: 
 ANCHOR_COLUMNS = ["anchor", "source", "published", "here", "verdict", "why"]
 REPRODUCED, NOT_REPRODUCED, CONTRADICTED, NOT_MEASURED = (
     "reproduced", "not reproduced", "contradicted here", "not measured here")
+MEASURED_BESIDE = "shown beside"  # a published value shown for scale, with no verdict (another dataset and network)
 
 
 def anchors(head: Headline, history: pd.DataFrame, setups: Mapping[str, Mapping]) -> pd.DataFrame:
@@ -1229,7 +1230,10 @@ def anchors(head: Headline, history: pd.DataFrame, setups: Mapping[str, Mapping]
     noisy = next((c for c, st in setups.items() if st.get("dataset") == "fashion_mnist"
                   and st.get("params", {}).get("label_noise", 0.0)), None)
     for anchor in PUBLISHED:
-        rows.extend(_published_rows(anchor, head, noisy if anchor.noisy else fashion))
+        if isinstance(anchor, PublishedValues):
+            rows.extend(_published_values(anchor, head))
+        else:
+            rows.extend(_published_rows(anchor, head, noisy if anchor.noisy else fashion))
     return pd.DataFrame(rows, columns=ANCHOR_COLUMNS)
 
 
@@ -1251,7 +1255,28 @@ class Published:
     tolerance: float = 0.0
 
 
+@dataclass(frozen=True)
+class PublishedValues:
+    """Published values of some quantities per loss, shown beside the study's own per condition (same metric, no
+    paired test: another dataset and network). ``values``: (claim id naming the losses, or "" for the reference,
+    the publication's name for the loss, the published values in the order of ``quantities``)."""
+
+    anchor: str
+    source: str
+    quantities: tuple[str, ...]
+    values: tuple[tuple[str, str, tuple[float, ...]], ...]
+    scale: float = 100.0  # published in percent
+    why: str = ""
+
+
+PUBLISHED_ECE = PublishedValues(
+    "ECE (%) before / after temperature scaling", "Mukhoti et al. 2020 (CIFAR-10, ResNet-50)", ("ece", "ece_ts"),
+    (("", "cross-entropy", (4.35, 1.35)), ("squared_error_slower", "Brier", (1.82, 1.08)),
+     ("focal_calibrates", "focal γ = 3", (1.48, 1.42))),
+    why="another dataset and network: the published values are the scale to read ours against, not a target")
+
 PUBLISHED = (
+    PUBLISHED_ECE,
     Published("smoothing_calibrates", "label smoothing lowers the calibration error", "Müller et al. 2019",
               "lower ECE with smoothing", "ece", -1, "Δ ECE {loss} − {reference} {diff:+.3f}",
               "smoothing pulls confidence down; whether that helps depends on how overconfident the unsmoothed "
@@ -1275,6 +1300,29 @@ PUBLISHED = (
               "down-weighting confident examples keeps logits smaller; on a small, briefly trained model "
               "cross-entropy may not be overconfident to begin with"),
 )
+
+
+def _published_values(anchor: PublishedValues, head: Headline) -> list[list[str]]:
+    """One row per published loss and condition where the study trained it: the published values beside the
+    study's means over seeds (in the publication's scale)."""
+    rows = []
+    for claim, name, published in anchor.values:
+        losses = (REFERENCE,) if not claim else registry.taking_part(claim)
+        shown = f"{name}: " + " / ".join(f"{v:g}" for v in published)
+        found = False
+        for condition in head.targets:
+            for loss in losses:
+                means = [lookup(head.summary, condition=condition, loss=loss, quantity=q) for q in anchor.quantities]
+                if any(m is None or not math.isfinite(m["mean"]) for m in means):
+                    continue
+                found = True
+                here = " / ".join(f"{anchor.scale * m['mean']:.2f}" for m in means)
+                rows.append([anchor.anchor, anchor.source, shown, f"{loss}: {here} ({condition})",
+                             MEASURED_BESIDE, anchor.why])
+        if not found:
+            rows.append([anchor.anchor, anchor.source, shown, "–", NOT_MEASURED,
+                         f"{' / '.join(losses) or 'no such loss'} with both quantities in no condition of this study"])
+    return rows
 
 
 def _published_rows(anchor: Published, head: Headline, condition: str | None) -> list[list[str]]:
