@@ -195,7 +195,7 @@ def fastest(head: analysis.Headline, conditions: Sequence[str]) -> list[dict]:
         for loss in set(summary["loss"]):
             trained[loss] = trained.get(loss, 0) + 1
         by_loss = {loss: g.set_index("seed")["value"] for loss, g in rows.groupby("loss") if loss in reached}
-        lead = analysis.leaders(by_loss, higher_is_better=False) if by_loss else None
+        lead = _leaders(by_loss, q1) if by_loss else None
         if lead is None:
             continue
         for loss in lead.tied:
@@ -204,6 +204,15 @@ def fastest(head: analysis.Headline, conditions: Sequence[str]) -> list[dict]:
     order.sort(key=lambda loss: -len(counts[loss]))  # stable: ties keep the registry's order
     return [{"loss": loss, "n": len(counts[loss]), "of": trained[loss], "conditions": counts[loss]}
             for loss in order]
+
+
+def _leaders(by_loss: Mapping[str, pd.Series], quantity: str) -> analysis.Leaders | None:
+    """analysis.leaders on a declared quantity (its margin decides who ties), or, before the registry, with the
+    quantity's direction alone."""
+    try:
+        return analysis.leaders(by_loss, quantity=quantity)
+    except TypeError:
+        return analysis.leaders(by_loss, analysis.HIGHER_IS_BETTER.get(quantity, False))
 
 
 def rate_views(views: Mapping[str, pd.DataFrame], reference: str = REFERENCE) -> dict | None:
@@ -228,7 +237,31 @@ def rate_views(views: Mapping[str, pd.DataFrame], reference: str = REFERENCE) ->
             (held if a == b else moved).append({"condition": source, "loss": loss})
     if not held and not moved:
         return None
-    return {"held": held, "moved": moved, "views": ("its own tuned rate", f"{reference}'s rate")}
+    return {"held": held, "moved": moved, "views": ("its own tuned rate", f"{reference}'s rate"),
+            "decided_only": False}
+
+
+def three_views(speed_views: pd.DataFrame, ratios: pd.DataFrame, conditions: Sequence[str],
+                reference: str = REFERENCE) -> dict | None:
+    """Of the speed comparisons decided at the tuned rate (faster or slower), which keep their direction at the
+    loss's best stable grid rate and at the reference's rate too (analysis.speed_views' ``agrees``): ``held`` and
+    ``moved`` list (condition, loss). Where none is decided, every compared pair counts."""
+    q1 = analysis.steps_quantity(1)
+    pairs = speed_views[speed_views["condition"].isin(conditions) & (speed_views["loss"] != reference)]
+    pairs = pairs.drop_duplicates(["condition", "loss"])
+    decided = {(r["condition"], r["loss"]) for r in ratios[ratios["quantity"] == q1].to_dict("records")
+               if direction(r) in (LOWER, HIGHER)}
+    if decided:
+        pairs = pairs[[(c, loss) in decided for c, loss in zip(pairs["condition"], pairs["loss"], strict=True)]]
+    if pairs.empty:
+        return None
+    order = {c: i for i, c in enumerate(conditions)}
+    pairs = pairs.assign(_at=pairs["condition"].map(order)).sort_values(["_at"], kind="stable")
+    agrees = pairs["agrees"].fillna(False).astype(bool)
+    return {"held": pairs[agrees][["condition", "loss"]].to_dict("records"),
+            "moved": pairs[~agrees][["condition", "loss"]].to_dict("records"),
+            "views": ("each loss's tuned rate", "its best stable rate of the grid", f"{reference}'s rate"),
+            "decided_only": bool(decided)}
 
 
 def _order(steps: float, reference: float, tolerance: float = 0.1) -> int:
@@ -252,11 +285,8 @@ def speed(head: analysis.Headline, conditions: Sequence[str], views: Mapping[str
         return None
     decided = [t for t in tallies if t.count(LOWER, HIGHER)]
     views_answer = None
-    if speed_views is not None and not speed_views.empty and "holds" in speed_views:
-        holds = speed_views.drop_duplicates(["condition", "loss"])
-        views_answer = {"held": holds[holds["holds"].astype(bool)][["condition", "loss"]].to_dict("records"),
-                        "moved": holds[~holds["holds"].astype(bool)][["condition", "loss"]].to_dict("records"),
-                        "views": ("each loss's tuned rate", "its best rate over the grid", f"{reference}'s rate")}
+    if speed_views is not None and not speed_views.empty and "agrees" in speed_views:
+        views_answer = three_views(speed_views, ratios, conditions, reference)
     elif views:
         views_answer = rate_views(views, reference)
     return {"reference": reference, "conditions": len(conditions), "fastest": fastest(head, conditions),
@@ -394,3 +424,18 @@ def effect_range(t: Tally, words: Sequence[str] = (LOWER, HIGHER)) -> tuple[floa
     """The smallest and largest finite effect among the parts of ``t`` whose word is in ``words``."""
     effects = [e for p in t.parts if p.word in words for e in p.effects if math.isfinite(e)]
     return (min(effects), max(effects)) if effects else None
+
+
+def compact(tallies: Sequence[Tally]) -> dict:
+    """The tallies in few words: each loss with a decided difference under its most frequent direction ('mse
+    lower in 5 of 6'), the others grouped by their most frequent verdict ('not established for gce and mae')."""
+    decided, rest = [], {}
+    for t in tallies:
+        parts = [p for p in t.parts if p.word in (LOWER, HIGHER)]
+        if parts:
+            top = max(parts, key=lambda p: p.n)
+            decided.append({"loss": t.loss, "word": top.word, "n": top.n, "total": t.total})
+        else:
+            top = max(t.parts, key=lambda p: p.n)
+            rest.setdefault(top.word, []).append(t.loss)
+    return {"decided": decided, "rest": sorted(rest.items(), key=lambda item: _rank(item[0]))}

@@ -349,10 +349,12 @@ SPEED_FOREST, GRADIENT_ANSWER, PENALTY_ANSWER = "speed_forest", "gradient_answer
 def forest_rows(head: analysis.Headline) -> pd.DataFrame:
     """The speed comparisons as the forest plot reads them: ``condition, loss, ratio, ci_low, ci_high, n,
     verdict`` (a ratio of steps to the first target, loss over the reference)."""
+    if hasattr(analysis, "speed_ratios"):
+        return analysis.speed_ratios(head)
     ratios = answers.speed_ratios(head)
     return pd.DataFrame({"condition": ratios["condition"], "loss": ratios["loss"], "ratio": ratios["ratio"],
                          "ci_low": ratios["ratio_low"], "ci_high": ratios["ratio_high"], "n": ratios["n"],
-                         "verdict": [answers.direction(r) for r in ratios.to_dict("records")]})
+                         "verdict": [answers.verdict(r) for r in ratios.to_dict("records")]})
 
 
 def draw_answer_figures(inputs: Inputs, computed: Computed, figures: Figures) -> None:
@@ -441,7 +443,7 @@ def context(inputs: Inputs, computed: Computed, figures: Figures) -> dict:
 def question_context(inputs: Inputs, computed: Computed, figures: Figures) -> dict:
     """The answers (answers.py), the evidence table of each question and the summaries the main text shows."""
     conditions, head = inputs.conditions, computed.head
-    speed = answers.speed(head, conditions, computed.lr_views)
+    speed = answers.speed(head, conditions, computed.lr_views, speed_views=_speed_views(inputs, computed))
     gradients = answers.gradients(head, computed.saturation, inputs.penalty, conditions)
     penalty = answers.penalty(computed.penalty_seeds, conditions)
     first = inputs.conditions[0]
@@ -464,6 +466,16 @@ def question_context(inputs: Inputs, computed: Computed, figures: Figures) -> di
         "accuracy_summary": _accuracy_summary(inputs, computed),
         "calibration_summary": "",
     }
+
+
+def _speed_views(inputs: Inputs, computed: Computed) -> pd.DataFrame | None:
+    """analysis.speed_views (tuned rate, best stable grid rate, the reference's rate) of the conditions that tuned
+    their own rates; None where analysis has no such view or no tuning runs were found."""
+    if not hasattr(analysis, "speed_views") or inputs.tune is None or not inputs.tuning:
+        return None
+    tunes = {c: inputs.tune[inputs.tune["condition"] == c] for c in inputs.tuning}
+    views = analysis.speed_views(computed.head, tunes, inputs.tuning)
+    return views if not views.empty else None
 
 
 def _comparison_table(rows: pd.DataFrame, quantity: str, conditions: Sequence[str], cell: Callable) -> dict:
@@ -1149,7 +1161,8 @@ def _environment() -> jinja2.Environment:
                         "steps": fmt_steps, "percent": fmt_percent, "p": fmt_p, "holm": answers.fmt_holm})
     env.globals.update({"reference": REFERENCE, "alpha": analysis.ALPHA, "saturation": analysis.SATURATION,
                         "replication": analysis.REPLICATION, "evidence_bounds": analysis.evidence_bounds,
-                        "verdict_rule": analysis.VERDICT_RULE, "effect_range": answers.effect_range})
+                        "verdict_rule": analysis.VERDICT_RULE, "effect_range": answers.effect_range,
+                        "compact": answers.compact, "words_equivalent": answers.EQUIVALENT})
     return env
 
 
