@@ -39,6 +39,11 @@ CLAIMS = (
     "bounded_resists_noise",  # Zhang & Sabuncu 2018, Ghosh et al. 2017: bounded losses resist label noise
 )
 
+# What probabilities a loss is trained to output (``LossSpec.probabilities``): its own terms for calibration. "softmax":
+# one distribution over the K classes; "sigmoid": one independent probability per class (they need not sum to 1);
+# "none": the loss models no probability (``LossSpec.no_probabilities`` says why), so it has no calibration of its own.
+PROBABILITIES = ("softmax", "sigmoid", "none")
+
 
 @dataclass(frozen=True)
 class LossSpec:
@@ -49,6 +54,8 @@ class LossSpec:
     zero logits (None: evaluated). ``family`` says what the loss is made of, for readers and for the claims that
     contrast families; ``reference`` marks the loss every paired difference is taken against (exactly one);
     ``bounded`` says the loss has a finite supremum over all logits; ``claims`` lists ids of ``CLAIMS``.
+    ``probabilities`` (one of ``PROBABILITIES``) is what the loss is trained to output, the probabilities its own
+    calibration is measured on; with "none", ``no_probabilities`` gives the reason in words (the report shows it).
     """
 
     name: str
@@ -65,6 +72,8 @@ class LossSpec:
     bounded: bool = False
     claims: frozenset[str] = frozenset()
     source: str = ""  # the publication the loss is taken from, when it is not a textbook loss
+    probabilities: str = "softmax"  # one of PROBABILITIES
+    no_probabilities: str = ""  # why the loss models no probability (only with probabilities="none")
 
     def __post_init__(self) -> None:
         # Read-only copies: a spec is shared by every caller and must not change under them.
@@ -74,6 +83,21 @@ class LossSpec:
         unknown = self.claims - set(CLAIMS)
         if unknown:
             raise ValueError(f"loss {self.name!r}: unknown claims {sorted(unknown)}; known: {', '.join(CLAIMS)}")
+        if self.probabilities not in PROBABILITIES:
+            raise ValueError(f"loss {self.name!r}: probabilities {self.probabilities!r} is not one of "
+                             f"{', '.join(PROBABILITIES)}")
+        if (self.probabilities == "none") != bool(self.no_probabilities):
+            raise ValueError(f"loss {self.name!r}: no_probabilities gives the reason when, and only when, "
+                             f"probabilities is 'none'")
+
+    def own_probabilities(self, logits: Tensor, dim: int = 1) -> Tensor | None:
+        """The probabilities the loss is trained to output, laid out like ``logits`` (classes along ``dim``): the
+        softmax, one sigmoid per class, or None for a loss that models none."""
+        if self.probabilities == "softmax":
+            return logits.softmax(dim=dim)
+        if self.probabilities == "sigmoid":
+            return logits.sigmoid()
+        return None
 
     def bound_options(self, options: Mapping[str, float] | None = None) -> dict[str, float]:
         """The spec's default options updated by ``options``; a key the loss does not take is an error."""
@@ -279,7 +303,7 @@ BUILTIN = (
         conventions={"link": "sigmoid per class", "targets": "one-hot", "class_reduction": "sum"},
         formula="Σ_k BCE(sigmoid(z_k), onehot(y)_k)", with_grad=sigmoid_bce_with_grad,
         uniform=lambda k: k * math.log(2), family="sigmoid per class",
-        claims=_COMPARED | {"sigmoid_multiclass"},
+        claims=_COMPARED | {"sigmoid_multiclass"}, probabilities="sigmoid",
     ),
     LossSpec(
         "softmax_nll", softmax_nll, label="softmax + NLL (cross-entropy)", colour="#0173b2",
@@ -299,6 +323,7 @@ BUILTIN = (
         conventions={"link": "none (raw logits)", "targets": "one-hot", "class_reduction": "sum"},
         formula="Σ_k (z_k − onehot(y)_k)² on raw logits", with_grad=logit_mse_with_grad, uniform=lambda k: 1.0,
         family="squared error on logits", claims={"square_loss_competitive"}, source="Hui & Belkin 2021",
+        probabilities="none", no_probabilities="raw logits regressed onto one-hot targets: no probability is modelled",
     ),
     LossSpec(
         "focal", focal, label="focal loss", colour="#ca9161",

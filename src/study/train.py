@@ -618,14 +618,17 @@ class Trainer:
                     found = ood.measure(outputs["test"], self._logits(self.heldout))
                     columns.update({key: values.tolist() for key, values in found.items()})
             if self.settings.instrument and last and "val" in outputs and "test" in outputs:
-                columns.update(self._temperature(outputs["val"], outputs["test"]))
+                columns.update(self._calibration(outputs["val"], outputs["test"]))
         # Weights that overflowed in the last update before any loss went non-finite: diverged at this step.
-        self._flag_nonfinite([(m, values[m]) for values in columns.values() for m in self._alive()], self.step)
+        # A None value is a metric that does not apply to that model (ece_own of a loss without probabilities).
+        self._flag_nonfinite([(m, values[m]) for values in columns.values() for m in self._alive()
+                              if values[m] is not None], self.step)
         yield from self._retire_diverged()
         alive = self._alive()
         for (split, metric), values in columns.items():
             for m in alive:
-                yield self._record(m, split, metric, values[m])
+                if values[m] is not None:
+                    yield self._record(m, split, metric, values[m])
         if not self.settings.instrument or "test" not in outputs:
             return
         test = self.splits["test"]
@@ -728,12 +731,32 @@ class Trainer:
             norms.append(grad.norm(dim=1).view(count, -1))
         return torch.cat(per_example), torch.cat(norms)
 
-    def _temperature(self, val_logits: Tensor, test_logits: Tensor) -> dict[tuple[str, str], list[float]]:
-        """Temperature scaling (Guo et al. 2017): T minimising validation NLL, then test NLL and ECE at that T."""
+    def _calibration(self, val_logits: Tensor, test_logits: Tensor) -> dict[tuple[str, str], list[float | None]]:
+        """Calibration at the last evaluation, every loss in its own terms (the ``ece`` of every evaluation is on the
+        softmax, whatever the loss):
+
+        - ``val/temperature``: the temperature T minimising validation NLL (Guo et al. 2017); ``test/nll_ts`` and
+          ``test/ece_ts``: test NLL and ECE of softmax(z / T), the comparison every loss can enter.
+        - ``test/ece_own``: ECE before scaling on the probabilities the loss is trained to output
+          (``LossSpec.probabilities``): the softmax's (then equal to ``test/ece``), or for per-class sigmoids
+          confidence = the largest sigmoid and prediction = its argmax, in the same bins. None (no record) for a
+          loss that models no probability.
+        - ``test/classwise_ece``: the classwise ECE of the softmax (Kull et al. 2019; Nixon et al. 2019): each
+          class's probability binned over all examples against that class's indicator, averaged over classes.
+        """
+        bins, labels = self.settings.ece_bins, self.splits["test"].y
         temperature = fit_temperature(val_logits, self.splits["val"].y)  # [M]
-        scaled = self._metrics(test_logits / temperature[:, None, None], self.splits["test"].y)
-        return {("val", "temperature"): temperature.tolist(), ("test", "nll_ts"): scaled["nll"],
-                ("test", "ece_ts"): scaled["ece"]}
+        scaled = (test_logits / temperature[:, None, None]).log_softmax(dim=2)  # as _metrics computes nll and ece
+        ts_nll = -scaled.gather(2, labels.expand(scaled.shape[:2])[..., None]).squeeze(2).mean(dim=1)
+        ts_confidence, ts_predicted = scaled.exp().max(dim=2)
+        ts_ece = expected_calibration_error(ts_confidence, ts_predicted == labels, bins)
+
+        probs = test_logits.log_softmax(dim=2).exp()  # as _metrics: ece_own of a softmax loss is its ece to the bit
+        kinds = [losses.spec(member.loss).probabilities for member in self.members]
+        return {("val", "temperature"): temperature.tolist(), ("test", "nll_ts"): ts_nll.tolist(),
+                ("test", "ece_ts"): ts_ece.tolist(),
+                ("test", "ece_own"): own_calibration_error(test_logits, labels, kinds, bins, probs=probs),
+                ("test", "classwise_ece"): classwise_calibration_error(probs, labels, bins).tolist()}
 
     def _alive(self) -> list[int]:
         return [m for m in range(len(self.members)) if m not in self.dead]
@@ -794,6 +817,40 @@ def expected_calibration_error(confidence: Tensor, correct: Tensor, bins: int) -
     # bits between runs there. Declared rather than avoided: it is a reading, never fed back into training.
     gap.scatter_add_(1, which, correct.to(confidence.dtype) - confidence)  # sum over bin of (acc - conf)
     return gap.abs().sum(dim=1) / n
+
+
+def own_calibration_error(logits: Tensor, labels: Tensor, kinds: Sequence[str], bins: int, *,
+                          probs: Tensor | None = None) -> list[float | None]:
+    """Each model's ECE on the probabilities its loss outputs (``kinds[m]``, one of ``losses.PROBABILITIES``), in the
+    bins of ``expected_calibration_error``: [M, N, K] logits, [N] labels -> M values, None where the loss models no
+    probability. "softmax": the max softmax probability; "sigmoid": the largest of the per-class sigmoids, the
+    prediction its argmax. ``probs``: the softmax of ``logits`` when the caller has it already."""
+    if len(kinds) != logits.shape[0]:
+        raise ValueError(f"{len(kinds)} kinds of probabilities for {logits.shape[0]} models")
+    unknown = set(kinds) - set(losses.PROBABILITIES)
+    if unknown:
+        raise ValueError(f"unknown kinds of probabilities {sorted(unknown)}; known: {losses.PROBABILITIES}")
+    probs = logits.log_softmax(dim=2).exp() if probs is None else probs
+    confidence, predicted = probs.max(dim=2)  # [M, N]
+    sigmoid = torch.tensor([kind == "sigmoid" for kind in kinds], device=logits.device)
+    # The largest sigmoid is the sigmoid of the largest logit (it is monotone), and its class is the softmax's.
+    own = torch.where(sigmoid[:, None], logits.amax(dim=2).sigmoid(), confidence)
+    values = expected_calibration_error(own, predicted == labels, bins).tolist()
+    return [None if kind == "none" else value for kind, value in zip(kinds, values)]
+
+
+def classwise_calibration_error(probs: Tensor, labels: Tensor, bins: int) -> Tensor:
+    """Classwise ECE (Kull et al. 2019; "static calibration error", Nixon et al. 2019): for each class k, p_k of every
+    example in equal-width (lower, upper] bins, sum_b n_b/n |mean_b 1[y = k] - mean_b p_k|; the mean over classes.
+
+    [M, N, K] probabilities and [N] labels -> [M]. All classes and models in one scatter."""
+    m, n, k = probs.shape
+    which = (probs * bins).ceil().long().clamp(1, bins) - 1  # [M, N, K]; an underflowed 0 goes to the first bin
+    which = which + torch.arange(k, device=probs.device) * bins  # class k's bins are k * bins ... (k + 1) * bins - 1
+    hits = torch.nn.functional.one_hot(labels, k).to(probs.dtype)  # [N, K]
+    gap = torch.zeros(m, k * bins, dtype=probs.dtype, device=probs.device)
+    gap.scatter_add_(1, which.reshape(m, n * k), (hits - probs).reshape(m, n * k))  # as in expected_calibration_error
+    return gap.abs().sum(dim=1) / (n * k)
 
 
 def fit_temperature(logits: Tensor, labels: Tensor, *, low: float = 0.05, high: float = 20.0,
