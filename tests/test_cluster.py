@@ -143,7 +143,7 @@ def assert_same_frames(got: pd.DataFrame, want: pd.DataFrame, name: str = "") ->
     assert list(got.columns) == list(want.columns) and len(got) == len(want)
     # ECE bins the test examples by confidence: one example crossing a bin edge moves it by up to 2/n (n = 300
     # smoke test examples), and after temperature scaling the fitted temperature moves the edges too.
-    binned = want["metric"].isin(["ece", "ece_ts"]).to_numpy() if "metric" in want else np.zeros(len(want), bool)
+    binned = want["metric"].isin(["ece", "ece_ts", "ece_own", "classwise_ece"]).to_numpy() if "metric" in want else np.zeros(len(want), bool)
     for column in want.columns:
         if pd.api.types.is_numeric_dtype(want[column]):
             a, b = got[column].to_numpy(dtype=float), want[column].to_numpy(dtype=float)

@@ -459,24 +459,6 @@ def tune_history(curves: dict[tuple[str, float, int], list[float]], last_step: i
     return tables.history_frame(records, condition="c", dataset="d")
 
 
-def test_choose_lrs_picks_the_smallest_rate_within_one_standard_error_of_the_best():
-    from study.runner import choose_lrs
-
-    history = tune_history({
-        ("mse", 0.1, 0): [0.1, 0.5, 0.8], ("mse", 0.1, 1): [0.1, 0.5, 0.7],
-        ("mse", 0.3, 0): [0.1, 0.9, 0.85], ("mse", 0.3, 1): [0.1, 0.9, 0.85],  # best final mean: 0.85 > 0.75
-        ("softmax_nll", 0.1, 0): [0.1, 0.6, 0.79], ("softmax_nll", 0.1, 1): [0.1, 0.6, 0.79],
-        ("softmax_nll", 0.3, 0): [0.1, 0.7, 0.80], ("softmax_nll", 0.3, 1): [0.1, 0.7, 0.80],  # 0.01 apart
-    })
-    # val_size 400: the binomial standard error of 0.80 over 2 x 400 examples is 0.014 > 0.01, a tie: smaller lr.
-    choice = choose_lrs(history, ["mse", "softmax_nll"], [0.1, 0.3], val_size=400)
-    assert choice["lrs"] == {"mse": 0.3, "softmax_nll": 0.1}
-    assert choice["scores"]["mse"] == {"0.1": pytest.approx(0.75), "0.3": pytest.approx(0.85)}
-    assert choice["standard_errors"]["softmax_nll"]["0.3"] == pytest.approx(math.sqrt(0.8 * 0.2 / 800))
-    # With 100,000 validation examples the same 0.01 is beyond the noise: the better rate wins.
-    assert choose_lrs(history, ["softmax_nll"], [0.1, 0.3], val_size=100_000)["lrs"] == {"softmax_nll": 0.3}
-
-
 def test_choose_lrs_never_picks_a_rate_that_diverged_or_collapsed_in_a_tune_seed():
     from study.runner import choose_lrs
 
