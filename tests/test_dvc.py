@@ -279,9 +279,19 @@ def test_the_data_stage_lists_the_params_that_change_the_prepared_data(record_re
 
 
 def test_the_tune_stage_lists_the_params_tuning_reads(record_reads):
-    read = record_reads("tune", "--condition", "fashion_sgd")
-    _assert_same("tune", read, listed_params("tune", "fashion_sgd"))
-    assert "conditions.fashion_sgd.epochs" not in read and "study.seeds" not in read
+    """One stage template for every tuned condition: each reads nothing it does not list, and every listed key is
+    read by some condition (a condition's `losses:` only where another condition borrows its rates or it has its
+    own)."""
+    unread_by_all = None
+    for name in ("fashion_sgd", "fashion_noise40"):
+        read = record_reads("tune", "--condition", name)
+        listed = listed_params("tune", name)
+        missing = sorted(read - listed)
+        assert not missing, f"dvc.yaml stage tune reads params it does not list: add {', '.join(missing)}"
+        assert f"conditions.{name}.epochs" not in read and "study.seeds" not in read
+        unread = {key.replace(f"conditions.{name}.", "conditions.*.") for key in listed - read}
+        unread_by_all = unread if unread_by_all is None else unread_by_all & unread
+    assert not unread_by_all, f"dvc.yaml stage tune lists params no condition reads: remove {unread_by_all}"
 
 
 def test_the_train_stage_lists_the_params_training_reads(record_reads, tmp_path: Path):
