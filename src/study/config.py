@@ -60,6 +60,9 @@ class Condition:
     # Grid extensions per side: a loss whose chosen or best-scoring rate sits on a stable grid edge has its grid
     # extended by a factor of 2 beyond it, at most this many times per side. The params file always states it.
     lr_extend: int = 0
+    # Training seeds of this condition: its own `seeds:` list, or study.seeds where it sets none (absent or null).
+    # Cheap conditions take more (the MNIST-1D ones: 20), so their comparisons can be decided.
+    seeds: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,7 @@ def load(path: str | Path, **overrides: Any) -> StudyConfig:
         max_margin=get.number(raw["probe"], "probe.max_margin", lo=0.0, lo_open=True),
         points=get.integer(raw["probe"], "probe.points", lo=3),
     )
-    conditions = {name: _condition(name, spec, get, path, losses=losses, backend=backend)
+    conditions = {name: _condition(name, spec, get, path, losses=losses, backend=backend, seeds=seeds)
                   for name, spec in raw["conditions"].items()}
     if not conditions:
         raise ConfigError(f"{path}: `conditions` is empty; define at least one condition")
@@ -214,8 +217,8 @@ def _model(spec: Any, dotted: str, get: _Getter, path: Path) -> model.ModelSpec:
 
 
 def _condition(name: str, spec: Any, get: _Getter, path: Path, *, losses: tuple[str, ...],
-               backend: str) -> Condition:
-    """One condition; ``losses`` and ``backend`` (the study's) stand where it sets none of its own."""
+               backend: str, seeds: tuple[int, ...]) -> Condition:
+    """One condition; ``losses``, ``backend`` and ``seeds`` (the study's) stand where it sets none of its own."""
     where = f"conditions.{name}"
     if not isinstance(spec, dict):
         raise ConfigError(f"{path}: {where} must be a mapping of condition params")
@@ -270,7 +273,16 @@ def _condition(name: str, spec: Any, get: _Getter, path: Path, *, losses: tuple[
         targets=targets,
         heldout_classes=heldout,
         lr_extend=_lr_extend(sub, key("lr_extend"), get, path),
+        seeds=_seeds(sub, key("seeds"), get, path) if sub.get("seeds") is not None else seeds,
     )
+
+
+def _seeds(mapping: dict, dotted: str, get: _Getter, path: Path) -> tuple[int, ...]:
+    seeds = tuple(get.items(mapping, dotted, int))
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{path}: {dotted} must list at least one training seed, each once (e.g. [0, 1, ..., 19]), "
+                          "or be null to train with study.seeds")
+    return seeds
 
 
 def _lr_extend(mapping: dict, dotted: str, get: _Getter, path: Path) -> int:
