@@ -120,18 +120,3 @@ def test_speed_views_say_whether_the_ordering_holds_in_all_three():
     ratios = analysis.speed_ratios(head)
     assert list(ratios.columns) == ["condition", "loss", "ratio", "ci_low", "ci_high", "n", "verdict"]
     assert (ratios["verdict"] == analysis.DIFFERENT).all()
-
-
-def test_the_mukhoti_row_shows_ece_before_and_after_scaling_per_condition():
-    rows = [("c", loss, 0.1, seed, q, v) for loss, q, v in
-            ((REF, "ece", 0.05), (REF, "ece_ts", 0.012), ("focal", "ece", 0.03), ("focal", "ece_ts", 0.02))
-            for seed in range(3)]
-    per_seed = pd.DataFrame(rows, columns=[*analysis.RUN, "quantity", "value"])
-    head = analysis.Headline(per_seed, analysis.summarise(per_seed), analysis.differences(per_seed),
-                             pd.DataFrame(), pd.DataFrame(), {"c": (0.5,)})
-    table = pd.DataFrame(analysis._published_values(analysis.PUBLISHED_ECE, head), columns=analysis.ANCHOR_COLUMNS)
-    assert analysis.PUBLISHED_ECE in analysis.PUBLISHED
-    here = dict(zip(table["published"], table["here"], strict=True))
-    assert here["cross-entropy: 4.35 / 1.35"] == f"{REF}: 5.00 / 1.20 (c)"
-    assert here["focal γ = 3: 1.48 / 1.42"] == "focal: 3.00 / 2.00 (c)"
-    assert table.set_index("published").loc["Brier: 1.82 / 1.08", "verdict"] == analysis.NOT_MEASURED

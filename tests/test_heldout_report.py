@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from study import analysis, document, report, tables
+from study import analysis, claims, document, report, tables
 from study.records import Record
 
 CONDITION = "held"
@@ -54,7 +54,7 @@ def test_each_loss_is_judged_by_its_own_score():
     (SIGMOID_WORSE, "does not hold here", 0, 1),  # worse separation; "none" equally often: no difference
 ])
 def test_the_claim_follows_the_measurements(values, verdict, supports, contradicts):
-    row = analysis.claim_none_of_the_above(analysis.heldout_per_seed(fabricate(values)))
+    row = claims.claim_none_of_the_above(analysis.heldout_per_seed(fabricate(values)))
     assert row["verdict"] == verdict
     assert row["value"] == f"{supports} support, {contradicts} contradict, of 2"
     sig, ref = values["sigmoid_bce"]["auroc_max_sigmoid"], values["softmax_nll"]["auroc_max_softmax"]
@@ -64,7 +64,7 @@ def test_the_claim_follows_the_measurements(values, verdict, supports, contradic
 
 def test_without_held_out_classes_the_claim_is_not_measured():
     history = fabricate(SIGMOID_BETTER)
-    row = analysis.claim_none_of_the_above(analysis.heldout_per_seed(history[history["split"] != "heldout"]))
+    row = claims.claim_none_of_the_above(analysis.heldout_per_seed(history[history["split"] != "heldout"]))
     assert row["verdict"] == "not measured" and row["figure"] == ""
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from study import analysis, document, losses, report, tables
+from study import analysis, claims, document, losses, report, tables
 from study import findings as findings_module
 
 LOSSES = ["mse", "sigmoid_bce", "softmax_nll", "smoothed_ce"]
@@ -693,15 +693,15 @@ def test_the_anchors_table_puts_the_studys_number_beside_the_published_one(built
 
 
 def test_verdicts_are_proportional_to_the_evidence():
-    s, c, n = analysis.SUPPORTS, analysis.CONTRADICTS, analysis.NO_DIFFERENCE
-    assert analysis.verdict([s, s, s]) == "holds"
-    assert analysis.verdict([s, s, n, n]) == "holds with a nuance"
-    assert analysis.verdict([s, n, n, n, n, n, n, n]) == "not established here"  # 1 of 8 is not "a nuance"
-    assert analysis.verdict([s, s, c]) == "not established here"  # a contradiction is never "a nuance"
-    assert analysis.verdict([s, c, c]) == "does not hold here"
-    assert analysis.verdict_bucket("not established here") in analysis.VERDICTS
+    s, c, n = claims.SUPPORTS, claims.CONTRADICTS, claims.NO_DIFFERENCE
+    assert claims.verdict([s, s, s]) == "holds"
+    assert claims.verdict([s, s, n, n]) == "holds with a nuance"
+    assert claims.verdict([s, n, n, n, n, n, n, n]) == "not established here"  # 1 of 8 is not "a nuance"
+    assert claims.verdict([s, s, c]) == "not established here"  # a contradiction is never "a nuance"
+    assert claims.verdict([s, c, c]) == "does not hold here"
+    assert claims.verdict_bucket("not established here") in claims.VERDICTS
     with pytest.raises(ValueError, match="unknown verdict 'does not hold'"):  # one vocabulary: no prefix matching
-        analysis.verdict_bucket("does not hold")
+        claims.verdict_bucket("does not hold")
 
 
 def test_the_measured_claims_quote_the_source_text_verbatim():
@@ -709,13 +709,13 @@ def test_the_measured_claims_quote_the_source_text_verbatim():
     if not seed.exists():
         pytest.skip(f"{seed} not present")
     source = re.sub(r"\s+", " ", seed.read_text(encoding="utf-8"))
-    for quote in (analysis.TWO_BENEFITS, analysis.SIGMOID_MULTICLASS, analysis.PENALTY_WORKS,
-                  analysis.NLL_MISCLASSIFICATION, analysis.NONE_OF_THE_ABOVE):
+    for quote in (claims.TWO_BENEFITS, claims.SIGMOID_MULTICLASS, claims.PENALTY_WORKS,
+                  claims.NLL_MISCLASSIFICATION, claims.NONE_OF_THE_ABOVE):
         assert quote in source, quote
     head = analysis.headline(fabricate_history(CLEAN), {CLEAN: TARGETS})
-    gradient = analysis.claim_gradient(pd.DataFrame(columns=[*analysis.RUN, "value"]), None, ())
+    gradient = claims.claim_gradient(pd.DataFrame(columns=[*analysis.RUN, "value"]), None, ())
     assert gradient["claim"].startswith("Not a sentence of the source text")
-    assert analysis.claim_faster(head)["claim"].startswith(analysis.TWO_BENEFITS)
+    assert claims.claim_faster(head)["claim"].startswith(claims.TWO_BENEFITS)
 
 
 def test_nll_rising_while_accuracy_holds_contradicts_the_misclassification_sentence():
@@ -725,11 +725,11 @@ def test_nll_rising_while_accuracy_holds_contradicts_the_misclassification_sente
             rows += [("c", "d", "softmax_nll", 0.1, seed, step / 10, step, "test", "nll", nll),
                      ("c", "d", "softmax_nll", 0.1, seed, step / 10, step, "test", "accuracy", acc)]
     history = pd.DataFrame(rows, columns=tables.HISTORY_COLUMNS)
-    claim = analysis.claim_nll_misclassification(history)
+    claim = claims.claim_nll_misclassification(history)
     assert claim["verdict"] == "does not hold here" and "3/3 seeds" in claim["measured"]
     agree = history.copy()
     agree.loc[(agree["metric"] == "accuracy") & (agree["step"] == 30), "value"] = 0.5  # NLL up, accuracy down
-    assert analysis.claim_nll_misclassification(agree)["verdict"] == "holds"
+    assert claims.claim_nll_misclassification(agree)["verdict"] == "holds"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -753,9 +753,9 @@ def test_figures_draw_six_losses_in_registry_order():
 
 def test_claims_pick_their_losses_from_the_registry():
     head = analysis.headline(fabricate_history(CLEAN, losses=SIX), {CLEAN: TARGETS})
-    faster = analysis.claim_faster(head)["measured"]
+    faster = claims.claim_faster(head)["measured"]
     assert "mse" in faster and "sigmoid_bce" in faster and "logit_mse" not in faster and "focal" not in faster
-    assert analysis.claim_faster(head, others=["focal"])["measured"].count("focal") == 1
+    assert claims.claim_faster(head, others=["focal"])["measured"].count("focal") == 1
     assert analysis.ordered(["focal", "mse", "zzz"]) == ["mse", "focal", "zzz"]
 
 

@@ -1,8 +1,9 @@
-"""The report's statistics: per-seed summaries, 95% t-intervals, paired tests against the reference loss,
-steps-to-target, calibration bins, gradient saturation, the measured claims and the content of ``results/metrics.json``.
+"""The report's statistics: per-seed summaries, 95% t-intervals, paired tests against the reference loss and their
+verdicts, steps-to-target, calibration bins, gradient saturation, speed three ways and the content of
+``results/metrics.json``. The source text's claims and the published anchors that read these are ``study.claims``.
 
-pandas, numpy and scipy, and the loss registry for the losses' order, the reference and the losses each claim
-compares (never a loss's name): no plotting, no file I/O, nothing from training.
+pandas, numpy and scipy, the loss registry for the losses' order and the reference, and the quantity registry for
+what each quantity is (never a loss's name): no plotting, no file I/O, nothing from training.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from scipy import optimize, stats
 
 from study import losses as registry
 from study import quantities
-from study import verdicts
 from study.measures import (
     RUN,
     best_values,
@@ -42,18 +42,6 @@ CONFIDENT = 0.9  # a wrong prediction with max probability >= this is confidentl
 # quantity registry (the headline's estimates and the calibration in each loss's own terms).
 FINAL = {name: source for name, source in quantities.read_last().items()
          if quantities.spec(name).headline or name == "ece_own"}
-VERDICTS = verdicts.VERDICTS
-UNMEASURED = "not measured"  # the verdict on a claim no condition of this study measures
-
-
-def verdict_bucket(text: str) -> str:
-    """The verdict as counted: one of VERDICTS, or "not measured" for a claim no condition of the study measured.
-    Anything else is a stage writing outside the shared vocabulary (study.verdicts), which is a bug."""
-    if text in VERDICTS or text == UNMEASURED:
-        return text
-    raise ValueError(f"unknown verdict {text!r}: claims.csv and analysis write one of {VERDICTS} (study.verdicts)")
-
-
 def loss_order() -> tuple[str, ...]:
     """The study's fixed order of losses: the registry's, including losses registered at run time."""
     return registry.names()
@@ -64,11 +52,6 @@ def ordered(losses: Iterable[str]) -> list[str]:
     values first (iterating a million-row arrow string column element by element took seconds of the report)."""
     present, order = set(losses.unique() if isinstance(losses, pd.Series) else losses), loss_order()
     return [loss for loss in order if loss in present] + sorted(present - set(order))
-
-
-def _taking_part(claim: str, given: Sequence[str] | None) -> tuple[str, ...]:
-    """The losses a claim compares with the reference: ``given``, or the registry's losses that take part in it."""
-    return registry.taking_part(claim) if given is None else tuple(given)
 
 
 def steps_quantity(i: int) -> str:
@@ -544,27 +527,37 @@ def final_table(history: pd.DataFrame, specs: Mapping[str, tuple[str, str]]) -> 
     return summarise(per_seed)
 
 
-# "None of the above": the held-out-class measurements at each model's last evaluation (study.ood).
-HELDOUT = {
-    "auroc_max_softmax": ("heldout", "auroc_max_softmax"), "auroc_max_sigmoid": ("heldout", "auroc_max_sigmoid"),
-    "none_share_heldout": ("heldout", "none_share"), "none_share_test": ("test", "none_share"),
-}
-# Each loss's own score: the maximum of the probabilities it was trained to output.
-NATURAL_SCORE = {"sigmoid_bce": "auroc_max_sigmoid"}
+# "None of the above": the held-out-class measurements at each model's last evaluation (study.ood), from the
+# quantity registry: {quantity: (split, metric)}.
+HELDOUT = quantities.read_last("heldout")
+NATURAL = quantities.derived("heldout")[0]  # the AUROC of each loss's own score
+NONE_SHARES = (quantities.read_as("heldout", "none_share"), quantities.read_as("test", "none_share"))
+SOFTMAX_SCORE = quantities.max_probability_auroc("softmax")
+
+
+def natural_score(loss: str) -> str:
+    """The held-out AUROC of ``loss``'s own score: the maximum of the probabilities it is trained to output (the
+    loss registry's ``probabilities``); max softmax for a loss that models none or is not registered."""
+    probabilities = registry.spec(loss).probabilities if loss in registry.names() else "softmax"
+    return quantities.max_probability_auroc(probabilities) or SOFTMAX_SCORE
+
+
+# Each registered loss whose own score is not the max softmax: {loss: its held-out AUROC quantity}.
+NATURAL_SCORE = {loss: natural_score(loss) for loss in registry.names() if natural_score(loss) != SOFTMAX_SCORE}
 
 
 def heldout_per_seed(history: pd.DataFrame) -> pd.DataFrame:
-    """Per-seed HELDOUT quantities at each healthy model's last evaluation, plus ``auroc_natural`` (the AUROC of
-    the loss's own score, NATURAL_SCORE, max softmax otherwise). Long: ``RUN, quantity, value``; empty without
-    held-out classes."""
+    """Per-seed HELDOUT quantities at each healthy model's last evaluation, plus NATURAL (the AUROC of the loss's
+    own score, ``natural_score``). Long: ``RUN, quantity, value``; empty without held-out classes."""
     if not (history["split"] == "heldout").any():
         return pd.DataFrame(columns=[*RUN, "quantity", "value"])
     models = runs(history)
     parts = [healthy(last_values(history, s, m), models).assign(quantity=q) for q, (s, m) in HELDOUT.items()]
     parts = [p[[*RUN, "quantity", "value"]] for p in parts if not p.empty]
     per_seed = pd.concat(parts, ignore_index=True)
-    own = per_seed["quantity"] == per_seed["loss"].map(NATURAL_SCORE).fillna("auroc_max_softmax")
-    return pd.concat([per_seed, per_seed[own].assign(quantity="auroc_natural")], ignore_index=True)
+    scores = {loss: natural_score(loss) for loss in per_seed["loss"].unique()}
+    own = per_seed["quantity"] == per_seed["loss"].map(scores)
+    return pd.concat([per_seed, per_seed[own].assign(quantity=NATURAL)], ignore_index=True)
 
 
 def heldout_difference(per_seed: pd.DataFrame, condition: str, a: tuple[str, str], b: tuple[str, str]
@@ -578,26 +571,34 @@ def heldout_difference(per_seed: pd.DataFrame, condition: str, a: tuple[str, str
     return paired_difference(series(*a), series(*b))
 
 
+# The label-noise table's quantities, from the quantity registry: test accuracy at the validation-selected best and
+# at the end, the label_noise group's readings, and the accuracy lost between the two (the group's derived one).
+SELECTED = quantities.read_as("test", "accuracy", "selected")
+FINAL_ACCURACY = quantities.read_as("test", "accuracy")
+NOISE_DROP = quantities.derived("label_noise")[0]
+TEMPERATURE = quantities.read_as("val", "temperature")
+
+
 def label_noise(history: pd.DataFrame) -> pd.DataFrame:
-    """Per-seed label-noise measurements: best and final test accuracy, their drop, memorised and recovered shares
-    of the flipped training examples (final and peak), clean-train accuracy. Long: ``RUN, quantity, value``."""
+    """Per-seed label-noise measurements: test accuracy at the validation-selected best and at the end, NOISE_DROP
+    (the accuracy lost between them), and the registry's label_noise quantities (memorised and recovered shares of
+    the flipped training examples, the peak after step 0, clean-train accuracy). Long: ``RUN, quantity, value``."""
     models = runs(history)
-    parts = [
-        healthy(val_selected(history), models).assign(quantity="selected_accuracy"),
-        healthy(last_values(history, "test", "accuracy"), models).assign(quantity="final_accuracy"),
-        healthy(last_values(history, "train_flipped", "memorised"), models).assign(quantity="memorised"),
+    parts = [healthy(val_selected(history), models).assign(quantity=SELECTED),
+             healthy(last_values(history, "test", "accuracy"), models).assign(quantity=FINAL_ACCURACY)]
+    for q in quantities.QUANTITIES:
+        if q.group != "label_noise" or q.reading not in ("last", "peak"):
+            continue
         # The peak of training: at step 0 the shared random initialisation agrees with some noisy labels by chance.
-        healthy(best_values(history, "train_flipped", "memorised", after_step=0), models).assign(
-            quantity="memorised_peak"),
-        healthy(last_values(history, "train_flipped", "recovered"), models).assign(quantity="recovered"),
-        healthy(last_values(history, "train_clean", "accuracy"), models).assign(quantity="clean_train_accuracy"),
-    ]
+        read = (last_values(history, *q.source) if q.reading == "last"
+                else best_values(history, *q.source, after_step=0))
+        parts.append(healthy(read, models).assign(quantity=q.name))
     per_seed = pd.concat([p[[*RUN, "quantity", "value"]] for p in parts if not p.empty], ignore_index=True)
     if per_seed.empty:
         return per_seed
     wide = per_seed.pivot_table(index=RUN, columns="quantity", values="value").reset_index()
-    if {"selected_accuracy", "final_accuracy"} <= set(wide.columns):
-        drop = wide[RUN].assign(quantity="accuracy_drop", value=wide["selected_accuracy"] - wide["final_accuracy"])
+    if {SELECTED, FINAL_ACCURACY} <= set(wide.columns):
+        drop = wide[RUN].assign(quantity=NOISE_DROP, value=wide[SELECTED] - wide[FINAL_ACCURACY])
         per_seed = pd.concat([per_seed, drop], ignore_index=True)
     return per_seed
 
@@ -852,503 +853,6 @@ def speed_views(head: Headline, tunes: Mapping[str, pd.DataFrame], lr_files: Map
 
 def _plain_float(value) -> float:
     return math.nan if value is None else float(value)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Measured claims of the source text
-
-
-CLAIM_COLUMNS = ["claim_id", "claim", "measured", "value", "reference", "verdict", "note", "figure"]
-# A check's outcome; UNCLEAR: the evidence is between a difference and none (``evidence``), so it counts for nothing.
-SUPPORTS, CONTRADICTS, NO_DIFFERENCE, UNCLEAR = "supports", "contradicts", "no difference", "not established"
-
-
-VERDICT_RULE = ("a claim measured by several checks holds when every check supports it; holds with a nuance "
-                "when at least half support it and none contradicts it; does not hold here when more checks "
-                "contradict it than support it; otherwise it is not established here")
-
-
-def verdict(outcomes: Sequence[str]) -> str:
-    """The verdict of VERDICT_RULE from the checks' outcomes (supports / contradicts / no difference / not
-    established)."""
-    if not outcomes:
-        return UNMEASURED
-    supports = sum(o == SUPPORTS for o in outcomes)
-    contradicts = sum(o == CONTRADICTS for o in outcomes)
-    if supports == len(outcomes):
-        return verdicts.HOLDS
-    if 2 * supports >= len(outcomes) and contradicts == 0:
-        return verdicts.NUANCE
-    if contradicts > supports:
-        return verdicts.FAILS
-    return verdicts.UNSETTLED
-
-
-def _claim(claim_id: str, claim: str, checks: Sequence[tuple[str, str]], reference: str, note: str,
-           figure: str) -> dict:
-    """A claims-table row from its checks, each (outcome, text)."""
-    outcomes = [o for o, _ in checks]
-    return {
-        "claim_id": claim_id,
-        "claim": claim,
-        "measured": " • ".join(f"{text} → {outcome}" for outcome, text in checks) or "not measured",
-        "value": (f"{sum(o == SUPPORTS for o in outcomes)} support, {sum(o == CONTRADICTS for o in outcomes)} "
-                  f"contradict, of {len(outcomes)}"),
-        "reference": reference,
-        "verdict": verdict(outcomes),
-        "note": note,
-        "figure": figure,
-    }
-
-
-def _outcome(found: str | None, positive: bool, positive_supports: bool) -> str:
-    """A check's outcome from the ``evidence`` of its comparison and the sign of its difference."""
-    if found == DIFFERENT:
-        return SUPPORTS if positive == positive_supports else CONTRADICTS
-    return NO_DIFFERENCE if found in (EQUIVALENT, IDENTICAL) else UNCLEAR
-
-
-def _from_difference(d: Difference, positive_supports: bool) -> str:
-    return _outcome(d.evidence, d.mean > 0, positive_supports)
-
-
-def _fmt_steps(value: float) -> str:
-    return "not reached" if not math.isfinite(value) else f"{value:.0f} steps"
-
-
-# Sentences of the source text (../shared/seed/understanding-cross-entropy.txt), quoted verbatim.
-TWO_BENEFITS = "It results in faster and more reliable training."
-SIGMOID_MULTICLASS = ("This won’t work for the multiclass classification such as MNIST digit, Pets or other datasets, "
-                      "so we can’t just take the sigmoid.")
-PENALTY_WORKS = "This kind of penalty works well in practice to aid in more effective model training."
-NLL_MISCLASSIFICATION = ("In ML, we are also taking negative log, which means high value of negative log = more "
-                         "misclassification and thus higher total loss.")
-NONE_OF_THE_ABOVE = ("It may be less ideal during inference, as you might want your model to sometimes tell you it "
-                     "doesn’t recognize any of the classes that it has seen during training")
-
-
-def claim_sigmoid_multiclass(head: Headline, reference: str = REFERENCE, losses: Sequence[str] | None = None,
-                             margin: float = 0.02) -> dict:
-    """'Sigmoid won't work for multiclass': one sigmoid per class (the losses taking part in the claim) against
-    softmax, final test accuracy per condition. It works when it is within ``margin`` of the reference or not
-    distinguishable from it."""
-    losses = _taking_part("sigmoid_multiclass", losses)
-    checks = []
-    for condition in head.targets:
-        for loss in losses:
-            row = lookup(head.differences, condition=condition, loss=loss, quantity="final_accuracy")
-            mine = lookup(head.summary, condition=condition, loss=loss, quantity="final_accuracy")
-            if row is None or mine is None:
-                continue
-            text = (f"{condition}: {loss} final test accuracy {mine['mean']:.3f}, Δ vs {reference} "
-                    f"{row['diff']:+.3f} (Holm p={row['p_holm']:.2g})")
-            if abs(row["diff"]) <= margin or row["diff"] > 0 or row["verdict"] in (EQUIVALENT, IDENTICAL):
-                checks.append((CONTRADICTS, text))  # it works: close to the reference, above it, or no gap found
-            else:
-                checks.append((SUPPORTS if row["evidence"] == DIFFERENT else UNCLEAR, text))
-    return _claim("sigmoid_multiclass", SIGMOID_MULTICLASS, checks,
-                  f"tested: whether one-vs-rest sigmoids ({' / '.join(losses)}, argmax prediction) reach the same "
-                  f"final test accuracy as {reference}. A check supports the claim where they fall clearly short: "
-                  f"more than {margin:g} below it and established as different after Holm's correction; it "
-                  "contradicts it where they reach the same accuracy (within that, above it, or shown equivalent)",
-                  "The text means sigmoid and 1 − sigmoid as the two probabilities of a binary model; one sigmoid per "
-                  "class with a summed BCE is a multiclass classifier that trains.", "headline")
-
-
-def claim_penalty_works(head: Headline, noise: Mapping[str, pd.DataFrame], reference: str = REFERENCE,
-                        bounded: Sequence[str] | None = None) -> dict:
-    """'The confident-wrong penalty aids training': clean conditions, final test accuracy of the reference against
-    each bounded loss taking part in the claim; noisy conditions, how much accuracy each loses after its
-    validation-selected best."""
-    bounded = _taking_part("penalty_works", bounded)
-    checks = []
-    for condition in head.targets:
-        if condition in noise:
-            continue
-        for loss in bounded:
-            row = lookup(head.differences, condition=condition, loss=loss, quantity="final_accuracy")
-            if row is None or row["evidence"] is None:
-                continue
-            text = (f"{condition}: {loss} − {reference} final test accuracy {row['diff']:+.3f} "
-                    f"(Holm p={row['p_holm']:.2g})")
-            checks.append((_outcome(row["evidence"], row["diff"] > 0, positive_supports=False), text))
-    for condition, per_seed in noise.items():
-        drop = per_seed[per_seed["quantity"] == "accuracy_drop"]
-        by_loss = {loss: g.set_index("seed")["value"] for loss, g in drop.groupby("loss")}
-        for loss in bounded:
-            if reference not in by_loss or loss not in by_loss:
-                continue
-            d = paired_difference(by_loss[reference], by_loss[loss])
-            text = (f"{condition} (noisy labels): accuracy lost after the validation-selected best, {reference} − "
-                    f"{loss} {d.mean:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}]")
-            # The unbounded penalty fits the flipped labels: losing more than a bounded loss contradicts the claim.
-            checks.append((_from_difference(d, positive_supports=False), text))
-    return _claim("penalty_works", PENALTY_WORKS, checks,
-                  f"checks where {reference} beats the bounded {' / '.join(bounded)} on clean labels (final test "
-                  "accuracy, Holm-corrected), or loses less accuracy than it after its best under label noise",
-                  "Under label noise the same penalty pulls the model towards the flipped labels.", "label_noise")
-
-
-def claim_nll_misclassification(history: pd.DataFrame, reference: str = REFERENCE, rise: float = 1.1,
-                                flat: float = 0.01) -> dict:
-    """'Higher NLL = more misclassification': per condition and seed of the reference, after the lowest test NLL
-    does the NLL rise by ``rise`` while test accuracy stays within ``flat`` of its value there?"""
-    checks = []
-    for condition, group in history[history["loss"] == reference].groupby("condition", sort=False):
-        nll, acc = select(group, "test", "nll"), select(group, "test", "accuracy")
-        both = nll.merge(acc, on=[*RUN, "step"], suffixes=("_nll", "_acc")).sort_values([*RUN, "step"])
-        apart = 0
-        for _, run in both.groupby(RUN, sort=False):
-            low = run.loc[run["value_nll"].idxmin()]
-            end = run.iloc[-1]
-            apart += bool(end["value_nll"] > rise * low["value_nll"] and end["value_acc"] >= low["value_acc"] - flat)
-        seeds = both["seed"].nunique()
-        text = (f"{condition}: in {apart}/{seeds} seeds test NLL ends more than {rise - 1:.0%} above its lowest while "
-                f"test accuracy stays within {flat:g} of its value there")
-        checks.append((CONTRADICTS if 2 * apart > seeds else SUPPORTS if apart == 0 else NO_DIFFERENCE, text))
-    return _claim("nll_misclassification", NLL_MISCLASSIFICATION, checks,
-                  "checks where NLL and misclassification move together for the reference loss (no seed whose NLL "
-                  "rises while its accuracy holds); contradicted where most seeds part them",
-                  "NLL also grows with the confidence of the examples that are wrong anyway: it can rise while the "
-                  "error rate stays flat (overconfidence, not more mistakes).", "convergence")
-
-
-def claim_none_of_the_above(heldout: pd.DataFrame, reference: str = REFERENCE, sigmoid: str = "sigmoid_bce"
-                            ) -> dict:
-    """'Softmax is less ideal when an input belongs to no class seen in training': per condition with held-out
-    classes, (1) how well one sigmoid per class separates held-out from known test images by its own score (max
-    sigmoid) against softmax by its own (max softmax), as AUROC paired by seed; (2) whether one sigmoid per class
-    actually says "none" (every sigmoid below 0.5) more often for the held-out images than for known ones."""
-    checks = []
-    for condition in dict.fromkeys(heldout["condition"]):
-        mine = heldout[heldout["condition"] == condition]
-        if not {reference, sigmoid} <= set(mine["loss"]):
-            continue
-        d = heldout_difference(mine, condition, (sigmoid, "auroc_natural"), (reference, "auroc_natural"))
-        a, b = (mean_ci(mine.loc[(mine["loss"] == loss) & (mine["quantity"] == "auroc_natural"), "value"]).mean
-                for loss in (sigmoid, reference))
-        checks.append((_from_difference(d, positive_supports=True),
-                       f"{condition}: AUROC held-out vs known classes, {sigmoid} by max sigmoid {a:.3f}, {reference} "
-                       f"by max softmax {b:.3f}, Δ {d.mean:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}]"))
-        none = heldout_difference(mine, condition, (sigmoid, "none_share_heldout"), (sigmoid, "none_share_test"))
-        shares = {q: mean_ci(mine.loc[(mine["loss"] == sigmoid) & (mine["quantity"] == q), "value"]).mean
-                  for q in ("none_share_heldout", "none_share_test")}
-        checks.append((_from_difference(none, positive_supports=True),
-                       f"{condition}: {sigmoid} says 'none' (every sigmoid < 0.5) to {shares['none_share_heldout']:.1%}"
-                       f" of held-out images vs {shares['none_share_test']:.1%} of known-class ones, Δ "
-                       f"{none.mean:+.3f} [{none.ci_low:+.3f}, {none.ci_high:+.3f}]"))
-    return _claim("none_of_the_above", NONE_OF_THE_ABOVE, checks,
-                  f"test images of classes held out of training against those of the trained classes: AUROC of each "
-                  f"loss's own confidence score ({sigmoid}: max sigmoid; {reference}: max softmax), paired by seed, "
-                  f"and how often {sigmoid} answers 'none'",
-                  "The text contrasts softmax with nothing explicit; one sigmoid per class is the alternative that can "
-                  "answer 'none' (no probability has to win). It holds whole when both checks support it (the sigmoids "
-                  "separate unseen classes better and say 'none' more for them); one supporting check with no "
-                  "contradiction is a nuance, by the verdict rule.", "heldout" if checks else "")
-
-
-def claim_faster(head: Headline, reference: str = REFERENCE, others: Sequence[str] | None = None) -> dict:
-    """'Cross-entropy gives faster training': per condition and compared loss, steps to the first target."""
-    others = _taking_part("faster_training", others)
-    q = steps_quantity(1)
-    checks = []
-    for condition, targets in head.targets.items():
-        ref = lookup(head.summary, condition=condition, loss=reference, quantity=q)
-        for other in others:
-            oth = lookup(head.summary, condition=condition, loss=other, quantity=q)
-            if ref is None or oth is None:
-                continue
-            text = (f"{condition} (val acc ≥ {targets[0]:g}), median: {other} {_fmt_steps(oth['median'])} "
-                    f"({int(oth['n_reached'])}/{int(oth['n'])} seeds reached it) vs {_fmt_steps(ref['median'])} "
-                    f"({int(ref['n_reached'])}/{int(ref['n'])})")
-            if ref["n_reached"] != oth["n_reached"]:
-                checks.append((SUPPORTS if ref["n_reached"] > oth["n_reached"] else CONTRADICTS,
-                               text + ", reached by different numbers of seeds"))
-                continue
-            row = lookup(head.differences, condition=condition, loss=other, quantity=q)
-            d = Difference(math.nan, math.nan, math.nan, math.nan, 0) if row is None else Difference(
-                row["diff"], row["ci_low"], row["ci_high"], row["p_value"], int(row["n"]))
-            if math.isfinite(d.mean):
-                text += f", paired Δ {d.mean:+.0f} steps"
-                if d.within_noise is not None:
-                    text += f" [{d.ci_low:+.0f}, {d.ci_high:+.0f}], Holm p={row['p_holm']:.2g}"
-            # A primary comparison: its Holm-corrected evidence decides.
-            outcome = NO_DIFFERENCE if row is None else _outcome(row["evidence"], row["diff"] > 0,
-                                                                 positive_supports=True)
-            checks.append((outcome, text))
-    return _claim(
-        "faster_training", f"{TWO_BENEFITS} (the 'faster' half)", checks,
-        f"checks (condition × compared loss) where {reference} reached the first validation-accuracy target in "
-        "fewer steps (paired by seed, established after Holm's correction) or in more seeds",
-        "Each loss at its own tuned learning rate; 'no difference' or 'not established' by the Holm-adjusted p, as "
-        "everywhere in the report.",
-        "steps_to_target")
-
-
-def claim_reliable(head: Headline, reference: str = REFERENCE, others: Sequence[str] | None = None,
-                   alpha: float = 0.05) -> dict:
-    """'More reliable training': fewer divergences, or a smaller seed spread of final test accuracy (one-sided
-    variance-ratio F-test at ``alpha``)."""
-    others = _taking_part("reliable_training", others)
-    checks = []
-    for condition in head.targets:
-        acc = head.per_seed[(head.per_seed["condition"] == condition)
-                            & (head.per_seed["quantity"] == "final_accuracy")]
-        values = {loss: finite(g["value"]) for loss, g in acc.groupby("loss")}
-        div = head.models[head.models["condition"] == condition].groupby("loss")["diverged"].sum()
-        if reference not in values:
-            continue
-        for other in others:
-            if other not in values:
-                continue
-            d_ref, d_oth = int(div.get(reference, 0)), int(div.get(other, 0))
-            sd = {k: float(np.std(values[k], ddof=1)) if len(values[k]) > 1 else math.nan for k in (reference, other)}
-            text = (f"{condition}: {other} sd {sd[other]:.4f}, {d_oth} diverged vs sd {sd[reference]:.4f}, "
-                    f"{d_ref} diverged")
-            if d_ref != d_oth:
-                checks.append((SUPPORTS if d_ref < d_oth else CONTRADICTS, text))
-                continue
-            if min(len(values[reference]), len(values[other])) < 3 or min(sd[reference], sd[other]) <= 0:
-                # Two seeds, or a spread of exactly 0 (e.g. collapsed models), give no usable variance ratio.
-                checks.append((NO_DIFFERENCE, text + ", spread not testable"))
-                continue
-            small, large = (reference, other) if sd[reference] < sd[other] else (other, reference)
-            ratio = (sd[large] / sd[small]) ** 2
-            p = float(stats.f.sf(ratio, len(values[large]) - 1, len(values[small]) - 1))
-            text += f", variance ratio {ratio:.3g} (p={p:.2g})"
-            # Were the observed ratio the true one, a rerun's ratio is it times an F variate: how often it passes.
-            critical = float(stats.f.isf(alpha, len(values[large]) - 1, len(values[small]) - 1))
-            chance = float(stats.f.sf(critical / ratio, len(values[large]) - 1, len(values[small]) - 1))
-            checks.append((_outcome(evidence_word(chance), small == other, positive_supports=True), text))
-    return _claim(
-        "reliable_training", f"{TWO_BENEFITS} (the 'more reliable' half)", checks,
-        f"checks (condition × compared loss) where {reference} diverged less often, or had a smaller seed spread of "
-        f"final test accuracy established by a one-sided F-test (a rerun would repeat p < {alpha:g} with "
-        f"probability at least {REPLICATION:g}; at least 3 seeds each)",
-        "Seed spread = standard deviation over seeds of final test accuracy; with few seeds only large differences "
-        "in spread are detectable.",
-        "headline")
-
-
-def claim_gradient(sat: pd.DataFrame, penalty: pd.DataFrame | None, conditions: Sequence[str] = (),
-                   reference: str = REFERENCE, others: Sequence[str] | None = None,
-                   threshold: float = SATURATION) -> dict:
-    """'The gradient stays meaningful where sigmoid/MSE saturate', checked in closed form (logit-gradient norm at
-    the most confidently wrong point of the probe sweep) and measured (paired by seed: share of wrong test
-    examples whose gradient vanished, per condition)."""
-    others = _taking_part("gradient_meaningful", others)
-    checks = []
-    if penalty is not None and not penalty.empty:
-        worst = penalty.loc[penalty.groupby("loss")["p_true"].idxmin()].set_index("loss")
-        if reference in worst.index:
-            g_ref = float(worst.loc[reference, "logit_grad_norm"])
-            for other in others:
-                if other in worst.index:
-                    g_oth = float(worst.loc[other, "logit_grad_norm"])
-                    checks.append((SUPPORTS if g_ref > g_oth else CONTRADICTS,
-                                   f"closed form at p_true = {float(worst.loc[reference, 'p_true']):.2g}: {other} "
-                                   f"‖∂L/∂z‖ {g_oth:.3g} vs {g_ref:.3g}"))
-    for condition in conditions or dict.fromkeys(sat["condition"]):
-        group = sat[sat["condition"] == condition]
-        by_loss = {loss: g.set_index("seed")["value"] for loss, g in group.groupby("loss")}
-        if reference not in by_loss:
-            continue
-        for other in others:
-            if other not in by_loss:
-                continue
-            d = paired_difference(by_loss[other], by_loss[reference])
-            text = (f"{condition}: saturated share {other} {mean_ci(by_loss[other]).mean:.1%} vs "
-                    f"{mean_ci(by_loss[reference]).mean:.1%}")
-            if math.isfinite(d.mean) and d.within_noise is not None:
-                text += f", paired Δ {d.mean:+.1%} [{d.ci_low:+.1%}, {d.ci_high:+.1%}]"
-            checks.append((_from_difference(d, positive_supports=True), text))
-    return _claim(
-        "gradient_meaningful", "Not a sentence of the source text but the study's own question: the cross-entropy "
-        "gradient stays meaningful where sigmoid/MSE saturate.", checks,
-        f"checks where {reference}'s logit gradient is larger in closed form, or its share of wrong test examples "
-        f"with ‖∂L/∂z‖ < {threshold:g} at the last evaluation is established as smaller (paired by seed)",
-        "Per-class sigmoid BCE does not saturate on a confidently wrong example: its gradient on the true class is "
-        "sigmoid(z_true) − 1. Trained networks may put few wrong examples where MSE's gradient vanishes.",
-        "logit_grad")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Published results beside the study's own
-
-
-ANCHOR_COLUMNS = ["anchor", "source", "published", "here", "verdict", "why"]
-REPRODUCED, NOT_REPRODUCED, CONTRADICTED, NOT_MEASURED = (
-    "reproduced", "not reproduced", "contradicted here", "not measured here")
-MEASURED_BESIDE = "shown beside"  # a published value shown for scale, with no verdict (another dataset and network)
-
-
-def anchors(head: Headline, history: pd.DataFrame, setups: Mapping[str, Mapping]) -> pd.DataFrame:
-    """Published numbers next to the study's own, same metric, each with a verdict computed from the tables.
-    ``setups`` maps condition -> its setup.json (dataset, optimizer, label noise, model)."""
-    def find(dataset: str, kind: str = "mlp") -> str | None:
-        """The dataset's clean condition with every class and a ``kind`` network, SGD's when there are several."""
-        def params(c: str) -> Mapping:
-            return setups[c].get("params", {})
-
-        clean = [c for c, s in setups.items()
-                 if s.get("dataset") == dataset and not params(c).get("label_noise", 0.0)
-                 and not params(c).get("heldout_classes") and params(c).get("model", {}).get("kind", "mlp") == kind]
-        return next((c for c in clean if params(c).get("optimizer") == "sgd"), clean[0] if clean else None)
-
-    def final(condition: str | None, quantity: str = "final_accuracy", loss: str = REFERENCE) -> dict | None:
-        return None if condition is None else lookup(head.summary, condition=condition, loss=loss, quantity=quantity)
-
-    rows = []
-    fashion, mnist1d, cnn = find("fashion_mnist"), find("mnist1d"), find("mnist1d", "cnn1d")
-    for name, condition, published, (low, high), source in (
-            ("Fashion-MNIST MLP test accuracy", fashion, "0.87-0.90 (MLP, cross-entropy)", (0.86, 0.91),
-             "Xiao et al. 2017 (Fashion-MNIST benchmark)"),
-            ("MNIST-1D MLP test accuracy", mnist1d, "about 0.68 (MLP)", (0.63, 0.73), "Greydanus 2020 (MNIST-1D)"),
-            ("MNIST-1D CNN test accuracy", cnn, "about 0.94 (CNN)", (0.90, 0.97), "Greydanus 2020 (MNIST-1D)")):
-        est = final(condition)
-        if est is None or not math.isfinite(est["mean"]):
-            rows.append([name, source, published, "–", NOT_MEASURED, "no such condition in this study"])
-            continue
-        inside = low <= est["mean"] <= high
-        rows.append([name, source, published, f"{est['mean']:.3f} ({condition}, {REFERENCE})",
-                     REPRODUCED if inside else NOT_REPRODUCED,
-                     "within the published range" if inside else
-                     "outside it: another architecture, schedule or number of epochs than the published runs"])
-    if mnist1d is not None:
-        nll = select(history[history["condition"] == mnist1d], "test", "nll")
-        nll = nll[nll["loss"] == REFERENCE]
-        if not nll.empty:
-            per_seed = nll.groupby("seed")["value"].agg(["last", "min"])
-            rising = per_seed["last"] > 1.1 * per_seed["min"]
-            ratio = (per_seed["last"] / per_seed["min"]).mean()
-            rows.append(["test NLL rises while training goes on (overfitting)", "Greydanus 2020 (MNIST-1D)",
-                         "test loss rises after its minimum", f"final / lowest test NLL {ratio:.2f} "
-                         f"({int(rising.sum())}/{len(rising)} seeds end 10% above their lowest)",
-                         REPRODUCED if rising.all() else NOT_REPRODUCED if not rising.any() else "in part",
-                         "the softmax grows ever more confident on the examples it gets wrong" if rising.all() else
-                         "NLL keeps falling when a model never fits its training set past the point of overfitting"])
-    noisy = next((c for c, st in setups.items() if st.get("dataset") == "fashion_mnist"
-                  and st.get("params", {}).get("label_noise", 0.0)), None)
-    for anchor in PUBLISHED:
-        if isinstance(anchor, PublishedValues):
-            rows.extend(_published_values(anchor, head))
-        else:
-            rows.extend(_published_rows(anchor, head, noisy if anchor.noisy else fashion))
-    return pd.DataFrame(rows, columns=ANCHOR_COLUMNS)
-
-
-@dataclass(frozen=True)
-class Published:
-    """A published comparison of some losses with the reference, checked on one quantity's paired difference.
-    ``claim``: the registry's claim id that names the losses; ``sign``: the sign of (loss - reference) the
-    publication reports (+1, -1), or 0 for 'no worse than ``tolerance`` below it'."""
-
-    claim: str
-    anchor: str
-    source: str
-    published: str
-    quantity: str
-    sign: int
-    here: str  # format of the measured difference: {loss}, {reference}, {diff}
-    why: str  # format: {loss}
-    noisy: bool = False  # checked in the noisy Fashion-MNIST condition, else in the clean SGD one
-    tolerance: float = 0.0
-
-
-@dataclass(frozen=True)
-class PublishedValues:
-    """Published values of some quantities per loss, shown beside the study's own per condition (same metric, no
-    paired test: another dataset and network). ``values``: (claim id naming the losses, or "" for the reference,
-    the publication's name for the loss, the published values in the order of ``quantities``)."""
-
-    anchor: str
-    source: str
-    quantities: tuple[str, ...]
-    values: tuple[tuple[str, str, tuple[float, ...]], ...]
-    scale: float = 100.0  # published in percent
-    why: str = ""
-
-
-PUBLISHED_ECE = PublishedValues(
-    "ECE (%) before / after temperature scaling", "Mukhoti et al. 2020 (CIFAR-10, ResNet-50)", ("ece", "ece_ts"),
-    (("", "cross-entropy", (4.35, 1.35)), ("squared_error_slower", "Brier", (1.82, 1.08)),
-     ("focal_calibrates", "focal γ = 3", (1.48, 1.42))),
-    why="another dataset and network: the published values are the scale to read ours against, not a target")
-
-PUBLISHED = (
-    PUBLISHED_ECE,
-    Published("smoothing_calibrates", "label smoothing lowers the calibration error", "Müller et al. 2019",
-              "lower ECE with smoothing", "ece", -1, "Δ ECE {loss} − {reference} {diff:+.3f}",
-              "smoothing pulls confidence down; whether that helps depends on how overconfident the unsmoothed "
-              "model is"),
-    Published("bounded_resists_noise", "bounded losses (GCE, MAE) resist label noise",
-              "Zhang & Sabuncu 2018; Ghosh et al. 2017", "higher accuracy than cross-entropy under symmetric noise",
-              "final_accuracy", +1, "Δ final test accuracy {loss} − {reference} {diff:+.3f}",
-              "a bounded loss gives a flipped label a bounded pull; it also learns the clean labels more slowly",
-              noisy=True),
-    Published("squared_error_slower", "squared error trains worse than cross-entropy from random initialisation",
-              "Golik et al. 2013", "slower, worse optimum", steps_quantity(1), +1,
-              "{loss} − {reference}: {diff:+.0f} steps to the first target",
-              "each loss at its own tuned rate: a larger rate can make up for {loss}'s smaller gradients"),
-    Published("square_loss_competitive", "square loss on logits is competitive with cross-entropy",
-              "Hui & Belkin 2021", "within about 1% accuracy", "final_accuracy", 0,
-              "Δ final test accuracy {loss} − {reference} {diff:+.3f}",
-              "{loss} is the square loss on raw logits, not the squared error of softmax probabilities (Brier)",
-              tolerance=0.01),
-    Published("focal_calibrates", "focal loss lowers the calibration error of cross-entropy", "Mukhoti et al. 2020",
-              "lower ECE than cross-entropy", "ece", -1, "Δ ECE {loss} − {reference} {diff:+.3f}",
-              "down-weighting confident examples keeps logits smaller; on a small, briefly trained model "
-              "cross-entropy may not be overconfident to begin with"),
-)
-
-
-def _published_values(anchor: PublishedValues, head: Headline) -> list[list[str]]:
-    """One row per published loss and condition where the study trained it: the published values beside the
-    study's means over seeds (in the publication's scale)."""
-    rows = []
-    for claim, name, published in anchor.values:
-        losses = (REFERENCE,) if not claim else registry.taking_part(claim)
-        shown = f"{name}: " + " / ".join(f"{v:g}" for v in published)
-        found = False
-        for condition in head.targets:
-            for loss in losses:
-                means = [lookup(head.summary, condition=condition, loss=loss, quantity=q) for q in anchor.quantities]
-                if any(m is None or not math.isfinite(m["mean"]) for m in means):
-                    continue
-                found = True
-                here = " / ".join(f"{anchor.scale * m['mean']:.2f}" for m in means)
-                rows.append([anchor.anchor, anchor.source, shown, f"{loss}: {here} ({condition})",
-                             MEASURED_BESIDE, anchor.why])
-        if not found:
-            rows.append([anchor.anchor, anchor.source, shown, "–", NOT_MEASURED,
-                         f"{' / '.join(losses) or 'no such loss'} with both quantities in no condition of this study"])
-    return rows
-
-
-def _published_rows(anchor: Published, head: Headline, condition: str | None) -> list[list[str]]:
-    """One row per loss taking part in ``anchor.claim`` that was compared with the reference in ``condition``; one
-    'not measured here' row when none was."""
-    rows = []
-    for loss in registry.taking_part(anchor.claim):
-        row = None if condition is None else lookup(head.differences, condition=condition, loss=loss,
-                                                    quantity=anchor.quantity)
-        if row is None or row["evidence"] is None:
-            continue
-        diff, apart = row["diff"], row["evidence"] == DIFFERENT
-        if anchor.sign:
-            verdict = (REPRODUCED if apart and np.sign(diff) == anchor.sign else
-                       CONTRADICTED if apart else NOT_REPRODUCED)
-        else:
-            verdict = (REPRODUCED if diff >= -anchor.tolerance else CONTRADICTED if apart else NOT_REPRODUCED)
-        here = anchor.here.format(loss=loss, reference=REFERENCE, diff=diff)
-        rows.append([anchor.anchor, anchor.source, anchor.published,
-                     f"{here} ({condition}, Holm p={row['p_holm']:.2g})", verdict, anchor.why.format(loss=loss)])
-    if not rows:
-        where = "no such condition in this study" if condition is None else (
-            f"no paired test of {' / '.join(registry.taking_part(anchor.claim)) or 'such a loss'} against "
-            f"{REFERENCE} in {condition}: not trained there, or fewer than two seeds to pair")
-        rows.append([anchor.anchor, anchor.source, anchor.published, "–", NOT_MEASURED, where])
-    return rows
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ import pandas as pd
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from study import analysis, answers, measures, report, tables, verdicts
+from study import analysis, answers, measures, report, tables
+from study import claims as checks
 from study import losses as registry
 from study.analysis import REFERENCE
 
@@ -251,17 +252,9 @@ def compute(inputs: Inputs) -> Computed:
             if not tune.empty and chosen:
                 views[source] = analysis.lr_views(tune, chosen, targets)
     heldout = analysis.heldout_per_seed(inputs.history)
-    measured = pd.DataFrame([
-        analysis.claim_faster(head),
-        analysis.claim_reliable(head),
-        analysis.claim_sigmoid_multiclass(head),
-        analysis.claim_penalty_works(head, noise_per_seed),
-        analysis.claim_nll_misclassification(inputs.history),
-        analysis.claim_none_of_the_above(heldout),
-        analysis.claim_gradient(saturation, inputs.penalty, inputs.conditions),
-    ], columns=analysis.CLAIM_COLUMNS)
-    claims = measured if inputs.claims is None else pd.concat(
-        [inputs.claims.reindex(columns=analysis.CLAIM_COLUMNS), measured.astype({"value": str})], ignore_index=True)
+    measured = checks.measured(head, inputs.history, noise_per_seed, heldout, saturation, inputs.penalty,
+                               inputs.conditions)
+    claims = checks.combine(inputs.claims, measured)
     metrics = analysis.metrics(head)
     for row in analysis.summarise(heldout).itertuples():
         if row.quantity == "auroc_natural" and row.condition in metrics and row.loss in metrics[row.condition]:
@@ -800,9 +793,7 @@ def _claims_finding(computed: Computed) -> dict | None:
     claims = computed.claims
     if claims.empty:
         return None
-    buckets = claims["verdict"].map(analysis.verdict_bucket)
-    return {"kind": "claims", "counts": {v: int((buckets == v).sum()) for v in analysis.VERDICTS},
-            "against": [c.rstrip(".") for c in claims[buckets == verdicts.FAILS]["claim"]]}
+    return {"kind": "claims", **checks.finding(claims)}  # counts and against: the source's claims only
 
 
 def heldout_findings(per_seed: pd.DataFrame, condition: str, sigmoid: str = "sigmoid_bce") -> list[dict]:
@@ -1117,7 +1108,7 @@ def _claims(computed: Computed, figures: Figures) -> list[dict]:
 
 
 def _anchors(inputs: Inputs, computed: Computed) -> dict:
-    table = analysis.anchors(computed.head, inputs.history, inputs.setups)
+    table = checks.anchors(computed.head, inputs.history, inputs.setups)
     return {"header": list(table.columns), "rows": [[str(v) for v in row] for row in table.itertuples(index=False)]}
 
 
@@ -1161,7 +1152,7 @@ def _environment() -> jinja2.Environment:
                         "steps": fmt_steps, "percent": fmt_percent, "p": fmt_p, "holm": answers.fmt_holm})
     env.globals.update({"reference": REFERENCE, "alpha": analysis.ALPHA, "saturation": analysis.SATURATION,
                         "replication": analysis.REPLICATION, "evidence_bounds": analysis.evidence_bounds,
-                        "verdict_rule": analysis.VERDICT_RULE, "effect_range": answers.effect_range,
+                        "verdict_rule": checks.VERDICT_RULE, "effect_range": answers.effect_range,
                         "compact": answers.compact, "words_equivalent": answers.EQUIVALENT})
     return env
 

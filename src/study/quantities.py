@@ -207,3 +207,23 @@ def is_steps(name: str) -> bool:
 def steps_names(count: int) -> tuple[str, ...]:
     """The steps quantities of a condition with ``count`` targets."""
     return tuple(steps_name(i) for i in range(1, count + 1))
+
+
+def read_as(split: str, metric: str, reading: str = "last") -> str:
+    """The declared quantity read from (``split``, ``metric``) by ``reading``; a KeyError when none is."""
+    found = [q.name for q in QUANTITIES if q.source == (split, metric) and q.reading == reading]
+    if not found:
+        raise KeyError(f"no quantity is read from ({split!r}, {metric!r}) by {reading!r}")
+    return found[0]
+
+
+def derived(group: str) -> tuple[str, ...]:
+    """The quantities of ``group`` computed from other quantities (reading "derived"), in the registry's order."""
+    return tuple(q.name for q in QUANTITIES if q.group == group and q.reading == "derived")
+
+
+def max_probability_auroc(probabilities: str) -> str | None:
+    """The held-out-class AUROC scored by the maximum of ``probabilities`` ("softmax", "sigmoid": a loss's
+    ``LossSpec.probabilities``), None where no such quantity is declared (a loss that models no probability)."""
+    return next((q.name for q in QUANTITIES if q.group == "heldout" and q.reading == "last"
+                 and q.source[1] == f"auroc_max_{probabilities}"), None)

@@ -1,11 +1,15 @@
 """Do two runs of the study agree? ``study compare`` sets a rerun (another machine, another thread count) beside
 the committed results: the learning rates each tuning chose, the report's findings with numbers masked
-(``study.findings``), and every paired verdict of the headline comparisons, which either run states as
-'different', 'not established' or 'not distinguishable' (``analysis.evidence``). A verdict is
+(``study.findings``), and every paired verdict of the headline comparisons (``analysis.differences``: different,
+equivalent within the quantity's margin, identical, or not established). From the first run to the second a
+verdict is
 
-- kept: the same word (and, for 'different', the same direction) in both runs;
-- softened: 'not established' in one run and a stated verdict in the other, the move the rule allows for;
-- contradicted: 'different' in one run and 'not distinguishable' in the other, or 'different' in opposite directions.
+- kept: the same statement in both runs ('different' in the same direction, or no difference: equivalent or
+  identical in both);
+- softened: a stated verdict (different, equivalent, identical) in the first run, 'not established' in the second;
+- strengthened: 'not established' in the first run, a stated verdict in the second;
+- contradicted: 'different' in one run and equivalent or identical in the other, or 'different' in opposite
+  directions.
 """
 
 from __future__ import annotations
@@ -20,25 +24,46 @@ import pandas as pd
 from study import analysis, document, findings, tables
 
 KEY = ["condition", "loss", "quantity"]
-KEPT, SOFTENED, CONTRADICTED = "kept", "softened", "contradicted"
+KEPT, SOFTENED, STRENGTHENED, CONTRADICTED = "kept", "softened", "strengthened", "contradicted"
+CHANGES = (KEPT, SOFTENED, STRENGTHENED, CONTRADICTED)
 
 
 def verdict_changes(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
     """The paired comparisons (``analysis.differences`` rows) both runs tested, side by side, with ``change``:
-    KEPT, SOFTENED or CONTRADICTED."""
+    KEPT, SOFTENED, STRENGTHENED or CONTRADICTED (from ``first`` to ``second``). The verdict is read from the
+    ``verdict`` column, or ``evidence`` in a table written before it."""
     columns = [*KEY, "diff", "p_holm", "evidence"]
-    both = first[columns].merge(second[columns], on=KEY, suffixes=("_first", "_second"))
+
+    def words(table: pd.DataFrame) -> pd.DataFrame:
+        out = table.assign(evidence=table["verdict"]) if "verdict" in table.columns else table
+        return out[columns]
+
+    both = words(first).merge(words(second), on=KEY, suffixes=("_first", "_second"))
     both = both[both["evidence_first"].notna() & both["evidence_second"].notna()].reset_index(drop=True)
-    both["change"] = [_change(*row) for row in both[["evidence_first", "diff_first", "evidence_second",
-                                                     "diff_second"]].itertuples(index=False)]
+    both["change"] = pd.Series([_change(*row) for row in both[["evidence_first", "diff_first", "evidence_second",
+                                                                 "diff_second"]].itertuples(index=False)],
+                               index=both.index, dtype=object)
     return both
 
 
+def _stance(word: str) -> str | None:
+    """What a verdict states: 'different', 'same' (equivalent or identical), or None (not established)."""
+    if word == analysis.DIFFERENT:
+        return "different"
+    return "same" if word in (analysis.EQUIVALENT, analysis.IDENTICAL) else None
+
+
 def _change(first: str, first_diff: float, second: str, second_diff: float) -> str:
-    if first == second:
-        opposite = first == analysis.DIFFERENT and np.sign(first_diff) != np.sign(second_diff)
-        return CONTRADICTED if opposite else KEPT
-    return SOFTENED if analysis.NOT_ESTABLISHED in (first, second) else CONTRADICTED
+    a, b = _stance(first), _stance(second)
+    if a is None and b is None:
+        return KEPT
+    if b is None:
+        return SOFTENED
+    if a is None:
+        return STRENGTHENED
+    if a != b:
+        return CONTRADICTED
+    return CONTRADICTED if a == "different" and np.sign(first_diff) != np.sign(second_diff) else KEPT
 
 
 @dataclass(frozen=True)
@@ -59,7 +84,9 @@ class RunComparison:
                   for c, loss, a, b in self.rates if a != b]
         lines.append(self.wording.summary())
         lines.append(f"paired verdicts: {len(self.verdicts)} tested in both runs; {counts[KEPT]} kept, "
-                     f"{counts[SOFTENED]} softened ('not established' in one run), {counts[CONTRADICTED]} contradicted")
+                     f"{counts[SOFTENED]} softened (stated first, 'not established' in the rerun), "
+                     f"{counts[STRENGTHENED]} strengthened ('not established' first, stated in the rerun), "
+                     f"{counts[CONTRADICTED]} contradicted")
         for row in self.contradicted.itertuples(index=False):
             lines.append(f"  contradicted: {row.condition} {row.loss} {row.quantity}: {row.evidence_first} "
                          f"({row.diff_first:+.4g}, Holm p={row.p_holm_first:.2g}) vs {row.evidence_second} "
