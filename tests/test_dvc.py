@@ -24,7 +24,7 @@ MARKER = "experiments/validated.json"
 # from (dvc.yaml's foreach), which `study tune` only checks its condition against.
 NOT_PARAMS = {"study.experiment", "study.tracking", "study.tune", "study.executor"}
 # Condition keys that fall back to the study's when a condition sets none: reading them reads the study's key.
-INHERITED = {"losses": "study.losses", "backend": "study.backend"}
+INHERITED = {"losses": "study.losses", "backend": "study.backend", "seeds": "study.seeds"}
 
 
 def pipeline() -> dict[str, dict]:
@@ -260,11 +260,15 @@ def record_reads(monkeypatch, tmp_path: Path) -> Callable[..., set[str]]:
 
 def _as_params(read: str, params: dict) -> set[str]:
     """The params file's leaf keys behind one read field: a condition's inherited key is the study's, a mapping
-    (a condition's `model:` block) every key under it."""
+    (a condition's `model:` block) every key under it. A condition's key left out or null is the study's, read through
+    it (``seeds: null``), so the condition's own key is listed too."""
     parts = read.split(".")
-    if parts[0] == "conditions" and len(parts) == 3 and parts[2] in INHERITED \
-            and parts[2] not in params["conditions"][parts[1]]:
-        return {INHERITED[parts[2]]}
+    if parts[0] == "conditions" and len(parts) == 3 and parts[2] in INHERITED:
+        own = params["conditions"][parts[1]]
+        if parts[2] not in own:
+            return {INHERITED[parts[2]]}
+        if own[parts[2]] is None:
+            return {INHERITED[parts[2]], *_leaves(params, read)}
     return _leaves(params, read)
 
 

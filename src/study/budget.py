@@ -64,7 +64,7 @@ def arithmetic(cfg: StudyConfig, cond: Condition, sizes: dict[str, int], input_d
                classes: int) -> list[Arithmetic]:
     forward, step = per_example_flops(model_spec(cond), input_dim, classes)
     out = []
-    stages = [("train", len(cond.losses) * len(cfg.seeds), cond.epochs, True)]
+    stages = [("train", len(cond.losses) * len(cond.seeds), cond.epochs, True)]
     if cond.name in cfg.tune:
         stages.insert(0, ("tune", len(cfg.tuned_losses(cond.name)) * len(cond.lr_grid) * len(cond.tune_seeds),
                           cond.tune_epochs, False))

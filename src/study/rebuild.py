@@ -147,7 +147,7 @@ def check(cfg: StudyConfig, stage: Stage) -> None:
     if stage.stage == "train":
         source = stage.directory / tables.SETUP
         setup = tables.read_json(source)
-        current = {"losses": list(cond.losses), "seeds": list(cfg.seeds),
+        current = {"losses": list(cond.losses), "seeds": list(cond.seeds),
                    **{f"conditions.{stage.condition}.{k}": v for k, v in dataclasses.asdict(cond).items()}}
         written = {"losses": setup["losses"], "seeds": setup["seeds"],
                    **{f"conditions.{stage.condition}.{k}": v for k, v in setup["params"].items()}}

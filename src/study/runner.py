@@ -285,7 +285,7 @@ def _train_pass(cfg: StudyConfig, cond: Condition, dataset: data.Dataset, lrs: d
     tracker)`` inside the run's tracker; returns what ``finish`` returns. With ``losses``, only those losses'
     models train and ``kept`` (an earlier pass's items of the others) stands for the rest: the tables and the
     tracker's runs cover every loss either way."""
-    members = train.grid(cond.losses, cfg.seeds, {loss: [lrs[loss]] for loss in cond.losses})
+    members = train.grid(cond.losses, cond.seeds, {loss: [lrs[loss]] for loss in cond.losses})
     training = members if losses is None else [m for m in members if m.loss in losses]
     settings = _settings(cfg, splits=("val", "test"), instrument=True, progress=progress)
     trainer = train.Trainer(cond, dataset, training, settings)
@@ -420,7 +420,7 @@ def _setup(cfg: StudyConfig, cond: Condition, dataset: data.Dataset, trainer: tr
     return {
         "condition": cond.name, "dataset": cond.dataset, "params": params, "sizes": dataset.sizes(),
         "model": cond.model.describe(dataset.input_dim, dataset.num_classes), "backend": trainer.backend,
-        "losses": list(cond.losses), "seeds": list(cfg.seeds),
+        "losses": list(cond.losses), "seeds": list(cond.seeds),
         "lrs": {loss: lrs[loss] for loss in cond.losses}, "lr_source": cond.lr_from,
         "steps_per_epoch": trainer.steps_per_epoch, "total_steps": trainer.total_steps,
         "device": str(trainer.device), "confident": cfg.confident, "ece_bins": cfg.ece_bins,
@@ -489,7 +489,7 @@ class Checkpoint:
 
 def _fingerprint(cfg: StudyConfig, cond: Condition, lrs: dict[str, float], sizes: dict,
                  members: list[train.Member]) -> str:
-    what = {"condition": dataclasses.asdict(cond), "losses": cond.losses, "seeds": cfg.seeds, "lrs": lrs,
+    what = {"condition": dataclasses.asdict(cond), "losses": cond.losses, "seeds": cond.seeds, "lrs": lrs,
             "members": [dataclasses.astuple(m) for m in members],
             "loss_options": _loss_options(cond), "confident": cfg.confident, "ece_bins": cfg.ece_bins, "sizes": sizes,
             "device": cfg.device, "state_format": train.STATE_FORMAT}
