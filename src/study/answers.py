@@ -427,15 +427,18 @@ def effect_range(t: Tally, words: Sequence[str] = (LOWER, HIGHER)) -> tuple[floa
 
 
 def compact(tallies: Sequence[Tally]) -> dict:
-    """The tallies in few words: each loss with a decided difference under its most frequent direction ('mse
-    lower in 5 of 6'), the others grouped by their most frequent verdict ('not established for gce and mae')."""
-    decided, rest = [], {}
+    """The tallies in few words: per direction of a decided difference, the losses with it in their most frequent
+    direction and in how many conditions ('fewer for mse (3 of 6) and gce (1 of 1)'); the other losses grouped by
+    their most frequent verdict ('not established for smoothed_ce and focal')."""
+    decided: dict[str, list[dict]] = {}
+    rest: dict[str, list[str]] = {}
     for t in tallies:
         parts = [p for p in t.parts if p.word in (LOWER, HIGHER)]
         if parts:
             top = max(parts, key=lambda p: p.n)
-            decided.append({"loss": t.loss, "word": top.word, "n": top.n, "total": t.total})
-        else:
+            decided.setdefault(top.word, []).append({"loss": t.loss, "n": top.n, "total": t.total})
+        elif t.parts:
             top = max(t.parts, key=lambda p: p.n)
             rest.setdefault(top.word, []).append(t.loss)
-    return {"decided": decided, "rest": sorted(rest.items(), key=lambda item: _rank(item[0]))}
+    return {"decided": sorted(decided.items(), key=lambda item: _rank(item[0])),
+            "rest": sorted(rest.items(), key=lambda item: _rank(item[0]))}
