@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from study import analysis, claims, document, losses, report, tables
+from study import analysis, answers, claims, document, losses, report, tables
 from study import findings as findings_module
+from study import losses as losses_registry
 
 LOSSES = ["mse", "sigmoid_bce", "softmax_nll", "smoothed_ce"]
 SIX = [*LOSSES, "logit_mse", "focal"]  # a condition that adds two losses of the registry
@@ -89,6 +90,9 @@ def fabricate_history(condition: str, *, noise: bool = False, diverged=DIVERGED,
                 add(TOTAL, "val", "temperature", 1.0 + 0.3 * i)
                 add(TOTAL, "test", "nll_ts", 2.0 * (1 - _accuracy(loss, seed, TOTAL)))
                 add(TOTAL, "test", "ece_ts", 0.01 + 0.005 * i)
+                if losses_registry.spec(loss).probabilities != "none":  # no row for a loss without probabilities
+                    add(TOTAL, "test", "ece_own", 0.03 + 0.02 * i + 0.001 * seed)
+                add(TOTAL, "test", "classwise_ece", 0.004 + 0.001 * i)
     return pd.DataFrame(rows, columns=tables.HISTORY_COLUMNS)
 
 
@@ -408,13 +412,23 @@ def test_build_writes_a_self_contained_report(built: Path):
     html_text = (out / "index.html").read_text()
     assert "data:image/png;base64," in html_text
     assert not re.search(r'src="(?!data:)', html_text), "index.html must not load files"
-    assert html_text.count("<img") == len(list((out / "figures").glob("*.png")))
+    assert html_text.count("<img") == len(list((out / "figures").glob("*.png")))  # every figure, each once
+    ids = re.findall(r'<figure id="([^"]+)"', html_text)
+    assert ids and len(ids) == len(set(ids)) == html_text.count("<img"), sorted(ids)
     md = (out / "report.md").read_text()
     linked = re.findall(r"\]\((figures/[^)]+\.png)\)", md)
     assert linked and all((out / path).exists() for path in linked)
-    for section in ("## Findings", "## Setup", "## Headline table", "## Convergence speed", "## Gradient magnitudes",
-                    "## Confident-wrong penalties and calibration", "## Claims of the source text, checked"):
-        assert section in md
+    headings = [line for line in md.splitlines() if line.startswith("#")]
+    for section in ("## Answers", "## Contents", "## Convergence speed", "## Gradient magnitudes",
+                    "## The confident-wrong penalty and its consequences", "### Calibration", "### Label noise",
+                    "## Accuracy and stability", "### Headline table", "## Methods and statistics", "### Setup",
+                    "### Claims of the source text, checked", "### Data notes"):
+        assert section in headings, section
+    # the answers first, the evidence by question, methods at the end
+    order = [headings.index(h) for h in ("## Answers", "## Convergence speed", "## Gradient magnitudes",
+                                         "## The confident-wrong penalty and its consequences",
+                                         "## Methods and statistics")]
+    assert order == sorted(order)
     assert "sigmoid_range" not in md and "The sigmoid function always outputs" in md  # probe claims included
     assert "faster and more reliable training" in md and "the 'more reliable' half" in md
     assert not list(built.glob(".report*")) and not list(built.glob(".metrics*"))  # no temporary leftovers
@@ -432,11 +446,21 @@ def test_build_writes_metrics_json(built: Path):
     assert metrics[CLEAN]["softmax_nll"]["test_accuracy"] == pytest.approx(final["mean"])
 
 
+def _part(md: str, heading: str) -> str:
+    """The text under ``heading`` (a whole heading line of report.md) up to the next heading of any level."""
+    lines = md.splitlines()
+    assert heading in lines, f"no heading {heading!r}"
+    rest = lines[lines.index(heading) + 1:]
+    end = next((i for i, line in enumerate(rest) if line.startswith("#")), len(rest))
+    return "\n".join(rest[:end])
+
+
 def test_findings_point_at_figures(built: Path):
     md = (built / "report" / "report.md").read_text()
-    findings = md.split("## Findings")[1].split("## Setup")[0]
-    assert "steps to validation accuracy" in findings and "figures/steps_to_target.png" in findings
-    assert "memorised the most" in findings and "figures/label_noise_" in findings
+    speed = _part(md, "#### Findings: speed")
+    assert "steps to validation accuracy" in speed and "figures/steps_to_target.png" in speed
+    noise = _part(md, "#### Findings: label noise")
+    assert "memorised the most" in noise and "figures/label_noise_" in noise
 
 
 def _copy(tree: Path, to: Path, *, with_report: bool = False) -> Path:
@@ -464,8 +488,9 @@ def test_numbers_follow_the_data(built: Path, tmp_path: Path):
     assert after[CLEAN]["softmax_nll"]["test_accuracy"] == pytest.approx(0.123)
     assert before[CLEAN]["softmax_nll"]["test_accuracy"] != pytest.approx(0.123)
     md = (results / "report" / "report.md").read_text()
-    assert "0.123" in md.split("## Headline table")[1].split("## Convergence speed")[0]
-    assert "0.123" not in md_before.split("## Headline table")[1].split("## Convergence speed")[0]
+    table = f"#### Headline table, {CLEAN}"
+    assert "0.123" in _part(md, table)
+    assert "0.123" not in _part(md_before, table)
     assert "7.777 bits" in md and "7.777 bits" not in md_before
     assert after[NOISY] == before[NOISY]
 
@@ -507,6 +532,7 @@ def test_degraded_inputs_still_build(tmp_path: Path):
     bad = (history["split"] == "test") & (history["metric"] == "accuracy") & (history["loss"] == "softmax_nll")
     history.loc[bad & (history["step"] == 10), "value"] = math.inf
     history.loc[(history["metric"] == "grad_norm") & (history["step"] == 4), "value"] = math.nan
+    history = history[history["metric"] != "ece_own"].reset_index(drop=True)  # runs from before ece_own
     n_bad = int((~np.isfinite(history["value"])).sum())
     tables.write_csv(history, directory / tables.HISTORY)
     examples = fabricate_examples(CLEAN)
@@ -522,6 +548,7 @@ def test_degraded_inputs_still_build(tmp_path: Path):
     assert "shared-lr view needs the tuning runs" in md
     assert "claims.csv of the probe stage is missing" in md
     assert "(1 seed)" in md
+    assert "did not record the ECE on each loss's own probabilities" in md
     text = (results / "metrics.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert math.isfinite(json.loads(text)[CLEAN]["softmax_nll"]["test_accuracy"])  # one seed: a mean, no interval
@@ -565,18 +592,25 @@ def test_findings_tell_the_truth_of_a_fabricated_tree(built: Path, tmp_path: Pat
     mark = history[(history["loss"] == "sigmoid_bce") & (history["seed"] == 1)].head(1).assign(
         split="train", metric="collapsed_step", step=15, value=15.0)
     tables.write_csv(pd.concat([history, mark], ignore_index=True), path)
+    setup = tables.read_json(results / "conditions" / NOISY / tables.SETUP)
+    setup["lr_fallbacks"] = {"smoothed_ce": [{"lr": 0.3, "diverged": {}, "collapsed": {"1": 14}, "next_lr": 0.1}]}
+    tables.write_json(setup, results / "conditions" / NOISY / tables.SETUP)
     build(results)
     md = (results / "report" / "report.md").read_text()
-    findings = md.split("## Findings")[1].split("## Setup")[0]
-    speed = next(line for line in findings.splitlines() if line.startswith(f"- Speed, {CLEAN}:"))
+    speed = next(line for line in _part(md, "#### Findings: speed").splitlines()
+                 if line.startswith(f"- Speed, {CLEAN}:"))
     faster = _clause(speed, "faster after Holm's correction:")
     slower = _clause(speed, "slower after Holm's correction:")
     assert "mse" in slower and "mse" not in faster and "softmax_nll, which took" in speed
-    assert f"Stability, {CLEAN}: sigmoid_bce" in findings and "seed 1 collapsed at step 15" in findings
-    assert "overfit" not in findings
-    assert "temperature fit hit its search bound" in findings
-    notes = md.split("## Data notes")[1]
+    stability = _part(md, "#### Findings: accuracy and stability")
+    assert f"Stability, {CLEAN}: sigmoid_bce" in stability and "seed 1 collapsed at step 15" in stability
+    assert "overfit" not in md
+    calibration = _part(md, "#### Findings: calibration")
+    assert f"Calibration, {CLEAN}:" in calibration and "temperature fit hit its search bound" in calibration
+    notes = _part(md, "### Data notes")
     assert "sigmoid_bce (lr 0.3, seed 1) collapsed at step 15" in notes
+    assert f"{NOISY}: smoothed_ce at lr 0.3 collapsed in training seed(s) 1; it was trained again at lr 0.1" in notes
+    assert "no model diverged or collapsed" not in notes
 
 
 def test_findings_do_not_rank_what_noise_can_reorder(built: Path, tmp_path: Path):
@@ -615,7 +649,7 @@ def _clause(bullet: str, head: str) -> str:
     if head not in bullet:
         return ""
     rest = bullet.split(head, 1)[1]
-    return re.split(r"; (?:faster|slower|not distinguishable|too few)|\. ", rest, maxsplit=1)[0]
+    return re.split(r"; (?:faster|slower|not established|equivalent|too few)|\. ", rest, maxsplit=1)[0]
 
 
 def test_the_headline_steps_carry_their_resolution(built: Path):
@@ -624,7 +658,7 @@ def test_the_headline_steps_carry_their_resolution(built: Path):
     widest = head.steps[(head.steps["loss"] == "softmax_nll") & (head.steps["target"] == TARGETS[0])]["resolution"]
     assert row["resolution"] == pytest.approx(widest.max()) and row["resolution"] > 0
     md = (built / "report" / "report.md").read_text()
-    assert f"±{100 * row['resolution']:.0f}%)" in md.split("## Headline table")[1]
+    assert f"±{100 * row['resolution']:.0f}%)" in _part(md, f"#### Headline table, {CLEAN}")
 
 
 def test_holm_adjusts_step_down_and_ignores_missing_tests():
@@ -635,14 +669,14 @@ def test_holm_adjusts_step_down_and_ignores_missing_tests():
 
 
 def test_a_difference_that_does_not_survive_holm_is_not_called_a_difference():
-    """Three primary tests in one condition: a clear lag stays 'different' after Holm's correction; p = 0.04 alone
-    becomes about 0.08, which a rerun would repeat below 0.05 only about half the time: 'not established'; no lag at
-    all is 'not distinguishable'."""
+    """Three primary tests in one condition: a clear lag stays 'different' after Holm's correction; a lag of about
+    10% with p = 0.034 alone becomes about 0.07, which a rerun would repeat below 0.05 only about half the time, and
+    is too large for the ±10% margin: 'not established'; no lag at all is 'equivalent' within the margin."""
     rows = []
     rng = np.random.default_rng(0)
     base = rng.normal(100, 10, 5)
     lags = {"mse": np.array([50.0, 52, 49, 51, 50]),  # a clear lag: tiny p
-            "sigmoid_bce": np.array([4.0, 0, 5, 2, 2]),  # a small lag: p about 0.04 alone
+            "sigmoid_bce": np.array([16.0, 0, 20, 8, 8]),  # a lag of about 10%: p about 0.034 alone
             "smoothed_ce": np.array([1.0, -1, 0.5, -0.5, 0])}  # nothing
     for seed in range(5):
         rows.append((CLEAN, "softmax_nll", 0.1, seed, "steps_to_target_1", base[seed]))
@@ -655,10 +689,10 @@ def test_a_difference_that_does_not_survive_holm_is_not_called_a_difference():
     assert diffs.loc["sigmoid_bce", "p_holm"] == pytest.approx(min(1, 2 * raw["sigmoid_bce"]))
     assert diffs.loc["sigmoid_bce", "evidence"] == analysis.NOT_ESTABLISHED  # ... but not among three
     assert diffs.loc["mse", "evidence"] == analysis.DIFFERENT and diffs.loc["mse", "family"] == "primary"
-    assert diffs.loc["smoothed_ce", "evidence"] == analysis.ALIKE
+    assert diffs.loc["smoothed_ce", "evidence"] == analysis.EQUIVALENT
     text = document.fmt_difference(diffs.loc["sigmoid_bce"].to_dict(), 0, "steps")
     assert "not established with 5 seeds" in text and "Holm" in text
-    assert "not distinguishable with 5 seeds" in document.fmt_difference(diffs.loc["smoothed_ce"].to_dict(), 0)
+    assert "equivalent with 5 seeds" in document.fmt_difference(diffs.loc["smoothed_ce"].to_dict(), 0)
     assert "seeds" not in document.fmt_difference(diffs.loc["mse"].to_dict(), 0)
 
 
@@ -674,7 +708,7 @@ def test_the_primary_table_gives_each_comparison_its_holm_p_and_verdict_once(bui
     assert len(rows) == len(primary) > 0
     for (_, quantity, loss, diff, p_holm, verdict) in rows:
         d = primary[(primary["quantity"] == quantity) & (primary["loss"] == loss)].iloc[0]
-        assert p_holm == document.fmt_p(d["p_holm"]) and "Holm" not in diff
+        assert p_holm == answers.fmt_holm(d["p_holm"], int(d["n"])) and "Holm" not in diff
         assert diff.endswith(document.fmt_p(d["p_value"]))
         assert verdict == (d["evidence"] if d["evidence"] == analysis.DIFFERENT
                            else f"{d['evidence']} with {int(d['n'])} seeds")
@@ -779,3 +813,8 @@ def test_a_condition_with_six_losses_beside_one_with_four(built_six: Path):
         row = next(line for line in section.splitlines() if anchor in line)
         assert f"({CLEAN}, Holm p=" in row, row  # measured, since the clean condition trained the loss
     assert (built_six / "report" / "figures" / f"reliability_{CLEAN}.png").exists()
+    calibration = _part(md, "### Calibration")  # ECE after scaling for every loss, own-probability ECE where any
+    row = next(line for line in calibration.splitlines() if line.startswith("| logit_mse |"))
+    assert "not applicable: no probabilities" in row and "0.030" in row  # ece_ts 0.01 + 0.005 * 4
+    focal = next(line for line in calibration.splitlines() if line.startswith("| focal |"))
+    assert "0.131" in focal  # ece_own 0.03 + 0.02 * 5 + 0.001 * mean seed

@@ -222,7 +222,8 @@ class Computed:
 
 
 CALIBRATION = {
-    "ece": ("test", "ece"), "ece_ts": ("test", "ece_ts"), "test_nll": ("test", "nll"), "nll_ts": ("test", "nll_ts"),
+    "ece": ("test", "ece"), "ece_ts": ("test", "ece_ts"), "ece_own": ("test", "ece_own"),
+    "classwise_ece": ("test", "classwise_ece"), "test_nll": ("test", "nll"), "nll_ts": ("test", "nll_ts"),
     "temperature": ("val", "temperature"), "confident_wrong_rate": ("test", "confident_wrong_rate"),
     "confident_wrong_loss_share": ("test", "confident_wrong_loss_share"),
     "confident_wrong_nll_share": ("test", "confident_wrong_nll_share"), "brier": ("test", "brier"),
@@ -414,6 +415,7 @@ def context(inputs: Inputs, computed: Computed, figures: Figures) -> dict:
         **question_context(inputs, computed, figures),
         "findings": {part: [f for f in items if f["kind"] in kinds] for part, kinds in FINDINGS_BY_QUESTION.items()},
         "text_px": dict(figures.text_px),
+        "placed": [],  # the figures the report has shown so far, in rendering order (macros.md.j2: each once)
         "conditions": inputs.conditions,
         "losses": losses,
         "seeds": sorted({s for c in inputs.conditions for s in inputs.setups[c].get("seeds", [])}),
@@ -449,15 +451,16 @@ def question_context(inputs: Inputs, computed: Computed, figures: Figures) -> di
             "gradients": {**_comparison_table(head.differences, "saturated_share", conditions,
                                               _share_cell(computed.saturation)),
                           "figure": gradient_figure,
-                          "caption": f"{first}: measured ‖∂L/∂z‖ against p_true; dots correct, crosses wrong, solid line "
-                                     "binned median, dashed line closed form."},
+                          "caption": f"{first}: measured ‖∂L/∂z‖ against p_true; dots correct, crosses wrong, "
+                                     "solid line binned median, dashed line closed form."},
             "penalty": _penalty_table(penalty),
         },
         "words": {"equivalent": answers.EQUIVALENT, "not_established": answers.NOT_ESTABLISHED,
                   "identical": answers.IDENTICAL},
         "margins": _margins(),
         "accuracy_summary": _accuracy_summary(inputs, computed),
-        "calibration_summary": "",
+        "rate_choices": _rate_choices(inputs),
+        "calibration_summary": _calibration_summary(inputs, computed, penalty),
     }
 
 
@@ -510,18 +513,16 @@ PENALTY_COLUMNS = {  # quantity -> (column header, words for a difference's dire
                                   ("more", "fewer"), "{:.1%}"),
     "memorised": ("flipped labels memorised (label noise)", ("more", "fewer"), "{:.1%}"),
     "ece_ts": ("ECE after temperature scaling", ("higher", "lower"), "{:.3f}"),
-    "ece_own": ("ECE on the loss's own probabilities", ("higher", "lower"), "{:.3f}"),
-    "ece": ("ECE (softmax)", ("higher", "lower"), "{:.3f}"),
     "auroc_natural": ("held-out AUROC by its own score", ("higher", "lower"), "{:.3f}"),
 }
 
 
 def _penalty_table(penalty: dict | None) -> dict:
     """One row per loss; per quantity the range of the loss's means over conditions and its tally against the
-    reference. ECE on the softmax is shown only where the loss's own probabilities were not measured."""
+    reference. The calibration section's table carries the ECE on each loss's own probabilities."""
     if penalty is None:
         return {"columns": [], "rows": []}
-    shown = [q for q in PENALTY_COLUMNS if penalty.get(q) and not (q == "ece" and penalty.get("ece_own"))]
+    shown = [q for q in PENALTY_COLUMNS if penalty.get(q)]
     losses = analysis.ordered({loss for q in shown for loss in penalty[q]["means"]})
     rows = []
     for loss in losses:
@@ -540,6 +541,50 @@ def _penalty_table(penalty: dict | None) -> dict:
     return {"columns": [PENALTY_COLUMNS[q][0] for q in shown], "rows": rows}
 
 
+NO_PROBABILITIES = "not applicable: no probabilities"  # the own-probability ECE of a loss that models none
+
+
+def _own_probabilities(loss: str) -> bool:
+    """Whether the loss registry says the loss outputs probabilities of its own (``LossSpec.probabilities``);
+    True for a loss it does not know or a registry without the field (absence of the metric then says the rest)."""
+    if loss not in registry.names():
+        return True
+    return getattr(registry.spec(loss), "probabilities", "softmax") != "none"
+
+
+def _calibration_summary(inputs: Inputs, computed: Computed, penalty: dict | None) -> dict:
+    """The calibration section's main table, one row per loss: ECE after temperature scaling (the comparison every
+    loss can enter: its range over the conditions and its tally against the reference), the fitted temperature
+    beside it, and the ECE on the loss's own probabilities where it has any (``ece_own``, measured by newer
+    training runs; else '–')."""
+    cal = computed.calibration
+    if penalty is None or not penalty.get("ece_ts"):
+        return {"rows": [], "own_measured": False}
+    ts = penalty["ece_ts"]
+    own = penalty.get("ece_own")
+
+    def spread(values: Sequence[float], spec: str) -> str:
+        values = [v for v in values if math.isfinite(v)]
+        if not values:
+            return "–"
+        low, high = spec.format(min(values)), spec.format(max(values))
+        return low if low == high else f"{low} to {high}"
+
+    rows = []
+    for loss in analysis.ordered(ts["means"]):
+        temps = [float(r["mean"]) for r in cal[(cal["loss"] == loss) & (cal["quantity"] == "temperature")
+                                              & cal["condition"].isin(ts["conditions"])].to_dict("records")]
+        tally = next((t for t in ts["tallies"] if t.loss == loss), None)
+        if not _own_probabilities(loss):
+            own_text = NO_PROBABILITIES
+        else:
+            own_text = spread((own or {}).get("means", {}).get(loss) or [], "{:.3f}")
+        rows.append({"loss": loss, "ece_ts": {"range": spread(ts["means"].get(loss) or [], "{:.3f}"), "tally": tally,
+                                              "words": {"higher": "higher", "lower": "lower"}},
+                     "temperature": spread(temps, "{:.2f}"), "own": own_text})
+    return {"rows": rows, "own_measured": own is not None, "conditions": ts["conditions"]}
+
+
 def _margins() -> str:
     """The declared equivalence margins, where analysis declares them (quantities registry), as one phrase."""
     try:
@@ -556,13 +601,12 @@ def _margins() -> str:
 
 
 def _accuracy_summary(inputs: Inputs, computed: Computed) -> list[dict]:
-    """Per condition the highest-accuracy group: the best mean and the losses whose verdict against it is not
-    'different' (analysis.leaders)."""
+    """Per condition the highest-accuracy group (``_leaders`` on final test accuracy's declared margin)."""
     out = []
     for c in inputs.conditions:
-        lead = analysis.leaders(_by_loss(computed.head.per_seed, c, "final_accuracy"), True)
+        lead = _leaders(_by_loss(computed.head.per_seed, c, "final_accuracy"), True, None, "final_accuracy")
         if lead is not None:
-            out.append({"condition": c, "losses": list(lead.tied)})
+            out.append({"condition": c, "losses": [x["loss"] for x in lead["members"]], "group": lead})
     return out
 
 
@@ -594,24 +638,50 @@ def _by_loss(per_seed: pd.DataFrame, condition: str, quantity: str) -> dict[str,
     return {loss: g.set_index("seed")["value"] for loss, g in rows.groupby("loss")}
 
 
-def _leaders(by_loss: dict[str, pd.Series], higher_is_better: bool, summary: pd.DataFrame | None = None) -> dict | None:
-    """analysis.leaders as the templates word it: the group (registry order) with each member's estimate."""
-    lead = analysis.leaders(by_loss, higher_is_better)
+def _margin_text(quantity: str | None) -> str:
+    """A quantity's declared equivalence margin as the report prints it ('±0.005', '±0.5 pp', '±10%'); '' when
+    the registry declares none."""
+    spec = analysis.declared(quantity) if quantity else None
+    if spec is None:
+        return ""
+    if spec.log_scale:
+        return f"±{100 * spec.margin:g}%"
+    if spec.percent:
+        return f"±{100 * spec.margin:g} pp"
+    return f"±{spec.margin:g}{(' ' + spec.unit) if spec.unit else ''}"
+
+
+def _leaders(by_loss: dict[str, pd.Series], higher_is_better: bool, summary: pd.DataFrame | None = None,
+             quantity: str | None = None) -> dict | None:
+    """analysis.leaders (on ``quantity``'s declared margin) as the templates word it: the group of the best mean
+    and every loss not established as different from it (registry order), each member with its estimate; which
+    members were shown equivalent to the best within the margin and which are only not established as different
+    (a ranking inside the group is noise's to change, so the words never say which member has the best mean)."""
+    lead = analysis.leaders(by_loss, higher_is_better, quantity=quantity if analysis.declared(quantity or "")
+                            else None)
     if lead is None:
         return None
+    same = (analysis.EQUIVALENT, analysis.IDENTICAL)
+    equivalent = [loss for loss, word in lead.verdicts.items() if word in same]
+    unsure = [loss for loss, word in lead.verdicts.items() if word not in same and word != analysis.DIFFERENT]
+    group = analysis.ordered({lead.best, *equivalent, *unsure})
     members = []
-    for loss in lead.tied:
+    for loss in group:
         row = _value(summary, loss=loss) if summary is not None else None
         members.append({"loss": loss, "mean": lead.means[loss], "estimate": row})
-    return {"members": members, "alone": lead.alone, "seeds": max(len(v) for v in by_loss.values())}
+    return {"members": members, "alone": len(group) == 1 and len(lead.means) > 1, "only": len(lead.means) == 1,
+            "equivalent": analysis.ordered(equivalent), "unsure": analysis.ordered(unsure),
+            "margin": _margin_text(quantity), "seeds": max(len(v) for v in by_loss.values())}
 
 
 def _verdicts(differences: pd.DataFrame, condition: str, quantity: str) -> dict[str, list[dict]]:
     """Each loss's paired difference to the reference, sorted by the evidence of its Holm-corrected p-value
-    (registry order): established lower or higher, not established, not distinguishable, untested."""
+    (registry order): established lower or higher, not established, equivalent within the margin or identical,
+    untested."""
     rows = differences[(differences["condition"] == condition) & (differences["quantity"] == quantity)]
     out: dict[str, list[dict]] = {"lower": [], "higher": [], "unsure": [], "same": [], "untested": []}
-    group = {analysis.NOT_ESTABLISHED: "unsure", analysis.ALIKE: "same", None: "untested"}
+    group = {analysis.NOT_ESTABLISHED: "unsure", analysis.EQUIVALENT: "same", analysis.IDENTICAL: "same",
+             None: "untested"}
     for row in rows.to_dict("records"):
         if row["evidence"] == analysis.DIFFERENT:
             out["lower" if row["diff"] < 0 else "higher"].append(row)
@@ -645,6 +715,7 @@ def _speed_finding(c: str, inputs: Inputs, computed: Computed, figures: Figures)
         for row in group:
             row["steps"] = _value(rows, loss=row["loss"])
     return {**found, "reached": True, "reference": _value(rows, loss=REFERENCE), "faster": by_verdict["lower"],
+            "margin": _margin_text(q1),
             "slower": by_verdict["higher"], "unsure": by_verdict["unsure"], "same": by_verdict["same"],
             "untested": by_verdict["untested"],
             "seeds": _paired_seeds(by_verdict), "slow": slow}
@@ -658,9 +729,9 @@ def _accuracy_finding(c: str, computed: Computed, figures: Figures) -> dict | No
         return None
     by_verdict = _verdicts(head.differences, c, "final_accuracy")
     return {"kind": "accuracy", "condition": c,
-            "leaders": _leaders(_by_loss(head.per_seed, c, "final_accuracy"), True, rows),
+            "leaders": _leaders(_by_loss(head.per_seed, c, "final_accuracy"), True, rows, "final_accuracy"),
             "seeds": _paired_seeds(by_verdict),
-            "within_noise": [r["loss"] for r in by_verdict["same"]],
+            "within_noise": [r["loss"] for r in by_verdict["same"]], "margin": _margin_text("final_accuracy"),
             "unsure": [r["loss"] for r in by_verdict["unsure"]],
             "apart": [(r["loss"], r["diff"]) for r in by_verdict["lower"] + by_verdict["higher"]],
             "figure": figures.resolve("headline")}
@@ -689,14 +760,20 @@ def _collapse_findings(condition: str, head: analysis.Headline, setup: dict, fig
 
 
 def _calibration_finding(c: str, inputs: Inputs, computed: Computed, figures: Figures) -> dict | None:
-    """The losses with the lowest ECE (the lowest mean and those not distinguishable from it), the reference's
-    fitted temperature, the confident-wrong share of the test loss of the reference and of each bounded loss."""
+    """The losses with the lowest ECE after temperature scaling (the lowest mean and those not established as
+    different from it), the reference's fitted temperature, the confident-wrong share of the test loss of the
+    reference and of each bounded loss."""
     cal, head = computed.calibration, computed.head
-    rows = cal[(cal["condition"] == c) & (cal["quantity"] == "ece")]
-    rows = rows[np.isfinite(rows["mean"].to_numpy(dtype=float))]
-    if rows.empty:
+    # ECE after temperature scaling: the comparison every loss can enter; the softmax's ECE where it was not measured.
+    for quantity in ("ece_ts", "ece"):
+        rows = cal[(cal["condition"] == c) & (cal["quantity"] == quantity)]
+        rows = rows[np.isfinite(rows["mean"].to_numpy(dtype=float))]
+        by_loss = _by_loss(head.per_seed, c, quantity)
+        if not rows.empty and by_loss:
+            break
+    else:
         return None
-    lowest = _leaders(_by_loss(head.per_seed, c, "ece"), False, rows)
+    lowest = _leaders(by_loss, False, rows, quantity)
     temperature = None
     temp = _value(cal, condition=c, loss=REFERENCE, quantity="temperature")
     if temp is not None and math.isfinite(temp["mean"]):
@@ -714,6 +791,7 @@ def _calibration_finding(c: str, inputs: Inputs, computed: Computed, figures: Fi
         if share is not None and rate is not None and math.isfinite(share["mean"]):
             confident_wrong.append({"loss": loss, "rate": rate["mean"], "share": share["mean"]})
     return {"kind": "calibration", "condition": c, "lowest": lowest, "temperature": temperature,
+            "after_scaling": quantity == "ece_ts",
             "confident_wrong": confident_wrong, "noisy_labels": c in _noise_conditions(inputs),
             "figure": figures.resolve(f"reliability_{c}")}
 
@@ -785,8 +863,10 @@ def _label_noise_finding(c: str, summary: pd.DataFrame, per_seed: pd.DataFrame, 
     if not rows:
         return None
     memorised = _by_loss(per_seed, c, "memorised")
-    return {"kind": "label_noise", "condition": c, "losses": rows, "most": _leaders(memorised, True),
-            "fewest": _leaders(memorised, False), "figure": figures.resolve(f"label_noise_{c}")}
+    return {"kind": "label_noise", "condition": c, "losses": rows,
+            "most": _leaders(memorised, True, None, "memorised"),
+            "fewest": _leaders(memorised, False, None, "memorised"),
+            "figure": figures.resolve(f"label_noise_{c}")}
 
 
 def _claims_finding(computed: Computed) -> dict | None:
@@ -798,34 +878,50 @@ def _claims_finding(computed: Computed) -> dict | None:
 
 def heldout_findings(per_seed: pd.DataFrame, condition: str, sigmoid: str = "sigmoid_bce") -> list[dict]:
     """Each loss by its own score against the reference by its own, paired by seed, the comparisons of a condition
-    one family corrected with Holm's method (as the report's other findings); the sigmoids' 'none'."""
+    one family decided as the report's other comparisons (analysis.compare on the declared margin, then
+    analysis.decide: Holm, different / equivalent / not established / identical); the sigmoids' 'none' on the
+    held-out classes against the trained ones, decided the same way."""
     out = []
     losses = analysis.ordered(per_seed["loss"])
     natural = analysis.summarise(per_seed[per_seed["quantity"] == "auroc_natural"])
+
+    def series(loss: str, quantity: str) -> pd.Series:
+        rows = per_seed[(per_seed["condition"] == condition) & (per_seed["loss"] == loss)
+                        & (per_seed["quantity"] == quantity)]
+        return rows.set_index("seed")["value"]
+
     if REFERENCE in losses:
         ref = _value(natural, loss=REFERENCE, quantity="auroc_natural")
         others = [x for x in losses if x != REFERENCE]
+        spec = analysis.declared("auroc_natural")
         found = [analysis.heldout_difference(per_seed, condition, (loss, "auroc_natural"),
                                              (REFERENCE, "auroc_natural")) for loss in others]
-        adjusted = analysis.holm([d.p_value for d in found])
-        for loss, d, p_holm in zip(others, found, adjusted):
-            word = analysis.evidence(p_holm, d.n)
-            if word == analysis.DIFFERENT:
-                verdict = "better" if d.mean > 0 else "worse"
-            else:
-                verdict = {analysis.NOT_ESTABLISHED: "unsure", analysis.ALIKE: "same", None: "no test"}[word]
+        decided = analysis.decide(pd.DataFrame(
+            [analysis.compare(series(loss, "auroc_natural"), series(REFERENCE, "auroc_natural"), spec)
+             for loss in others], columns=analysis.COMPARISON_COLUMNS)) if others else None
+        for i, (loss, d) in enumerate(zip(others, found)):
+            row = decided.iloc[i]
+            word = row["verdict"]
+            verdict = (("better" if d.mean > 0 else "worse") if word == analysis.DIFFERENT
+                       else word if word is not None else "no test")
             out.append({"kind": "heldout_auroc", "loss": loss,
                         "by_sigmoid": analysis.NATURAL_SCORE.get(loss) == "auroc_max_sigmoid",
                         "auroc": _value(natural, loss=loss, quantity="auroc_natural"), "reference_auroc": ref,
-                        "diff": d, "p_holm": p_holm, "verdict": verdict})
+                        "diff": d, "p_holm": float(row["p_holm"]), "verdict": verdict,
+                        "margin": _margin_text("auroc_natural")})
     if sigmoid in losses:
         d = analysis.heldout_difference(per_seed, condition, (sigmoid, "none_share_heldout"),
                                         (sigmoid, "none_share_test"))
+        row = analysis.decide(pd.DataFrame([analysis.compare(
+            series(sigmoid, "none_share_heldout"), series(sigmoid, "none_share_test"),
+            analysis.declared("none_share_heldout"))], columns=analysis.COMPARISON_COLUMNS)).iloc[0]
+        word = row["verdict"]
         shares = analysis.summarise(per_seed[per_seed["loss"] == sigmoid])
         out.append({"kind": "heldout_none", "loss": sigmoid, "heldout": _value(shares, quantity="none_share_heldout"),
                     "trained": _value(shares, quantity="none_share_test"), "diff": d,
-                    "direction": ("more" if d.mean > 0 else "less") if d.evidence == analysis.DIFFERENT else
-                    "unsure" if d.evidence == analysis.NOT_ESTABLISHED else "same"})
+                    "direction": (("more" if d.mean > 0 else "less") if word == analysis.DIFFERENT
+                                  else word if word is not None else "no test"),
+                    "margin": _margin_text("none_share_heldout")})
     return out
 
 
@@ -891,6 +987,51 @@ def _setup(inputs: Inputs, losses: list[str]) -> dict:
             "lrs": [[c, *(f"{inputs.lrs[c][loss]:g}" if loss in inputs.lrs[c] else "–" for loss in losses)]
                     for c in inputs.conditions],
             "no_tuning": not inputs.tuning and inputs.tune is None, "tuning": tuning}
+
+
+def _rate_choices(inputs: Inputs) -> dict:
+    """Per tuning condition and loss, the rate each loss trained with beside the best-scoring stable rate of its
+    grid (lr.json's ``best_lrs``, else the best score among the rates not listed unstable), the fitted peak where
+    lr.json gives one, the grid's range, and why a choice sits at an edge of its grid (lr.json's ``edge``; for an
+    lr.json without it, an edge choice says that its reason was not recorded). ``noisy``: the tuning conditions
+    whose validation labels were noisy (lr.json's ``validation_labels``)."""
+    rows, edges, noisy = [], [], []
+    for source, info in inputs.tuning.items():
+        chosen = _chosen(inputs, source)
+        scores = info.get("scores") or {}
+        unstable = info.get("unstable") or {}
+        grids = info.get("grids") or {}
+        if info.get("validation_labels") == "noisy":
+            noisy.append(source)
+        for loss in analysis.ordered(chosen):
+            lr = chosen[loss]
+            grid = sorted(float(x) for x in (grids.get(loss) or scores.get(loss, {}) or [lr]))
+            best = (info.get("best_lrs") or {}).get(loss)
+            if best is None:
+                stable = {float(k): float(v) for k, v in scores.get(loss, {}).items()
+                          if not any(math.isclose(float(k), float(u)) for u in unstable.get(loss, []))
+                          and isinstance(v, (int, float)) and math.isfinite(float(v))}
+                best = max(stable, key=lambda x: (stable[x], -x)) if stable else None
+            peak = (info.get("peak_lrs") or {}).get(loss)
+            if "edge" in info:
+                reason = (info.get("edge") or {}).get(loss)
+            elif len(grid) > 1 and (math.isclose(lr, grid[0]) or math.isclose(lr, grid[-1])):
+                side = "smallest" if math.isclose(lr, grid[0]) else "largest"
+                reason = f"the {side} rate of the grid; this tuning run did not record why (lr.json has no 'edge')"
+            else:
+                reason = None
+            trained = inputs.lrs.get(source, {}).get(loss)
+            fell_back = trained is not None and not math.isclose(trained, lr)  # setup.json's lr_fallbacks
+            lr_text = f"{lr:g}" + (f" (trained at {trained:g} after the fallback)" if fell_back else "")
+            row = {"source": source, "loss": loss, "lr": lr, "best": best, "peak": peak, "edge": reason,
+                   "trained": trained if fell_back else None,
+                   "cells": [source, loss, lr_text, "–" if best is None else f"{float(best):g}",
+                             "–" if peak is None else f"{float(peak):.3g}",
+                             f"{grid[0]:g} to {grid[-1]:g} ({len(grid)} rates)", reason or "–"]}
+            rows.append(row)
+            if reason:
+                edges.append(row)
+    return {"rows": rows, "edges": edges, "noisy": noisy}
 
 
 def _fragile_choices(agreement: dict) -> list[tuple[str, str]]:
@@ -1076,8 +1217,19 @@ def _confident_wrong(inputs: Inputs, computed: Computed, losses: list[str]) -> d
             "rates": estimates(("confident_wrong_rate", "confident_wrong_loss_share", "confident_wrong_nll_share"),
                                fmt_percent),
             "corrections": corrections, "bins": sorted({_bins(inputs, c) for c in inputs.conditions}),
-            "calibration": estimates(("ece", "ece_ts", "temperature", "test_nll", "nll_ts", "brier"), fmt_estimate),
+            "calibration": _calibration_rows(estimates(CALIBRATION_COLUMNS, fmt_estimate)),
             "label_noise": noise}
+
+
+CALIBRATION_COLUMNS = ("ece_ts", "temperature", "ece_own", "classwise_ece", "ece", "test_nll", "nll_ts", "brier")
+
+
+def _calibration_rows(rows: list[list[str]]) -> list[list[str]]:
+    """The folded calibration table's rows ([condition, loss, *CALIBRATION_COLUMNS]): a loss without probabilities
+    of its own says so in the own-probability ECE column instead of '–'."""
+    at = 2 + CALIBRATION_COLUMNS.index("ece_own")
+    return [[*row[:at], NO_PROBABILITIES if not _own_probabilities(row[1]) else row[at], *row[at + 1:]]
+            for row in rows]
 
 
 def _heldout_conditions(computed: Computed) -> list[str]:
@@ -1120,6 +1272,15 @@ def _notes(inputs: Inputs, computed: Computed) -> list[dict]:
                "step": r.diverged_step} for r in models[models["diverged"]].itertuples()]
     notes += [{"kind": "collapsed", "condition": r.condition, "loss": r.loss, "lr": r.lr, "seed": r.seed,
                "step": r.collapsed_step} for r in models[models["collapsed"]].itertuples()]
+    # A training pass that failed and was trained again at a smaller rate (setup.json's lr_fallbacks): its models
+    # are not in the history, yet a model did diverge or collapse.
+    for c in inputs.conditions:
+        for loss, attempts in (inputs.setups[c].get("lr_fallbacks") or {}).items():
+            for attempt in attempts:
+                notes.append({"kind": "fallback_note", "condition": c, "loss": loss, "lr": attempt["lr"],
+                              "collapsed": sorted(attempt.get("collapsed") or {}, key=int),
+                              "diverged": sorted(attempt.get("diverged") or {}, key=int),
+                              "next_lr": attempt.get("next_lr")})
     return notes or [{"kind": "all_present"}]
 
 
