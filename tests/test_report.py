@@ -818,3 +818,32 @@ def test_a_condition_with_six_losses_beside_one_with_four(built_six: Path):
     assert "not applicable: no probabilities" in row and "0.030" in row  # ece_ts 0.01 + 0.005 * 4
     focal = next(line for line in calibration.splitlines() if line.startswith("| focal |"))
     assert "0.131" in focal  # ece_own 0.03 + 0.02 * 5 + 0.001 * mean seed
+
+
+def test_the_speed_section_shows_each_rate_choice_beside_the_best_scoring_rate_and_why_it_sits_on_an_edge(
+        built: Path, tmp_path: Path):
+    """lr.json's best_lrs, peak_lrs, edge, grids and validation_labels reach the speed section: a choice at an edge
+    of its grid is never shown without its reason, and noisy validation labels make the training runs' validation
+    readings an oracle, said in words."""
+    results = _copy(built, tmp_path / "results")
+    path = results / "conditions" / CLEAN / tables.LRS
+    lr_file = tables.read_json(path)
+    grids = {loss: GRID for loss in LOSSES}
+    lr_file.update(best_lrs={**LRS, "mse": 0.1}, peak_lrs=dict.fromkeys(LOSSES), grids=grids,
+                   edge={**dict.fromkeys(LOSSES), "mse": "the grid reached its extension limit (2 rates)"},
+                   validation_labels="noisy")
+    lr_file["peak_lrs"]["softmax_nll"] = 0.123
+    tables.write_json(lr_file, path)
+    build(results)
+    md = (results / "report" / "report.md").read_text()
+    speed = md.split("## Convergence speed")[1].split("\n## ")[0]
+    assert f"mse in {CLEAN} (lr 0.3): the grid reached its extension limit (2 rates)" in speed
+    assert "sigmoid_bce in" not in speed.split("Choices at an edge")[1].split("\n")[0]  # edge: null, no reason
+    rows = [line for line in _part(md, "#### Learning-rate choices").splitlines() if line.startswith(f"| {CLEAN} |")]
+    mse = next(r for r in rows if r.startswith(f"| {CLEAN} | mse |"))
+    assert "| 0.3 | 0.1 |" in mse and "extension limit" in mse
+    assert "| 0.123 |" in next(r for r in rows if r.startswith(f"| {CLEAN} | softmax_nll |"))
+    assert f"{CLEAN} was tuned on noisy validation labels" in speed and "an oracle" in speed
+    before = (built / "report" / "report.md").read_text().split("## Convergence speed")[1].split("\n## ")[0]
+    assert "an oracle" not in before  # clean validation labels: no such sentence
+    assert "mse in cond_a (lr 0.3): the largest rate of the grid; this tuning run did not record why" in before
