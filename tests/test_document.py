@@ -15,6 +15,8 @@ from test_report import build, fabricate
 
 SOURCE = Path(document.__file__)
 TEMPLATES = SOURCE.parent / "templates"
+# document.py and the modules it is split into (reading, statistics, findings, sections, rendering)
+SOURCES = [SOURCE.with_name(f"{name}.py") for name in ("document", "reader", "digest", "bullets", "sections", "render")]
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +140,9 @@ def test_document_writes_no_markup_by_hand():
     """No HTML tag, Markdown link, image, heading, bullet or table row is spelled in document.py: they live in
     templates/, and markdown-it writes the HTML."""
     markup = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*[\s>/]|\]\(|!\[|^#{1,6} |^\s*- |^\|.*\|$|\|---", re.MULTILINE)
-    found = [s for s in _strings(ast.parse(SOURCE.read_text())) if markup.search(s)]
-    assert not found, f"markup spelled in document.py: {found}"
+    for source in SOURCES:
+        found = [s for s in _strings(ast.parse(source.read_text())) if markup.search(s)]
+        assert not found, f"markup spelled in {source.name}: {found}"
     assert {"report.md.j2", "findings.md.j2", "macros.md.j2", "index.html.j2"} <= {p.name for p in
                                                                                     TEMPLATES.glob("*.j2")}
 
@@ -148,5 +151,6 @@ def test_every_kind_of_bullet_has_its_macro():
     """A finding or note document.py emits names a macro of templates/findings.md.j2."""
     template = (TEMPLATES / "findings.md.j2").read_text()
     macros = set(re.findall(r"\{% macro (\w+)\(", template))
-    kinds = set(re.findall(r"[\"']kind[\"']: [\"'](\w+)[\"']", SOURCE.read_text()))
+    kinds = {kind for source in SOURCES
+             for kind in re.findall(r"[\"']kind[\"']: [\"'](\w+)[\"']", source.read_text())}
     assert kinds and kinds <= macros, kinds - macros
