@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from study import analysis, answers, document, tables
-from test_report import CLEAN, NOISY, _copy, fabricate
+from test_report import CLEAN, NOISY, SIX, _copy, fabricate
 
 CONDITIONS = [CLEAN, NOISY]
 
@@ -36,14 +36,33 @@ def gradient_text(root: Path, conditions=CONDITIONS) -> str:
                                                                  inputs.conditions))
 
 
+def penalty_text(root: Path, conditions=CONDITIONS) -> tuple[str, document.Computed]:
+    inputs, found = computed(root, conditions)
+    return document.render_answer("penalty", answers.penalty(found.penalty_seeds, inputs.conditions)), found
+
+
+def all_texts(root: Path, conditions=CONDITIONS) -> dict[str, str]:
+    """The three answers as report.md words them (the speed answer with its learning-rate views)."""
+    inputs, found = computed(root, conditions)
+    return {"speed": document.render_answer("speed", answers.speed(found.head, inputs.conditions, found.lr_views)),
+            "gradients": document.render_answer("gradients", answers.gradients(
+                found.head, found.saturation, inputs.penalty, inputs.conditions)),
+            "penalty": document.render_answer("penalty", answers.penalty(found.penalty_seeds, inputs.conditions))}
+
+
 def plain(text: str) -> str:
     """The answer without its Markdown links: '[faster](#m)' -> 'faster'."""
     return re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)
 
 
+def sentences(text: str) -> list[str]:
+    """The rendered answer's sentences (links dropped): a full stop, then space (numbers such as 2.4× keep theirs)."""
+    return [s for s in re.split(r"(?<=[.!?])\s+", plain(text).strip()) if s]
+
+
 def fastest_named(text: str) -> str:
-    """The first loss the speed answer names as fastest."""
-    found = re.search(r"Fewest steps to the first validation-accuracy target: (\w+)", plain(text))
+    """The loss the speed answer's first sentence opens with: the one ahead in the most conditions."""
+    found = re.match(r"(\w+) reaches the first validation-accuracy target faster than ", plain(text))
     assert found, text
     return found[1]
 
@@ -84,7 +103,9 @@ def same_as(reference: str):
 def test_the_speed_answer_names_the_fastest_loss(tree: Path):
     text = speed_text(tree)
     assert fastest_named(text) == "softmax_nll"
-    assert re.search(r"mse slower in 2 of 2 conditions", plain(text)), text
+    assert "softmax_nll reaches the first validation-accuracy target faster than mse in 2 of 2 conditions" \
+        in sentences(text)[0], text
+    assert "faster than softmax_nll" not in plain(text)
 
 
 def test_swap_which_loss_is_fastest_and_the_speed_answer_names_the_new_one(tree: Path, tmp_path: Path):
@@ -92,30 +113,33 @@ def test_swap_which_loss_is_fastest_and_the_speed_answer_names_the_new_one(tree:
     rewrite_accuracy(root, swap("mse", "softmax_nll"))
     text = speed_text(root)
     assert fastest_named(text) == "mse"
-    assert "mse faster in 2 of 2 conditions" in plain(text), text
-    assert "mse slower" not in plain(text)
+    assert plain(text).startswith("mse reaches the first validation-accuracy target faster than softmax_nll in 2 of 2 "
+                                  "conditions"), text
+    assert "faster than mse" not in plain(text)
 
 
 def test_when_the_differences_vanish_the_speed_answer_says_so_with_the_verdict_words(tree: Path, tmp_path: Path):
     root = _copy(tree, tmp_path / "results")
     rewrite_accuracy(root, same_as("softmax_nll"))
     text = plain(speed_text(root))
-    assert text.startswith("No loss reached the first validation-accuracy target in a different number of steps")
-    for loss in ("mse", "sigmoid_bce", "smoothed_ce"):  # the same steps in every seed: identical, no test
-        assert f"{loss} {answers.IDENTICAL} in 2 of 2" in text, text
+    # the same steps in every seed: identical, no test; 3 losses x 2 conditions
+    assert text.startswith("None of mse, sigmoid_bce and smoothed_ce reaches the first validation-accuracy target "
+                           "in a different number of steps from softmax_nll in any of the 2 conditions: the 6 "
+                           f"comparisons are {answers.IDENTICAL}."), text
     assert "faster" not in text and "slower" not in text
 
 
 def test_removing_a_condition_changes_where_the_speed_answer_holds(tree: Path):
     both, one = plain(speed_text(tree)), plain(speed_text(tree, [CLEAN]))
-    assert "mse slower in 2 of 2 conditions" in both
-    assert "mse slower in 1 of 1 condition" in one and "2 of 2" not in one
+    assert "faster than mse in 2 of 2 conditions" in both
+    assert "faster than mse in 1 of 1 condition " in one and "2 of 2" not in one
 
 
 def test_a_loss_whose_gradient_vanishes_on_wrong_examples_is_named(tree: Path, tmp_path: Path):
     before = plain(gradient_text(tree))
-    named = before.split(":")[0]
-    assert "mse" in named and "sigmoid_bce" not in named  # mse's gradient 2p(1-p) vanishes; the sigmoids' does not
+    named, kept = sentences(before)[0].split(" vanish")[0], sentences(before)[0].split(";")[-1]
+    assert named == "mse's logit gradient", before  # mse's gradient 2p(1-p) vanishes; the sigmoids' does not
+    assert "softmax_nll's" in kept and "sigmoid_bce's" in kept and kept.endswith("do not.")
     root = _copy(tree, tmp_path / "results")
     for condition in CONDITIONS:
         path = root / "conditions" / condition / tables.EXAMPLES
@@ -124,8 +148,8 @@ def test_a_loss_whose_gradient_vanishes_on_wrong_examples_is_named(tree: Path, t
         examples.loc[wrong, "logit_grad_norm"] = np.float32(1e-6)
         tables.write_parquet(examples, path)
     after = plain(gradient_text(root))
-    assert "sigmoid_bce" in after.split(":")[0], after
-    assert re.search(r"sigmoid_bce higher in 2 of 2", after), after
+    assert "sigmoid_bce" in sentences(after)[0].split(" vanish")[0], after
+    assert "higher than softmax_nll's for sigmoid_bce in 2 of 2 conditions" in sentences(after)[1], after
 
 
 def test_holm_p_is_printed_on_the_side_of_its_threshold():
@@ -155,3 +179,42 @@ def test_main_words_leave_out_the_folds():
     html = ("<html><head><title>a b</title><style>p { x: y }</style></head><body><h1>One two</h1>"
             "<details><summary>Three</summary><p>four five six</p></details><p>seven</p></body></html>")
     assert document.main_words(html) == 4
+
+
+def test_each_answer_has_at_most_three_sentences(tree: Path, tmp_path: Path):
+    assert len(sentences("mse is 2.4× slower. It is [not established](#m) in 1.5 of 2. Done.")) == 3
+    six = fabricate(tmp_path / "six" / "results", clean_losses=SIX)  # every clause: losses one condition adds
+    vanished = _copy(tree, tmp_path / "same" / "results")
+    rewrite_accuracy(vanished, same_as("softmax_nll"))
+    for root, conditions in ((tree, CONDITIONS), (tree, [CLEAN]), (six, CONDITIONS), (vanished, CONDITIONS)):
+        for kind, text in all_texts(root, conditions).items():
+            found = sentences(text)
+            assert 1 <= len(found) <= 3, (kind, found)
+            assert all(s.endswith(".") for s in found), (kind, found)
+
+
+def test_the_answers_name_the_studys_losses_and_put_the_added_ones_in_a_clause(tmp_path: Path):
+    root = fabricate(tmp_path / "results", clean_losses=SIX)  # logit_mse and focal in cond_a only
+    texts = all_texts(root)
+    first = sentences(texts["speed"])[0]
+    assert "logit_mse" not in first and "focal" not in first and "mse" in first, first
+    last = sentences(texts["speed"])[-1]
+    assert last.startswith("Among the losses only some conditions train, ") and "logit_mse" in last \
+        and "focal" in last, texts["speed"]
+    assert "logit_mse" not in sentences(texts["penalty"])[-1]  # calibration: the study's losses only
+
+
+def test_the_penalty_answer_gives_each_losss_memorised_share(tree: Path):
+    text, found = penalty_text(tree)
+    noise = [s for s in sentences(text) if s.startswith(f"Under label noise ({NOISY})")]
+    assert len(noise) == 1, text
+    memorised = found.penalty_seeds[found.penalty_seeds["quantity"] == "memorised"]
+    means = memorised.groupby("loss")["value"].mean()
+    assert f"memorise {means['softmax_nll']:.1%} of the flipped labels" in noise[0], noise
+    listed = {}  # "more than mse (11.0%) and sigmoid_bce (21.0%) and fewer than smoothed_ce (41.0%)"
+    for word, items in re.findall(r"\b(more|fewer) than (.*?)(?= and (?:more|fewer) than |;|\.$)", noise[0]):
+        for loss, share in re.findall(r"(\w+) \(([\d.]+%)\)", items):
+            listed[loss] = (word, share)
+    for loss in ("mse", "sigmoid_bce", "smoothed_ce"):  # every difference is decided in the tree
+        word = "more" if means["softmax_nll"] > means[loss] else "fewer"
+        assert listed.get(loss) == (word, f"{means[loss]:.1%}"), (loss, listed, noise)

@@ -1,6 +1,8 @@
 """The report's three answers (convergence speed, gradient magnitudes, the confident-wrong penalty and its
 consequences), computed from the analysis tables: which loss, in how many conditions, with which verdict. Plain
-values only; the words live in templates/answers.md.j2. Imports no plotting library and no document code.
+values only (``versus`` and ``winners`` arrange them the way a sentence reads: the study's own losses against the
+reference, the losses a condition adds apart); the words live in templates/answers.md.j2, at most three sentences
+an answer. Imports no plotting library and no document code.
 """
 
 from __future__ import annotations
@@ -289,8 +291,13 @@ def speed(head: analysis.Headline, conditions: Sequence[str], views: Mapping[str
         views_answer = three_views(speed_views, ratios, conditions, reference)
     elif views:
         views_answer = rate_views(views, reference)
+    core = mission(head.per_seed, conditions) or [t.loss for t in tallies]
+    plain = versus(tallies, core, ratio=True, reference=reference)
+    extra = versus(tallies, [t.loss for t in tallies if t.loss not in core], ratio=True, reference=reference)
     return {"reference": reference, "conditions": len(conditions), "fastest": fastest(head, conditions),
-            "tallies": tallies, "none_different": not decided, "views": views_answer}
+            "tallies": tallies, "none_different": not decided, "views": views_answer,
+            "plain": plain, "winners": winners(plain, LOWER), "extra": extra,
+            "others": [loss for loss in plain["losses"] if loss != reference]}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -333,11 +340,24 @@ def gradients(head: analysis.Headline, saturation: pd.DataFrame, penalty: pd.Dat
                  if (loss in by_form and by_form[loss]["vanished"])
                  or any(t.loss == loss and t.count(HIGHER) for t in tallies)]
     kept = [t for t in tallies if t.loss not in vanishing]
+    entries = [{"loss": loss, "closed_form": by_form.get(loss),
+                "tally": next((t for t in tallies if t.loss == loss), None),
+                "largest_share": shares.get(loss, math.nan)} for loss in vanishing]
+    for x in entries:  # the measured share in a sentence: where it is higher, and the other verdicts
+        t, cf = x["tally"], x["closed_form"]
+        x["higher"] = t.part(HIGHER) if t else None
+        x["elsewhere"] = [p.word for p in t.parts if p.word != HIGHER] if t else []
+        x["smaller"] = fmt_times(form["reference_norm"] / cf["norm"]) if cf and cf["norm"] > 0 else None
+    trained = mission(head.per_seed, conditions)
+    core = trained or analysis.ordered({reference, *by_form, *(t.loss for t in tallies)})
+    compared = analysis.ordered({reference, *by_form, *(t.loss for t in tallies)})
     return {"reference": reference, "threshold": analysis.SATURATION, "closed_form": form,
-            "vanishing": [{"loss": loss, "closed_form": by_form.get(loss),
-                           "tally": next((t for t in tallies if t.loss == loss), None),
-                           "largest_share": shares.get(loss, math.nan)} for loss in vanishing],
-            "kept": kept, "conditions": len(conditions)}
+            "p_true": fmt_small(form["p_true"]) if form else None,
+            "vanishing": entries, "kept": kept, "conditions": len(conditions),
+            "core_vanishing": [x for x in entries if x["loss"] in core],
+            "core_kept": [loss for loss in [reference, *(x for x in compared if x != reference)]
+                          if loss in core and loss not in vanishing],
+            "extra_vanishing": [x for x in entries if x["loss"] not in core]}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -394,14 +414,21 @@ def penalty(per_seed: pd.DataFrame | None, conditions: Sequence[str], reference:
     diffs = analysis.differences(per_seed, reference)
     bounded = [name for name in registry.names() if registry.spec(name).bounded]
 
+    core = mission(per_seed, conditions)
+
     def quantity(q: str) -> dict | None:
         where = _conditions_of(per_seed, q, conditions)
         if not where:
             return None
         means = _means(per_seed, q, reference, where)
+        tallies = tally(diffs, q, where)
+        mine = per_seed[per_seed["quantity"] == q]
+        by_condition = {key: float(v) for key, v in mine.groupby(["condition", "loss"])["value"].mean().items()}
         return {"quantity": q, "conditions": where, "reference": (min(means), max(means)) if means else None,
-                "tallies": tally(diffs, q, where),
-                "means": {loss: _means(per_seed, q, loss, where) for loss in analysis.ordered(per_seed["loss"])}}
+                "tallies": tallies,
+                "means": {loss: _means(per_seed, q, loss, where) for loss in analysis.ordered(per_seed["loss"])},
+                "core": versus(tallies, core, means=by_condition, reference=reference),
+                "all": versus(tallies, means=by_condition, reference=reference)}
 
     found = {q: quantity(q) for q in ("confident_wrong_loss_share", "confident_wrong_corrected", "memorised",
                                       "ece_ts", "ece_own", "ece", "auroc_natural")}
@@ -442,3 +469,116 @@ def compact(tallies: Sequence[Tally]) -> dict:
             rest.setdefault(top.word, []).append(t.loss)
     return {"decided": sorted(decided.items(), key=lambda item: _rank(item[0])),
             "rest": sorted(rest.items(), key=lambda item: _rank(item[0]))}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The answers in plain words: the study's own losses in the sentence, the losses a condition adds in a clause
+
+
+def mission(frame: pd.DataFrame | None, conditions: Sequence[str]) -> list[str]:
+    """The losses every one of ``conditions`` trains (``frame``'s ``condition, loss`` pairs), in the registry's
+    order: the study's own losses. The registry marks no loss as the mission's and setup.json records only each
+    condition's list, so the losses common to all conditions stand for the study's list (a condition may add losses
+    of its own: the answers name those in a clause, the sections in full)."""
+    if frame is None or frame.empty:
+        return []
+    present = [set(frame.loc[frame["condition"] == c, "loss"]) for c in conditions]
+    present = [p for p in present if p]
+    return analysis.ordered(set.intersection(*present)) if present else []
+
+
+@dataclass(frozen=True)
+class Side:
+    """One loss's comparisons with the reference that share a decided direction: ``word`` is the loss's direction
+    (LOWER: its value below the reference's), ``reference_word`` the reference's against it; ``largest`` the
+    effect largest in size among them (a ratio is sized on the log scale), in ``condition``, with both means there
+    where they were given."""
+
+    loss: str
+    word: str
+    n: int
+    total: int
+    largest: float
+    condition: str
+    value: float = math.nan
+    reference_value: float = math.nan
+
+    @property
+    def reference_word(self) -> str:
+        return HIGHER if self.word == LOWER else LOWER
+
+    @property
+    def factor(self) -> float:
+        """A ratio's largest effect as a factor of at least 1 (0.63 -> 1.59): how many times fewer or more."""
+        return 1 / self.largest if 0 < self.largest < 1 else self.largest
+
+
+def versus(tallies: Sequence[Tally], losses: Iterable[str] | None = None, *, ratio: bool = False,
+           means: Mapping[tuple[str, str], float] | None = None, reference: str = REFERENCE) -> dict:
+    """The comparisons of ``tallies`` (those of ``losses`` when given) in the words of a sentence: ``decided``, one
+    Side per loss and direction (more conditions first, then the larger effect); ``rest``, the other comparisons'
+    verdicts with their counts (``rest_n`` in all); ``undecided``, the losses without a decided comparison grouped by
+    their most frequent verdict; ``n``, every comparison; ``losses``, the losses compared.
+    ``means`` maps (condition, loss) to the loss's mean there, for the Side's values."""
+    keep = None if losses is None else set(losses)
+    chosen = [t for t in tallies if keep is None or t.loss in keep]
+    means = means or {}
+    decided, rest = [], {}
+    for t in chosen:
+        for p in t.parts:
+            if p.word not in (LOWER, HIGHER):
+                rest[p.word] = rest.get(p.word, 0) + p.n
+                continue
+            sized = [(abs(math.log(e)) if ratio and e > 0 else abs(e), e, c)
+                     for e, c in zip(p.effects, p.conditions, strict=True) if math.isfinite(e)]
+            _, largest, where = max(sized) if sized else (0.0, math.nan, p.conditions[0])
+            decided.append(Side(t.loss, p.word, p.n, t.total, largest, where,
+                                means.get((where, t.loss), math.nan), means.get((where, reference), math.nan)))
+    decided.sort(key=lambda s: (-s.n, -(abs(math.log(s.largest)) if ratio and s.largest > 0 else abs(s.largest))
+                                if math.isfinite(s.largest) else 0.0))
+    ordered_rest = sorted(rest.items(), key=lambda item: _rank(item[0]))
+    undecided: dict[str, list[str]] = {}  # the losses without a decided comparison, by their most frequent verdict
+    for t in chosen:
+        if t.parts and not t.count(LOWER, HIGHER):
+            undecided.setdefault(max(t.parts, key=lambda p: p.n).word, []).append(t.loss)
+    return {"decided": decided, "rest": ordered_rest, "rest_n": sum(rest.values()),
+            "undecided": sorted(undecided.items(), key=lambda item: _rank(item[0])),
+            "n": sum(t.total for t in chosen), "losses": [t.loss for t in chosen], "reference": reference}
+
+
+def winners(v: dict, better: str = LOWER) -> list[dict]:
+    """``versus``' decided comparisons grouped by the loss that comes out ahead (``better``: the direction that is
+    ahead, LOWER for steps): the reference ahead of the losses whose word is the other direction, each other loss
+    ahead of the reference on its own. Each group: ``winner``, ``losers`` (their Sides), ``n`` its most conditions;
+    the group with the most conditions first (then the larger effect), the reference's first on a tie."""
+    behind = [s for s in v["decided"] if s.word != better]
+    groups = [{"winner": v["reference"], "losers": behind, "reference": True}] if behind else []
+    groups += [{"winner": s.loss, "losers": [s], "reference": False} for s in v["decided"] if s.word == better]
+    for g in groups:
+        g["n"] = max(s.n for s in g["losers"])
+        g["size"] = max(abs(math.log(s.largest)) if s.largest > 0 else 0.0 for s in g["losers"]
+                        if math.isfinite(s.largest)) if any(math.isfinite(s.largest) for s in g["losers"]) else 0.0
+    groups.sort(key=lambda g: (-g["n"], not g["reference"], -g["size"]))
+    return groups
+
+
+def fmt_factor(factor: float) -> str:
+    """'2.4×'; '–' without a value."""
+    return f"{factor:.1f}×" if math.isfinite(factor) else "–"
+
+
+def fmt_small(p: float) -> str:
+    """A small probability as a reader writes it: 6.1e-06 -> '6e-6', 0.02 -> '0.02'."""
+    if not math.isfinite(p):
+        return "–"
+    if p >= 0.001:
+        return f"{p:.1g}"
+    mantissa, exponent = f"{p:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def fmt_times(factor: float) -> str:
+    """A large factor in two significant digits with thousands separators: 10846 -> '11,000×'."""
+    if not math.isfinite(factor):
+        return "–"
+    return f"{float(f'{factor:.2g}'):,.0f}×" if factor >= 10 else f"{factor:.1f}×"
