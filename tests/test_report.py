@@ -434,6 +434,19 @@ def test_build_writes_a_self_contained_report(built: Path):
     assert not list(built.glob(".report*")) and not list(built.glob(".metrics*"))  # no temporary leftovers
 
 
+def test_each_answer_of_report_md_has_at_most_three_sentences(built: Path):
+    md = (built / "report" / "report.md").read_text()
+    answers_part = _part(md, "## Answers")
+    entries = re.findall(r"^- \*\*([^*]+)\*\*: (.+)$", answers_part, flags=re.M)
+    assert [name for name, _ in entries] == ["Convergence speed", "Gradient magnitudes",
+                                             "The confident-wrong penalty"], answers_part
+    for name, text in entries:
+        words = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)  # the verdict links as their words
+        found = [s for s in re.split(r"(?<=[.!?])\s+", words.strip()) if s]
+        assert 1 <= len(found) <= 3 and found[-1].endswith("."), (name, found)
+        assert "](#methods-and-statistics)" in text, name  # verdict words link to the methods
+
+
 def test_build_writes_metrics_json(built: Path):
     metrics = json.loads((built / "metrics.json").read_text())
     assert set(metrics) == {CLEAN, NOISY}
