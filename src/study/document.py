@@ -156,6 +156,8 @@ def context(inputs: Inputs, computed: Computed, figures: Figures) -> dict:
         "conditions": inputs.conditions,
         "losses": losses,
         "seeds": sorted({s for c in inputs.conditions for s in inputs.setups[c].get("seeds", [])}),
+        # how many seeds the conditions train (MNIST-1D's cheap conditions train more than Fashion-MNIST's)
+        "seed_counts": sorted({len(inputs.setups[c].get("seeds", [])) for c in inputs.conditions}),
         "figures": list(figures.names),
         "setup": _setup(inputs, losses),
         "headline": _headline(inputs, computed, losses),
