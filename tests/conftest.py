@@ -46,7 +46,7 @@ def tiny_condition(**overrides) -> Condition:
         losses=("mse", "sigmoid_bce", "softmax_nll", "smoothed_ce"), optimizer="sgd", momentum=0.9, batch_size=16,
         epochs=2, label_noise=0.0, noise_seed=0, val_size=48, split_seed=0, train_size=0, test_size=0, lr_grid=(0.1,),
         lr_from="tiny", tune_epochs=1, tune_seeds=(100,), evals_per_epoch=2, speed_resolution=0.5, log_every=2,
-        probe_size=16, targets=(0.3, 0.5),
+        probe_size=16, targets=(0.3, 0.5), seeds=(0, 1),
     )
     return dataclasses.replace(base, **overrides)
 

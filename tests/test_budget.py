@@ -18,7 +18,8 @@ def test_mlp_flops_per_example_are_two_per_multiply_add():
 
 
 def test_a_condition_counts_the_steps_and_evaluations_the_trainer_runs(tiny_data):
-    cond = tiny_condition(epochs=2, evals_per_epoch=2, speed_resolution=0.5, losses=("mse", "softmax_nll"))
+    cond = tiny_condition(epochs=2, evals_per_epoch=2, speed_resolution=0.5, losses=("mse", "softmax_nll"),
+                          seeds=(0, 1, 2))
     cfg = type("Cfg", (), {"losses": ("mse",), "seeds": (0, 1, 2), "tune": (), "conditions": {}})()
     sizes = tiny_data.sizes()
     (row,) = budget.arithmetic(cfg, cond, sizes, tiny_data.input_dim, tiny_data.num_classes)
