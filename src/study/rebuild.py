@@ -141,7 +141,10 @@ def check(cfg: StudyConfig, stage: Stage) -> None:
     differ = []
     if not set(grid["loss"]) <= set(cfg.tuned_losses(cond.name) if stage.stage == "tune" else cond.losses):
         differ.append("losses")
-    if stage.stage == "tune" and not all(any(math.isclose(lr, x) for x in cond.lr_grid) for lr in grid["lr"]):
+    # tuning's rates: the grid and the factor-2 extensions beyond its edges that lr_extend allows (runner.GRID_RULE)
+    reachable = [*cond.lr_grid, *(edge for k in range(1, cond.lr_extend + 1)
+                                  for edge in (min(cond.lr_grid) / 2**k, max(cond.lr_grid) * 2**k))]
+    if stage.stage == "tune" and not all(any(math.isclose(lr, x) for x in reachable) for lr in grid["lr"]):
         differ.append(f"conditions.{stage.condition}.lr_grid")
     source = stage.table
     if stage.stage == "train":
