@@ -19,7 +19,10 @@ CONDITIONS = list(yaml.safe_load(SMOKE.read_text())["conditions"])
 TUNED = list(yaml.safe_load(SMOKE.read_text())["study"]["tune"])
 LOSSES = ["mse", "sigmoid_bce", "softmax_nll", "smoothed_ce"]  # the study's: in every condition
 OWN = {name: spec.get("losses", LOSSES) for name, spec in yaml.safe_load(SMOKE.read_text())["conditions"].items()}
-BORROWED = {"fashion_noise40": "fashion_sgd", "fashion_heldout": "fashion_sgd"}
+BORROWED = {name: spec["lr_from"] for name, spec in yaml.safe_load(SMOKE.read_text())["conditions"].items()
+            if spec["lr_from"] != name}  # conditions that train with another condition's tuned rates
+SEEDS = {name: spec.get("seeds") or yaml.safe_load(SMOKE.read_text())["study"]["seeds"]
+         for name, spec in yaml.safe_load(SMOKE.read_text())["conditions"].items()}
 
 
 def stages_run(output: str) -> set[str]:
@@ -43,7 +46,7 @@ def test_every_stage_runs_and_writes_its_outputs(smoke_pipeline):
         assert list(examples.columns) == tables.EXAMPLE_COLUMNS
         assert set(examples["split"]) == {"probe", "test"}
         summary = pd.read_csv(folder / tables.SUMMARY)
-        assert len(summary) == len(OWN[condition]) * 2  # smoke: two seeds
+        assert len(summary) == len(OWN[condition]) * len(SEEDS[condition])
         setup = json.loads((folder / tables.SETUP).read_text())
         assert setup["lr_source"] == BORROWED.get(condition, condition)
     for condition in TUNED:  # the condition's own losses and those of the conditions borrowing its rates
