@@ -193,9 +193,10 @@ class TrainerRun:
     """The study's trainer on the default grid, built once, with or without instrumentation (gradient norms,
     probe-set logit gradients, per-example test outputs, temperature) and MLflow tracking (its tracker is entered
     into ``trackers`` and closed with them). Each call trains on where the last one stopped until ``seconds`` are
-    spent (at least one step) and returns model-samples per second over the whole steps taken: training (the steps with their periodic
-    measurements, evaluation excluded, as the per-model loops do none) and the whole measurement (evaluations that
-    fell into it and the records sent to the tracker included; set-up is paid once, outside every measurement)."""
+    spent (at least one step) and returns model-samples per second over the whole steps taken: training (the steps
+    with their periodic measurements, evaluation excluded, as the per-model loops do none) and the whole measurement
+    (evaluations that fell into it and the records sent to the tracker included; set-up is paid once, outside every
+    measurement)."""
 
     def __init__(self, ds: data.Dataset, spec: model.ModelSpec, trackers: contextlib.ExitStack, *, instrument: bool,
                  track: bool = False, store: str | None = None, backend: str = "auto"):
