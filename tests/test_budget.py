@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import tiny_condition
+from conftest import SMOKE, tiny_condition
 from study import budget, model, train
 
 
@@ -32,3 +32,15 @@ def test_a_condition_counts_the_steps_and_evaluations_the_trainer_runs(tiny_data
     full = len(trainer.eval_steps) + 1  # and step 0
     per_full = sizes["val"] + sizes["test"] + min(train.MEMO_SIZE, sizes["train"])
     assert row.eval_flops == pytest.approx(6 * forward * (full * per_full + len(trainer.speed_steps) * sizes["val"]))
+
+
+@pytest.mark.parametrize("tflop, warned", [(100.0, True), (1.0, False)])
+def test_the_expected_time_warns_over_the_budget(tflop, warned, monkeypatch, capsys):
+    # At 100 GFLOP/s and the assumed ratio of 0.5, 100 TFLOP is 33 min (over the 30-minute budget), 1 TFLOP 20 s.
+    rows = [budget.Arithmetic("c", "train", models=20, steps=1000, train_flops=tflop * 1e12, eval_flops=0.0)]
+    monkeypatch.setattr(budget, "study_arithmetic", lambda cfg, root: rows)
+    budget.main(["--params", str(SMOKE), "--peak-gflops", "100"])
+    out = capsys.readouterr().out
+    assert ("WARNING" in out) == warned
+    expected = f"{tflop:.1f} TFLOP / (100 GFLOP/s matmul peak x 0.5 assumed arithmetic ratio, 0.45-0.6 measured) = "
+    assert expected + f"{tflop * 1e12 / (100e9 * 0.5) / 60:.1f} min" in out

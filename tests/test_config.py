@@ -35,17 +35,20 @@ def key_tree(node) -> object:
 def test_shipped_params_load(path):
     cfg = config.load(path)
     assert list(cfg.conditions) == CONDITIONS
-    assert cfg.losses == ("mse", "sigmoid_bce", "softmax_nll", "smoothed_ce")
+    assert cfg.losses[:4] == MISSION  # a loss added to the study's list follows them
     assert cfg.backend == "auto"
     for name in CONDITIONS:  # the mission's four losses in every condition, in the same order first
         assert cfg.condition(name).name == name and cfg.condition(name).backend == "auto"
         assert cfg.condition(name).losses[:4] == MISSION
-    assert cfg.condition("fashion_sgd").losses[4:] == ("logit_mse", "focal")
-    assert cfg.condition("fashion_noise40").losses[4:] == ("gce", "mae")
-    assert cfg.tuned_losses("fashion_sgd") == (*MISSION, "logit_mse", "focal")
+    # The literature's losses where they answer a question (a loss added later joins them, and breaks nothing here).
+    assert {"logit_mse", "focal"} <= set(cfg.condition("fashion_sgd").losses[4:])
+    assert {"gce", "mae"} <= set(cfg.condition("fashion_noise40").losses[4:])
+    tuned = cfg.tuned_losses("fashion_sgd")  # its own, then fashion_heldout's (it borrows fashion_sgd's rates)
+    assert tuned[:len(cfg.condition("fashion_sgd").losses)] == cfg.condition("fashion_sgd").losses
+    assert set(cfg.condition("fashion_heldout").losses) <= set(tuned)
     # Noisy labels are tuned in their own condition, on noisy validation labels (issue 25, item 4).
     assert cfg.condition("fashion_noise40").lr_from == "fashion_noise40" and "fashion_noise40" in cfg.tune
-    assert cfg.tuned_losses("fashion_noise40") == (*MISSION, "gce", "mae")
+    assert cfg.tuned_losses("fashion_noise40") == cfg.condition("fashion_noise40").losses
     assert all(cfg.condition(name).lr_extend >= 1 for name in cfg.tune)
     assert cfg.condition("fashion_heldout").heldout_classes == (8, 9)
     assert cfg.condition("fashion_heldout").lr_from == "fashion_sgd"

@@ -27,6 +27,8 @@ spec.loader.exec_module(pipeline)
 def test_the_extended_params_validate_and_ask_for_the_issues_sweeps(tmp_path: Path):
     assert cli.main(["validate", "--params", str(EXTENDED), "--out", str(tmp_path / "marker.json")]) == 0
     cfg = config.load(EXTENDED)
+    missing = sorted(set(losses.names()) - set(cfg.losses))  # every registered loss: README "Adding a loss"
+    assert not missing, f"add {missing} to study.losses in experiments/extended.yaml"
     assert set(cfg.losses) == set(losses.names()) and len(cfg.seeds) >= 10 and cfg.executor == "ray"
     conditions = cfg.conditions.values()
     assert all(set(cond.losses) == set(losses.names()) for cond in conditions)

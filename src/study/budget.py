@@ -1,6 +1,7 @@
 """The study's arithmetic: the floating-point operations of every training step and every evaluation the params
 ask for, and the time they take at a given matmul rate. Against a measured wall time this says how close the
-study runs to the machine's peak, and where the rest goes.
+study runs to the machine's peak, and where the rest goes. Before a run it says the time to expect on this
+machine (its peak measured in seconds, at an assumed arithmetic ratio) and warns when that is over 30 minutes.
 
 Per-example FLOPs come from PyTorch's own counter (``torch.utils.flop_counter.FlopCounterMode``) on the
 condition's real model, forward alone (evaluations) and forward + backward (training), so any registered model is
@@ -25,6 +26,10 @@ from study import config, data, losses, model, runner, train
 from study.config import Condition, StudyConfig
 
 PROBE_BATCH = 8  # examples pushed through the counter (per-example FLOPs are its total / PROBE_BATCH)
+# The share of the matmul peak the whole study sustains (arithmetic bound / wall time): 0.45-0.6 measured on 2-core
+# machines (issue 29). The expected time is the bound divided by it.
+ARITHMETIC_RATIO = 0.5
+BUDGET_MINUTES = 30  # the study's wall-time budget
 
 
 @dataclass(frozen=True)
@@ -109,10 +114,28 @@ def table(rows: list[Arithmetic], peak_flops: float | None, wall_seconds: float 
         bound = total / peak_flops
         lines.append(f"At the measured matmul peak of {peak_flops / 1e9:.0f} GFLOP/s: {bound:.0f} s "
                      f"({bound / 60:.1f} min).")
+        lines.append(expectation(total, peak_flops))
         if wall_seconds:
             lines.append(f"Measured wall time {wall_seconds:.0f} s: the arithmetic bound is "
                          f"{bound / wall_seconds:.2f} of it.")
     return "\n".join(lines)
+
+
+def expected_minutes(total_flops: float, peak_flops: float) -> float:
+    """The study's expected wall time on a machine of this matmul peak, at the assumed ``ARITHMETIC_RATIO``."""
+    return total_flops / (peak_flops * ARITHMETIC_RATIO) / 60
+
+
+def expectation(total_flops: float, peak_flops: float) -> str:
+    """The expected time on this machine, as a WARNING when it is over ``BUDGET_MINUTES``."""
+    minutes = expected_minutes(total_flops, peak_flops)
+    reckoning = (f"{total_flops / 1e12:.1f} TFLOP / ({peak_flops / 1e9:.0f} GFLOP/s matmul peak x {ARITHMETIC_RATIO} "
+                 f"assumed arithmetic ratio, 0.45-0.6 measured) = {minutes:.1f} min")
+    if minutes > BUDGET_MINUTES:
+        return (f"WARNING: the study is expected to take {minutes:.1f} min on this machine, over its "
+                f"{BUDGET_MINUTES}-minute budget: {reckoning}. Cut the params' arithmetic (seeds, epochs, grid, "
+                f"evaluation sizes) or expect the longer run.")
+    return f"Expected on this machine: {reckoning}, within the {BUDGET_MINUTES}-minute budget."
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,8 +150,11 @@ def main(argv: list[str] | None = None) -> None:
     rows = study_arithmetic(cfg, args.data)
     peak = args.peak_gflops * 1e9 if args.peak_gflops else _measured_peak()
     if args.json:
-        json.dump({"rows": [r.__dict__ for r in rows], "peak_flops": peak, "wall_seconds": args.wall_seconds},
+        total = sum(r.total for r in rows)
+        json.dump({"rows": [r.__dict__ for r in rows], "peak_flops": peak, "wall_seconds": args.wall_seconds,
+                   "arithmetic_ratio": ARITHMETIC_RATIO, "expected_minutes": expected_minutes(total, peak)},
                   sys.stdout, indent=1)
+        print(expectation(total, peak), file=sys.stderr)  # stdout stays one JSON object
     else:
         print(table(rows, peak, args.wall_seconds))
 

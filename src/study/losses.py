@@ -262,6 +262,24 @@ def mae_with_grad(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return -2 * torch.expm1(log_p), 2 * log_p.exp().unsqueeze(1) * (log_probs.exp() - one_hot(logits, labels))
 
 
+def squentropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Squentropy (Hui, Belkin & Wright 2023, "Cut your losses with squentropy", ICML): cross-entropy plus the mean
+    squared raw logit of the K - 1 wrong classes, -log softmax(z)_y + sum_{j != y} z_j^2 / (K - 1). No knob.
+
+    Not the Brier score: the square term is on raw logits (no softmax), and only on the wrong classes, averaged over
+    them (the paper's 1/(K - 1)), so it holds their logits near 0 while cross-entropy pulls z_y up. Unbounded.
+    """
+    return _squentropy(logits.log_softmax(dim=1), logits, labels)
+
+
+def squentropy_with_grad(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """The gradient is p - t + 2 (1 - t) z / (K - 1): cross-entropy's, plus a pull of each wrong logit towards 0."""
+    log_probs = logits.log_softmax(dim=1)
+    targets = one_hot(logits, labels)
+    grad = log_probs.exp() - targets + 2 * (1 - targets) * logits / (logits.shape[1] - 1)
+    return _squentropy(log_probs, logits, labels), grad
+
+
 def _bce(logits: Tensor, targets: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(dim=1)
 
@@ -277,6 +295,11 @@ def _nll(log_probs: Tensor, labels: Tensor) -> Tensor:
 
 def _smoothed(log_probs: Tensor, labels: Tensor, eps: float) -> Tensor:
     return (1.0 - eps) * _nll(log_probs, labels) - eps * log_probs.mean(dim=1)
+
+
+def _squentropy(log_probs: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
+    wrong = 1 - one_hot(logits, labels)  # [B, K]: 1 on the K - 1 wrong classes
+    return _nll(log_probs, labels) + (wrong * logits.pow(2)).sum(dim=1) / (logits.shape[1] - 1)
 
 
 def one_hot(logits: Tensor, labels: Tensor) -> Tensor:
@@ -345,6 +368,14 @@ BUILTIN = (
         uniform=lambda k: 2 * (1 - 1 / k), family="softmax probabilities, bounded", bounded=True,
         claims={"penalty_works", "bounded_resists_noise"}, source="Ghosh et al. 2017",
     ),
+    LossSpec(
+        "squentropy", squentropy, label="squentropy (CE + wrong logits²)", colour="#ece133",
+        conventions={"link": "softmax (CE term); raw logits (square term)", "targets": "class index",
+                     "class_reduction": "squares of the K−1 wrong logits, averaged"},
+        formula="−log softmax(z)_y + Σ_{j≠y} z_j² / (K − 1)", with_grad=squentropy_with_grad,
+        uniform=lambda k: math.log(k), family="cross-entropy plus squared logits",
+        source="Hui, Belkin & Wright 2023",
+    ),
 )
 
 _REGISTRY: dict[str, LossSpec] = {}
@@ -363,10 +394,6 @@ def register(spec: LossSpec, *, replace: bool = False) -> LossSpec:
         raise ValueError(f"loss name {spec.name!r} must be a Python identifier (it names runs, columns, params)")
     _REGISTRY[spec.name] = spec
     return spec
-
-
-def unregister(name: str) -> LossSpec:
-    return _REGISTRY.pop(check_name(name))
 
 
 @contextmanager
