@@ -20,11 +20,11 @@ from study import losses as registry
 from study.analysis import REFERENCE
 from study.measures import healthy, last_values, runs
 
-# The verdict vocabulary of analysis; before its equivalence tests the word for "no difference shown" was ALIKE.
+# The verdict vocabulary of analysis.
 DIFFERENT = analysis.DIFFERENT
 NOT_ESTABLISHED = analysis.NOT_ESTABLISHED
-EQUIVALENT = getattr(analysis, "EQUIVALENT", analysis.ALIKE)
-IDENTICAL = getattr(analysis, "IDENTICAL", "identical")
+EQUIVALENT = analysis.EQUIVALENT
+IDENTICAL = analysis.IDENTICAL
 UNTESTED = "no test"
 LOWER, HIGHER = "lower", "higher"  # a DIFFERENT verdict with its direction (loss - reference)
 # The order in which a tally lists its parts: the decided verdicts first.
