@@ -20,11 +20,11 @@ from study import losses as registry
 from study.analysis import REFERENCE
 from study.measures import healthy, last_values, runs
 
-# The verdict vocabulary of analysis; before its equivalence tests the word for "no difference shown" was ALIKE.
+# The verdict vocabulary of analysis.
 DIFFERENT = analysis.DIFFERENT
 NOT_ESTABLISHED = analysis.NOT_ESTABLISHED
-EQUIVALENT = getattr(analysis, "EQUIVALENT", analysis.ALIKE)
-IDENTICAL = getattr(analysis, "IDENTICAL", "identical")
+EQUIVALENT = analysis.EQUIVALENT
+IDENTICAL = analysis.IDENTICAL
 UNTESTED = "no test"
 LOWER, HIGHER = "lower", "higher"  # a DIFFERENT verdict with its direction (loss - reference)
 # The order in which a tally lists its parts: the decided verdicts first.
@@ -197,7 +197,7 @@ def fastest(head: analysis.Headline, conditions: Sequence[str]) -> list[dict]:
         for loss in set(summary["loss"]):
             trained[loss] = trained.get(loss, 0) + 1
         by_loss = {loss: g.set_index("seed")["value"] for loss, g in rows.groupby("loss") if loss in reached}
-        lead = _leaders(by_loss, q1) if by_loss else None
+        lead = analysis.leaders(by_loss, quantity=q1) if by_loss else None
         if lead is None:
             continue
         for loss in lead.tied:
@@ -206,15 +206,6 @@ def fastest(head: analysis.Headline, conditions: Sequence[str]) -> list[dict]:
     order.sort(key=lambda loss: -len(counts[loss]))  # stable: ties keep the registry's order
     return [{"loss": loss, "n": len(counts[loss]), "of": trained[loss], "conditions": counts[loss]}
             for loss in order]
-
-
-def _leaders(by_loss: Mapping[str, pd.Series], quantity: str) -> analysis.Leaders | None:
-    """analysis.leaders on a declared quantity (its margin decides who ties), or, before the registry, with the
-    quantity's direction alone."""
-    try:
-        return analysis.leaders(by_loss, quantity=quantity)
-    except TypeError:
-        return analysis.leaders(by_loss, analysis.HIGHER_IS_BETTER.get(quantity, False))
 
 
 def rate_views(views: Mapping[str, pd.DataFrame], reference: str = REFERENCE) -> dict | None:

@@ -281,11 +281,13 @@ def _claims_finding(computed: Computed) -> dict | None:
     return {"kind": "claims", **checks.finding(claims)}  # counts and against: the source's claims only
 
 
-def heldout_findings(per_seed: pd.DataFrame, condition: str, sigmoid: str = "sigmoid_bce") -> list[dict]:
+def heldout_findings(per_seed: pd.DataFrame, condition: str, sigmoid: str | None = None) -> list[dict]:
     """Each loss by its own score against the reference by its own, paired by seed, the comparisons of a condition
     one family decided as the report's other comparisons (analysis.compare on the declared margin, then
     analysis.decide: Holm, different / equivalent / not established / identical); the sigmoids' 'none' on the
-    held-out classes against the trained ones, decided the same way."""
+    held-out classes against the trained ones, decided the same way. ``sigmoid``: the loss whose 'none' share is
+    compared, by default the registry's loss with one sigmoid per class (only sigmoids can all say no)."""
+    sigmoid = sigmoid or checks.sigmoid_loss()
     out = []
     losses = analysis.ordered(per_seed["loss"])
     natural = analysis.summarise(per_seed[per_seed["quantity"] == "auroc_natural"])

@@ -116,7 +116,7 @@ def _fmt_steps(value: float) -> str:
     return "not reached" if not math.isfinite(value) else f"{value:.0f} steps"
 
 
-def _sigmoid_loss() -> str | None:
+def sigmoid_loss() -> str | None:
     """The first registered loss trained to output one sigmoid per class (its natural score is the max sigmoid)."""
     return next((s.name for s in registry.specs() if s.probabilities == "sigmoid"), None)
 
@@ -278,7 +278,7 @@ def claim_none_of_the_above(heldout: pd.DataFrame, reference: str = REFERENCE, s
     sigmoids, by default) separates held-out from known test images by its own score (max sigmoid) against softmax
     by its own (max softmax), as AUROC paired by seed; (2) whether it actually says "none" (every sigmoid below 0.5)
     more often for the held-out images than for known ones."""
-    sigmoid = sigmoid or _sigmoid_loss()
+    sigmoid = sigmoid or sigmoid_loss()
     natural, (heldout_none, test_none) = analysis.NATURAL, analysis.NONE_SHARES
     checks = []
     for condition in dict.fromkeys(heldout["condition"]):

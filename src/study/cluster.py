@@ -16,11 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from study import tracking, train
-from study.config import Condition
+from study.config import EXECUTORS, Condition
 from study.data import Dataset
 from study.records import ExampleStats, Record, run_name
 
-EXECUTORS = ("local", "ray")
 RETRIES = 1  # a shard whose worker died runs once more; a second death fails the stage
 SHARD_CPUS = 1  # declared per task: a shard's lockstep trainer uses one core's worth of threads
 # Ray's defaults size the object store at 30% of memory; shard results are a few MB (records, per-example arrays).
@@ -147,26 +146,17 @@ def _train_shard(cond: Condition, load_data: Callable[[], Dataset], members: lis
                  kill: bool) -> tuple[list, float]:
     """One Ray task: a lockstep trainer over one shard, its records logged to the shard's child runs. Returns the
     shard's items (records; example stats when kept) and its evaluation seconds."""
+    from study import runner  # here, not at the top: runner imports this module
+
     trainer = train.Trainer(cond, load_data(), members, settings)
     tracker = tracking.MlflowTracker.attach(handle) if handle else tracking.NullTracker()
     items: list = []
-    pending: list[Record] = []
     try:
-        for item in trainer.run():
-            if isinstance(item, Record):
-                items.append(item)
-                pending.append(item)
-                if len(pending) >= 500:
-                    tracker.log(pending)
-                    pending = []
-            elif keep_examples:
-                items.append(item)
-            if kill and trainer.step > 0:  # mid-shard: after the first step's records reached the store
-                tracker.log(pending)
-                if handle:
-                    tracker.flush(60)
-                os.kill(os.getpid(), signal.SIGKILL)
-        tracker.log(pending)
+        runner.collect(_until_killed(trainer, kill), tracker, into=items, keep_examples=keep_examples)
+        if kill and trainer.step > 0:  # collect sent the records it held; they reach the store before the kill
+            if handle:
+                tracker.flush(60)
+            os.kill(os.getpid(), signal.SIGKILL)
     except BaseException as exc:
         if handle:
             tracker.end_runs("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
@@ -175,6 +165,14 @@ def _train_shard(cond: Condition, load_data: Callable[[], Dataset], members: lis
     if handle:
         tracker.detach()
     return items, trainer.evaluation_seconds
+
+
+def _until_killed(trainer: train.Trainer, kill: bool) -> Iterator:
+    """The trainer's stream; with ``kill`` (the fault hook), it ends mid-shard, after the first step's items."""
+    for item in trainer.run():
+        yield item
+        if kill and trainer.step > 0:
+            return
 
 
 def _fault() -> tuple[int, bool] | None:

@@ -1,6 +1,7 @@
 """The study's parameters as frozen dataclasses, validated before any work starts. The only YAML reader.
 
-Imports nothing from the study but the loss registry (names looked up when a file is loaded) and the model factory.
+Imports from the study only the loss registry (names looked up when a file is loaded), the model factory and the
+data module's dataset names and class count.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""Runs the tune and train stages: data, trainer, tracker, checkpoint and tables wired together.
+"""Runs the tune and train stages: data, trainer, tracker, executor (here, or Ray through ``cluster``), checkpoint
+and tables wired together, and the tuning rule that picks each loss's rate.
 
-Serves ``cli``; the only place that knows both the trainer and the tracker.
+Serves ``cli``; it and ``cluster`` (whose shards log their own runs) alone know both the trainer and the tracker.
 """
 
 from __future__ import annotations

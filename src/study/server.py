@@ -1,5 +1,5 @@
 """A shared MLflow tracking server on PostgreSQL: start and stop it in a directory (``.tracking/`` for the team,
-a temporary one for tests), listening on loopback only. Imports nothing from the study.
+a temporary one for tests), listening on loopback only. Imports nothing from the study but ``tracking.alive``.
 
 ``python -m study.server start|stop|status DIR`` (``make tracking-server``) prints the ``MLFLOW_TRACKING_URI``.
 """
@@ -20,6 +20,8 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from study.tracking import alive
 
 HOST = "127.0.0.1"  # loopback only: a team reaches it through an SSH tunnel or a proxy with its own auth
 DB_USER = "mlflow"
@@ -64,7 +66,7 @@ def start(root: Path, *, port: int | None = None, pg_port: int | None = None, wo
     refuses root) runs as ``STUDY_PG_USER`` (default ``nobody``), owning ``root/pg``."""
     root = Path(root).resolve()
     running = read_state(root)
-    if running is not None and _alive(running.mlflow_pid):
+    if running is not None and alive(running.mlflow_pid):
         return running
     root.mkdir(parents=True, exist_ok=True)
     pg_user = os.environ.get("STUDY_PG_USER", "nobody") if os.geteuid() == 0 else ""
@@ -94,7 +96,7 @@ def stop(root: Path) -> None:
     """Stop the mlflow server (its whole process group) and PostgreSQL; the data stay for the next start."""
     root = Path(root).resolve()
     server = read_state(root)
-    if server is not None and _alive(server.mlflow_pid) and _is_mlflow(server.mlflow_pid):
+    if server is not None and alive(server.mlflow_pid) and _is_mlflow(server.mlflow_pid):
         _stop_group(server.mlflow_pid)
     pg = root / "pg"
     if (pg / "postmaster.pid").exists():
@@ -227,16 +229,6 @@ def _tail(path: Path, chars: int = 3000) -> str:
 
 def _write_state(root: Path, server: TrackingServer) -> None:
     (root / STATE).write_text(json.dumps(asdict(server), indent=2) + "\n")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _is_mlflow(pid: int) -> bool:
@@ -394,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.action == "status":
         server = read_state(args.root)
-        if server is None or not _alive(server.mlflow_pid):
+        if server is None or not alive(server.mlflow_pid):
             print("not running", file=sys.stderr)
             return 1
         print(f"export MLFLOW_TRACKING_URI={server.uri}")

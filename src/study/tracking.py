@@ -1,6 +1,8 @@
-"""MLflow tracking for browsing: the ``Tracker`` protocol, ``MlflowTracker`` and ``NullTracker``.
+"""MLflow tracking for browsing: the ``Tracker`` protocol, ``MlflowTracker`` and ``NullTracker``, and the store
+they write to (where it is, its lock, runs a killed stage left open, the parent runs of finished stages).
 
-The only module that imports mlflow (lazily, so ``NullTracker`` users never pay for it). Imports only ``records``.
+Imports mlflow lazily (``NullTracker`` users never pay for it); so does ``server``'s load generator, nothing else.
+Imports only ``records`` from the study.
 """
 
 from __future__ import annotations
@@ -500,9 +502,10 @@ def _sql_store(client: MlflowClient) -> Any:
 
 def _insert_metrics(store: Any, run_id: str, metrics: Sequence[Any]) -> None:
     """What ``log_batch`` stores for ``metrics`` of one active run (the metric rows, each key's latest value), in one
-    transaction of two bulk statements instead of MLflow's ORM objects, a thousand metrics per call: importing the
-    study's 400,000 values took 42 s that way. Same rules: NaN stored as 0 with ``is_nan``, infinities clipped to
-    the largest float, exact duplicates in the batch dropped, "latest" the largest (step, timestamp, value).
+    transaction of two bulk statements, a thousand metrics per call, instead of one MLflow ORM object per row (the
+    slow part of importing a study's hundreds of thousands of values). Same rules: NaN stored as 0 with ``is_nan``,
+    infinities clipped to the largest float, exact duplicates in the batch dropped, "latest" the largest (step,
+    timestamp, value).
     Raises (and stores nothing) when a row exists already; ``log_batch`` then settles it."""
     from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric
     from mlflow.utils.validation import _validate_metric
@@ -646,16 +649,17 @@ def _end_stale_runs(client: MlflowClient, experiment_id: str, owner: str) -> Non
     for run in stale:
         tags = run.data.tags
         pid = tags.get("study.pid", "")
-        if tags.get("study.host") == socket.gethostname() and pid.isdigit() and _alive(int(pid)):
+        # This process's own earlier runs are over: it is opening them anew.
+        if (tags.get("study.host") == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid()
+                and alive(int(pid))):
             _log.warning("MLflow: run %s of %s is still being written by pid %s", run.info.run_name, owner, pid)
             continue
         _retry(client.set_tag, run.info.run_id, "killed_reason", "stale")
         _retry(client.set_terminated, run.info.run_id, "KILLED")
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # this process is opening the runs anew, so an earlier run of it is over
+def alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
