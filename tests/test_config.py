@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import SMOKE, STUDY
-from study import config, losses
+from study import config, losses, model
 from study.config import ConfigError
 from study.losses import LOSSES
 from study.model import CNN1dSpec, MLPSpec
@@ -98,6 +98,32 @@ def test_a_condition_may_set_its_own_model_losses_and_backend(smoke_params):
     assert (other.losses, other.backend) == (cfg.losses, "auto")  # the study's
 
 
+@dataclasses.dataclass(frozen=True)
+class _WideSpec:
+    """A model kind the config has never seen, as README's "Adding a model" says to write one."""
+
+    kind: str = dataclasses.field(default="wide", init=False)
+    widths: tuple[int, ...]
+    dropout: float = dataclasses.field(metadata={"min": 0.0})
+    depth: int = dataclasses.field(metadata={"min": 0})
+
+
+def test_a_new_model_kind_is_read_by_its_fields_annotations(smoke_params, monkeypatch):
+    monkeypatch.setitem(model.KINDS, "wide", _WideSpec)
+
+    def block(**fields):
+        return smoke_params(lambda p: p["conditions"]["mnist1d_sgd"].update(model={"kind": "wide", **fields}))
+
+    cond = config.load(block(widths=[8, 4], dropout=0.5, depth=0)).condition("mnist1d_sgd")
+    assert cond.model == _WideSpec(widths=(8, 4), dropout=0.5, depth=0)
+    for fields, message in (({"widths": [8, 0], "dropout": 0.5, "depth": 0}, "widths must list integers of at least 1"),
+                            ({"widths": [8], "dropout": -0.1, "depth": 0}, "dropout"),
+                            ({"widths": [8], "dropout": 0.5, "depth": -1}, "an integer >= 0"),
+                            ({"widths": [8], "dropout": 0.5}, "missing key conditions.mnist1d_sgd.model.depth")):
+        with pytest.raises(ConfigError, match=message):
+            config.load(block(**fields))
+
+
 def test_loss_names_are_checked_against_the_registry_as_it_is_at_load_time(smoke_params, monkeypatch):
     path = smoke_params(lambda p: p["study"].update(losses=["mse", "late_entry"]))
     with pytest.raises(ConfigError, match="late_entry"):
@@ -149,7 +175,7 @@ RULES = {
     "unknown model key": (set_in("conditions", "fashion_sgd", "model", {"kind": "mlp", "hidden": [8], "kernel": 3}),
                           ["unknown key conditions.fashion_sgd.model.kernel", "hidden, kind", "check the spelling"]),
     "zero width": (set_in("conditions", "fashion_sgd", "model", {"kind": "mlp", "hidden": [256, 0]}),
-                   ["conditions.fashion_sgd.model.hidden", "positive layer widths"]),
+                   ["conditions.fashion_sgd.model.hidden", "must list integers of at least 1"]),
     "no hidden layer": (set_in("conditions", "fashion_sgd", "model", {"kind": "mlp", "hidden": []}),
                         ["conditions.fashion_sgd.model.hidden"]),
     "width not an integer": (set_in("conditions", "mnist1d_sgd", "model",

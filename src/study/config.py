@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -194,7 +195,9 @@ def _loss_names(mapping: dict, dotted: str, get: _Getter, path: Path) -> tuple[s
 
 
 def _model(spec: Any, dotted: str, get: _Getter, path: Path) -> model.ModelSpec:
-    """A `model:` block: `kind` names the factory's entry, the other keys are that entry's (widths positive)."""
+    """A `model:` block: `kind` names the factory's entry, the other keys are that entry's fields, read by their
+    annotations: ``int`` an integer, ``float`` a number, ``tuple[int, ...]`` a non-empty list of integers; each at
+    least the field's ``metadata["min"]`` (1 where it sets none: widths, kernels and strides are positive)."""
     example = ("{kind: mlp, hidden: [256, 256]} or "
                "{kind: cnn1d, channels: [25, 25, 25], kernel: 5, stride: 2, padding: 1}")
     if not isinstance(spec, dict):
@@ -202,18 +205,24 @@ def _model(spec: Any, dotted: str, get: _Getter, path: Path) -> model.ModelSpec:
     kind = get.choice(spec, f"{dotted}.kind", tuple(model.KINDS))
     cls = model.KINDS[kind]
     _known(spec, {f.name for f in fields(cls)}, path, dotted + ".")
+    types = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for f in fields(cls):
-        if f.name == "kind":
+        if not f.init:  # kind
             continue
-        key = f"{dotted}.{f.name}"
-        if f.name in ("hidden", "channels"):
-            widths = tuple(get.items(spec, key, int))
-            if not widths or min(widths) < 1:
-                raise ConfigError(f"{path}: {key} must list positive layer widths, e.g. [256, 256]")
-            values[f.name] = widths
+        key, lo, kind_of = f"{dotted}.{f.name}", f.metadata.get("min", 1), types[f.name]
+        if kind_of == tuple[int, ...]:
+            items = tuple(get.items(spec, key, int))
+            if not items or min(items) < lo:
+                raise ConfigError(f"{path}: {key} must list integers of at least {lo}, e.g. [256, 256]")
+            values[f.name] = items
+        elif kind_of is int:
+            values[f.name] = get.integer(spec, key, lo=lo)
+        elif kind_of is float:
+            values[f.name] = get.number(spec, key, lo=lo)
         else:
-            values[f.name] = get.integer(spec, key, lo=0 if f.name == "padding" else 1)
+            raise TypeError(f"model.{cls.__name__}.{f.name}: config reads int, float and tuple[int, ...] fields, "
+                            f"not {kind_of}; add a case to config._model")
     return cls(**values)
 
 

@@ -74,7 +74,7 @@ class CNN1dSpec:
     channels: tuple[int, ...]
     kernel: int
     stride: int
-    padding: int
+    padding: int = field(metadata={"min": 0})  # the one field that may be 0 (config reads each field's "min")
 
     def build(self, input_dim: int, classes: int) -> CNN1d:
         return CNN1d(input_dim, self.channels, self.kernel, self.stride, self.padding, classes)
