@@ -1,4 +1,5 @@
-"""What DVC shows: `dvc plots show` colours each loss as the report does, on a log-scaled step axis."""
+"""What DVC shows: `dvc plots show` colours each loss as the report does, on a log-scaled step axis; `dvc metrics
+show` reads one flat test-accuracy file per condition (one row each, a column per loss)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from study import losses
+from study import document, losses
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATES = REPO / ".dvc" / "plots"
@@ -48,3 +49,19 @@ def test_the_plot_template_draws_steps_on_a_log_axis_from_the_first_step():
     assert template["encoding"]["x"]["field"] == "<DVC_METRIC_X>"
     assert template["encoding"]["x"]["scale"] == {"type": "log"}
     assert {"filter": "datum['<DVC_METRIC_X>'] > 0"} in template["transform"]
+
+
+def test_write_accuracy_writes_one_flat_file_per_condition(tmp_path: Path):
+    metrics = {
+        "fashion_sgd": {"mse": {"test_accuracy": 0.88, "steps_to_target": 376.0, "ece": 0.04},
+                        "softmax_nll": {"test_accuracy": 0.89, "steps_to_target": None, "ece": 0.05}},
+        "mnist1d_sgd": {"mse": {"test_accuracy": float("nan"), "steps_to_target": 12.0, "ece": 0.1}},
+    }
+    out = tmp_path / "test_accuracy"
+    out.mkdir()
+    (out / "gone.json").write_text("{}")  # a condition no longer in the study: its row must not stay
+    document.write_accuracy(metrics, out)
+    assert sorted(p.name for p in out.iterdir()) == ["fashion_sgd.json", "mnist1d_sgd.json"]
+    assert json.loads((out / "fashion_sgd.json").read_text()) == {"mse": 0.88, "softmax_nll": 0.89}
+    assert json.loads((out / "mnist1d_sgd.json").read_text()) == {"mse": None}  # NaN is JSON null
+    assert not list(tmp_path.glob(".*"))  # no staging directory left behind
