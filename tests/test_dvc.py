@@ -489,6 +489,18 @@ def test_each_key_of_a_condition_marks_only_the_stages_that_read_it(studied):
     assert "up to date" in studied.dvc("status").stdout
 
 
+@pytest.mark.slow
+def test_dvc_metrics_show_prints_a_row_per_condition_within_160_columns(studied):
+    """Each condition's test accuracy file is a row, each loss a column (metrics.json in one row was 3,000 wide)."""
+    conditions = yaml.safe_load((studied.repo / "experiments" / "study.yaml").read_text())["conditions"]
+    for options in ([], ["--md"]):
+        lines = studied.dvc("metrics", "show", *options).stdout.strip().splitlines()
+        rows = [line for line in lines if "results/test_accuracy/" in line]
+        assert sorted(row.strip("| ").split()[0] for row in rows) == sorted(
+            f"results/test_accuracy/{c}.json" for c in conditions), lines
+        assert max(map(len, lines)) <= 160, "\n".join(lines)
+
+
 @pytest.mark.browser
 def test_dvc_plots_show_draws_every_condition_without_network(studied):
     """`dvc plots show` writes its page from .dvc/plots/offline.html, which carries vega itself (DVC's own page loads
