@@ -124,6 +124,17 @@ def test_a_new_model_kind_is_read_by_its_fields_annotations(smoke_params, monkey
             config.load(block(**fields))
 
 
+def test_a_condition_with_losses_null_or_without_the_key_trains_the_study_losses():
+    """Every tuned condition sets `losses:` (null where it trains the study's), so that a tune stage can list
+    `conditions.${item}.losses` in dvc.yaml; a condition without the key trains the study's too."""
+    params = yaml.safe_load(SMOKE.read_text())
+    assert params["conditions"]["fashion_adam"]["losses"] is None
+    assert "losses" not in params["conditions"]["fashion_heldout"]
+    assert all("losses" in params["conditions"][name] for name in params["study"]["tune"])
+    cfg = config.load(SMOKE)
+    assert cfg.condition("fashion_adam").losses == cfg.condition("fashion_heldout").losses == cfg.losses
+
+
 def test_loss_names_are_checked_against_the_registry_as_it_is_at_load_time(smoke_params, monkeypatch):
     path = smoke_params(lambda p: p["study"].update(losses=["mse", "late_entry"]))
     with pytest.raises(ConfigError, match="late_entry"):

@@ -74,12 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     with_params(p)
     p.add_argument("--out", type=Path, required=True, help="directory for penalty.csv and claims.csv")
 
-    p = command("report", report_cmd, "figures, report.md, index.html and metrics.json from results/ only")
+    p = command("report", report_cmd, "figures, report.md, index.html, metrics.json, test accuracies: from results/")
     with_params(p)
     p.add_argument("--results", type=Path, required=True, help="directory holding one results folder per condition")
     p.add_argument("--probe", type=Path, required=True, help="the probe stage's output directory")
     p.add_argument("--out", type=Path, required=True, help="report directory")
-    p.add_argument("--metrics", type=Path, required=True, help="DVC metrics file to write")
+    p.add_argument("--metrics", type=Path, required=True, help="JSON file of the headline numbers to write")
+    p.add_argument("--accuracy", type=Path, default=None,
+                   help="directory for <condition>.json, each loss's test accuracy (DVC's metrics)")
 
     p = command("compare", compare_cmd, "set a rerun's results beside these: rate choices, findings, verdicts")
     p.add_argument("first", type=Path, help="a results directory (conditions/, probe/, report/), e.g. results")
@@ -174,7 +176,7 @@ def report_cmd(args: argparse.Namespace) -> None:
     from study import document
 
     cfg = config.load(args.params)
-    document.build(args.results, args.probe, list(cfg.conditions), args.out, args.metrics)
+    document.build(args.results, args.probe, list(cfg.conditions), args.out, args.metrics, args.accuracy)
 
 
 def compare_cmd(args: argparse.Namespace) -> None:

@@ -38,7 +38,7 @@ class Condition:
     dataset: str
     model: model.ModelSpec
     backend: str  # the condition's own `backend:`, else the study's
-    losses: tuple[str, ...]  # the condition's own `losses:`, else the study's
+    losses: tuple[str, ...]  # the condition's own `losses:`, else (absent or null) the study's
     optimizer: str
     momentum: float
     batch_size: int
@@ -261,7 +261,7 @@ def _condition(name: str, spec: Any, get: _Getter, path: Path, *, losses: tuple[
         dataset=get.choice(sub, key("dataset"), DATASETS),
         model=network,
         backend=backend,
-        losses=_loss_names(sub, key("losses"), get, path) if "losses" in sub else losses,
+        losses=_loss_names(sub, key("losses"), get, path) if sub.get("losses") is not None else losses,
         optimizer=get.choice(sub, key("optimizer"), OPTIMIZERS),
         momentum=get.number(sub, key("momentum"), lo=0.0, hi=1.0, hi_open=True),
         batch_size=get.integer(sub, key("batch_size"), lo=1),

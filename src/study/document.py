@@ -1,5 +1,6 @@
 """Assembles the report from the files under ``results/`` alone: ``report/report.md``, a self-contained
-``report/index.html`` (figures embedded as data URIs), ``report/figures/*.png`` and ``metrics.json``.
+``report/index.html`` (figures embedded as data URIs), ``report/figures/*.png``, ``metrics.json`` and one test
+accuracy file per condition.
 
 Numbers come from ``study.analysis`` and figures from ``study.report``; this module selects and shapes them into
 a context, the words live in ``templates/`` (Jinja2), markdown-it renders report.md as HTML. Never reads MLflow.
@@ -350,6 +351,23 @@ def _plain(data):
     return data
 
 
+def write_accuracy(metrics: dict, out: Path) -> None:
+    """``out``/<condition>.json: each loss's final test accuracy (``metrics``' test_accuracy), one flat file per
+    condition, so that `dvc metrics show` prints one row per condition with a column per loss; metrics.json's three
+    numbers per condition and loss would be a single row of over 100 columns. Replaces ``out`` as a whole."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        for condition, per_loss in metrics.items():
+            accuracy = {loss: values["test_accuracy"] for loss, values in per_loss.items()}
+            (staged / f"{condition}.json").write_text(json.dumps(_plain(accuracy), indent=2, allow_nan=False) + "\n",
+                                                      encoding="utf-8")
+        _swap(staged, out)
+    finally:
+        if staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)
+
+
 def _swap(staged: Path, out: Path) -> None:
     """Put the staged directory at ``out``; an existing ``out`` is replaced only once the new one is in place."""
     if not out.exists():
@@ -365,9 +383,10 @@ def _swap(staged: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def build(results: Path, probe: Path, conditions: Sequence[str], out: Path, metrics: Path) -> None:
-    """Write ``out``/{report.md, index.html, figures/*.png} and ``metrics`` from ``results/<condition>/`` (train
-    and tune stages) and ``probe/`` (probe stage) alone.
+def build(results: Path, probe: Path, conditions: Sequence[str], out: Path, metrics: Path,
+          accuracy: Path | None = None) -> None:
+    """Write ``out``/{report.md, index.html, figures/*.png}, ``metrics`` and ``accuracy``/<condition>.json (when
+    given) from ``results/<condition>/`` (train and tune stages) and ``probe/`` (probe stage) alone.
 
     Everything is written into a temporary directory beside ``out`` and moved into place at the end, so a
     failure leaves the previous report (or none) and the previous metrics, never a half-written one.
@@ -389,6 +408,8 @@ def build(results: Path, probe: Path, conditions: Sequence[str], out: Path, metr
                                            encoding="utf-8")
         with tables.atomic_path(metrics) as tmp:
             tmp.write_text(json.dumps(_plain(computed.metrics), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+            if accuracy is not None:
+                write_accuracy(computed.metrics, Path(accuracy))
             _swap(staged, out)
     finally:
         if staged.exists():
