@@ -3,11 +3,12 @@ the paired comparison with the reference, the claim's verdict, the sentences and
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 
-from study import analysis, claims, document, report, tables
+from study import analysis, claims, confidence_figures, document, tables
 from study.records import Record
 
 CONDITION = "held"
@@ -86,17 +87,17 @@ def test_the_sentences_say_what_the_numbers_say():
 
 
 def test_the_figure_draws_the_means_of_the_table():
-    fig = report.plot_heldout(fabricate(SIGMOID_BETTER))
+    fig = confidence_figures.plot_heldout(fabricate(SIGMOID_BETTER))
     try:
         left, right = fig.axes[:2]
         losses = analysis.ordered(SIGMOID_BETTER)
-        for ax, panel in ((left, report.HELDOUT_PANELS[0]), (right, report.HELDOUT_PANELS[1])):
+        for ax, panel in ((left, confidence_figures.HELDOUT_PANELS[0]), (right, confidence_figures.HELDOUT_PANELS[1])):
             drawn = sorted(float(line.get_ydata()[0]) for line in ax.lines if line.get_marker() in ("o", "s"))
             want = sorted(SIGMOID_BETTER[loss][q] + np.mean(JITTER) for loss in losses for q, _, _ in panel)
             np.testing.assert_allclose(drawn, want, atol=1e-9)
         assert [t.get_text() for t in left.get_xticklabels()] == losses
     finally:
-        report.plt.close(fig)
+        plt.close(fig)
 
 
 def test_fragile_rate_choices_are_named():

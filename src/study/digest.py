@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from study import analysis, answers, report
+from study import analysis, answers, figures
 from study import claims as checks
 from study.reader import Inputs, _chosen, _noise_conditions
 
@@ -79,10 +79,10 @@ class Figures:
 
     def save(self, name: str, draw: Callable[..., object], *args) -> str:
         fig = draw(*args)
-        smallest = report.min_text_px(fig, math.inf)
+        smallest = figures.min_text_px(fig, math.inf)
         if math.isfinite(smallest):
             self.text_px[name] = smallest
-        report.save(fig, self.directory / f"{name}.png")
+        figures.save(fig, self.directory / f"{name}.png")
         self.names.append(name)
         return name
 

@@ -17,9 +17,10 @@ import markupsafe
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from study import analysis, answers, report
+from study import analysis, answers
 from study import claims as checks
 from study.analysis import REFERENCE
+from study.figures import DISPLAY_WIDTH
 
 
 def fmt(value: float, digits: int = 3) -> str:
@@ -225,7 +226,7 @@ def render_html(markdown: str, figures: Path, title: str) -> str:
     """report.md as one HTML file with every figure inlined (opens from disk, nothing else needed)."""
     body = _markdown_parser(figures).render(markdown)
     return _environment().get_template("index.html.j2").render(title=title, body=markupsafe.Markup(body),
-                                                                display_width=report.DISPLAY_WIDTH)
+                                                                display_width=DISPLAY_WIDTH)
 
 
 def render_answer(kind: str, values: dict) -> str:
