@@ -6,7 +6,7 @@ study's own question counted apart from the source's claims."""
 import pandas as pd
 import pytest
 
-from study import analysis, claims, published, tables, verdicts
+from study import analysis, claims, comparisons, published, tables, verdicts
 
 REF = analysis.REFERENCE
 JITTER = (0.0, 0.002, -0.001, 0.001, -0.002)
@@ -42,7 +42,7 @@ def test_the_penalty_sentence_is_two_claims_with_their_own_verdicts():
     head = headline(per_seed({("clean", REF, "final_accuracy"): 0.85, ("clean", "mse", "final_accuracy"): 0.80,
                               ("noisy", REF, "final_accuracy"): 0.70, ("noisy", "mse", "final_accuracy"): 0.72}))
     # Under noise the reference loses 10 points after its best, mse 2: the penalty fits the flipped labels.
-    drop = analysis.NOISE_DROP
+    drop = comparisons.NOISE_DROP
     noise = {"noisy": per_seed({("noisy", REF, drop): 0.10, ("noisy", "mse", drop): 0.02})}
     clean, noisy = claims.claim_penalty_works(head, noise, bounded=["mse"])
     assert clean["claim_id"] == "penalty_works_clean" and noisy["claim_id"] == "penalty_works_noise"
@@ -123,14 +123,14 @@ def test_comparison_anchors_get_a_row_per_condition():
 
 def test_the_ece_reason_follows_the_fitted_temperatures():
     frame = per_seed({("c", REF, "ece"): 0.05, ("c", "focal", "ece"): 0.08,
-                      ("c", REF, analysis.TEMPERATURE): 1.77, ("c", "focal", analysis.TEMPERATURE): 0.75})
+                      ("c", REF, comparisons.TEMPERATURE): 1.77, ("c", "focal", comparisons.TEMPERATURE): 0.75})
     table = published.anchors(headline(frame), pd.DataFrame(columns=tables.HISTORY_COLUMNS), {"c": setup()})
     focal = anchor_rows(table, "focal loss lowers the calibration error of cross-entropy").iloc[0]
     assert focal["verdict"] == published.CONTRADICTED
     assert focal["why"] == (f"{REF} overconfident, T = 1.77 > 1; focal underconfident, T = 0.75 < 1: focal "
                             "overshoots into underconfidence")
     calm = per_seed({("c", REF, "ece"): 0.05, ("c", "focal", "ece"): 0.08,
-                     ("c", REF, analysis.TEMPERATURE): 0.98, ("c", "focal", analysis.TEMPERATURE): 0.70})
+                     ("c", REF, comparisons.TEMPERATURE): 0.98, ("c", "focal", comparisons.TEMPERATURE): 0.70})
     why = published.temperature_reason(headline(calm), "c", "focal")
     assert why.startswith(f"{REF} about calibrated, T = 0.98") and "not overconfident to begin with" in why
     assert published.temperature_reason(headline(per_seed({("c", REF, "ece"): 0.05})), "c", "focal") is None

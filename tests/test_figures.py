@@ -17,7 +17,16 @@ from matplotlib.collections import LineCollection, PathCollection, PolyCollectio
 from matplotlib.colors import same_color, to_hex
 from matplotlib.figure import Figure
 
-from study import analysis, confidence_figures, figures, question_figures, tables, training_figures
+from study import (
+    analysis,
+    comparisons,
+    confidence_figures,
+    figures,
+    measures,
+    question_figures,
+    tables,
+    training_figures,
+)
 from study import losses as registry
 
 LOSSES = ["mse", "sigmoid_bce", "softmax_nll", "smoothed_ce"]
@@ -216,7 +225,7 @@ def test_headline_draws_each_losss_mean_and_t_interval_per_condition():
     for ax, (split, metric) in zip(fig.axes[:3], (("test", "accuracy"), ("test", "nll"), ("test", "ece")),
                                    strict=True):
         assert [t.get_text() for t in ax.get_xticklabels()] == ["cond\na", "cond\nb"]
-        last = analysis.select(frame, split, metric)
+        last = measures.select(frame, split, metric)
         last = last[last["step"] == 20]
         for loss in LOSSES:
             line = one_line(ax, loss, marker="o")
@@ -237,7 +246,7 @@ def test_convergence_draws_the_mean_over_seeds_with_its_t_band():
     fig = training_figures.plot_convergence(frame, TARGETS)
     accuracy, train_loss = fig.axes[:2]
     assert_legend(fig)
-    val = analysis.select(frame, "val", "accuracy")
+    val = measures.select(frame, "val", "accuracy")
     for loss in LOSSES:
         line = one_line(accuracy, loss)
         xy = line.get_xydata()
@@ -250,7 +259,7 @@ def test_convergence_draws_the_mean_over_seeds_with_its_t_band():
                                              .ci_high for s in (5, 10, 15, 20)))
         assert np.isclose(ys, est.ci_low).any()
         curve = one_line(train_loss, loss).get_xydata()
-        want = means(pick(analysis.select(frame, "train", "loss"), loss=loss), ["step"])
+        want = means(pick(measures.select(frame, "train", "loss"), loss=loss), ["step"])
         np.testing.assert_allclose(curve[:, 1], want.to_numpy(), rtol=1e-12)
     assert train_loss.get_yscale() == "log"
 
@@ -355,7 +364,7 @@ def test_grad_norms_draw_the_median_over_seeds():
     fig = training_figures.plot_grad_norms(frame)
     for loss in LOSSES:
         line = one_line(fig.axes[0], loss)
-        want = pick(analysis.select(frame, "train", "grad_norm"), loss=loss).groupby("step")["value"].median()
+        want = pick(measures.select(frame, "train", "grad_norm"), loss=loss).groupby("step")["value"].median()
         np.testing.assert_allclose(line.get_ydata(), want.to_numpy(), rtol=1e-12)
         np.testing.assert_allclose(one_line(fig.axes[-1], loss).get_ydata(), 0.1 * (INDEX[loss] + 1))
     assert_legend(fig)
@@ -417,7 +426,7 @@ def test_label_noise_draws_selected_and_final_accuracy_and_the_flipped_shares():
     frame = history(noise=True)
     fig = confidence_figures.plot_label_noise(frame)
     points, memorised, recovered = fig.axes[:3]
-    per_seed = analysis.label_noise(frame)
+    per_seed = comparisons.label_noise(frame)
     assert [t.get_text() for t in points.get_xticklabels()] == [loss.replace("_", "\n") for loss in LOSSES]
     for j, loss in enumerate(LOSSES):
         filled, hollow = one_line(points, loss, marker="o"), one_line(points, loss, marker="s")
@@ -428,7 +437,7 @@ def test_label_noise_draws_selected_and_final_accuracy_and_the_flipped_shares():
         assert same_color(filled.get_markerfacecolor(), figures.colour(loss))
         assert same_color(hollow.get_markerfacecolor(), "white")
         for ax, metric in ((memorised, "memorised"), (recovered, "recovered")):
-            want = means(pick(analysis.select(frame, "train_flipped", metric), loss=loss), ["step"])
+            want = means(pick(measures.select(frame, "train_flipped", metric), loss=loss), ["step"])
             np.testing.assert_allclose(one_line(ax, loss).get_ydata(), want.to_numpy(), atol=1e-12)
     assert_legend(fig)
     assert {"at the best validation accuracy", "final"} <= set(legend_labels(fig))
@@ -437,7 +446,7 @@ def test_label_noise_draws_selected_and_final_accuracy_and_the_flipped_shares():
 def test_heldout_draws_the_mean_and_every_seed_with_the_losss_own_score_filled():
     frame = history(heldout=True)
     fig = confidence_figures.plot_heldout(frame)
-    per_seed = analysis.heldout_per_seed(frame)
+    per_seed = comparisons.heldout_per_seed(frame)
     for ax, panel in zip(fig.axes[:2], confidence_figures.HELDOUT_PANELS, strict=True):
         assert [t.get_text() for t in ax.get_xticklabels()] == LOSSES
         for loss in LOSSES:

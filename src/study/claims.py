@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from study import analysis, verdicts
+from study import comparisons, verdicts
 from study import losses as registry
 from study.analysis import (
     DIFFERENT,
@@ -30,13 +30,12 @@ from study.analysis import (
     Headline,
     evidence_word,
     finite,
-    heldout_difference,
     lookup,
     mean_ci,
     paired_difference,
-    select,
     steps_quantity,
 )
+from study.measures import select
 
 VERDICTS = verdicts.VERDICTS
 UNMEASURED = "not measured"  # the verdict on a claim no condition of this study measures
@@ -189,11 +188,11 @@ def claim_penalty_clean(head: Headline, noisy: Sequence[str] = (), reference: st
 def claim_penalty_noise(noise: Mapping[str, pd.DataFrame], reference: str = REFERENCE,
                         bounded: Sequence[str] | None = None) -> dict:
     """'The confident-wrong penalty aids training', under label noise: per noisy condition (``noise``: its
-    ``analysis.label_noise`` per-seed table), how much accuracy the reference loses after its validation-selected
+    ``comparisons.label_noise`` per-seed table), how much accuracy the reference loses after its validation-selected
     best against each bounded loss, paired by seed."""
     bounded = _taking_part("penalty_works", bounded)
     checks = []
-    drop_name = analysis.NOISE_DROP
+    drop_name = comparisons.NOISE_DROP
     for condition, per_seed in noise.items():
         drop = per_seed[per_seed["quantity"] == drop_name]
         by_loss = {loss: g.set_index("seed")["value"] for loss, g in drop.groupby("loss")}
@@ -280,19 +279,19 @@ def claim_none_of_the_above(heldout: pd.DataFrame, reference: str = REFERENCE, s
     by its own (max softmax), as AUROC paired by seed; (2) whether it actually says "none" (every sigmoid below 0.5)
     more often for the held-out images than for known ones."""
     sigmoid = sigmoid or sigmoid_loss()
-    natural, (heldout_none, test_none) = analysis.NATURAL, analysis.NONE_SHARES
+    natural, (heldout_none, test_none) = comparisons.NATURAL, comparisons.NONE_SHARES
     checks = []
     for condition in dict.fromkeys(heldout["condition"]):
         mine = heldout[heldout["condition"] == condition]
         if sigmoid is None or not {reference, sigmoid} <= set(mine["loss"]):
             continue
-        d = heldout_difference(mine, condition, (sigmoid, natural), (reference, natural))
+        d = comparisons.heldout_difference(mine, condition, (sigmoid, natural), (reference, natural))
         a, b = (mean_ci(mine.loc[(mine["loss"] == loss) & (mine["quantity"] == natural), "value"]).mean
                 for loss in (sigmoid, reference))
         checks.append((_from_difference(d, positive_supports=True),
                        f"{condition}: AUROC held-out vs known classes, {sigmoid} by max sigmoid {a:.3f}, {reference} "
                        f"by max softmax {b:.3f}, Δ {d.mean:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}]"))
-        none = heldout_difference(mine, condition, (sigmoid, heldout_none), (sigmoid, test_none))
+        none = comparisons.heldout_difference(mine, condition, (sigmoid, heldout_none), (sigmoid, test_none))
         shares = {q: mean_ci(mine.loc[(mine["loss"] == sigmoid) & (mine["quantity"] == q), "value"]).mean
                   for q in (heldout_none, test_none)}
         checks.append((_from_difference(none, positive_supports=True),
@@ -436,8 +435,9 @@ def measured(head: Headline, history: pd.DataFrame, noise: Mapping[str, pd.DataF
              saturation: pd.DataFrame, penalty: pd.DataFrame | None, conditions: Sequence[str] = ()
              ) -> pd.DataFrame:
     """Every claim measured from training, one row each (CLAIM_COLUMNS). ``noise``: condition -> its
-    ``analysis.label_noise`` table, for the conditions with noisy labels; ``heldout``: ``analysis.heldout_per_seed``;
-    ``saturation``: ``analysis.saturation``; ``penalty``: the probe's sweep (None without it)."""
+    ``comparisons.label_noise`` table, for the conditions with noisy labels; ``heldout``:
+    ``comparisons.heldout_per_seed``; ``saturation``: ``analysis.saturation``; ``penalty``: the probe's sweep (None
+    without it)."""
     return pd.DataFrame([
         claim_faster(head),
         claim_reliable(head),

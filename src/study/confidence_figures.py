@@ -13,7 +13,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from study import analysis
+from study import analysis, comparisons, measures
 from study.figures import (
     FLOOR,
     MAX_POINTS,
@@ -217,7 +217,7 @@ def plot_label_noise(history: pd.DataFrame) -> Figure:
     (recovered)."""
     condition = single(history)
     losses = analysis.ordered(history["loss"])
-    per_seed = analysis.label_noise(history)
+    per_seed = comparisons.label_noise(history)
     with style():
         fig, axes = subplots(1, 3, 14, 4.2, width_ratios=[max(1.0, len(losses) / 5), 1, 1])  # room for the names
         _loss_points(axes[0, 0], per_seed, losses, {"selected_accuracy": "o", "final_accuracy": "s"},
@@ -227,7 +227,7 @@ def plot_label_noise(history: pd.DataFrame) -> Figure:
         axes[0, 0].set_title("val-selected (filled) vs final (hollow) test acc")
         for ax, metric, title in ((axes[0, 1], "memorised", "memorised: predicted as the noisy label"),
                                   (axes[0, 2], "recovered", "recovered: predicted as the true label")):
-            rows = analysis.select(history, "train_flipped", metric)
+            rows = measures.select(history, "train_flipped", metric)
             if rows.empty:
                 empty_panel(ax, f"no {metric} measured")
             else:
@@ -254,7 +254,7 @@ def plot_heldout(history: pd.DataFrame) -> Figure:
     max softmax and by max sigmoid (each loss's own score filled), and the share of images every sigmoid puts below
     0.5 ("none"), on held-out and on trained classes; one dot per seed, a bar at the mean with its 95% t-interval."""
     condition = single(history)
-    per_seed = analysis.heldout_per_seed(history)
+    per_seed = comparisons.heldout_per_seed(history)
     losses = analysis.ordered(per_seed["loss"])
     with style():
         width = 0.95 * len(losses) + 1  # each loss's name its room
@@ -263,7 +263,7 @@ def plot_heldout(history: pd.DataFrame) -> Figure:
                      else subplots(2, 1, max(7.5, width), 8.4))
         axes = grid.reshape(1, 2)
         # left: filled = the loss's own score; right: filled = held-out classes
-        own = {loss: analysis.NATURAL_SCORE.get(loss, "auroc_max_softmax") for loss in losses}
+        own = {loss: comparisons.NATURAL_SCORE.get(loss, "auroc_max_softmax") for loss in losses}
         for ax, panel, filled in zip(axes[0], HELDOUT_PANELS, (own, dict.fromkeys(losses, "none_share_heldout")),
                                      strict=True):
             _loss_points(ax, per_seed, losses, {quantity: marker for quantity, marker, _ in panel}, filled,

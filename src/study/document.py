@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from study import analysis, answers, confidence_figures, question_figures, tables, training_figures
+from study import analysis, answers, comparisons, confidence_figures, question_figures, tables, training_figures
 from study.analysis import REFERENCE
 
 # The report's parts live in their own modules (reader, digest, bullets, sections, render); the names spelled
@@ -90,22 +90,11 @@ def draw_figures(inputs: Inputs, computed: Computed, figures: Figures) -> None:
 SPEED_FOREST, GRADIENT_ANSWER, PENALTY_ANSWER = "speed_forest", "gradient_answer", "penalty_answer"
 
 
-def forest_rows(head: analysis.Headline) -> pd.DataFrame:
-    """The speed comparisons as the forest plot reads them: ``condition, loss, ratio, ci_low, ci_high, n,
-    verdict`` (a ratio of steps to the first target, loss over the reference)."""
-    if hasattr(analysis, "speed_ratios"):
-        return analysis.speed_ratios(head)
-    ratios = answers.speed_ratios(head)
-    return pd.DataFrame({"condition": ratios["condition"], "loss": ratios["loss"], "ratio": ratios["ratio"],
-                         "ci_low": ratios["ratio_low"], "ci_high": ratios["ratio_high"], "n": ratios["n"],
-                         "verdict": [answers.verdict(r) for r in ratios.to_dict("records")]})
-
-
 def draw_answer_figures(inputs: Inputs, computed: Computed, figures: Figures) -> None:
     """One summary figure per answer, across all conditions, where its data exist (the speed forest plot, the
     measured gradient of wrong examples against its closed form, the confident-wrong shares)."""
     if not computed.head.differences.empty:
-        figures.save(SPEED_FOREST, question_figures.plot_speed_forest, forest_rows(computed.head))
+        figures.save(SPEED_FOREST, question_figures.plot_speed_forest, comparisons.speed_ratios(computed.head))
     if (inputs.examples["split"] == "test").any():
         figures.save(GRADIENT_ANSWER, question_figures.plot_gradient_answer, inputs.examples, inputs.penalty)
     figures.save(PENALTY_ANSWER, question_figures.plot_penalty_answer, inputs.history)
@@ -200,12 +189,12 @@ def question_context(inputs: Inputs, computed: Computed, figures: Figures) -> di
 
 
 def _speed_views(inputs: Inputs, computed: Computed) -> pd.DataFrame | None:
-    """analysis.speed_views (tuned rate, best stable grid rate, the reference's rate) of the conditions that tuned
-    their own rates; None where analysis has no such view or no tuning runs were found."""
-    if not hasattr(analysis, "speed_views") or inputs.tune is None or not inputs.tuning:
+    """comparisons.speed_views (tuned rate, best stable grid rate, the reference's rate) of the conditions that tuned
+    their own rates; None where no tuning runs were found."""
+    if inputs.tune is None or not inputs.tuning:
         return None
     tunes = {c: inputs.tune[inputs.tune["condition"] == c] for c in inputs.tuning}
-    views = analysis.speed_views(computed.head, tunes, inputs.tuning)
+    views = comparisons.speed_views(computed.head, tunes, inputs.tuning)
     return views if not views.empty else None
 
 

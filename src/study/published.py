@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from study import analysis, verdicts
+from study import comparisons, verdicts
 from study import losses as registry
 from study.analysis import (
     DIFFERENT,
@@ -23,9 +23,9 @@ from study.analysis import (
     REFERENCE,
     Headline,
     lookup,
-    select,
     steps_quantity,
 )
+from study.measures import select
 
 ANCHOR_COLUMNS = ["anchor", "source", "published", "here", "verdict", "why"]
 REPRODUCED, NOT_REPRODUCED, CONTRADICTED, NOT_MEASURED = (
@@ -240,7 +240,7 @@ def temperature_reason(head: Headline, condition: str, loss: str, reference: str
     """Why a loss's ECE differs from the reference's in ``condition``, read from the fitted temperatures (means over
     seeds of the registry's temperature quantity): who was overconfident (T > 1), whether ``loss`` tempered it or
     overshot into underconfidence (T < 1). None when either temperature is missing."""
-    found = [lookup(head.summary, condition=condition, loss=x, quantity=analysis.TEMPERATURE) for x in (reference,
+    found = [lookup(head.summary, condition=condition, loss=x, quantity=comparisons.TEMPERATURE) for x in (reference,
                                                                                                        loss)]
     if any(f is None or not math.isfinite(f["mean"]) for f in found):
         return None

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.markers import MarkerStyle
 
-from study import analysis
+from study import analysis, comparisons, measures
 from study.figures import (
     FLOOR,
     category_ticks,
@@ -227,13 +227,13 @@ CONDITION_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
 def penalty_shares(history: pd.DataFrame) -> pd.DataFrame:
     """The three shares of ``plot_penalty_answer`` per model: ``condition, loss, lr, seed, quantity, value``."""
-    corrected = analysis.corrections(history)
+    corrected = comparisons.corrections(history)
     corrected = corrected[corrected["quantity"] == "confident_wrong_corrected"]
-    parts = [corrected[[*analysis.RUN, "quantity", "value"]]]
+    parts = [corrected[[*measures.RUN, "quantity", "value"]]]
     for split, metric in (("train_flipped", "memorised"), ("test", "confident_wrong_loss_share")):
-        rows = analysis.select(history, split, metric)
-        rows = rows[rows["step"] == rows.groupby(analysis.RUN)["step"].transform("max")]
-        parts.append(rows[analysis.RUN].assign(quantity=metric, value=rows["value"].to_numpy(dtype=float)))
+        rows = measures.select(history, split, metric)
+        rows = rows[rows["step"] == rows.groupby(measures.RUN)["step"].transform("max")]
+        parts.append(rows[measures.RUN].assign(quantity=metric, value=rows["value"].to_numpy(dtype=float)))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -247,7 +247,7 @@ PENALTY_PANELS = {
 def plot_penalty_answer(history: pd.DataFrame) -> Figure:
     """The confident-wrong penalty across conditions, three shares per loss (mean over seeds, one marker per
     condition): of the watched training examples confidently wrong at one evaluation, the share classified right
-    at the next (``train_subset/confident_wrong_corrected``, pooled over evaluations as ``analysis.corrections``);
+    at the next (``train_subset/confident_wrong_corrected``, pooled over evaluations as ``comparisons.corrections``);
     of the flipped training labels, the share predicted as the flipped label at the last evaluation
     (``train_flipped/memorised``, label-noise conditions only); of each loss's own test loss (not the NLL), the
     share carried by wrong predictions with confidence >= 0.9 at the last evaluation

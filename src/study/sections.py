@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import pandas as pd
 
-from study import analysis, answers, published
+from study import analysis, answers, comparisons, published
 from study import losses as registry
 from study.analysis import REFERENCE
 from study.bullets import heldout_findings
@@ -297,7 +297,7 @@ def _confident_wrong(inputs: Inputs, computed: Computed, losses: list[str]) -> d
         return rows
 
     corrections = None
-    fixed = analysis.summarise(analysis.corrections(inputs.history))
+    fixed = analysis.summarise(comparisons.corrections(inputs.history))
     if not fixed.empty:
         corrections = []
         for c in inputs.conditions:

@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from study import analysis
+from study import analysis, comparisons, measures
 from study.figures import (
     CONDITIONS_PER_ROW,
     FLOOR,
@@ -52,7 +52,7 @@ def plot_tuning(tune: pd.DataFrame, chosen: Mapping[str, Mapping[str, float]],
     (top; dots are tuning seeds, the line their mean, the star the chosen rate) and steps to the condition's first
     target (bottom; median over tuning seeds, hollow where fewer than half reached it). Diverged seeds are
     crosses drawn at 0, collapsed seeds open squares at their final accuracy."""
-    scores = analysis.tuning_scores(tune)
+    scores = comparisons.tuning_scores(tune)
     conditions = list(dict.fromkeys(tune["condition"]))
     losses = analysis.ordered(tune["loss"])
     targets = targets or {}
@@ -71,7 +71,7 @@ def plot_tuning(tune: pd.DataFrame, chosen: Mapping[str, Mapping[str, float]],
             below.sharex(ax)
             ax.tick_params(labelbottom=False)
             first = (targets.get(condition) or (None,))[0]
-            steps = (analysis.steps_to_target(tune[tune["condition"] == condition], first) if first is not None
+            steps = (measures.steps_to_target(tune[tune["condition"] == condition], first) if first is not None
                      else None)
             any_reached = False  # a log axis with nothing on it cannot place its ticks
             for loss in losses:
@@ -138,7 +138,7 @@ def plot_time_to_target(history: pd.DataFrame, targets: Mapping[str, Sequence[fl
         fig, panels = _target_panels(history, targets, height=3.8)
         for ax, condition, mine in panels:
             target = targets[condition][0]
-            table = analysis.steps_to_target(mine, target)
+            table = measures.steps_to_target(mine, target)
             end = float(table["censored_at"].max())
             for loss in losses:
                 rows = table[table["loss"] == loss]
@@ -186,7 +186,7 @@ def plot_convergence(history: pd.DataFrame, targets: Sequence[float] = ()) -> Fi
         ax = axes[0, 0]
         # Most of the race happens in the first epoch: steps on a log axis (step 0 left out), accuracy zoomed
         # onto the targets, so that the losses' curves can be told apart.
-        accuracy = analysis.select(history, "val", "accuracy")
+        accuracy = measures.select(history, "val", "accuracy")
         accuracy = accuracy[accuracy["step"] > 0]
         band_lines(ax, accuracy, "step")
         ax.set_xscale("log")
@@ -204,7 +204,7 @@ def plot_convergence(history: pd.DataFrame, targets: Sequence[float] = ()) -> Fi
         ax.set_xlabel("optimizer step (log scale)")
         ax.set_ylabel("validation accuracy (fraction, zoomed)")
         ax = axes[0, 1]
-        band_lines(ax, finite_rows(analysis.select(history, "train", "loss")), "step", log=True)
+        band_lines(ax, finite_rows(measures.select(history, "train", "loss")), "step", log=True)
         plain_log_ticks(ax)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("training loss, batch mean (own units, log scale)")
@@ -224,7 +224,7 @@ def plot_steps_to_target(history: pd.DataFrame, targets: Mapping[str, Sequence[f
             present = analysis.ordered(mine["loss"])  # conditions may train different losses
             width = 0.8 / max(len(present), 1)
             for i, target in enumerate(targets[condition]):
-                table = analysis.steps_to_target(mine, target)
+                table = measures.steps_to_target(mine, target)
                 for j, loss in enumerate(present):
                     rows = table[table["loss"] == loss]
                     x = i - 0.4 + width * (j + 0.5)
@@ -262,7 +262,7 @@ def plot_lr_views(tune: pd.DataFrame, chosen: Mapping[str, Mapping[str, float]],
         if not conditions:
             empty_panel(axes[0], f"no tuned learning rate for {reference}")
         for ax, condition in zip(axes, conditions, strict=False):
-            mine = analysis.select(tune[tune["condition"] == condition], "val", "accuracy")
+            mine = measures.select(tune[tune["condition"] == condition], "val", "accuracy")
             lrs = chosen[condition]
             for loss in losses:
                 for lr, ls in ((lrs.get(loss), "-"), (lrs[reference], "--")):
@@ -324,14 +324,14 @@ def plot_grad_norms(history: pd.DataFrame) -> Figure:
             ax.set_xlabel("optimizer step")
             ax.set_ylabel("L2 norm (log scale)")
         ax = flat[-1]
-        population = analysis.select(history, "test", "logit_grad_median")
+        population = measures.select(history, "test", "logit_grad_median")
         if population.empty:
             empty_panel(ax, "no test-set gradients measured")
         else:
-            quartiles = {q: analysis.select(history, "test", f"logit_grad_{q}").set_index([*analysis.RUN, "step"])
+            quartiles = {q: measures.select(history, "test", f"logit_grad_{q}").set_index([*measures.RUN, "step"])
                          ["value"] for q in ("q25", "q75")}
             for loss in losses:
-                mine = population[population["loss"] == loss].set_index([*analysis.RUN, "step"])["value"]
+                mine = population[population["loss"] == loss].set_index([*measures.RUN, "step"])["value"]
                 if mine.empty:
                     continue
                 by_step = pd.DataFrame({"median": mine, **{q: v.reindex(mine.index) for q, v in quartiles.items()}})
