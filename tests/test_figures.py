@@ -133,7 +133,8 @@ def tune(condition: str = "cond_a", losses=LOSSES) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=tables.HISTORY_COLUMNS)
 
 
-VERDICTS = ("different", "not established", "equivalent", "identical")
+VERDICTS = (analysis.DIFFERENT, analysis.NOT_ESTABLISHED, analysis.EQUIVALENT, analysis.IDENTICAL)
+ESTABLISHED = {analysis.DIFFERENT, analysis.EQUIVALENT, analysis.IDENTICAL}  # drawn filled; NOT_ESTABLISHED hollow
 
 
 def ratios(losses=LOSSES, conditions=("cond_a", "cond_b")) -> pd.DataFrame:
@@ -495,12 +496,14 @@ def test_speed_forest_draws_each_ratio_and_interval_on_a_log_axis_through_1():
         points, = collections_of(ax, loss, PathCollection)  # one artist per loss
         np.testing.assert_allclose(points.get_offsets(), np.c_[rows["ratio"], [head + 1, head + 2]])
         filled = [not same_color(face, "white") for face in points.get_facecolor()]
-        assert filled == [question_figures.VERDICT_MARKERS[v][1] for v in rows["verdict"]]
+        assert filled == [v in ESTABLISHED for v in rows["verdict"]]  # an equivalence is established: filled
         bars, = [c for c in ax.collections if isinstance(c, LineCollection)
                  and same_color(c.get_color()[0], figures.colour(loss))]
         np.testing.assert_allclose([seg[:, 0] for seg in bars.get_segments()], rows[["ci_low", "ci_high"]])
     assert_legend(fig, others)
     assert set(VERDICTS) <= set(legend_labels(fig))
+    faces = {h.get_label(): h.get_markerfacecolor() for h in fig.legends[0].legend_handles if h.get_label() in VERDICTS}
+    assert {v for v, face in faces.items() if not same_color(face, "white")} == ESTABLISHED
 
 
 def test_gradient_answer_draws_the_median_of_wrong_examples_per_decade_and_the_closed_form():

@@ -131,7 +131,7 @@ def _difference(condition: str, loss: str, diff: float, apart: bool) -> dict:
     half = 0.2 * abs(diff) if apart else 2 * abs(diff)
     return {"condition": condition, "loss": loss, "quantity": analysis.steps_quantity(1), "diff": diff,
             "ci_low": diff - half, "ci_high": diff + half, "p_value": 0.001 if apart else 0.5,
-            "p_holm": 0.004 if apart else 1.0, "evidence": analysis.DIFFERENT if apart else analysis.ALIKE, "n": 5}
+            "p_holm": 0.004 if apart else 1.0, "evidence": analysis.DIFFERENT if apart else analysis.EQUIVALENT, "n": 5}
 
 
 @pytest.mark.parametrize("diff, word", [(+100.0, "a lag"), (-100.0, "a lead")])

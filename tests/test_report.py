@@ -336,6 +336,8 @@ def test_colours_and_labels_come_from_the_registry():
         assert figures.colour(loss) == losses.spec(loss).colour and figures.label(loss) == losses.spec(loss).label
     assert figures.colour("retired_loss") == figures.colour("retired_loss")  # a spare, stable colour
     assert figures.colour("retired_loss") not in figures.COLOURS.values()
+    for name in (f"retired_{c}" for c in "abcdef"):  # consecutive character sums: every spare colour in turn
+        assert figures.colour(name) not in figures.COLOURS.values(), name
     assert figures.label("retired_loss") == "retired_loss"
     spec = losses.variant("smoothed_ce", "smoothed_ce_05", eps=0.05, colour="#949494")
     with losses.registered(spec):
@@ -590,9 +592,9 @@ def test_missing_history_names_the_stage(tmp_path: Path):
 
 
 def test_numbers_are_formatted_for_people():
-    row = {"diff": -0.3, "ci_low": -2.4, "ci_high": 1.6, "p_value": 0.6, "n": 5, "evidence": analysis.ALIKE}
+    row = {"diff": -0.3, "ci_low": -2.4, "ci_high": 1.6, "p_value": 0.6, "n": 5, "evidence": analysis.EQUIVALENT}
     assert document.fmt_difference(row, 0, "steps").startswith("+0 steps [-2, +2]")
-    shares = {"diff": 0.6, "ci_low": -0.2, "ci_high": 1.7, "p_value": 0.2, "n": 5, "evidence": analysis.ALIKE}
+    shares = {"diff": 0.6, "ci_low": -0.2, "ci_high": 1.7, "p_value": 0.2, "n": 5, "evidence": analysis.EQUIVALENT}
     assert document.fmt_difference(shares, percent=True).startswith("+60.0 pp [-20.0, +100.0]")
 
 

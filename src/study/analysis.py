@@ -254,9 +254,6 @@ EQUIVALENT = "equivalent"  # within the quantity's declared margin (printed with
 NOT_ESTABLISHED = "not established"  # neither shown
 IDENTICAL = "identical"  # the same value in every seed: no test, and no part in Holm's correction
 EVIDENCE = (DIFFERENT, EQUIVALENT, NOT_ESTABLISHED, IDENTICAL)
-# TODO(issue 26): drop this alias of EQUIVALENT. report.VERDICT_MARKERS keys it after "equivalent", so it draws an
-# equivalence hollow where its comment says filled; fixing that changes the figures, so it waits for a rerun.
-ALIKE = EQUIVALENT
 
 
 def replication(p_value: float, n: int, alpha: float = ALPHA, *, sides: int = 2) -> float:

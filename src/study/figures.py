@@ -28,9 +28,9 @@ from matplotlib.text import Text
 from study import analysis
 from study.losses import COLOURS, LABELS
 
-# Colours of losses in the data but not in the registry (results of a loss since removed): seaborn "colorblind"
-# entries no registered loss uses, chosen from the name (stable).
-_SPARE = ("#949494", "#ece133", "#000000")
+# Colours of losses in the data but not in the registry (results of a loss since removed), chosen from the name
+# (stable): the seaborn "colorblind" entry no registered loss uses, and black.
+_SPARE = ("#949494", "#000000")
 FLOOR = 1e-8  # log axes: values at or below 0 are drawn at this floor (and said so in the axis label)
 MAX_POINTS = 4000  # scatter points drawn per panel (a fixed random subset; statistics use every point)
 DPI = 100

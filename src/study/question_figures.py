@@ -91,13 +91,12 @@ def _ratio_ticks(low: float, high: float) -> list[float]:
 
 
 # Verdict -> (marker, filled): filled markers are established (a difference, or an equivalence within the
-# margin), hollow ones are not; "identical" (the same value in every seed) a filled square.
+# margin), hollow ones are not; IDENTICAL (the same value in every seed) a filled square.
 VERDICT_MARKERS = {
     analysis.DIFFERENT: ("o", True),
-    "equivalent": ("D", True),
-    analysis.ALIKE: ("D", False),
+    analysis.EQUIVALENT: ("D", True),
     analysis.NOT_ESTABLISHED: ("o", False),
-    "identical": ("s", True),
+    analysis.IDENTICAL: ("s", True),
 }
 OTHER_VERDICT = ("^", False)
 
