@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -27,13 +27,20 @@ def fmt(value: float, digits: int = 3) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def fmt_estimate(row: dict | None, digits: int = 3) -> str:
-    """'0.853 [0.849, 0.857]'; '0.853 (1 seed)' without an interval; '–' without a value."""
+def _estimate(row: dict | None, number: Callable[[float], str], low: float = -math.inf, high: float = math.inf
+              ) -> str:
+    """A mean and its t-interval (clipped to [low, high]), each written by ``number``; the mean and its seed count
+    without an interval; '–' without a value."""
     if row is None or not math.isfinite(row["mean"]):
         return "–"
     if not (math.isfinite(row["ci_low"]) and math.isfinite(row["ci_high"])):
-        return f"{row['mean']:.{digits}f} ({int(row['n'])} seed)"
-    return f"{row['mean']:.{digits}f} [{row['ci_low']:.{digits}f}, {row['ci_high']:.{digits}f}]"
+        return f"{number(row['mean'])} ({int(row['n'])} seed)"
+    return f"{number(row['mean'])} [{number(max(row['ci_low'], low))}, {number(min(row['ci_high'], high))}]"
+
+
+def fmt_estimate(row: dict | None, digits: int = 3) -> str:
+    """'0.853 [0.849, 0.857]'; '0.853 (1 seed)' without an interval; '–' without a value."""
+    return _estimate(row, lambda v: f"{v:.{digits}f}")
 
 
 def fmt_p(p: float) -> str:
@@ -81,11 +88,7 @@ def fmt_steps(row: dict | None) -> str:
 
 def fmt_percent(row: dict | None) -> str:
     """A share as '12.5% [10.1%, 14.9%]'; the t-interval is clipped to [0%, 100%]."""
-    if row is None or not math.isfinite(row["mean"]):
-        return "–"
-    if not (math.isfinite(row["ci_low"]) and math.isfinite(row["ci_high"])):
-        return f"{row['mean']:.1%} ({int(row['n'])} seed)"
-    return f"{row['mean']:.1%} [{max(row['ci_low'], 0.0):.1%}, {min(row['ci_high'], 1.0):.1%}]"
+    return _estimate(row, lambda v: f"{v:.1%}", 0.0, 1.0)
 
 
 def slug(text: str) -> str:
