@@ -1,9 +1,9 @@
 """The source text's claims, checked on the study's measurements (published results beside the study's own are
 ``study.published``).
 
-Every check reads the statistics layer (``study.analysis``: its tables, paired comparisons and verdicts) and the
-loss registry (which losses take part in each claim, never a loss's name); nothing here computes a statistic of its
-own beyond counting. ``analysis`` never imports this module.
+Every check reads the statistics layer (``study.analysis``: its paired comparisons and verdicts;
+``study.comparisons``: the tables of each question) and the loss registry (which losses take part in each claim,
+never a loss's name); nothing here computes a statistic of its own beyond counting. Neither imports this module.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Published results beside the study's own: each published number or comparison next to the same metric measured
 here, with a verdict computed from the tables (reproduced, not reproduced, contradicted here, not established here,
-not measured here, or shown beside for scale). Reads the statistics layer (``study.analysis``) and the loss registry
-(which losses take part in each published comparison, never a loss's name).
+not measured here, or shown beside for scale). Reads the statistics layer (``study.analysis``,
+``study.comparisons``) and the loss registry (which losses take part in each published comparison, never a loss's
+name).
 """
 
 from __future__ import annotations
