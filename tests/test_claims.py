@@ -1,12 +1,12 @@
-"""The source text's claims and the published anchors (study.claims), each wording checked on a small fabricated
-frame: the penalty sentence split by label noise, the test-NLL check worded as measured, anchors per condition,
-reasons read from the fitted temperatures, a published point set against the study's interval, and the study's own
-question counted apart from the source's claims."""
+"""The source text's claims (study.claims) and the published anchors (study.published), each wording checked on a
+small fabricated frame: the penalty sentence split by label noise, the test-NLL check worded as measured, anchors per
+condition, reasons read from the fitted temperatures, a published point set against the study's interval, and the
+study's own question counted apart from the source's claims."""
 
 import pandas as pd
 import pytest
 
-from study import analysis, claims, tables, verdicts
+from study import analysis, claims, comparisons, published, tables, verdicts
 
 REF = analysis.REFERENCE
 JITTER = (0.0, 0.002, -0.001, 0.001, -0.002)
@@ -42,7 +42,7 @@ def test_the_penalty_sentence_is_two_claims_with_their_own_verdicts():
     head = headline(per_seed({("clean", REF, "final_accuracy"): 0.85, ("clean", "mse", "final_accuracy"): 0.80,
                               ("noisy", REF, "final_accuracy"): 0.70, ("noisy", "mse", "final_accuracy"): 0.72}))
     # Under noise the reference loses 10 points after its best, mse 2: the penalty fits the flipped labels.
-    drop = analysis.NOISE_DROP
+    drop = comparisons.NOISE_DROP
     noise = {"noisy": per_seed({("noisy", REF, drop): 0.10, ("noisy", "mse", drop): 0.02})}
     clean, noisy = claims.claim_penalty_works(head, noise, bounded=["mse"])
     assert clean["claim_id"] == "penalty_works_clean" and noisy["claim_id"] == "penalty_works_noise"
@@ -106,16 +106,16 @@ def test_comparison_anchors_get_a_row_per_condition():
     head = headline(per_seed(rows))
     setups = {"mnist1d_sgd": setup("mnist1d"), "fashion_heldout": setup(),
               "mnist1d_cnn": setup("mnist1d", kind="cnn1d")}
-    table = claims.anchors(head, pd.DataFrame(columns=tables.HISTORY_COLUMNS), setups)
+    table = published.anchors(head, pd.DataFrame(columns=tables.HISTORY_COLUMNS), setups)
     muller = anchor_rows(table, "label smoothing lowers the calibration error")
     assert len(muller) == 3
-    assert "lower (mnist1d_sgd, Holm p=" in muller.loc[0, "here"] and muller.loc[0, "verdict"] == claims.REPRODUCED
+    assert "lower (mnist1d_sgd, Holm p=" in muller.loc[0, "here"] and muller.loc[0, "verdict"] == published.REPRODUCED
     for i, condition in ((1, "fashion_heldout"), (2, "mnist1d_cnn")):
         assert f"higher ({condition}, Holm p=" in muller.loc[i, "here"]
-        assert muller.loc[i, "verdict"] == claims.CONTRADICTED
+        assert muller.loc[i, "verdict"] == published.CONTRADICTED
     golik = anchor_rows(table, "squared error trains worse than cross-entropy from random initialisation")
     # Equivalent within the margin is 'not reproduced'; neither shown is 'not established here', never 'no difference'.
-    assert list(golik["verdict"]) == [claims.REPRODUCED, claims.NOT_REPRODUCED, claims.UNSETTLED]
+    assert list(golik["verdict"]) == [published.REPRODUCED, published.NOT_REPRODUCED, published.UNSETTLED]
     assert "slower (mnist1d_sgd, Holm p=" in golik.loc[0, "here"]
     assert "equivalent within ±0.1 (fashion_heldout, Holm p=" in golik.loc[1, "here"]
     assert "not established (mnist1d_cnn, Holm p=" in golik.loc[2, "here"]
@@ -123,27 +123,27 @@ def test_comparison_anchors_get_a_row_per_condition():
 
 def test_the_ece_reason_follows_the_fitted_temperatures():
     frame = per_seed({("c", REF, "ece"): 0.05, ("c", "focal", "ece"): 0.08,
-                      ("c", REF, analysis.TEMPERATURE): 1.77, ("c", "focal", analysis.TEMPERATURE): 0.75})
-    table = claims.anchors(headline(frame), pd.DataFrame(columns=tables.HISTORY_COLUMNS), {"c": setup()})
+                      ("c", REF, comparisons.TEMPERATURE): 1.77, ("c", "focal", comparisons.TEMPERATURE): 0.75})
+    table = published.anchors(headline(frame), pd.DataFrame(columns=tables.HISTORY_COLUMNS), {"c": setup()})
     focal = anchor_rows(table, "focal loss lowers the calibration error of cross-entropy").iloc[0]
-    assert focal["verdict"] == claims.CONTRADICTED
+    assert focal["verdict"] == published.CONTRADICTED
     assert focal["why"] == (f"{REF} overconfident, T = 1.77 > 1; focal underconfident, T = 0.75 < 1: focal "
                             "overshoots into underconfidence")
     calm = per_seed({("c", REF, "ece"): 0.05, ("c", "focal", "ece"): 0.08,
-                     ("c", REF, analysis.TEMPERATURE): 0.98, ("c", "focal", analysis.TEMPERATURE): 0.70})
-    why = claims.temperature_reason(headline(calm), "c", "focal")
+                     ("c", REF, comparisons.TEMPERATURE): 0.98, ("c", "focal", comparisons.TEMPERATURE): 0.70})
+    why = published.temperature_reason(headline(calm), "c", "focal")
     assert why.startswith(f"{REF} about calibrated, T = 0.98") and "not overconfident to begin with" in why
-    assert claims.temperature_reason(headline(per_seed({("c", REF, "ece"): 0.05})), "c", "focal") is None
+    assert published.temperature_reason(headline(per_seed({("c", REF, "ece"): 0.05})), "c", "focal") is None
 
 
 @pytest.mark.parametrize("values, verdict, says", [
-    ([0.66, 0.70, 0.67, 0.69, 0.68], claims.REPRODUCED, "the study's 95% interval contains 0.68"),
-    ([0.60, 0.61, 0.62, 0.60, 0.61], claims.NOT_REPRODUCED, "the study's 95% interval lies below 0.68"),
-    ([0.74, 0.75, 0.76, 0.74, 0.75], claims.NOT_REPRODUCED, "the study's 95% interval lies above 0.68"),
+    ([0.66, 0.70, 0.67, 0.69, 0.68], published.REPRODUCED, "the study's 95% interval contains 0.68"),
+    ([0.60, 0.61, 0.62, 0.60, 0.61], published.NOT_REPRODUCED, "the study's 95% interval lies below 0.68"),
+    ([0.74, 0.75, 0.76, 0.74, 0.75], published.NOT_REPRODUCED, "the study's 95% interval lies above 0.68"),
 ])
 def test_about_068_is_a_point_set_against_the_studys_interval(values, verdict, says):
     head = headline(per_seed({("mnist1d_sgd", REF, "final_accuracy"): values}))
-    table = claims.anchors(head, pd.DataFrame(columns=tables.HISTORY_COLUMNS), {"mnist1d_sgd": setup("mnist1d")})
+    table = published.anchors(head, pd.DataFrame(columns=tables.HISTORY_COLUMNS), {"mnist1d_sgd": setup("mnist1d")})
     row = anchor_rows(table, "MNIST-1D MLP test accuracy").iloc[0]
     assert row["verdict"] == verdict and row["why"].startswith(says)
     est = analysis.mean_ci(values)
@@ -152,13 +152,13 @@ def test_about_068_is_a_point_set_against_the_studys_interval(values, verdict, s
 
 def test_a_published_range_is_met_by_the_interval():
     head = headline(per_seed({("fashion_sgd", REF, "final_accuracy"): [0.86, 0.865, 0.862, 0.87, 0.866]}))
-    table = claims.anchors(head, pd.DataFrame(columns=tables.HISTORY_COLUMNS), {"fashion_sgd": setup()})
+    table = published.anchors(head, pd.DataFrame(columns=tables.HISTORY_COLUMNS), {"fashion_sgd": setup()})
     row = anchor_rows(table, "Fashion-MNIST MLP test accuracy").iloc[0]
-    assert row["verdict"] == claims.NOT_REPRODUCED and "lies below the published range" in row["why"]
+    assert row["verdict"] == published.NOT_REPRODUCED and "lies below the published range" in row["why"]
     head = headline(per_seed({("fashion_sgd", REF, "final_accuracy"): [0.86, 0.875, 0.862, 0.88, 0.866]}))
-    row = anchor_rows(claims.anchors(head, pd.DataFrame(columns=tables.HISTORY_COLUMNS), {"fashion_sgd": setup()}),
+    row = anchor_rows(published.anchors(head, pd.DataFrame(columns=tables.HISTORY_COLUMNS), {"fashion_sgd": setup()}),
                       "Fashion-MNIST MLP test accuracy").iloc[0]
-    assert row["verdict"] == claims.REPRODUCED
+    assert row["verdict"] == published.REPRODUCED
 
 
 def test_the_mukhoti_row_shows_ece_before_and_after_scaling_per_condition():
@@ -166,12 +166,13 @@ def test_the_mukhoti_row_shows_ece_before_and_after_scaling_per_condition():
             ((REF, "ece", 0.05), (REF, "ece_ts", 0.012), ("focal", "ece", 0.03), ("focal", "ece_ts", 0.02))
             for seed in range(3)]
     frame = pd.DataFrame(rows, columns=[*analysis.RUN, "quantity", "value"])
-    table = pd.DataFrame(claims._published_values(claims.PUBLISHED_ECE, headline(frame)), columns=claims.ANCHOR_COLUMNS)
-    assert claims.PUBLISHED_ECE in claims.PUBLISHED
+    table = pd.DataFrame(published._published_values(published.PUBLISHED_ECE, headline(frame)),
+                         columns=published.ANCHOR_COLUMNS)
+    assert published.PUBLISHED_ECE in published.PUBLISHED
     here = dict(zip(table["published"], table["here"], strict=True))
     assert here["cross-entropy: 4.35 / 1.35"] == f"{REF}: 5.00 / 1.20 (c)"
     assert here["focal γ = 3: 1.48 / 1.42"] == "focal: 3.00 / 2.00 (c)"
-    assert table.set_index("published").loc["Brier: 1.82 / 1.08", "verdict"] == claims.NOT_MEASURED
+    assert table.set_index("published").loc["Brier: 1.82 / 1.08", "verdict"] == published.NOT_MEASURED
 
 
 # --- the study's own question, counted apart ---------------------------------------------------------------------

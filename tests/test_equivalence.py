@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from study import analysis
+from study import analysis, comparisons
 
 SEEDS = 5
 REF = analysis.REFERENCE
@@ -107,9 +107,9 @@ def test_speed_views_say_whether_the_ordering_holds_in_all_three():
     head = analysis.Headline(per_seed, analysis.summarise(per_seed), analysis.differences(per_seed),
                              pd.DataFrame(), pd.DataFrame(), {"c": (0.5,)})
     lr_file = {"lrs": {REF: 0.1, "mse": 0.1, "smoothed_ce": 0.05}, "unstable": {}, "best_lrs": {"mse": 0.1}}
-    views = analysis.speed_views(head, {"c": tune}, {"c": lr_file})
+    views = comparisons.speed_views(head, {"c": tune}, {"c": lr_file})
     mse = views[views["loss"] == "mse"].set_index("view")
-    assert set(mse.index) == set(analysis.SPEED_VIEWS)
+    assert set(mse.index) == set(comparisons.SPEED_VIEWS)
     assert (mse["direction"] == "slower").all() and mse["agrees"].all() and (mse["best_lr"] == 0.1).all()
     assert mse.loc["tuned", "ratio"] == pytest.approx(1.5, abs=0.02)
     assert mse.loc["envelope", "lr"] == 0.1 and mse.loc["shared", "lr"] == 0.1
@@ -117,6 +117,6 @@ def test_speed_views_say_whether_the_ordering_holds_in_all_three():
     smooth = views[views["loss"] == "smoothed_ce"].set_index("view")
     assert smooth.loc["tuned", "direction"] == "faster" and smooth.loc["shared", "direction"] == "slower"
     assert not smooth["agrees"].any()
-    ratios = analysis.speed_ratios(head)
+    ratios = comparisons.speed_ratios(head)
     assert list(ratios.columns) == ["condition", "loss", "ratio", "ci_low", "ci_high", "n", "verdict"]
     assert (ratios["verdict"] == analysis.DIFFERENT).all()

@@ -81,7 +81,7 @@ def _smoke_sized(params: dict) -> dict:
     """experiments/extended.yaml at the smoke params' scale: the same conditions and losses, 3 seeds, 1 epoch, a
     few hundred examples, two rates; the local executor and no MLflow (each costs seconds per stage). Three seeds,
     not two: with two, a 95% t-interval (t = 12.7) of a test NLL can reach below zero, which the report's log axis
-    (report.plot_headline) fails to draw."""
+    (question_figures.plot_headline) fails to draw."""
     params["study"].update(seeds=[0, 1, 2], executor="local", tracking=False)
     params["probe"]["points"] = 25
     for cond in params["conditions"].values():

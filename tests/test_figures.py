@@ -1,6 +1,7 @@
-"""Each figure of ``study.report``, fed a small synthetic long frame whose values are known, draws those values:
-the y data of its lines and markers, one hue level per loss in the loss's colour, the legend's labels. A run of
-two epochs still gives readable figures: no layout warning, no overlapping tick labels, no legend cut off."""
+"""Each figure of the figure modules (``study.*_figures``), fed a small synthetic long frame whose values are known,
+draws those values: the y data of its lines and markers, one hue level per loss in the loss's colour, the legend's
+labels. A run of two epochs still gives readable figures: no layout warning, no overlapping tick labels, no legend
+cut off."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import itertools
 import warnings
 from collections.abc import Callable
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,7 +17,16 @@ from matplotlib.collections import LineCollection, PathCollection, PolyCollectio
 from matplotlib.colors import same_color, to_hex
 from matplotlib.figure import Figure
 
-from study import analysis, report, tables
+from study import (
+    analysis,
+    comparisons,
+    confidence_figures,
+    figures,
+    measures,
+    question_figures,
+    tables,
+    training_figures,
+)
 from study import losses as registry
 
 LOSSES = ["mse", "sigmoid_bce", "softmax_nll", "smoothed_ce"]
@@ -87,7 +98,7 @@ def heldout_values(i: int) -> list[tuple[str, str, float]]:
 
 
 def wrong_p_true(index: np.ndarray) -> np.ndarray:
-    """0.45 down to 4.5e-9 (below report.FLOOR) by decades: the span of a real run's mistakes."""
+    """0.45 down to 4.5e-9 (below figures.FLOOR) by decades: the span of a real run's mistakes."""
     return 0.45 * 10.0 ** -(index % 9)
 
 
@@ -122,7 +133,8 @@ def tune(condition: str = "cond_a", losses=LOSSES) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=tables.HISTORY_COLUMNS)
 
 
-VERDICTS = ("different", "not established", "equivalent", "identical")
+VERDICTS = (analysis.DIFFERENT, analysis.NOT_ESTABLISHED, analysis.EQUIVALENT, analysis.IDENTICAL)
+ESTABLISHED = {analysis.DIFFERENT, analysis.EQUIVALENT, analysis.IDENTICAL}  # drawn filled; NOT_ESTABLISHED hollow
 
 
 def ratios(losses=LOSSES, conditions=("cond_a", "cond_b")) -> pd.DataFrame:
@@ -152,7 +164,7 @@ def penalty(losses=LOSSES, k: int = 10) -> pd.DataFrame:
 @pytest.fixture(autouse=True)
 def close_figures():
     yield
-    report.plt.close("all")
+    plt.close("all")
 
 
 def legend_labels(fig: Figure) -> list[str]:
@@ -165,12 +177,12 @@ def legend_losses(fig: Figure) -> dict[str, str]:
     legend = fig.legends[0]
     return {text.get_text(): to_hex(handle.get_color()) for text, handle in zip(legend.get_texts(),
                                                                                 legend.legend_handles, strict=True)
-            if text.get_text() in report.LABELS.values()}
+            if text.get_text() in figures.LABELS.values()}
 
 
 def assert_legend(fig: Figure, losses=LOSSES) -> None:
     """One legend entry per loss, with the registry's label and colour."""
-    assert legend_losses(fig) == {report.label(loss): to_hex(report.colour(loss)) for loss in losses}
+    assert legend_losses(fig) == {figures.label(loss): to_hex(figures.colour(loss)) for loss in losses}
 
 
 def pick(frame: pd.DataFrame, **equal) -> pd.DataFrame:
@@ -183,7 +195,7 @@ def pick(frame: pd.DataFrame, **equal) -> pd.DataFrame:
 
 def lines_of(ax, loss: str, *, marker: str | None = None) -> list:
     """The axes' lines in the loss's colour (with ``marker``, only those drawing it)."""
-    return [line for line in ax.get_lines() if same_color(line.get_color(), report.colour(loss))
+    return [line for line in ax.get_lines() if same_color(line.get_color(), figures.colour(loss))
             and (marker is None or line.get_marker() == marker)]
 
 
@@ -209,12 +221,12 @@ def means(frame: pd.DataFrame, by: list[str]) -> pd.Series:
 
 def test_headline_draws_each_losss_mean_and_t_interval_per_condition():
     frame = pd.concat([history("cond_a"), history("cond_b", LOSSES[:3])], ignore_index=True)
-    fig = report.plot_headline(frame)
+    fig = question_figures.plot_headline(frame)
     assert_legend(fig)
     for ax, (split, metric) in zip(fig.axes[:3], (("test", "accuracy"), ("test", "nll"), ("test", "ece")),
                                    strict=True):
         assert [t.get_text() for t in ax.get_xticklabels()] == ["cond\na", "cond\nb"]
-        last = analysis.select(frame, split, metric)
+        last = measures.select(frame, split, metric)
         last = last[last["step"] == 20]
         for loss in LOSSES:
             line = one_line(ax, loss, marker="o")
@@ -232,23 +244,23 @@ def test_headline_draws_each_losss_mean_and_t_interval_per_condition():
 
 def test_convergence_draws_the_mean_over_seeds_with_its_t_band():
     frame = history()
-    fig = report.plot_convergence(frame, TARGETS)
+    fig = training_figures.plot_convergence(frame, TARGETS)
     accuracy, train_loss = fig.axes[:2]
     assert_legend(fig)
-    val = analysis.select(frame, "val", "accuracy")
+    val = measures.select(frame, "val", "accuracy")
     for loss in LOSSES:
         line = one_line(accuracy, loss)
         xy = line.get_xydata()
         np.testing.assert_array_equal(xy[:, 0], [5, 10, 15, 20])  # step 0 left off the log axis
         np.testing.assert_allclose(xy[:, 1], [base(loss, s) for s in (5, 10, 15, 20)], atol=1e-12)
-        band = bands(accuracy)[to_hex(report.colour(loss))]
+        band = bands(accuracy)[to_hex(figures.colour(loss))]
         ys = np.concatenate([p.vertices[:, 1] for p in band.get_paths()])
         est = analysis.mean_ci(pick(val, loss=loss, step=20)["value"])
         assert ys.max() == pytest.approx(max(analysis.mean_ci(pick(val, loss=loss, step=s)["value"])
                                              .ci_high for s in (5, 10, 15, 20)))
         assert np.isclose(ys, est.ci_low).any()
         curve = one_line(train_loss, loss).get_xydata()
-        want = means(pick(analysis.select(frame, "train", "loss"), loss=loss), ["step"])
+        want = means(pick(measures.select(frame, "train", "loss"), loss=loss), ["step"])
         np.testing.assert_allclose(curve[:, 1], want.to_numpy(), rtol=1e-12)
     assert train_loss.get_yscale() == "log"
 
@@ -259,7 +271,7 @@ def test_convergence_keeps_a_collapsed_losss_final_value_on_the_chart():
     frame = history(collapse="sigmoid_bce")
     others = frame["metric"].eq("accuracy") & frame["loss"].ne("sigmoid_bce") & frame["step"].eq(20)
     frame.loc[others, "value"] = 0.9 + frame.loc[others, "seed"].map(SHIFT)
-    fig = report.plot_convergence(frame, (0.85, 0.88))
+    fig = training_figures.plot_convergence(frame, (0.85, 0.88))
     ax = fig.axes[0]
     low, high = ax.get_ylim()
     for loss in LOSSES:
@@ -279,7 +291,7 @@ def test_convergence_keeps_a_collapse_it_recovers_from_on_the_chart():
     for step, value in ((5, 0.6), (10, 0.15), (15, 0.7)):
         rows = accuracy & frame["loss"].eq("mse") & frame["step"].eq(step)
         frame.loc[rows, "value"] = value + frame.loc[rows, "seed"].map(SHIFT)
-    fig = report.plot_convergence(frame, (0.85, 0.88))
+    fig = training_figures.plot_convergence(frame, (0.85, 0.88))
     low, high = fig.axes[0].get_ylim()
     mse = one_line(fig.axes[0], "mse").get_ydata()
     np.testing.assert_allclose(mse, [0.6, 0.15, 0.7, 0.9], atol=1e-12)
@@ -290,21 +302,22 @@ def test_convergence_keeps_a_collapse_it_recovers_from_on_the_chart():
 def test_steps_to_target_draws_each_seeds_crossing_and_the_median():
     frame = history()
     targets = (0.35, 0.5)  # mse reaches the first late and never the second
-    fig = report.plot_steps_to_target(frame, {"cond_a": targets})
+    fig = training_figures.plot_steps_to_target(frame, {"cond_a": targets})
     ax = fig.axes[0]
     assert_legend(fig)
     tables_ = [analysis.steps_to_target(frame, target) for target in targets]
     for loss in LOSSES:
         rows = pd.concat([pick(table, loss=loss) for table in tables_])
         drawn = [c for c in ax.collections if isinstance(c, PathCollection) and len(c.get_offsets())]
-        reached = [c for c in drawn if len(c.get_facecolor()) and same_color(c.get_facecolor()[0], report.colour(loss))]
+        reached = [c for c in drawn
+                   if len(c.get_facecolor()) and same_color(c.get_facecolor()[0], figures.colour(loss))]
         never = [c for c in drawn if not len(c.get_facecolor()) or not c.get_facecolor()[0][3]]
-        never = [c for c in never if same_color(c.get_edgecolor()[0], report.colour(loss))]
+        never = [c for c in never if same_color(c.get_edgecolor()[0], figures.colour(loss))]
         steps = np.sort(np.concatenate([np.asarray(c.get_offsets())[:, 1] for c in reached]))
         np.testing.assert_allclose(steps, np.sort(rows.loc[rows["reached"], "step"].to_numpy(dtype=float)))
         assert sum(len(c.get_offsets()) for c in never) == (~rows["reached"]).sum()
         medians = [c for c in ax.collections if not isinstance(c, PathCollection)
-                   and same_color(c.get_color()[0], report.colour(loss))]
+                   and same_color(c.get_color()[0], figures.colour(loss))]
         drawn_medians = sorted(float(seg[0, 1]) for c in medians for seg in c.get_segments())
         want = sorted(analysis.censored_median(pick(table, loss=loss)["step"]) for table in tables_)
         np.testing.assert_allclose(drawn_medians, [m for m in want if np.isfinite(m)])
@@ -312,7 +325,7 @@ def test_steps_to_target_draws_each_seeds_crossing_and_the_median():
 
 def test_time_to_target_ends_at_the_share_of_seeds_that_reached_it():
     frame = history()
-    fig = report.plot_time_to_target(frame, {"cond_a": (0.5,)})
+    fig = training_figures.plot_time_to_target(frame, {"cond_a": (0.5,)})
     ax = fig.axes[0]
     table = analysis.steps_to_target(frame, 0.5)
     for loss in LOSSES:
@@ -324,7 +337,7 @@ def test_time_to_target_ends_at_the_share_of_seeds_that_reached_it():
 def test_tuning_draws_the_mean_final_accuracy_per_rate_and_the_chosen_rate():
     frame = tune()
     chosen = {"cond_a": dict.fromkeys(LOSSES, 0.1)}
-    fig = report.plot_tuning(frame, chosen, {"cond_a": (0.3,)})
+    fig = training_figures.plot_tuning(frame, chosen, {"cond_a": (0.3,)})
     ax = fig.axes[0]
     for loss in LOSSES:
         line = one_line(ax, loss)
@@ -336,7 +349,7 @@ def test_tuning_draws_the_mean_final_accuracy_per_rate_and_the_chosen_rate():
 
 def test_lr_views_draws_each_loss_at_its_own_rate():
     frame = tune()
-    fig = report.plot_lr_views(frame, {"cond_a": {**dict.fromkeys(LOSSES, 0.1), "mse": 1.0}})
+    fig = training_figures.plot_lr_views(frame, {"cond_a": {**dict.fromkeys(LOSSES, 0.1), "mse": 1.0}})
     ax = fig.axes[0]
     for loss in LOSSES:
         lr = 1.0 if loss == "mse" else 0.1
@@ -349,10 +362,10 @@ def test_lr_views_draws_each_loss_at_its_own_rate():
 
 def test_grad_norms_draw_the_median_over_seeds():
     frame = history()
-    fig = report.plot_grad_norms(frame)
+    fig = training_figures.plot_grad_norms(frame)
     for loss in LOSSES:
         line = one_line(fig.axes[0], loss)
-        want = pick(analysis.select(frame, "train", "grad_norm"), loss=loss).groupby("step")["value"].median()
+        want = pick(measures.select(frame, "train", "grad_norm"), loss=loss).groupby("step")["value"].median()
         np.testing.assert_allclose(line.get_ydata(), want.to_numpy(), rtol=1e-12)
         np.testing.assert_allclose(one_line(fig.axes[-1], loss).get_ydata(), 0.1 * (INDEX[loss] + 1))
     assert_legend(fig)
@@ -360,11 +373,11 @@ def test_grad_norms_draw_the_median_over_seeds():
 
 def test_logit_grad_gives_each_loss_its_panel_and_points():
     frame = examples()
-    fig = report.plot_logit_grad(frame, penalty())
+    fig = confidence_figures.plot_logit_grad(frame, penalty())
     panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
-    assert [ax.get_title() for ax in panels] == [report.label(loss) for loss in LOSSES]
+    assert [ax.get_title() for ax in panels] == [figures.label(loss) for loss in LOSSES]
     for ax, loss in zip(panels, LOSSES, strict=True):
-        assert same_color(ax.title.get_color(), report.colour(loss))
+        assert same_color(ax.title.get_color(), figures.colour(loss))
         scattered = sum(len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection))
         assert scattered == len(SEEDS) * 40  # every probe example of every seed
         closed = [line for line in ax.get_lines() if line.get_linestyle() == "--"][0]
@@ -375,36 +388,36 @@ def test_penalty_draws_the_closed_form_on_log_axes():
     """Every loss visible: log y on both panels (on a linear axis logit_mse's parabola, up to 145, flattened the
     others), zero drawn at the floor."""
     table = penalty()
-    fig = report.plot_penalty(table)
+    fig = confidence_figures.plot_penalty(table)
     for loss in LOSSES:
         line = one_line(fig.axes[0], loss)
         rows = table.loc[table["loss"] == loss]
         np.testing.assert_allclose(line.get_xdata(), rows["margin"])
-        np.testing.assert_allclose(line.get_ydata(), np.clip(rows["loss_value"], report.FLOOR, None))
+        np.testing.assert_allclose(line.get_ydata(), np.clip(rows["loss_value"], figures.FLOOR, None))
     assert [ax.get_yscale() for ax in fig.axes[:2]] == ["log", "log"]
     assert_legend(fig)
 
 
 def test_wrong_confidence_draws_the_ecdf_of_the_wrong_examples():
     frame = pd.concat([examples("cond_a"), examples("cond_b", LOSSES[:2])], ignore_index=True)
-    fig = report.plot_wrong_confidence(frame)
+    fig = confidence_figures.plot_wrong_confidence(frame)
     for ax, present in zip(fig.axes[:2], (LOSSES, LOSSES[:2]), strict=True):
         assert len(ax.get_lines()) == len(present) + 1  # an ECDF per loss and the dotted threshold
         for loss in present:
             xy = one_line(ax, loss).get_xydata()
-            wrong = np.clip(wrong_p_true(np.arange((INDEX[loss] + 1) * 4)), report.FLOOR, 1)
+            wrong = np.clip(wrong_p_true(np.arange((INDEX[loss] + 1) * 4)), figures.FLOOR, 1)
             assert xy[-1, 1] == pytest.approx(1.0)
             np.testing.assert_allclose(np.unique(xy[xy[:, 0] > 0, 0]), np.unique(wrong), rtol=1e-6)  # starts at 0
     assert_legend(fig)
 
 
 def test_reliability_draws_the_accuracy_of_each_bin():
-    fig = report.plot_reliability(examples("cond_a"), bins=10)
+    fig = confidence_figures.plot_reliability(examples("cond_a"), bins=10)
     panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
     for ax, loss in zip(panels, LOSSES, strict=True):
         heights = {round(p.get_x(), 6): p.get_height() for p in ax.patches}
         assert heights == {0.5: 0.0, 0.9: 1.0}  # wrong ones at confidence 0.6, right ones at 0.95
-        assert all(same_color(p.get_facecolor()[:3], report.colour(loss)) for p in ax.patches)
+        assert all(same_color(p.get_facecolor()[:3], figures.colour(loss)) for p in ax.patches)
         wrong = (INDEX[loss] + 1) * 4  # of 40: |0 - 0.6| in the lower bin, |1 - 0.95| in the upper one
         assert f"ECE (pooled) = {(0.6 * wrong + 0.05 * (40 - wrong)) / 40:.3f}" in ax.get_title()
     assert_legend(fig)
@@ -412,9 +425,9 @@ def test_reliability_draws_the_accuracy_of_each_bin():
 
 def test_label_noise_draws_selected_and_final_accuracy_and_the_flipped_shares():
     frame = history(noise=True)
-    fig = report.plot_label_noise(frame)
+    fig = confidence_figures.plot_label_noise(frame)
     points, memorised, recovered = fig.axes[:3]
-    per_seed = analysis.label_noise(frame)
+    per_seed = comparisons.label_noise(frame)
     assert [t.get_text() for t in points.get_xticklabels()] == [loss.replace("_", "\n") for loss in LOSSES]
     for j, loss in enumerate(LOSSES):
         filled, hollow = one_line(points, loss, marker="o"), one_line(points, loss, marker="s")
@@ -422,10 +435,10 @@ def test_label_noise_draws_selected_and_final_accuracy_and_the_flipped_shares():
             want = pick(per_seed, loss=loss, quantity=quantity)["value"].mean()
             np.testing.assert_allclose(line.get_ydata(), [want], rtol=1e-12)
         assert filled.get_xdata()[0] < j < hollow.get_xdata()[0]  # dodged around the loss's category
-        assert same_color(filled.get_markerfacecolor(), report.colour(loss))
+        assert same_color(filled.get_markerfacecolor(), figures.colour(loss))
         assert same_color(hollow.get_markerfacecolor(), "white")
         for ax, metric in ((memorised, "memorised"), (recovered, "recovered")):
-            want = means(pick(analysis.select(frame, "train_flipped", metric), loss=loss), ["step"])
+            want = means(pick(measures.select(frame, "train_flipped", metric), loss=loss), ["step"])
             np.testing.assert_allclose(one_line(ax, loss).get_ydata(), want.to_numpy(), atol=1e-12)
     assert_legend(fig)
     assert {"at the best validation accuracy", "final"} <= set(legend_labels(fig))
@@ -433,9 +446,9 @@ def test_label_noise_draws_selected_and_final_accuracy_and_the_flipped_shares():
 
 def test_heldout_draws_the_mean_and_every_seed_with_the_losss_own_score_filled():
     frame = history(heldout=True)
-    fig = report.plot_heldout(frame)
-    per_seed = analysis.heldout_per_seed(frame)
-    for ax, panel in zip(fig.axes[:2], report.HELDOUT_PANELS, strict=True):
+    fig = confidence_figures.plot_heldout(frame)
+    per_seed = comparisons.heldout_per_seed(frame)
+    for ax, panel in zip(fig.axes[:2], confidence_figures.HELDOUT_PANELS, strict=True):
         assert [t.get_text() for t in ax.get_xticklabels()] == LOSSES
         for loss in LOSSES:
             for quantity, marker, _ in panel:
@@ -447,9 +460,9 @@ def test_heldout_draws_the_mean_and_every_seed_with_the_losss_own_score_filled()
                 np.testing.assert_allclose(np.sort(np.asarray(dots[0].get_offsets())[:, 1]), np.sort(values))
         assert len(ax.get_lines()) >= 2 * len(LOSSES)
     left = fig.axes[0]
-    assert same_color(one_line(left, "sigmoid_bce", marker="s").get_markerfacecolor(), report.colour("sigmoid_bce"))
+    assert same_color(one_line(left, "sigmoid_bce", marker="s").get_markerfacecolor(), figures.colour("sigmoid_bce"))
     assert same_color(one_line(left, "sigmoid_bce", marker="o").get_markerfacecolor(), "white")
-    assert same_color(one_line(left, "mse", marker="o").get_markerfacecolor(), report.colour("mse"))
+    assert same_color(one_line(left, "mse", marker="o").get_markerfacecolor(), figures.colour("mse"))
     assert_legend(fig)
 
 
@@ -460,12 +473,12 @@ def test_heldout_draws_the_mean_and_every_seed_with_the_losss_own_score_filled()
 def collections_of(ax, loss: str, kind) -> list:
     """The axes' collections of ``kind`` drawn in the loss's colour (edge colour: hollow markers have no face)."""
     return [c for c in ax.collections if isinstance(c, kind) and len(c.get_edgecolor())
-            and same_color(c.get_edgecolor()[0][:3], report.colour(loss))]
+            and same_color(c.get_edgecolor()[0][:3], figures.colour(loss))]
 
 
 def test_speed_forest_draws_each_ratio_and_interval_on_a_log_axis_through_1():
     table = ratios()
-    fig = report.plot_speed_forest(table)
+    fig = question_figures.plot_speed_forest(table)
     ax = fig.axes[0]
     assert ax.get_xscale() == "log"
     low, high = ax.get_xlim()
@@ -473,27 +486,29 @@ def test_speed_forest_draws_each_ratio_and_interval_on_a_log_axis_through_1():
     assert any(np.allclose(line.get_xdata(), 1.0) for line in ax.get_lines())  # the vertical line at 1
     assert {t.get_text() for t in ax.get_xticklabels()} >= {"0.5", "1", "2"}  # plain numbers, not 10^0
     labels = [t.get_text() for t in ax.get_yticklabels()]
-    assert report.label(analysis.REFERENCE) not in labels
+    assert figures.label(analysis.REFERENCE) not in labels
     others = [loss for loss in LOSSES if loss != analysis.REFERENCE]
     for loss in others:
         rows = table[table["loss"] == loss]
-        head = labels.index(report.label(loss))  # the loss's header row, its conditions below it
-        assert same_color(ax.get_yticklabels()[head].get_color(), report.colour(loss))
+        head = labels.index(figures.label(loss))  # the loss's header row, its conditions below it
+        assert same_color(ax.get_yticklabels()[head].get_color(), figures.colour(loss))
         assert labels[head + 1:head + 3] == [f"{c}  (n=5)" for c in rows["condition"]]
         points, = collections_of(ax, loss, PathCollection)  # one artist per loss
         np.testing.assert_allclose(points.get_offsets(), np.c_[rows["ratio"], [head + 1, head + 2]])
         filled = [not same_color(face, "white") for face in points.get_facecolor()]
-        assert filled == [report.VERDICT_MARKERS[v][1] for v in rows["verdict"]]
+        assert filled == [v in ESTABLISHED for v in rows["verdict"]]  # an equivalence is established: filled
         bars, = [c for c in ax.collections if isinstance(c, LineCollection)
-                 and same_color(c.get_color()[0], report.colour(loss))]
+                 and same_color(c.get_color()[0], figures.colour(loss))]
         np.testing.assert_allclose([seg[:, 0] for seg in bars.get_segments()], rows[["ci_low", "ci_high"]])
     assert_legend(fig, others)
     assert set(VERDICTS) <= set(legend_labels(fig))
+    faces = {h.get_label(): h.get_markerfacecolor() for h in fig.legends[0].legend_handles if h.get_label() in VERDICTS}
+    assert {v for v, face in faces.items() if not same_color(face, "white")} == ESTABLISHED
 
 
 def test_gradient_answer_draws_the_median_of_wrong_examples_per_decade_and_the_closed_form():
     frame = pd.concat([examples("cond_a"), examples("cond_b")], ignore_index=True)  # pooled over conditions
-    fig = report.plot_gradient_answer(frame, penalty())
+    fig = question_figures.plot_gradient_answer(frame, penalty())
     ax = fig.axes[0]
     assert ax.get_xscale() == ax.get_yscale() == "log"
     for loss in LOSSES:
@@ -511,14 +526,14 @@ def test_gradient_answer_draws_the_median_of_wrong_examples_per_decade_and_the_c
 def test_gradient_answer_leaves_out_thin_bins():
     frame = examples("cond_a", ["mse"])  # four wrong examples in four decades, three seeds: three per bin
     for min_count, drawn in ((3, 4), (4, 0)):
-        fig = report.plot_gradient_answer(frame, None, min_count=min_count)
+        fig = question_figures.plot_gradient_answer(frame, None, min_count=min_count)
         assert sum(len(c.get_offsets()) for c in collections_of(fig.axes[0], "mse", PathCollection)) == drawn
 
 
 def test_penalty_answer_draws_each_conditions_mean_share_per_loss():
     noisy = history("cond_noise", noise=True, confident=True)
     frame = pd.concat([history("cond_a", confident=True), noisy], ignore_index=True)
-    fig = report.plot_penalty_answer(frame)
+    fig = question_figures.plot_penalty_answer(frame)
     corrected, memorised, carried = fig.axes[:3]
     assert [t.get_text() for t in corrected.get_yticklabels()] == LOSSES
     for loss in LOSSES:
@@ -527,7 +542,7 @@ def test_penalty_answer_draws_each_conditions_mean_share_per_loss():
         for ax, key in ((corrected, ("train_subset", "confident_wrong_corrected")),
                         (carried, ("test", "confident_wrong_loss_share"))):
             points, = collections_of(ax, loss, PathCollection)  # one artist per loss
-            assert all(same_color(face[:3], report.colour(loss)) for face in points.get_facecolor())
+            assert all(same_color(face[:3], figures.colour(loss)) for face in points.get_facecolor())
             np.testing.assert_allclose(np.asarray(points.get_offsets())[:, 0], [want["cond_a"][key],
                                                                                 want["cond_noise"][key]])
         points, = collections_of(memorised, loss, PathCollection)  # the noise condition only, last evaluation
@@ -543,7 +558,8 @@ def test_penalty_answer_draws_each_conditions_mean_share_per_loss():
 CONDITIONS = ("fashion_sgd", "fashion_adam", "fashion_noise40", "mnist1d_sgd", "fashion_heldout", "mnist1d_cnn")
 
 
-PLOTS = sorted(name for name in dir(report) if name.startswith("plot_"))  # every figure function of the report
+FIGURE_MODULES = (question_figures, training_figures, confidence_figures)
+PLOTS = sorted(name for module in FIGURE_MODULES for name in dir(module) if name.startswith("plot_"))  # every figure
 
 
 def figure_builders(losses=LOSSES) -> dict[str, Callable[[], Figure]]:
@@ -557,22 +573,23 @@ def figure_builders(losses=LOSSES) -> dict[str, Callable[[], Figure]]:
     tuned = pd.concat([tune(c, losses) for c in CONDITIONS], ignore_index=True)
     chosen = {c: dict.fromkeys(losses, 0.1) for c in CONDITIONS}
     return {
-        "plot_headline": lambda: report.plot_headline(frame),
-        "plot_speed_forest": lambda: report.plot_speed_forest(ratios(losses, CONDITIONS)),
-        "plot_gradient_answer": lambda: report.plot_gradient_answer(ex, penalty(losses)),
-        "plot_penalty_answer": lambda: report.plot_penalty_answer(frame),
-        "plot_tuning": lambda: report.plot_tuning(tuned, chosen, targets),
-        "plot_lr_views": lambda: report.plot_lr_views(tuned, chosen),
-        "plot_steps_to_target": lambda: report.plot_steps_to_target(frame, targets),
-        "plot_time_to_target": lambda: report.plot_time_to_target(frame, targets),
-        "plot_convergence": lambda: report.plot_convergence(one, TARGETS),
-        "plot_grad_norms": lambda: report.plot_grad_norms(one),
-        "plot_logit_grad": lambda: report.plot_logit_grad(ex[ex["condition"] == "mnist1d_sgd"], penalty(losses)),
-        "plot_penalty": lambda: report.plot_penalty(penalty(losses)),
-        "plot_wrong_confidence": lambda: report.plot_wrong_confidence(ex),
-        "plot_reliability": lambda: report.plot_reliability(ex[ex["condition"] == "mnist1d_sgd"]),
-        "plot_label_noise": lambda: report.plot_label_noise(frame[frame["condition"] == "fashion_noise40"]),
-        "plot_heldout": lambda: report.plot_heldout(frame[frame["condition"] == "fashion_heldout"]),
+        "plot_headline": lambda: question_figures.plot_headline(frame),
+        "plot_speed_forest": lambda: question_figures.plot_speed_forest(ratios(losses, CONDITIONS)),
+        "plot_gradient_answer": lambda: question_figures.plot_gradient_answer(ex, penalty(losses)),
+        "plot_penalty_answer": lambda: question_figures.plot_penalty_answer(frame),
+        "plot_tuning": lambda: training_figures.plot_tuning(tuned, chosen, targets),
+        "plot_lr_views": lambda: training_figures.plot_lr_views(tuned, chosen),
+        "plot_steps_to_target": lambda: training_figures.plot_steps_to_target(frame, targets),
+        "plot_time_to_target": lambda: training_figures.plot_time_to_target(frame, targets),
+        "plot_convergence": lambda: training_figures.plot_convergence(one, TARGETS),
+        "plot_grad_norms": lambda: training_figures.plot_grad_norms(one),
+        "plot_logit_grad": lambda: confidence_figures.plot_logit_grad(ex[ex["condition"] == "mnist1d_sgd"],
+                                                                      penalty(losses)),
+        "plot_penalty": lambda: confidence_figures.plot_penalty(penalty(losses)),
+        "plot_wrong_confidence": lambda: confidence_figures.plot_wrong_confidence(ex),
+        "plot_reliability": lambda: confidence_figures.plot_reliability(ex[ex["condition"] == "mnist1d_sgd"]),
+        "plot_label_noise": lambda: confidence_figures.plot_label_noise(frame[frame["condition"] == "fashion_noise40"]),
+        "plot_heldout": lambda: confidence_figures.plot_heldout(frame[frame["condition"] == "fashion_heldout"]),
     }
 
 
@@ -633,20 +650,20 @@ def test_no_text_is_smaller_than_8_px_where_the_page_shows_the_figure(name):
     if build is None:
         pytest.fail(f"{name}: add it to figure_builders")
     fig = build()
-    assert report.min_text_px(fig) >= 8, (name, fig.get_figwidth(), report.min_text_px(fig))
+    assert figures.min_text_px(fig) >= 8, (name, fig.get_figwidth(), figures.min_text_px(fig))
 
 
 def test_min_text_px_is_the_smallest_visible_text_scaled_to_the_page():
-    fig, ax = report.plt.subplots(figsize=(20, 4))  # 2,000 px at report.DPI: shown at half size
+    fig, ax = plt.subplots(figsize=(20, 4))  # 2,000 px at figures.DPI: shown at half size
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title("title", fontsize=20)
     ax.text(0.5, 0.5, "small", fontsize=10)
     ax.text(0.5, 0.2, "", fontsize=2)  # empty: not text a reader sees
     ax.text(0.5, 0.1, "hidden", fontsize=3, visible=False)
-    assert report.min_text_px(fig) == pytest.approx(10 * report.DPI / 72 * report.DISPLAY_WIDTH / 2000)
-    assert report.min_text_px(fig, display_width=4000) == pytest.approx(10 * report.DPI / 72)
+    assert figures.min_text_px(fig) == pytest.approx(10 * figures.DPI / 72 * figures.DISPLAY_WIDTH / 2000)
+    assert figures.min_text_px(fig, display_width=4000) == pytest.approx(10 * figures.DPI / 72)
     hidden = fig.add_axes((0, 0, 0.1, 0.1))
     hidden.set_title("tiny", fontsize=1)
     hidden.set_visible(False)  # an invisible axes hides its texts
-    assert report.min_text_px(fig) == pytest.approx(10 * report.DPI / 72 * report.DISPLAY_WIDTH / 2000)
+    assert figures.min_text_px(fig) == pytest.approx(10 * figures.DPI / 72 * figures.DISPLAY_WIDTH / 2000)

@@ -3,11 +3,12 @@ the paired comparison with the reference, the claim's verdict, the sentences and
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 
-from study import analysis, claims, document, report, tables
+from study import analysis, claims, comparisons, confidence_figures, document, tables
 from study.records import Record
 
 CONDITION = "held"
@@ -22,7 +23,7 @@ def fabricate(values: dict[str, dict[str, float]]) -> pd.DataFrame:
     records = []
     for loss, quantities in values.items():
         for seed, jitter in zip(SEEDS, JITTER):
-            for quantity, (split, metric) in analysis.HELDOUT.items():
+            for quantity, (split, metric) in comparisons.HELDOUT.items():
                 records.append(Record(loss, 0.1, seed, 0.5, 50, split, metric, 0.5))
                 records.append(Record(loss, 0.1, seed, 1.0, LAST, split, metric, quantities[quantity] + jitter))
             records.append(Record(loss, 0.1, seed, 1.0, LAST, "test", "accuracy", 0.8))
@@ -41,11 +42,11 @@ SIGMOID_WORSE = {"softmax_nll": scores(0.85, 0.78, 0.10, 0.05), "sigmoid_bce": s
 
 
 def test_each_loss_is_judged_by_its_own_score():
-    per_seed = analysis.heldout_per_seed(fabricate(SIGMOID_BETTER))
+    per_seed = comparisons.heldout_per_seed(fabricate(SIGMOID_BETTER))
     natural = per_seed[per_seed["quantity"] == "auroc_natural"].groupby("loss")["value"].mean()
     assert natural["sigmoid_bce"] == pytest.approx(0.90)  # max sigmoid
     assert natural["softmax_nll"] == pytest.approx(0.80) and natural["mse"] == pytest.approx(0.83)  # max softmax
-    assert analysis.heldout_per_seed(fabricate(SIGMOID_BETTER).query("split != 'heldout'")).query(
+    assert comparisons.heldout_per_seed(fabricate(SIGMOID_BETTER).query("split != 'heldout'")).query(
         "quantity == 'auroc_natural'").empty
 
 
@@ -54,7 +55,7 @@ def test_each_loss_is_judged_by_its_own_score():
     (SIGMOID_WORSE, "does not hold here", 0, 1),  # worse separation; "none" equally often: no difference
 ])
 def test_the_claim_follows_the_measurements(values, verdict, supports, contradicts):
-    row = claims.claim_none_of_the_above(analysis.heldout_per_seed(fabricate(values)))
+    row = claims.claim_none_of_the_above(comparisons.heldout_per_seed(fabricate(values)))
     assert row["verdict"] == verdict
     assert row["value"] == f"{supports} support, {contradicts} contradict, of 2"
     sig, ref = values["sigmoid_bce"]["auroc_max_sigmoid"], values["softmax_nll"]["auroc_max_softmax"]
@@ -64,19 +65,19 @@ def test_the_claim_follows_the_measurements(values, verdict, supports, contradic
 
 def test_without_held_out_classes_the_claim_is_not_measured():
     history = fabricate(SIGMOID_BETTER)
-    row = claims.claim_none_of_the_above(analysis.heldout_per_seed(history[history["split"] != "heldout"]))
+    row = claims.claim_none_of_the_above(comparisons.heldout_per_seed(history[history["split"] != "heldout"]))
     assert row["verdict"] == "not measured" and row["figure"] == ""
 
 
 def test_the_sentences_say_what_the_numbers_say():
     text = " ".join(document.render_bullets(document.heldout_findings(
-        analysis.heldout_per_seed(fabricate(SIGMOID_BETTER)), CONDITION)))
+        comparisons.heldout_per_seed(fabricate(SIGMOID_BETTER)), CONDITION)))
     assert "sigmoid_bce by its own score (max sigmoid)" in text and "Δ +0.100" in text
     assert "better than softmax_nll" in text
     assert "mse by its own score (max softmax)" in text and "Δ +0.030" in text
     assert "answers 'none' to 40.0%" in text and "more often for the unseen classes" in text
     worse = " ".join(document.render_bullets(document.heldout_findings(
-        analysis.heldout_per_seed(fabricate(SIGMOID_WORSE)), CONDITION)))
+        comparisons.heldout_per_seed(fabricate(SIGMOID_WORSE)), CONDITION)))
     assert "worse than softmax_nll" in worse and "Δ -0.150" in worse
     assert "mse by its own score (max softmax)" in worse and "Δ +0.000" in worse
     assert "identical to softmax_nll's in every one of 5 seeds" in worse  # mse: the same AUROC on every seed
@@ -86,17 +87,17 @@ def test_the_sentences_say_what_the_numbers_say():
 
 
 def test_the_figure_draws_the_means_of_the_table():
-    fig = report.plot_heldout(fabricate(SIGMOID_BETTER))
+    fig = confidence_figures.plot_heldout(fabricate(SIGMOID_BETTER))
     try:
         left, right = fig.axes[:2]
         losses = analysis.ordered(SIGMOID_BETTER)
-        for ax, panel in ((left, report.HELDOUT_PANELS[0]), (right, report.HELDOUT_PANELS[1])):
+        for ax, panel in ((left, confidence_figures.HELDOUT_PANELS[0]), (right, confidence_figures.HELDOUT_PANELS[1])):
             drawn = sorted(float(line.get_ydata()[0]) for line in ax.lines if line.get_marker() in ("o", "s"))
             want = sorted(SIGMOID_BETTER[loss][q] + np.mean(JITTER) for loss in losses for q, _, _ in panel)
             np.testing.assert_allclose(drawn, want, atol=1e-9)
         assert [t.get_text() for t in left.get_xticklabels()] == losses
     finally:
-        report.plt.close(fig)
+        plt.close(fig)
 
 
 def test_fragile_rate_choices_are_named():
@@ -116,7 +117,8 @@ def test_a_difference_that_does_not_survive_holm_is_not_called_better():
             rows.append({"condition": CONDITION, "loss": loss, "lr": 0.1, "seed": seed, "quantity": "auroc_natural",
                          "value": value})
     per_seed = pd.DataFrame(rows)
-    d = analysis.heldout_difference(per_seed, CONDITION, ("focal", "auroc_natural"), ("softmax_nll", "auroc_natural"))
+    d = comparisons.heldout_difference(per_seed, CONDITION, ("focal", "auroc_natural"),
+                                       ("softmax_nll", "auroc_natural"))
     assert d.p_value == pytest.approx(0.047, abs=0.002) and d.within_noise is False
     text = " ".join(document.render_bullets(document.heldout_findings(per_seed, CONDITION)))
     focal = next(sentence for sentence in text.split(". ") if sentence.startswith("focal"))
@@ -129,7 +131,7 @@ def _difference(condition: str, loss: str, diff: float, apart: bool) -> dict:
     half = 0.2 * abs(diff) if apart else 2 * abs(diff)
     return {"condition": condition, "loss": loss, "quantity": analysis.steps_quantity(1), "diff": diff,
             "ci_low": diff - half, "ci_high": diff + half, "p_value": 0.001 if apart else 0.5,
-            "p_holm": 0.004 if apart else 1.0, "evidence": analysis.DIFFERENT if apart else analysis.ALIKE, "n": 5}
+            "p_holm": 0.004 if apart else 1.0, "evidence": analysis.DIFFERENT if apart else analysis.EQUIVALENT, "n": 5}
 
 
 @pytest.mark.parametrize("diff, word", [(+100.0, "a lag"), (-100.0, "a lead")])

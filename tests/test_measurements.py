@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from study import analysis, measures, runner, tables, tracking
+from study import analysis, comparisons, measures, runner, tables, tracking
 from study.records import Record
 
 
@@ -214,6 +214,6 @@ def test_corrections_pool_the_confidently_wrong_cases_over_evaluations():
     for step, before, share in [(0, 0, 0.0), (10, 40, 0.5), (20, 10, 0.0)]:  # 20 of 40, then 0 of 10: 20/50
         records += [Record("mse", 0.1, 0, step / 10, step, "train_subset", "confident_wrong_before", before),
                     Record("mse", 0.1, 0, step / 10, step, "train_subset", "confident_wrong_corrected", share)]
-    out = analysis.corrections(tables.history_frame(records, condition="c", dataset="d")).set_index("quantity")
+    out = comparisons.corrections(tables.history_frame(records, condition="c", dataset="d")).set_index("quantity")
     assert out.loc["confident_wrong_corrected", "value"] == pytest.approx(0.4)
     assert out.loc["confident_wrong_seen", "value"] == 50

@@ -9,12 +9,24 @@ import shutil
 import zlib
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from study import analysis, answers, claims, document, losses, report, tables
+from study import (
+    analysis,
+    answers,
+    claims,
+    confidence_figures,
+    document,
+    figures,
+    losses,
+    question_figures,
+    tables,
+    training_figures,
+)
 from study import findings as findings_module
 from study import losses as losses_registry
 
@@ -296,17 +308,17 @@ def _legend_losses(fig: Figure) -> list[str]:
     """The loss entries of the figure's legend, in order (the legend may also explain markers)."""
     assert len(fig.legends) == 1, "figure should have exactly one legend"
     texts = [t.get_text() for t in fig.legends[0].get_texts()]
-    return [t for t in texts if t in report.LABELS.values()]
+    return [t for t in texts if t in figures.LABELS.values()]
 
 
 def _check(fig: Figure, losses=LOSSES) -> None:
     assert isinstance(fig, Figure)
-    assert sorted(_legend_losses(fig)) == sorted(report.label(loss) for loss in losses)
+    assert sorted(_legend_losses(fig)) == sorted(figures.label(loss) for loss in losses)
     for ax in fig.axes:
         for line in ax.get_lines():
             y = np.asarray(line.get_ydata(), dtype=float)
             assert not np.isinf(y).any()
-    report.plt.close(fig)
+    plt.close(fig)
 
 
 @pytest.fixture(scope="module")
@@ -318,89 +330,91 @@ def frames():
 
 
 def test_colours_and_labels_come_from_the_registry():
-    assert list(report.COLOURS) == list(report.LABELS) == list(losses.names())
-    assert len(set(report.COLOURS.values())) == len(set(report.LABELS.values())) == len(losses.names())
+    assert list(figures.COLOURS) == list(figures.LABELS) == list(losses.names())
+    assert len(set(figures.COLOURS.values())) == len(set(figures.LABELS.values())) == len(losses.names())
     for loss in losses.names():
-        assert report.colour(loss) == losses.spec(loss).colour and report.label(loss) == losses.spec(loss).label
-    assert report.colour("retired_loss") == report.colour("retired_loss")  # a spare, stable colour
-    assert report.colour("retired_loss") not in report.COLOURS.values()
-    assert report.label("retired_loss") == "retired_loss"
+        assert figures.colour(loss) == losses.spec(loss).colour and figures.label(loss) == losses.spec(loss).label
+    assert figures.colour("retired_loss") == figures.colour("retired_loss")  # a spare, stable colour
+    assert figures.colour("retired_loss") not in figures.COLOURS.values()
+    for name in (f"retired_{c}" for c in "abcdef"):  # consecutive character sums: every spare colour in turn
+        assert figures.colour(name) not in figures.COLOURS.values(), name
+    assert figures.label("retired_loss") == "retired_loss"
     spec = losses.variant("smoothed_ce", "smoothed_ce_05", eps=0.05, colour="#949494")
     with losses.registered(spec):
-        assert report.colour("smoothed_ce_05") == "#949494" and report.label("smoothed_ce_05") == spec.label
+        assert figures.colour("smoothed_ce_05") == "#949494" and figures.label("smoothed_ce_05") == spec.label
 
 
 def test_plot_headline(frames):
-    _check(report.plot_headline(frames[0]))
+    _check(question_figures.plot_headline(frames[0]))
 
 
 def test_plot_convergence_draws_one_line_per_loss(frames):
-    fig = report.plot_convergence(frames[0][frames[0]["condition"] == CLEAN], TARGETS)
+    fig = training_figures.plot_convergence(frames[0][frames[0]["condition"] == CLEAN], TARGETS)
     val_axis = fig.axes[0]
     colours = {line.get_color() for line in val_axis.get_lines() if line.get_linestyle() == "-"}
-    assert colours == {report.colour(loss) for loss in LOSSES}
+    assert colours == {figures.colour(loss) for loss in LOSSES}
     _check(fig)
 
 
 def test_plot_steps_to_target(frames):
-    _check(report.plot_steps_to_target(frames[0], {CLEAN: TARGETS, NOISY: TARGETS}))
+    _check(training_figures.plot_steps_to_target(frames[0], {CLEAN: TARGETS, NOISY: TARGETS}))
 
 
 def test_plot_tuning_and_lr_views():
     tune = fabricate_tune(CLEAN)
-    _check(report.plot_tuning(tune, {CLEAN: LRS}))
-    _check(report.plot_lr_views(tune, {CLEAN: LRS}))
+    _check(training_figures.plot_tuning(tune, {CLEAN: LRS}))
+    _check(training_figures.plot_lr_views(tune, {CLEAN: LRS}))
 
 
 def test_plot_tuning_says_so_when_no_rate_reached_the_target(tmp_path):
     """A target no tuning run reached (a short smoke run): the steps panel says so instead of a log axis with
     nothing on it, which matplotlib cannot draw; with a reachable target the panel is a log axis."""
     tune = fabricate_tune(CLEAN)
-    unreachable = report.plot_tuning(tune, {CLEAN: LRS}, {CLEAN: (0.999,)})
-    reachable = report.plot_tuning(tune, {CLEAN: LRS}, {CLEAN: (0.2,)})
+    unreachable = training_figures.plot_tuning(tune, {CLEAN: LRS}, {CLEAN: (0.999,)})
+    reachable = training_figures.plot_tuning(tune, {CLEAN: LRS}, {CLEAN: (0.2,)})
     try:
-        report.save(unreachable, tmp_path / "unreachable.png")  # drawing is where the log axis failed
+        figures.save(unreachable, tmp_path / "unreachable.png")  # drawing is where the log axis failed
         below = unreachable.axes[1]
         assert below.get_yscale() == "linear"
         assert any("no rate reached val acc 0.999" in t.get_text() for t in below.texts)
         assert reachable.axes[1].get_yscale() == "log"
     finally:
-        report.plt.close(reachable)
+        plt.close(reachable)
 
 
 def test_plot_grad_norms_is_log_scale(frames):
-    fig = report.plot_grad_norms(frames[0][frames[0]["condition"] == CLEAN])
+    fig = training_figures.plot_grad_norms(frames[0][frames[0]["condition"] == CLEAN])
     assert fig.axes[0].get_yscale() == "log"
     _check(fig)
 
 
 def test_plot_logit_grad(frames):
     ex = frames[1][frames[1]["condition"] == CLEAN]
-    _check(report.plot_logit_grad(ex, closed_form_penalty()))
-    _check(report.plot_logit_grad(ex, None))
+    _check(confidence_figures.plot_logit_grad(ex, closed_form_penalty()))
+    _check(confidence_figures.plot_logit_grad(ex, None))
 
 
 def test_plot_penalty():
-    _check(report.plot_penalty(closed_form_penalty()))
+    _check(confidence_figures.plot_penalty(closed_form_penalty()))
 
 
 def test_plot_wrong_confidence(frames):
-    _check(report.plot_wrong_confidence(frames[1]))
+    _check(confidence_figures.plot_wrong_confidence(frames[1]))
 
 
 def test_plot_reliability(frames):
-    _check(report.plot_reliability(frames[1][frames[1]["condition"] == CLEAN]))
+    _check(confidence_figures.plot_reliability(frames[1][frames[1]["condition"] == CLEAN]))
 
 
 def test_plot_label_noise(frames):
-    _check(report.plot_label_noise(frames[0][frames[0]["condition"] == NOISY]))
+    _check(confidence_figures.plot_label_noise(frames[0][frames[0]["condition"] == NOISY]))
 
 
 def test_figures_with_fewer_losses_and_one_seed():
     history = fabricate_history(CLEAN, diverged=None)
     history = history[history["loss"].isin(["mse", "softmax_nll"]) & (history["seed"] == 0)]
-    _check(report.plot_convergence(history, TARGETS), ["mse", "softmax_nll"])
-    _check(report.plot_grad_norms(history), ["mse", "softmax_nll"])
+    _check(training_figures.plot_convergence(history, TARGETS), ["mse", "softmax_nll"])
+    _check(training_figures.plot_grad_norms(history), ["mse", "softmax_nll"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -517,7 +531,7 @@ def test_failed_build_leaves_previous_output(built: Path, tmp_path: Path, monkey
     def broken(*args, **kwargs):
         raise RuntimeError("figure failed")
 
-    monkeypatch.setattr(report, "plot_steps_to_target", broken)  # fails after some figures are written
+    monkeypatch.setattr(training_figures, "plot_steps_to_target", broken)  # fails after some figures are written
     history_path = results / "conditions" / CLEAN / tables.HISTORY
     history = tables.read_history(history_path)
     history.loc[history["metric"] == "accuracy", "value"] = 0.5
@@ -578,9 +592,9 @@ def test_missing_history_names_the_stage(tmp_path: Path):
 
 
 def test_numbers_are_formatted_for_people():
-    row = {"diff": -0.3, "ci_low": -2.4, "ci_high": 1.6, "p_value": 0.6, "n": 5, "evidence": analysis.ALIKE}
+    row = {"diff": -0.3, "ci_low": -2.4, "ci_high": 1.6, "p_value": 0.6, "n": 5, "evidence": analysis.EQUIVALENT}
     assert document.fmt_difference(row, 0, "steps").startswith("+0 steps [-2, +2]")
-    shares = {"diff": 0.6, "ci_low": -0.2, "ci_high": 1.7, "p_value": 0.2, "n": 5, "evidence": analysis.ALIKE}
+    shares = {"diff": 0.6, "ci_low": -0.2, "ci_high": 1.7, "p_value": 0.2, "n": 5, "evidence": analysis.EQUIVALENT}
     assert document.fmt_difference(shares, percent=True).startswith("+60.0 pp [-20.0, +100.0]")
 
 
@@ -785,16 +799,16 @@ def test_nll_rising_while_accuracy_holds_contradicts_the_misclassification_sente
 
 def test_figures_draw_six_losses_in_registry_order():
     history = fabricate_history(CLEAN, losses=SIX)
-    fig = report.plot_convergence(history)
-    colours = set(report.COLOURS.values())
+    fig = training_figures.plot_convergence(history)
+    colours = set(figures.COLOURS.values())
     drawn = [line.get_color() for ax in fig.axes for line in ax.get_lines() if line.get_color() in colours]
-    assert list(dict.fromkeys(drawn)) == [report.colour(loss) for loss in losses.names() if loss in SIX]
+    assert list(dict.fromkeys(drawn)) == [figures.colour(loss) for loss in losses.names() if loss in SIX]
     _check(fig, SIX)
-    _check(report.plot_headline(history), SIX)
+    _check(question_figures.plot_headline(history), SIX)
     examples = fabricate_examples(CLEAN, losses=SIX)
-    for fig in (report.plot_reliability(examples), report.plot_logit_grad(examples, None)):
+    for fig in (confidence_figures.plot_reliability(examples), confidence_figures.plot_logit_grad(examples, None)):
         titles = [ax.get_title().split("\n")[0] for ax in fig.axes if ax.get_visible() and ax.get_title()]
-        assert titles == [report.label(loss) for loss in losses.names() if loss in SIX]  # every loss its panel
+        assert titles == [figures.label(loss) for loss in losses.names() if loss in SIX]  # every loss its panel
         _check(fig, SIX)
 
 

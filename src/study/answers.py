@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from study import analysis
+from study import analysis, comparisons
 from study import losses as registry
 from study.analysis import REFERENCE
 from study.measures import healthy, last_values, runs
@@ -61,7 +61,7 @@ def thresholds(n: int) -> tuple[float, ...]:
     """The p-values where a verdict on ``n`` seeds changes its word: the family-wise level and, where analysis
     reads a p-value through its replication probability, the bounds of that rule."""
     bounds = [analysis.ALPHA]
-    if n >= 2 and hasattr(analysis, "evidence_bounds"):
+    if n >= 2:
         bounds += [float(b) for b in analysis.evidence_bounds(n)]
     return tuple(sorted(set(bounds)))
 
@@ -237,7 +237,7 @@ def rate_views(views: Mapping[str, pd.DataFrame], reference: str = REFERENCE) ->
 def three_views(speed_views: pd.DataFrame, ratios: pd.DataFrame, conditions: Sequence[str],
                 reference: str = REFERENCE) -> dict | None:
     """Of the speed comparisons decided at the tuned rate (faster or slower), which keep their direction at the
-    loss's best stable grid rate and at the reference's rate too (analysis.speed_views' ``agrees``): ``held`` and
+    loss's best stable grid rate and at the reference's rate too (comparisons.speed_views' ``agrees``): ``held`` and
     ``moved`` list (condition, loss). Where none is decided, every compared pair counts."""
     q1 = analysis.steps_quantity(1)
     pairs = speed_views[speed_views["condition"].isin(conditions) & (speed_views["loss"] != reference)]
@@ -369,7 +369,7 @@ def penalty_per_seed(history: pd.DataFrame, noise_per_seed: Mapping[str, pd.Data
     models = runs(history)
     parts = [healthy(last_values(history, split, metric), models).assign(quantity=q)
              for q, (split, metric) in PENALTY_FINAL.items()]
-    fixed = analysis.corrections(history)
+    fixed = comparisons.corrections(history)
     parts.append(fixed[fixed["quantity"] == "confident_wrong_corrected"])
     for per_seed in noise_per_seed.values():
         if not per_seed.empty:

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from study import analysis
+from study import analysis, comparisons
 from study import claims as checks
 from study import losses as registry
 from study.analysis import REFERENCE
@@ -301,7 +301,7 @@ def heldout_findings(per_seed: pd.DataFrame, condition: str, sigmoid: str | None
         ref = _value(natural, loss=REFERENCE, quantity="auroc_natural")
         others = [x for x in losses if x != REFERENCE]
         spec = analysis.declared("auroc_natural")
-        found = [analysis.heldout_difference(per_seed, condition, (loss, "auroc_natural"),
+        found = [comparisons.heldout_difference(per_seed, condition, (loss, "auroc_natural"),
                                              (REFERENCE, "auroc_natural")) for loss in others]
         decided = analysis.decide(pd.DataFrame(
             [analysis.compare(series(loss, "auroc_natural"), series(REFERENCE, "auroc_natural"), spec)
@@ -312,12 +312,12 @@ def heldout_findings(per_seed: pd.DataFrame, condition: str, sigmoid: str | None
             verdict = (("better" if d.mean > 0 else "worse") if word == analysis.DIFFERENT
                        else word if word is not None else "no test")
             out.append({"kind": "heldout_auroc", "loss": loss,
-                        "by_sigmoid": analysis.NATURAL_SCORE.get(loss) == "auroc_max_sigmoid",
+                        "by_sigmoid": comparisons.NATURAL_SCORE.get(loss) == "auroc_max_sigmoid",
                         "auroc": _value(natural, loss=loss, quantity="auroc_natural"), "reference_auroc": ref,
                         "diff": d, "p_holm": float(row["p_holm"]), "verdict": verdict,
                         "margin": _margin_text("auroc_natural")})
     if sigmoid in losses:
-        d = analysis.heldout_difference(per_seed, condition, (sigmoid, "none_share_heldout"),
+        d = comparisons.heldout_difference(per_seed, condition, (sigmoid, "none_share_heldout"),
                                         (sigmoid, "none_share_test"))
         row = analysis.decide(pd.DataFrame([analysis.compare(
             series(sigmoid, "none_share_heldout"), series(sigmoid, "none_share_test"),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from study import analysis, answers, report
+from study import analysis, answers, comparisons, figures
 from study import claims as checks
 from study.reader import Inputs, _chosen, _noise_conditions
 
@@ -24,7 +24,7 @@ class Computed:
     noise: dict[str, pd.DataFrame]
     noise_per_seed: dict[str, pd.DataFrame]
     lr_views: dict[str, pd.DataFrame]
-    heldout: pd.DataFrame  # per seed: analysis.heldout_per_seed
+    heldout: pd.DataFrame  # per seed: comparisons.heldout_per_seed
     claims: pd.DataFrame
     metrics: dict
     penalty_seeds: pd.DataFrame | None = None  # answers.penalty_per_seed
@@ -43,8 +43,8 @@ CALIBRATION = {
 def compute(inputs: Inputs) -> Computed:
     saturation = analysis.saturation(inputs.examples)
     head = analysis.headline(inputs.history, inputs.targets, saturation=saturation)
-    calibration = analysis.final_table(inputs.history, CALIBRATION)
-    noise_per_seed = {c: analysis.label_noise(inputs.history[inputs.history["condition"] == c])
+    calibration = comparisons.final_table(inputs.history, CALIBRATION)
+    noise_per_seed = {c: comparisons.label_noise(inputs.history[inputs.history["condition"] == c])
                       for c in _noise_conditions(inputs)}
     noise = {c: analysis.summarise(per_seed) for c, per_seed in noise_per_seed.items()}
     views = {}
@@ -55,12 +55,12 @@ def compute(inputs: Inputs) -> Computed:
             targets = inputs.targets.get(source) or next(
                 (inputs.targets[c] for c, s in inputs.sources.items() if s == source), ())
             if not tune.empty and chosen:
-                views[source] = analysis.lr_views(tune, chosen, targets)
-    heldout = analysis.heldout_per_seed(inputs.history)
+                views[source] = comparisons.lr_views(tune, chosen, targets)
+    heldout = comparisons.heldout_per_seed(inputs.history)
     measured = checks.measured(head, inputs.history, noise_per_seed, heldout, saturation, inputs.penalty,
                                inputs.conditions)
     claims = checks.combine(inputs.claims, measured)
-    metrics = analysis.metrics(head)
+    metrics = comparisons.metrics(head)
     for row in analysis.summarise(heldout).itertuples():
         if row.quantity == "auroc_natural" and row.condition in metrics and row.loss in metrics[row.condition]:
             metrics[row.condition][row.loss]["heldout_auroc"] = row.mean
@@ -79,10 +79,10 @@ class Figures:
 
     def save(self, name: str, draw: Callable[..., object], *args) -> str:
         fig = draw(*args)
-        smallest = report.min_text_px(fig, math.inf)
+        smallest = figures.min_text_px(fig, math.inf)
         if math.isfinite(smallest):
             self.text_px[name] = smallest
-        report.save(fig, self.directory / f"{name}.png")
+        figures.save(fig, self.directory / f"{name}.png")
         self.names.append(name)
         return name
 

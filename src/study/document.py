@@ -2,7 +2,7 @@
 ``report/index.html`` (figures embedded as data URIs), ``report/figures/*.png``, ``metrics.json`` and one test
 accuracy file per condition.
 
-Numbers come from ``study.analysis`` and figures from ``study.report``; this module selects and shapes them into
+Numbers come from ``study.analysis`` and figures from the figure modules; this module selects and shapes them into
 a context, the words live in ``templates/`` (Jinja2), markdown-it renders report.md as HTML. Never reads MLflow.
 This module draws the figures, computes the answers and their evidence tables, assembles the context and builds;
 ``reader`` reads the inputs, ``digest`` computes the statistics once, ``bullets`` the findings, ``sections`` the
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from study import analysis, answers, report, tables
+from study import analysis, answers, comparisons, confidence_figures, question_figures, tables, training_figures
 from study.analysis import REFERENCE
 
 # The report's parts live in their own modules (reader, digest, bullets, sections, render); the names spelled
@@ -61,56 +61,44 @@ def draw_figures(inputs: Inputs, computed: Computed, figures: Figures) -> None:
     """Every figure of the report, drawn before the text so that the text can check which exist."""
     conditions = inputs.conditions
     draw_answer_figures(inputs, computed, figures)
-    figures.save("headline", report.plot_headline, inputs.history)
+    figures.save("headline", question_figures.plot_headline, inputs.history)
     if inputs.tune is not None and not inputs.tune.empty:
         chosen = {s: _chosen(inputs, s) for s in inputs.tune["condition"].unique()}
-        figures.save("tuning", report.plot_tuning, inputs.tune, chosen, inputs.targets)
+        figures.save("tuning", training_figures.plot_tuning, inputs.tune, chosen, inputs.targets)
         if any(REFERENCE in c for c in chosen.values()):
-            figures.save("lr_views", report.plot_lr_views, inputs.tune, chosen)
-    figures.save("steps_to_target", report.plot_steps_to_target, inputs.history, inputs.targets)
-    figures.save("time_to_target", report.plot_time_to_target, inputs.history, inputs.targets)
+            figures.save("lr_views", training_figures.plot_lr_views, inputs.tune, chosen)
+    figures.save("steps_to_target", training_figures.plot_steps_to_target, inputs.history, inputs.targets)
+    figures.save("time_to_target", training_figures.plot_time_to_target, inputs.history, inputs.targets)
     for c in conditions:
         hist = inputs.history[inputs.history["condition"] == c]
         ex = inputs.examples[inputs.examples["condition"] == c]
-        figures.save(f"convergence_{c}", report.plot_convergence, hist, inputs.targets.get(c, ()))
-        figures.save(f"grad_norms_{c}", report.plot_grad_norms, hist)
+        figures.save(f"convergence_{c}", training_figures.plot_convergence, hist, inputs.targets.get(c, ()))
+        figures.save(f"grad_norms_{c}", training_figures.plot_grad_norms, hist)
         if (ex["split"] == "probe").any():
-            figures.save(f"logit_grad_{c}", report.plot_logit_grad, ex, inputs.penalty)
+            figures.save(f"logit_grad_{c}", confidence_figures.plot_logit_grad, ex, inputs.penalty)
         if (ex["split"] == "test").any():
-            figures.save(f"reliability_{c}", report.plot_reliability, ex, _bins(inputs, c))
+            figures.save(f"reliability_{c}", confidence_figures.plot_reliability, ex, _bins(inputs, c))
         if c in _noise_conditions(inputs):
-            figures.save(f"label_noise_{c}", report.plot_label_noise, hist)
+            figures.save(f"label_noise_{c}", confidence_figures.plot_label_noise, hist)
         if c in _heldout_conditions(computed):
-            figures.save(f"heldout_{c}", report.plot_heldout, hist)
+            figures.save(f"heldout_{c}", confidence_figures.plot_heldout, hist)
     if inputs.penalty is not None and not inputs.penalty.empty:
-        figures.save("penalty", report.plot_penalty, inputs.penalty)
+        figures.save("penalty", confidence_figures.plot_penalty, inputs.penalty)
     if (inputs.examples["split"] == "test").any():
-        figures.save("wrong_confidence", report.plot_wrong_confidence, inputs.examples, _confident(inputs))
+        figures.save("wrong_confidence", confidence_figures.plot_wrong_confidence, inputs.examples, _confident(inputs))
 
 
 SPEED_FOREST, GRADIENT_ANSWER, PENALTY_ANSWER = "speed_forest", "gradient_answer", "penalty_answer"
 
 
-def forest_rows(head: analysis.Headline) -> pd.DataFrame:
-    """The speed comparisons as the forest plot reads them: ``condition, loss, ratio, ci_low, ci_high, n,
-    verdict`` (a ratio of steps to the first target, loss over the reference)."""
-    if hasattr(analysis, "speed_ratios"):
-        return analysis.speed_ratios(head)
-    ratios = answers.speed_ratios(head)
-    return pd.DataFrame({"condition": ratios["condition"], "loss": ratios["loss"], "ratio": ratios["ratio"],
-                         "ci_low": ratios["ratio_low"], "ci_high": ratios["ratio_high"], "n": ratios["n"],
-                         "verdict": [answers.verdict(r) for r in ratios.to_dict("records")]})
-
-
 def draw_answer_figures(inputs: Inputs, computed: Computed, figures: Figures) -> None:
-    """One summary figure per answer, across all conditions, where report.py draws it (the speed forest plot, the
+    """One summary figure per answer, across all conditions, where its data exist (the speed forest plot, the
     measured gradient of wrong examples against its closed form, the confident-wrong shares)."""
-    if hasattr(report, "plot_speed_forest") and not computed.head.differences.empty:
-        figures.save(SPEED_FOREST, report.plot_speed_forest, forest_rows(computed.head))
-    if hasattr(report, "plot_gradient_answer") and (inputs.examples["split"] == "test").any():
-        figures.save(GRADIENT_ANSWER, report.plot_gradient_answer, inputs.examples, inputs.penalty)
-    if hasattr(report, "plot_penalty_answer"):
-        figures.save(PENALTY_ANSWER, report.plot_penalty_answer, inputs.history)
+    if not computed.head.differences.empty:
+        figures.save(SPEED_FOREST, question_figures.plot_speed_forest, comparisons.speed_ratios(computed.head))
+    if (inputs.examples["split"] == "test").any():
+        figures.save(GRADIENT_ANSWER, question_figures.plot_gradient_answer, inputs.examples, inputs.penalty)
+    figures.save(PENALTY_ANSWER, question_figures.plot_penalty_answer, inputs.history)
 
 
 def answer_figures(inputs: Inputs, figures: Figures) -> list[tuple[str, str]]:
@@ -202,12 +190,12 @@ def question_context(inputs: Inputs, computed: Computed, figures: Figures) -> di
 
 
 def _speed_views(inputs: Inputs, computed: Computed) -> pd.DataFrame | None:
-    """analysis.speed_views (tuned rate, best stable grid rate, the reference's rate) of the conditions that tuned
-    their own rates; None where analysis has no such view or no tuning runs were found."""
-    if not hasattr(analysis, "speed_views") or inputs.tune is None or not inputs.tuning:
+    """comparisons.speed_views (tuned rate, best stable grid rate, the reference's rate) of the conditions that tuned
+    their own rates; None where no tuning runs were found."""
+    if inputs.tune is None or not inputs.tuning:
         return None
     tunes = {c: inputs.tune[inputs.tune["condition"] == c] for c in inputs.tuning}
-    views = analysis.speed_views(computed.head, tunes, inputs.tuning)
+    views = comparisons.speed_views(computed.head, tunes, inputs.tuning)
     return views if not views.empty else None
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -17,22 +17,30 @@ import markupsafe
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from study import analysis, answers, report
+from study import analysis, answers
 from study import claims as checks
 from study.analysis import REFERENCE
+from study.figures import DISPLAY_WIDTH
 
 
 def fmt(value: float, digits: int = 3) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def fmt_estimate(row: dict | None, digits: int = 3) -> str:
-    """'0.853 [0.849, 0.857]'; '0.853 (1 seed)' without an interval; '–' without a value."""
+def _estimate(row: dict | None, number: Callable[[float], str], low: float = -math.inf, high: float = math.inf
+              ) -> str:
+    """A mean and its t-interval (clipped to [low, high]), each written by ``number``; the mean and its seed count
+    without an interval; '–' without a value."""
     if row is None or not math.isfinite(row["mean"]):
         return "–"
     if not (math.isfinite(row["ci_low"]) and math.isfinite(row["ci_high"])):
-        return f"{row['mean']:.{digits}f} ({int(row['n'])} seed)"
-    return f"{row['mean']:.{digits}f} [{row['ci_low']:.{digits}f}, {row['ci_high']:.{digits}f}]"
+        return f"{number(row['mean'])} ({int(row['n'])} seed)"
+    return f"{number(row['mean'])} [{number(max(row['ci_low'], low))}, {number(min(row['ci_high'], high))}]"
+
+
+def fmt_estimate(row: dict | None, digits: int = 3) -> str:
+    """'0.853 [0.849, 0.857]'; '0.853 (1 seed)' without an interval; '–' without a value."""
+    return _estimate(row, lambda v: f"{v:.{digits}f}")
 
 
 def fmt_p(p: float) -> str:
@@ -80,11 +88,7 @@ def fmt_steps(row: dict | None) -> str:
 
 def fmt_percent(row: dict | None) -> str:
     """A share as '12.5% [10.1%, 14.9%]'; the t-interval is clipped to [0%, 100%]."""
-    if row is None or not math.isfinite(row["mean"]):
-        return "–"
-    if not (math.isfinite(row["ci_low"]) and math.isfinite(row["ci_high"])):
-        return f"{row['mean']:.1%} ({int(row['n'])} seed)"
-    return f"{row['mean']:.1%} [{max(row['ci_low'], 0.0):.1%}, {min(row['ci_high'], 1.0):.1%}]"
+    return _estimate(row, lambda v: f"{v:.1%}", 0.0, 1.0)
 
 
 def slug(text: str) -> str:
@@ -225,7 +229,7 @@ def render_html(markdown: str, figures: Path, title: str) -> str:
     """report.md as one HTML file with every figure inlined (opens from disk, nothing else needed)."""
     body = _markdown_parser(figures).render(markdown)
     return _environment().get_template("index.html.j2").render(title=title, body=markupsafe.Markup(body),
-                                                                display_width=report.DISPLAY_WIDTH)
+                                                                display_width=DISPLAY_WIDTH)
 
 
 def render_answer(kind: str, values: dict) -> str:

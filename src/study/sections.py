@@ -11,8 +11,7 @@ from collections.abc import Callable, Sequence
 
 import pandas as pd
 
-from study import analysis, answers
-from study import claims as checks
+from study import analysis, answers, comparisons, published
 from study import losses as registry
 from study.analysis import REFERENCE
 from study.bullets import heldout_findings
@@ -298,7 +297,7 @@ def _confident_wrong(inputs: Inputs, computed: Computed, losses: list[str]) -> d
         return rows
 
     corrections = None
-    fixed = analysis.summarise(analysis.corrections(inputs.history))
+    fixed = analysis.summarise(comparisons.corrections(inputs.history))
     if not fixed.empty:
         corrections = []
         for c in inputs.conditions:
@@ -365,7 +364,7 @@ def _claims(computed: Computed, figures: Figures) -> list[dict]:
 
 
 def _anchors(inputs: Inputs, computed: Computed) -> dict:
-    table = checks.anchors(computed.head, inputs.history, inputs.setups)
+    table = published.anchors(computed.head, inputs.history, inputs.setups)
     return {"header": list(table.columns), "rows": [[str(v) for v in row] for row in table.itertuples(index=False)]}
 
 

@@ -1,5 +1,5 @@
 """The one vocabulary of verdicts on the source text's claims, written by the probe stage (closed-form checks) and
-by analysis (checks measured in training), counted by the report. Imports nothing."""
+by claims (checks measured in training), counted by the report. Imports nothing."""
 
 HOLDS = "holds"
 NUANCE = "holds with a nuance"
