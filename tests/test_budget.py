@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import SMOKE, tiny_condition
-from study import budget, model, train
+from study import model, train
+from study.ops import budget
 
 
 def test_mlp_flops_per_example_are_two_per_multiply_add():

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from study import cli, cluster_bench
+from study import cli
+from study.ops import cluster_bench
 
 
 def test_cluster_bench_help_is_the_benchmarks_own(capsys):

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from conftest import synthetic_dataset, tiny_condition
-from study import cluster, train
+from study import train
+from study.ops import cluster
 from study.records import ExampleStats, Record
 
 

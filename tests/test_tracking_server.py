@@ -8,7 +8,7 @@ import json
 import pytest
 
 from cluster_parts import skip_without_parts, tracking_server
-from study import server
+from study.ops import server
 
 pytestmark = pytest.mark.cluster
 

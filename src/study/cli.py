@@ -189,19 +189,20 @@ def compare_cmd(args: argparse.Namespace) -> None:
 
 
 def bench_cmd(args: argparse.Namespace) -> None:
-    from study import bench
+    from study.ops import bench
 
     bench.main(data_root=args.data, as_json=args.json, seconds=args.seconds)
 
 
 def cluster_bench_cmd(args: argparse.Namespace) -> None:
-    from study import cluster_bench
+    from study.ops import cluster_bench
 
     cluster_bench.main(args.rest, prog="study cluster-bench")
 
 
 def import_results_cmd(args: argparse.Namespace) -> None:
-    from study import rebuild, tracking
+    from study import tracking
+    from study.ops import rebuild
 
     uri = tracking.default_uri()
     if not rebuild.rebuild(config.load(args.params), args.results, uri, say=_say(args)):
@@ -210,7 +211,8 @@ def import_results_cmd(args: argparse.Namespace) -> None:
 
 
 def dashboard_cmd(args: argparse.Namespace) -> None:
-    from study import rebuild, tracking
+    from study import tracking
+    from study.ops import rebuild
 
     uri = tracking.default_uri()
     try:

@@ -16,10 +16,11 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from study import config, data, server, train
-from study.cluster import OBJECT_STORE_BYTES, SHARD_CPUS, shards
+from study import config, data, train
 from study.config import Condition
 from study.data import Dataset
+from study.ops import server
+from study.ops.cluster import OBJECT_STORE_BYTES, SHARD_CPUS, shards
 
 BENCH_SIZES = {"train_size": 8000, "val_size": 1000, "test_size": 1000}  # one short epoch, two small evaluations
 BENCH_ROUNDS = 3

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _measured_peak() -> float:
-    from study.bench import matmul_peak
+    from study.ops.bench import matmul_peak
 
     return matmul_peak(3.0)
 
