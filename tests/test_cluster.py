@@ -88,7 +88,7 @@ CONDITION = "fashion_sgd"
 @dataclasses.dataclass
 class RayRun:
     smoke: object  # smoke_repo.SmokeRepo: a copy of the repo with the smoke params, data prepared
-    server: object  # study.server.TrackingServer
+    server: object  # study.ops.server.TrackingServer
     address: str  # RAY_ADDRESS of the local cluster
 
     def study(self, stage: str, out: str, *, executor: str, tracking: bool = True, lrs: str | None = None,

@@ -1,4 +1,4 @@
-"""study.power: the seeds that would decide a comparison, simulated under the study's own rule."""
+"""`study power` (study.ops.power): the seeds that would decide a comparison, simulated under the study's own rule."""
 
 from __future__ import annotations
 
