@@ -14,7 +14,7 @@ import torch
 from conftest import tiny_condition
 from study import losses, train
 from study.records import Record
-from study.train import Member, Settings
+from study.train import Settings
 
 BINS = 15
 NO_PROBABILITIES = "raw logits regressed onto one-hot targets: no probability is modelled"

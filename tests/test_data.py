@@ -413,8 +413,8 @@ def test_mnist1d_trains_on_the_published_set_and_validates_and_tests_on_more_exa
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"val_size": 5001}, r"val_size=5001: MNIST-1D's validation examples come from its 5000 extra examples.*at most "
-                             r"5000"),
+        ({"val_size": 5001},
+         r"val_size=5001: MNIST-1D's validation examples come from its 5000 extra examples.*at most 5000"),
         ({"train_size": 4001}, "MNIST-1D has 4000 training examples"),
         ({"test_size": 3001}, "test_size=3001: mnist1d has 3000 test examples"),
     ],
@@ -431,13 +431,28 @@ def test_mnist1d_file_is_reproducible(mnist1d_root, tmp_path):
     assert data.prepare("mnist1d", None, tmp_path, progress=False) == manifest
 
 
+def test_mnist1d_file_is_the_same_on_a_cpu_whose_float64_last_bits_differ(mnist1d_root, tmp_path, monkeypatch):
+    """The generator's float64 output differs in its last bits between CPUs; the stored float32 file must not."""
+    _, manifest, _ = mnist1d_root
+    generate = data._mnist1d_raw
+    rng = np.random.default_rng(0)
+
+    def other_cpu(*args):
+        x, y = generate(*args)
+        ulps = rng.integers(-4, 5, size=x.shape)  # up to 4 float64 ulps either way, in every value
+        return x + ulps * np.spacing(x), y
+
+    monkeypatch.setattr(data, "_mnist1d_raw", other_cpu)
+    assert data.prepare("mnist1d", None, tmp_path, progress=False) == manifest
+
+
 def test_mnist1d_checksum_catches_a_changed_set(mnist1d_root, tmp_path):
     root, _, _ = mnist1d_root
     with np.load(root / "mnist1d.npz", allow_pickle=False) as archive:
         arrays = {k: archive[k] for k in archive.files}
     for key, what in (("x", "not the published MNIST-1D set"), ("x_extra", "not the extra examples of seed 4242")):
         changed = {**arrays, key: arrays[key].copy()}
-        changed[key][0, 0] += 1e-9
+        changed[key][0, 0] = np.nextafter(changed[key][0, 0], np.float32(np.inf))  # one float32 ulp
         np.savez(tmp_path / "mnist1d.npz", **changed)
         with pytest.raises(data.DataError, match=rf"mnist1d\.npz: checksum mismatch, {what}"):
             data.load(
