@@ -84,7 +84,7 @@ def start(root: Path, *, port: int | None = None, pg_port: int | None = None, wo
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         server = TrackingServer(str(root), port, pg_port, proc.pid, pg_user)
         _write_state(root, server)
-        _wait_healthy(server, proc, timeout_s)
+        wait_healthy(server.uri, proc, timeout_s, root / "mlflow.log")
     except BaseException:
         stop(root)
         raise
@@ -206,14 +206,15 @@ def _create_database(root: Path, pg_port: int) -> None:
 # ---- mlflow server ------------------------------------------------------------------------------------------
 
 
-def _wait_healthy(server: TrackingServer, proc: subprocess.Popen, timeout_s: float) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float, log: Path) -> None:
+    """Returns once the mlflow server (or ``mlflow ui``) at ``url`` answers /health; raises when ``proc`` exits first
+    or ``timeout_s`` passes, with the tail of its ``log``."""
     deadline = time.monotonic() + timeout_s
-    log = Path(server.root) / "mlflow.log"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"mlflow server exited with {proc.returncode}:\n{_tail(log)}")
         try:
-            with urllib.request.urlopen(f"{server.uri}/health", timeout=5) as response:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
                 if response.status == 200:
                     return
         except OSError:
