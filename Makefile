@@ -53,10 +53,10 @@ data-source:
 # (5001), STUDY_PG_PORT (5433). As root, PostgreSQL runs as STUDY_PG_USER (nobody).
 TRACKING := .tracking
 tracking-server: setup postgres-deps
-	@$(PY) -m study.server start $(TRACKING)
+	@$(PY) -m study tracking-server start $(TRACKING)
 
 tracking-server-stop: setup
-	@$(PY) -m study.server stop $(TRACKING)
+	@$(PY) -m study tracking-server stop $(TRACKING)
 
 # PostgreSQL's initdb/pg_ctl for the tracking server and the cluster tests (pytest -m cluster).
 postgres-deps:

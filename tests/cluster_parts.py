@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from study import server
+from study.ops import server
 
 
 def skip_without_parts(*, ray_needed: bool) -> None:

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from conftest import synthetic_dataset
-from study import bench, cli
+from study import cli
+from study.ops import bench
 
 FIELDS = ["fraction_of_peak", "speedup_vs_canonical", "speedup_vs_inmemory", "tracking_overhead",
           "trainer_model_samples_per_s", "inmemory_model_samples_per_s", "canonical_model_samples_per_s",

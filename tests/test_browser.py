@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +17,7 @@ import pytest
 import yaml
 
 from conftest import SMOKE
+from study.ops import server
 
 pytestmark = pytest.mark.browser
 
@@ -155,43 +153,30 @@ def test_the_report_opens_on_the_three_answers_and_every_figure_is_readable_and_
     page.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def serve_dashboard(repo: Path, uri: str, log_name: str) -> Iterator[str]:
     """`study dashboard` (mlflow ui on loopback) run in ``repo`` against the store ``uri``; yields its URL once it
     answers, and always stops it. Its output goes to test-artifacts/``log_name``."""
-    port = free_port()
+    port = server.free_port()
     ARTIFACTS.mkdir(exist_ok=True)
     log = (ARTIFACTS / log_name).open("w")
-    server = subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "study", "dashboard", "--port", str(port)], cwd=repo,
         env={**os.environ, "MLFLOW_TRACKING_URI": uri}, stdout=log, stderr=log, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 240  # an import of the results may come first
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                raise AssertionError(f"the dashboard did not start; see {ARTIFACTS / log_name}")
-            time.sleep(0.5)
+        try:
+            server.wait_healthy(url, proc, 240, ARTIFACTS / log_name)  # an import of the results may come first
+        except (RuntimeError, TimeoutError) as err:
+            raise AssertionError(f"the dashboard did not start; see {ARTIFACTS / log_name}") from err
         yield url
     finally:
-        os.killpg(server.pid, 15)
+        os.killpg(proc.pid, 15)
         try:
-            server.wait(timeout=20)
+            proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            os.killpg(server.pid, 9)
-            server.wait()
+            os.killpg(proc.pid, 9)
+            proc.wait()
         log.close()
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import SMOKE, tiny_condition
-from study import budget, model, train
+from study import cli, model, train
+from study.ops import budget
 
 
 def test_mlp_flops_per_example_are_two_per_multiply_add():
@@ -39,7 +40,7 @@ def test_the_expected_time_warns_over_the_budget(tflop, warned, monkeypatch, cap
     # At 100 GFLOP/s and the assumed ratio of 0.5, 100 TFLOP is 33 min (over the 30-minute budget), 1 TFLOP 20 s.
     rows = [budget.Arithmetic("c", "train", models=20, steps=1000, train_flops=tflop * 1e12, eval_flops=0.0)]
     monkeypatch.setattr(budget, "study_arithmetic", lambda cfg, root: rows)
-    budget.main(["--params", str(SMOKE), "--peak-gflops", "100"])
+    assert cli.main(["budget", "--params", str(SMOKE), "--peak-gflops", "100"]) == 0
     out = capsys.readouterr().out
     assert ("WARNING" in out) == warned
     expected = f"{tflop:.1f} TFLOP / (100 GFLOP/s matmul peak x 0.5 assumed arithmetic ratio, 0.45-0.6 measured) = "

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from conftest import synthetic_dataset, tiny_condition
-from study import cluster, train
+from study import train
+from study.ops import cluster
 from study.records import ExampleStats, Record
 
 
@@ -87,17 +88,19 @@ CONDITION = "fashion_sgd"
 @dataclasses.dataclass
 class RayRun:
     smoke: object  # smoke_repo.SmokeRepo: a copy of the repo with the smoke params, data prepared
-    server: object  # study.server.TrackingServer
+    server: object  # study.ops.server.TrackingServer
     address: str  # RAY_ADDRESS of the local cluster
 
     def study(self, stage: str, out: str, *, executor: str, tracking: bool = True, lrs: str | None = None,
               fault: str = "", check: bool = True):
+        """``fault``: a hook of tests/cluster_faults.py (``kill_shard_1_once``), passed as STUDY_SHARD_HOOK."""
         argv = [sys.executable, "-m", "study", stage, "--params", "experiments/study.yaml", "--condition", CONDITION,
                 "--data", "data", "--out", out, "--no-progress"]
         argv += ["--lrs", lrs] if lrs else []
         argv += [] if tracking else ["--no-tracking"]
         self.smoke.extra_env.update({"STUDY_EXECUTOR": executor, "RAY_ADDRESS": self.address,
-                                     "STUDY_CLUSTER_FAULT": fault, "MLFLOW_TRACKING_URI": self.server.uri})
+                                     "STUDY_SHARD_HOOK": f"tests.cluster_faults:{fault}" if fault else "",
+                                     "MLFLOW_TRACKING_URI": self.server.uri})
         return self.smoke.run(*argv, check=check)
 
     def runs(self, stage: str) -> list[dict]:
@@ -143,7 +146,8 @@ def assert_same_frames(got: pd.DataFrame, want: pd.DataFrame, name: str = "") ->
     assert list(got.columns) == list(want.columns) and len(got) == len(want)
     # ECE bins the test examples by confidence: one example crossing a bin edge moves it by up to 2/n (n = 300
     # smoke test examples), and after temperature scaling the fitted temperature moves the edges too.
-    binned = want["metric"].isin(["ece", "ece_ts", "ece_own", "classwise_ece"]).to_numpy() if "metric" in want else np.zeros(len(want), bool)
+    binned = (want["metric"].isin(["ece", "ece_ts", "ece_own", "classwise_ece"]).to_numpy() if "metric" in want
+              else np.zeros(len(want), bool))
     for column in want.columns:
         if pd.api.types.is_numeric_dtype(want[column]):
             a, b = got[column].to_numpy(dtype=float), want[column].to_numpy(dtype=float)
@@ -203,7 +207,7 @@ def test_a_worker_killed_mid_shard_is_retried_into_fresh_runs_or_the_stage_fails
 
     # Shard 1's worker SIGKILLs itself after its first step's metrics reached the store: retried once, completes.
     retried = f"results/retried/{CONDITION}"
-    result = ray_run.study("train", retried, executor="ray", lrs=lrs, fault="kill:1")
+    result = ray_run.study("train", retried, executor="ray", lrs=lrs, fault="kill_shard_1_once")
     assert "worker died running shard 1" in result.stderr
     runs = [r for r in ray_run.runs("train") if r["run_uuid"] not in before]
     killed = [r for r in runs if r["status"] == "KILLED"]
@@ -220,7 +224,7 @@ def test_a_worker_killed_mid_shard_is_retried_into_fresh_runs_or_the_stage_fails
     # Dying on every attempt: the stage fails, writes nothing, and leaves no run RUNNING.
     before = {r["run_uuid"] for r in ray_run.runs("train")}
     failed = f"results/failed/{CONDITION}"
-    result = ray_run.study("train", failed, executor="ray", lrs=lrs, fault="kill:0:always", check=False)
+    result = ray_run.study("train", failed, executor="ray", lrs=lrs, fault="kill_shard_0_always", check=False)
     assert result.returncode != 0 and "no retries left" in result.stderr
     assert not (repo / failed).exists() or not any((repo / failed).iterdir())
     runs = [r for r in ray_run.runs("train") if r["run_uuid"] not in before]

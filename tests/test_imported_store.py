@@ -17,8 +17,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from conftest import SMOKE
-from study import config, rebuild, tables
+from study import config, tables
 from study.config import ConfigError
+from study.ops import rebuild
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 

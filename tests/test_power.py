@@ -1,4 +1,4 @@
-"""study.power: the seeds that would decide a comparison, simulated under the study's own rule."""
+"""`study power` (study.ops.power): the seeds that would decide a comparison, simulated under the study's own rule."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from study import analysis, power, quantities
+from study import analysis, quantities
+from study.ops import power
 
 ECE = next(q for q in quantities.QUANTITIES if q.question == "confident_wrong")  # an ABSOLUTE margin
 

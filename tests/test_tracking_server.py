@@ -8,7 +8,7 @@ import json
 import pytest
 
 from cluster_parts import skip_without_parts, tracking_server
-from study import server
+from tracking_load import client, load_test
 
 pytestmark = pytest.mark.cluster
 
@@ -18,10 +18,10 @@ LOAD = {"processes": 8, "runs": 2, "batches": 5, "batch": 1000}  # 80,000 metric
 def test_eight_concurrent_writers_store_every_value_on_postgresql_and_sqlite_is_reported_beside(tmp_path):
     skip_without_parts(ray_needed=False)
     with tracking_server() as srv:
-        postgres = server.load_test(srv.uri, srv.backend_uri, **LOAD)
+        postgres = load_test(srv.uri, srv.backend_uri, **LOAD)
     sqlite_uri = f"sqlite:///{tmp_path / 'load.db'}"
-    server._client(sqlite_uri).search_experiments()  # creates the schema once, as the study's file lock does
-    sqlite = server.load_test(sqlite_uri, sqlite_uri, **LOAD)
+    client(sqlite_uri).search_experiments()  # creates the schema once, as the study's file lock does
+    sqlite = load_test(sqlite_uri, sqlite_uri, **LOAD)
     print("\nload test:", json.dumps({"postgresql": postgres, "sqlite": sqlite}, indent=1))
     assert postgres["errors"] == 0 and postgres["error_kinds"] == []
     assert postgres["stored"] == postgres["values"] == 80_000

@@ -1,4 +1,5 @@
-"""``study``: one subcommand per pipeline stage (parse, load, call, write) plus ``bench`` and ``dashboard``."""
+"""``study``: one subcommand per pipeline stage (parse, load, call, write), plus the operations of ``study.ops``
+(benches, budget, power, tracking server, dashboard)."""
 
 from __future__ import annotations
 
@@ -17,20 +18,16 @@ VALID_MARKER = {"params": "valid"}  # what `study validate` writes: the same for
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args, rest = parser.parse_known_args(argv)
-    if rest and not getattr(args, "passes_through", False):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    args.rest = rest
+    args = _parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)
     except (ConfigError, DataError) as err:
         print(f"study {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"study {args.command}: interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT
-    return 0
+    return status or 0  # a command returns its exit status where it has one
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,11 +93,35 @@ def _parser() -> argparse.ArgumentParser:
                    help="time budget of each measurement; the bench takes about 67 of them plus set-up "
                         "(default: %(default)s)")
 
-    # Its options are python -m study.cluster_bench's, parsed there (importing it here would import Ray's benchmark
-    # into every stage): every argument after the subcommand, --help included, passes through.
-    p = sub.add_parser("cluster-bench", add_help=False, help="measure the Ray executor: start, per-task overhead, "
-                       "1 vs 2 workers, the tracking server's write rate (--help for its options)")
-    p.set_defaults(func=cluster_bench_cmd, passes_through=True)
+    p = command("cluster-bench", cluster_bench_cmd,
+                "measure the Ray executor: its start, per-task overhead, one condition's shards on 1 vs 2 workers")
+    p.add_argument("--params", type=Path, default=Path("experiments/study.yaml"), help="(default: %(default)s)")
+    p.add_argument("--condition", default="fashion_sgd", help="shrunk to one short epoch (default: %(default)s)")
+    p.add_argument("--data", type=Path, default=Path("data"), help="directory the data stage prepared")
+
+    p = command("budget", budget_cmd, "the study's arithmetic: the FLOPs each stage asks for and the time they take "
+                "at a matmul rate")
+    p.add_argument("--params", type=Path, default=Path("experiments/study.yaml"), help="(default: %(default)s)")
+    p.add_argument("--data", type=Path, default=Path("data"), help="directory the data stage prepared")
+    p.add_argument("--peak-gflops", type=float, help="matmul rate; default: measured now (study bench's)")
+    p.add_argument("--wall-seconds", type=float, help="a measured wall time of the same params, to compare")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+    p = command("power", power_cmd, "the seeds that would decide each undecided primary comparison, simulated under "
+                "the study's own rule")
+    p.add_argument("--results", type=Path, default=Path("results/conditions"),
+                   help="directory holding one results folder per condition (default: %(default)s)")
+    p.add_argument("--probe", type=Path, default=Path("results/probe"),
+                   help="the probe stage's output directory (default: %(default)s)")
+    p.add_argument("--draws", type=int, default=200, help="simulated reruns per seed count (default: %(default)s)")
+
+    p = command("tracking-server", tracking_server_cmd,
+                "start, stop or ask after a team's MLflow tracking server on PostgreSQL (make tracking-server)")
+    p.add_argument("action", choices=("start", "stop", "status"))
+    p.add_argument("root", type=Path, help="directory of the server's data, logs and artifacts, e.g. .tracking")
+    p.add_argument("--port", type=int, help="mlflow server's port (default: $STUDY_TRACKING_PORT, else 5001)")
+    p.add_argument("--pg-port", type=int, help="PostgreSQL's port (default: $STUDY_PG_PORT, else 5433)")
+    p.add_argument("--workers", type=int, default=2, help="mlflow server worker processes (default: %(default)s)")
 
     def with_results(p: argparse.ArgumentParser) -> None:
         p.add_argument("--params", type=Path, default=Path("experiments/study.yaml"),
@@ -191,19 +212,39 @@ def compare_cmd(args: argparse.Namespace) -> None:
 
 
 def bench_cmd(args: argparse.Namespace) -> None:
-    from study import bench
+    from study.ops import bench
 
     bench.main(data_root=args.data, as_json=args.json, seconds=args.seconds)
 
 
 def cluster_bench_cmd(args: argparse.Namespace) -> None:
-    from study import cluster_bench
+    from study.ops import cluster_bench
 
-    cluster_bench.main(args.rest, prog="study cluster-bench")
+    cluster_bench.main(params=args.params, condition=args.condition, data_root=args.data)
+
+
+def budget_cmd(args: argparse.Namespace) -> None:
+    from study.ops import budget
+
+    budget.main(params=args.params, data_root=args.data, peak_gflops=args.peak_gflops,
+                wall_seconds=args.wall_seconds, as_json=args.json)
+
+
+def power_cmd(args: argparse.Namespace) -> None:
+    from study.ops import power
+
+    power.main(results=args.results, probe=args.probe, draws=args.draws)
+
+
+def tracking_server_cmd(args: argparse.Namespace) -> int:
+    from study.ops import server
+
+    return server.main(args.action, args.root, port=args.port, pg_port=args.pg_port, workers=args.workers)
 
 
 def import_results_cmd(args: argparse.Namespace) -> None:
-    from study import rebuild, tracking
+    from study import tracking
+    from study.ops import rebuild
 
     uri = tracking.default_uri()
     if not rebuild.rebuild(config.load(args.params), args.results, uri, say=_say(args)):
@@ -212,7 +253,8 @@ def import_results_cmd(args: argparse.Namespace) -> None:
 
 
 def dashboard_cmd(args: argparse.Namespace) -> None:
-    from study import rebuild, tracking
+    from study import tracking
+    from study.ops import rebuild
 
     uri = tracking.default_uri()
     try:

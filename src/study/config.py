@@ -86,7 +86,7 @@ class StudyConfig:
     ece_bins: int
     tracking: bool
     tune: tuple[str, ...]  # conditions whose learning rates are tuned; the others borrow them (lr_from)
-    executor: str  # local | ray: where a condition's grid trains (study.cluster); results equal to the last digits
+    executor: str  # local | ray: where a condition's grid trains (study.ops.cluster); results equal to the last digits
     probe: Probe
     conditions: dict[str, Condition]
 

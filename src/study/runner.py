@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from study import cluster, data, losses, measures, tables, tracking, train
+from study import data, losses, measures, tables, tracking, train
 from study.config import Condition, StudyConfig, flatten
 from study.losses import CONVENTIONS
+from study.ops import cluster
 from study.records import ExampleStats, Record
 from study.tracking import NullTracker
 

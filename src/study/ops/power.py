@@ -3,16 +3,15 @@ simulated under the study's own rule (``analysis.compare`` then ``analysis.decid
 with its per-seed differences drawn from a normal distribution whose mean and spread are the observed ones.
 
 The answer prices the issue's target (at least 80% of the non-degenerate primary comparisons decided) in seeds, and
-so in arithmetic: ``python -m study.budget`` counts what a seed costs. It is a planning estimate, not a result:
+so in arithmetic: ``study budget`` counts what a seed costs. It is a planning estimate, not a result:
 the observed mean and spread are themselves noisy, and a comparison whose spread is large against both its difference
 and its margin needs more seeds than any budget (printed as "more than" the largest count tried).
 
-    python -m study.power [--results results/conditions] [--probe results/probe] [--draws 200]
+    study power [--results results/conditions] [--probe results/probe] [--draws 200]
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from collections.abc import Sequence
@@ -94,21 +93,17 @@ def _moments(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m study.power", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", type=Path, default=Path("results/conditions"))
-    parser.add_argument("--probe", type=Path, default=Path("results/probe"))
-    parser.add_argument("--draws", type=int, default=200)
-    args = parser.parse_args(argv)
-    conditions = sorted(p.name for p in args.results.iterdir() if p.is_dir())
-    inputs = reader.load(args.results, args.probe, conditions)
+def main(*, results: Path, probe: Path, draws: int) -> None:
+    """``study power``: how many comparisons are decided now, and the seeds each undecided one would need."""
+    conditions = sorted(p.name for p in results.iterdir() if p.is_dir())
+    inputs = reader.load(results, probe, conditions)
     head = analysis.headline(inputs.history, inputs.targets, saturation=analysis.saturation(inputs.examples))
-    table = seeds_needed(head.differences, head.per_seed, draws=args.draws)
+    table = seeds_needed(head.differences, head.per_seed, draws=draws)
     primary = head.differences[head.differences["family"] == "primary"]
     tested = primary[primary["verdict"] != analysis.IDENTICAL]
     decided = int(tested["verdict"].isin(DECIDED).sum())
     print(f"{decided} of {len(tested)} non-identical primary comparisons decided; the others, with the seeds that "
-          f"would decide each in {CHANCE:.0%} of {args.draws} simulated reruns (largest tried: {max(SEEDS)}):")
+          f"would decide each in {CHANCE:.0%} of {draws} simulated reruns (largest tried: {max(SEEDS)}):")
     shown = table.assign(seeds_needed=[f"{int(v)}" if math.isfinite(v) else f">{max(SEEDS)}"
                                        for v in table["seeds_needed"]])
     shown.to_markdown(sys.stdout, index=False, floatfmt=".4f")
@@ -116,7 +111,3 @@ def main(argv: list[str] | None = None) -> None:
     for n in SEEDS:
         more = int((table["seeds_needed"] <= n).sum())
         print(f"at {n} seeds: {decided + more} of {len(tested)} decided ({(decided + more) / len(tested):.0%})")
-
-
-if __name__ == "__main__":
-    main()

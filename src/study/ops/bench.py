@@ -6,7 +6,7 @@ process, so that drifting load on a shared machine hits them alike. The claims a
 over rounds of the ratio within a round; throughputs are medians. Each measurement keeps to its time budget: a
 variant is built, fed its data and warmed up once, and every measurement continues it for ``seconds`` and counts
 the whole steps it took, so the bench's length is set by its budgets, not by the machine's speed. Imports the
-trainer and the tracker; only ``study.budget`` imports this module (for ``matmul_peak``).
+trainer and the tracker; only ``study.ops.budget`` imports this module (for ``matmul_peak``).
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ Imports the trainer and the tracker; ``ray`` only inside functions (the local ex
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import os
-import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,9 +24,11 @@ RETRIES = 1  # a shard whose worker died runs once more; a second death fails th
 SHARD_CPUS = 1  # declared per task: a shard's lockstep trainer uses one core's worth of threads
 # Ray's defaults size the object store at 30% of memory; shard results are a few MB (records, per-example arrays).
 OBJECT_STORE_BYTES = 512 * 2**20
-# Test hook: "kill:<shard>" makes that shard's worker SIGKILL itself mid-shard on its first attempt, "kill:<shard>:
-# always" on every attempt (read by the driver and passed to the task, so a pre-started cluster needs no env).
-FAULT_ENV = "STUDY_CLUSTER_FAULT"
+# The one seam for tests: "module:function" names ``hook(shard_index, attempt)``, which the driver calls for each
+# shard it submits; it returns None or ``wrap(stream, tracker)``, run on the worker around the shard's item stream
+# (tests/cluster_faults.py kills a worker mid-shard with it). ``wrap`` travels with the task, so a running cluster
+# needs no environment; its module must be importable there (Ray puts the driver's working directory on the path).
+SHARD_HOOK_ENV = "STUDY_SHARD_HOOK"
 
 
 class ShardFailed(RuntimeError):
@@ -95,15 +97,15 @@ def run_grid(cond: Condition, load_data: Callable[[], Dataset], members: Sequenc
     died = (WorkerCrashedError, NodeDiedError, ObjectLostError)
     parts = shards(members)
     handle = tracker.handle()
-    fault = _fault()
+    hook = _shard_hook()
     gpus = _gpus_per_task(settings.device)
     task = ray.remote(_train_shard)
 
     def submit(index: int, attempt: int, run_handle) -> None:
-        kill = fault is not None and fault[0] == index and (fault[1] or attempt == 1)
+        wrap = hook(index, attempt) if hook else None
         ref = task.options(num_cpus=SHARD_CPUS, num_gpus=gpus, max_retries=0,  # retries are ours: fresh runs
                            name=f"{cond.name}-shard{index}-attempt{attempt}").remote(
-            cond, load_data, parts[index], settings, run_handle, keep_examples, kill)
+            cond, load_data, parts[index], settings, run_handle, keep_examples, wrap)
         pending[ref] = (index, attempt)
 
     pending: dict = {}
@@ -143,20 +145,17 @@ def run_grid(cond: Condition, load_data: Callable[[], Dataset], members: Sequenc
 
 def _train_shard(cond: Condition, load_data: Callable[[], Dataset], members: list[train.Member],
                  settings: train.Settings, handle: tracking.RunHandle | None, keep_examples: bool,
-                 kill: bool) -> tuple[list, float]:
+                 wrap: Callable | None) -> tuple[list, float]:
     """One Ray task: a lockstep trainer over one shard, its records logged to the shard's child runs. Returns the
-    shard's items (records; example stats when kept) and its evaluation seconds."""
+    shard's items (records; example stats when kept) and its evaluation seconds. ``wrap``: see ``SHARD_HOOK_ENV``."""
     from study import runner  # here, not at the top: runner imports this module
 
     trainer = train.Trainer(cond, load_data(), members, settings)
     tracker = tracking.MlflowTracker.attach(handle) if handle else tracking.NullTracker()
+    stream = trainer.run()
     items: list = []
     try:
-        runner.collect(_until_killed(trainer, kill), tracker, into=items, keep_examples=keep_examples)
-        if kill and trainer.step > 0:  # collect sent the records it held; they reach the store before the kill
-            if handle:
-                tracker.flush(60)
-            os.kill(os.getpid(), signal.SIGKILL)
+        runner.collect(wrap(stream, tracker) if wrap else stream, tracker, into=items, keep_examples=keep_examples)
     except BaseException as exc:
         if handle:
             tracker.end_runs("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
@@ -167,22 +166,14 @@ def _train_shard(cond: Condition, load_data: Callable[[], Dataset], members: lis
     return items, trainer.evaluation_seconds
 
 
-def _until_killed(trainer: train.Trainer, kill: bool) -> Iterator:
-    """The trainer's stream; with ``kill`` (the fault hook), it ends mid-shard, after the first step's items."""
-    for item in trainer.run():
-        yield item
-        if kill and trainer.step > 0:
-            return
-
-
-def _fault() -> tuple[int, bool] | None:
-    spec = os.environ.get(FAULT_ENV, "")
+def _shard_hook() -> Callable | None:
+    spec = os.environ.get(SHARD_HOOK_ENV, "")
     if not spec:
         return None
-    kind, shard, *always = spec.split(":")
-    if kind != "kill":
-        raise ValueError(f"{FAULT_ENV}={spec!r}: expected kill:<shard> or kill:<shard>:always")
-    return int(shard), always == ["always"]
+    module, _, name = spec.partition(":")
+    if not name:
+        raise ValueError(f"{SHARD_HOOK_ENV}={spec!r}: expected module:function")
+    return getattr(importlib.import_module(module), name)
 
 
 def _gpus_per_task(device: str) -> float:

@@ -1,12 +1,11 @@
 """A shared MLflow tracking server on PostgreSQL: start and stop it in a directory (``.tracking/`` for the team,
 a temporary one for tests), listening on loopback only. Imports nothing from the study but ``tracking.alive``.
 
-``python -m study.server start|stop|status DIR`` (``make tracking-server``) prints the ``MLFLOW_TRACKING_URI``.
+``study tracking-server start|stop|status DIR`` (``make tracking-server``) prints the ``MLFLOW_TRACKING_URI``.
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
@@ -85,7 +84,7 @@ def start(root: Path, *, port: int | None = None, pg_port: int | None = None, wo
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         server = TrackingServer(str(root), port, pg_port, proc.pid, pg_user)
         _write_state(root, server)
-        _wait_healthy(server, proc, timeout_s)
+        wait_healthy(server.uri, proc, timeout_s, root / "mlflow.log")
     except BaseException:
         stop(root)
         raise
@@ -183,7 +182,7 @@ def _start_postgres(root: Path, pg_port: int, user: str) -> None:
         finally:
             pwfile.unlink(missing_ok=True)
         with open(pg / "postgresql.conf", "a") as conf:
-            conf.write(f"\n# study.server\nlisten_addresses = '{HOST}'\nunix_socket_directories = ''\n"
+            conf.write(f"\n# study.ops.server\nlisten_addresses = '{HOST}'\nunix_socket_directories = ''\n"
                        "max_connections = 200\n")
     _as(user, [_pg_bin("pg_ctl"), "start", "-D", str(pg), "-l", str(log), "-w", "-t", "60", "-o", f"-p {pg_port}"])
 
@@ -207,14 +206,15 @@ def _create_database(root: Path, pg_port: int) -> None:
 # ---- mlflow server ------------------------------------------------------------------------------------------
 
 
-def _wait_healthy(server: TrackingServer, proc: subprocess.Popen, timeout_s: float) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float, log: Path) -> None:
+    """Returns once the mlflow server (or ``mlflow ui``) at ``url`` answers /health; raises when ``proc`` exits first
+    or ``timeout_s`` passes, with the tail of its ``log``."""
     deadline = time.monotonic() + timeout_s
-    log = Path(server.root) / "mlflow.log"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"mlflow server exited with {proc.returncode}:\n{_tail(log)}")
         try:
-            with urllib.request.urlopen(f"{server.uri}/health", timeout=5) as response:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
                 if response.status == 200:
                     return
         except OSError:
@@ -277,115 +277,18 @@ def _reap(pid: int) -> None:
         pass
 
 
-# ---- load: many writers at once ---------------------------------------------------------------------------
-
-
-def load_test(uri: str, store_uri: str, *, processes: int = 8, runs: int = 2, batches: int = 5, batch: int = 1000,
-              timeout_s: float = 300) -> dict:
-    """``processes`` writer processes at once, each opening ``runs`` runs and sending each ``batches`` log_batch
-    calls of ``batch`` metric values (no retries: an error is counted, its values lost). The clock starts when every
-    writer has imported mlflow and connected. ``store_uri`` (SQLAlchemy) is read back to count what was stored."""
-    client = _client(uri)
-    experiment = client.create_experiment(f"load-{time.time_ns()}")
-    workers = [subprocess.Popen([sys.executable, "-m", "study.server", "load-worker", uri, experiment, str(runs),
-                                 str(batches), str(batch)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
-                                     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"})
-               for _ in range(processes)]
-    try:
-        for proc in workers:
-            if proc.stdout.readline().strip() != "ready":
-                raise RuntimeError("a load writer failed to start")
-        start = time.perf_counter()
-        for proc in workers:
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        reports = [json.loads(proc.communicate(timeout=timeout_s)[0].splitlines()[-1]) for proc in workers]
-        seconds = time.perf_counter() - start
-    finally:
-        for proc in workers:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    stored = count_metric_values(store_uri, experiment)
-    sent = processes * runs * batches * batch
-    kinds = sorted({kind for report in reports for kind in report["kinds"]})
-    return {"processes": processes, "runs": processes * runs, "values": sent, "stored": stored,
-            "errors": sum(r["errors"] for r in reports), "error_kinds": kinds,
-            "seconds": round(seconds, 2), "values_per_s": round(stored / seconds)}
-
-
-def count_metric_values(store_uri: str, experiment_id: str) -> int:
-    """Metric values stored for an experiment's runs, read from the database itself (not through MLflow)."""
-    import sqlalchemy
-
-    engine = sqlalchemy.create_engine(store_uri)
-    try:
-        with engine.connect() as conn:
-            query = sqlalchemy.text("SELECT count(*) FROM metrics m JOIN runs r ON m.run_uuid = r.run_uuid "
-                                    "WHERE r.experiment_id = :e")
-            return int(conn.execute(query, {"e": int(experiment_id)}).scalar())
-    finally:
-        engine.dispose()
-
-
-def _client(uri: str):
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
-def _load_worker(uri: str, experiment: str, runs: int, batches: int, batch: int) -> None:
-    from mlflow.entities import Metric
-
-    client = _client(uri)
-    print("ready", flush=True)
-    sys.stdin.readline()
-    errors, kinds, started = 0, set(), time.perf_counter()
-    keys = 50  # each batch: 50 keys x (batch / 50) steps
-    for _ in range(runs):
-        try:
-            run_id = client.create_run(experiment).info.run_id
-        except Exception as exc:
-            errors, kinds = errors + batches, kinds | {type(exc).__name__}
-            continue
-        for b in range(batches):
-            now = int(time.time() * 1000)
-            metrics = [Metric(f"m{i % keys}", float(i), now, b * batch + i // keys) for i in range(batch)]
-            try:
-                client.log_batch(run_id, metrics=metrics, synchronous=True)
-            except Exception as exc:
-                errors, kinds = errors + 1, kinds | {f"{type(exc).__name__}: {str(exc)[:80]}"}
-        try:
-            client.set_terminated(run_id)
-        except Exception as exc:
-            kinds.add(type(exc).__name__)
-    print(json.dumps({"errors": errors, "kinds": sorted(kinds), "seconds": time.perf_counter() - started}))
-
-
 # ---- command line -------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["load-worker"]:
-        uri, experiment, runs, batches, batch = argv[1:]
-        _load_worker(uri, experiment, int(runs), int(batches), int(batch))
+def main(action: str, root: Path, *, port: int | None = None, pg_port: int | None = None, workers: int = 2) -> int:
+    """``study tracking-server start|stop|status DIR``; ports default to ``STUDY_TRACKING_PORT`` and
+    ``STUDY_PG_PORT``, else 5001 and 5433. Returns the exit status (status: 1 when not running)."""
+    if action == "stop":
+        stop(root)
+        print(f"tracking server in {root} stopped", file=sys.stderr)
         return 0
-    parser = argparse.ArgumentParser(prog="python -m study.server", description=__doc__)
-    parser.add_argument("action", choices=("start", "stop", "status"))
-    parser.add_argument("root", type=Path, help="directory of the server's data, logs and artifacts")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("STUDY_TRACKING_PORT", DEFAULT_PORT)))
-    parser.add_argument("--pg-port", type=int, default=int(os.environ.get("STUDY_PG_PORT", DEFAULT_PG_PORT)))
-    parser.add_argument("--workers", type=int, default=2, help="mlflow server worker processes")
-    args = parser.parse_args(argv)
-    if args.action == "stop":
-        stop(args.root)
-        print(f"tracking server in {args.root} stopped", file=sys.stderr)
-        return 0
-    if args.action == "status":
-        server = read_state(args.root)
+    if action == "status":
+        server = read_state(root)
         if server is None or not alive(server.mlflow_pid):
             print("not running", file=sys.stderr)
             return 1
@@ -395,12 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(f"tracking server: {reason}", file=sys.stderr)
         return 2
-    server = start(args.root, port=args.port, pg_port=args.pg_port, workers=args.workers)
-    print(f"tracking server: PostgreSQL on {HOST}:{server.pg_port} (data in {args.root}/pg), mlflow server on "
-          f"{server.uri} (logs in {args.root}); stop it with `make tracking-server-stop`", file=sys.stderr)
+    port = port or int(os.environ.get("STUDY_TRACKING_PORT", DEFAULT_PORT))
+    pg_port = pg_port or int(os.environ.get("STUDY_PG_PORT", DEFAULT_PG_PORT))
+    server = start(root, port=port, pg_port=pg_port, workers=workers)
+    print(f"tracking server: PostgreSQL on {HOST}:{server.pg_port} (data in {root}/pg), mlflow server on "
+          f"{server.uri} (logs in {root}); stop it with `make tracking-server-stop`", file=sys.stderr)
     print(f"export MLFLOW_TRACKING_URI={server.uri}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

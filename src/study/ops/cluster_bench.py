@@ -1,7 +1,8 @@
-"""``python -m study.cluster_bench``: Ray's start and per-task overhead, one condition's seed shards on 1 worker
-against 2 (beside the local executor), and the tracking server's write rate, side by side in one run.
+"""``study cluster-bench``: Ray's start and per-task overhead, and one condition's seed shards on 1 worker against 2
+(beside the local executor), side by side in one run. (The tracking server's write rate is measured by
+tests/test_tracking_server.py.)
 
-Imports the executor, the trainer and the server; nothing imports this module.
+Imports the executor and the trainer; nothing but the CLI imports this module.
 """
 
 from __future__ import annotations
@@ -9,17 +10,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import shutil
 import statistics
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
-from study import config, data, server, train
-from study.cluster import OBJECT_STORE_BYTES, SHARD_CPUS, shards
+from study import config, data, train
 from study.config import Condition
 from study.data import Dataset
+from study.ops.cluster import OBJECT_STORE_BYTES, SHARD_CPUS, shards
 
 BENCH_SIZES = {"train_size": 8000, "val_size": 1000, "test_size": 1000}  # one short epoch, two small evaluations
 BENCH_ROUNDS = 3
@@ -95,34 +94,6 @@ def _bench_shard(cond: Condition, load_data: Callable[[], Dataset], members, set
     return count, time.perf_counter() - started
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m study.cluster_bench") -> int:
-    """Also ``study cluster-bench``, which passes its arguments here (``prog`` names it in the usage line)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog=prog, description="measure the Ray executor")
-    parser.add_argument("--params", type=Path, default=Path("experiments/study.yaml"))
-    parser.add_argument("--condition", default="fashion_sgd")
-    parser.add_argument("--data", type=Path, default=Path("data"), help="directory the data stage prepared")
-    parser.add_argument("--load", action="store_true", help="also the tracking server's write rate (PostgreSQL)")
-    args = parser.parse_args(argv)
-    result = bench(args.params, args.condition, args.data)
-    if args.load:
-        result["tracking_load"] = _bench_load()
-    print(json.dumps(result, indent=2))
-    return 0
-
-
-def _bench_load() -> dict:
-    """The load test's figures against a PostgreSQL-backed server started in a temporary directory."""
-    root = Path(tempfile.mkdtemp(prefix="study-tracking-"))
-    root.chmod(0o755)
-    try:
-        srv = server.start(root / "srv")
-        return server.load_test(srv.uri, srv.backend_uri)
-    finally:
-        server.stop(root / "srv")
-        shutil.rmtree(root, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def main(*, params: Path, condition: str, data_root: Path) -> None:
+    """``study cluster-bench``: the measurements as one JSON object on stdout."""
+    print(json.dumps(bench(params, condition, data_root), indent=2))

@@ -8,12 +8,11 @@ condition's real model, forward alone (evaluations) and forward + backward (trai
 counted without a hand-written formula. Only matrix products and convolutions are counted: elementwise work
 (activations, losses, optimizer updates) is part of "the rest".
 
-    python -m study.budget --params experiments/study.yaml [--peak-gflops 90] [--wall-seconds 1369]
+    study budget --params experiments/study.yaml [--peak-gflops 90] [--wall-seconds 1369]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -138,32 +137,23 @@ def expectation(total_flops: float, peak_flops: float) -> str:
     return f"Expected on this machine: {reckoning}, within the {BUDGET_MINUTES}-minute budget."
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m study.budget", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", type=Path, default=Path("experiments/study.yaml"))
-    parser.add_argument("--data", type=Path, default=Path("data"))
-    parser.add_argument("--peak-gflops", type=float, help="matmul rate; default: measured now (study bench's)")
-    parser.add_argument("--wall-seconds", type=float, help="a measured wall time of the same params, to compare")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    cfg = config.load(args.params, tracking=False)
-    rows = study_arithmetic(cfg, args.data)
-    peak = args.peak_gflops * 1e9 if args.peak_gflops else _measured_peak()
-    if args.json:
+def main(*, params: Path, data_root: Path, peak_gflops: float | None, wall_seconds: float | None,
+         as_json: bool) -> None:
+    """``study budget``: the table (or one JSON object) on stdout; without ``peak_gflops``, the peak is measured."""
+    cfg = config.load(params, tracking=False)
+    rows = study_arithmetic(cfg, data_root)
+    peak = peak_gflops * 1e9 if peak_gflops else _measured_peak()
+    if as_json:
         total = sum(r.total for r in rows)
-        json.dump({"rows": [r.__dict__ for r in rows], "peak_flops": peak, "wall_seconds": args.wall_seconds,
+        json.dump({"rows": [r.__dict__ for r in rows], "peak_flops": peak, "wall_seconds": wall_seconds,
                    "arithmetic_ratio": ARITHMETIC_RATIO, "expected_minutes": expected_minutes(total, peak)},
                   sys.stdout, indent=1)
         print(expectation(total, peak), file=sys.stderr)  # stdout stays one JSON object
     else:
-        print(table(rows, peak, args.wall_seconds))
+        print(table(rows, peak, wall_seconds))
 
 
 def _measured_peak() -> float:
-    from study.bench import matmul_peak
+    from study.ops.bench import matmul_peak
 
     return matmul_peak(3.0)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,1 @@
+"""What runs the study rather than studies: tracking server, Ray executor, benches, budget, power, store rebuild."""
