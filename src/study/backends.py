@@ -282,8 +282,8 @@ class StackedAdam:
 
     def step(self, grads: list[Tensor]) -> None:
         """PyTorch's fused Adam kernel (``Adam(fused=True)``), once per model on its slices of the stacked tensors,
-        so that each model keeps its own learning rate: 4.7 ms a Fashion-MNIST step for 20 models instead of 9.5 ms
-        for the same update written as seven elementwise passes (measured side by side)."""
+        so that each model keeps its own learning rate: one kernel reads and writes each tensor once, where the same
+        update in torch ops takes seven elementwise passes and twice the time (a Fashion-MNIST step of 20 models)."""
         beta1, beta2 = ADAM_BETAS
         self.steps += 1
         step = [torch.tensor(float(self.steps))] * len(self.params)  # the kernel reads the step count, per tensor

@@ -483,7 +483,7 @@ def load(
     or its first train_size when train_size > 0. Test: the first test_size examples when test_size > 0.
     MNIST-1D differs: validation is the first val_size of a permutation (split_seed) of the extra examples, the test
     set is the published 1,000 followed by the remaining extra examples, and training is the published 4,000 (or
-    their first train_size), so val_size no longer takes from training.
+    their first train_size), so validation takes nothing from training.
     Inputs are standardised with one scalar mean and std of the training split (after images are scaled to [0, 1]).
     Label noise touches the training labels; validation and test labels stay clean. ``y_val_noisy`` holds the
     validation labels flipped at the same rate with seed ``val_noise_seed(noise_seed)``, for the tune stage.
@@ -497,7 +497,7 @@ def load(
     if val_size < 0 or train_size < 0 or test_size < 0:
         sizes = f"val_size={val_size}, train_size={train_size}, test_size={test_size}"
         raise DataError(f"{sizes}: sizes cannot be negative.")
-    n_published = 0  # MNIST-1D: training examples of the published set, which validation no longer takes from
+    n_published = 0  # MNIST-1D: training examples of the published set, which validation never takes from
     if dataset == "mnist1d":
         x_all, y_all, x_test, y_test, x_extra, y_extra = _read_mnist1d(root)
         n_published = len(y_all)
