@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import synthetic_dataset, tiny_condition
-from study import grads, losses, model, train
+from study import backends, grads, losses, model, train
 from study.data import Dataset
 from study.model import CNN1dSpec, MLPSpec
 from study.records import ExampleStats, Record
@@ -99,9 +99,9 @@ def test_every_loss_starts_a_seed_from_the_same_weights(signal_data):
 def test_auto_picks_fused_for_an_mlp_and_autograd_otherwise(tiny_data, signal_data):
     member = [Member("mse", 0.1, 0)]
     assert train.Trainer(tiny_condition(), tiny_data, member, SETTINGS).backend == "fused"
-    assert isinstance(train.Trainer(tiny_condition(), tiny_data, member, SETTINGS).stack, train.Stack)
+    assert isinstance(train.Trainer(tiny_condition(), tiny_data, member, SETTINGS).stack, backends.Stack)
     forced = Settings(progress=False, backend="autograd")
-    assert isinstance(train.Trainer(tiny_condition(), tiny_data, member, forced).stack, train.Autograd)
+    assert isinstance(train.Trainer(tiny_condition(), tiny_data, member, forced).stack, backends.Autograd)
     cnn = tiny_condition(model=CNN)
     assert train.Trainer(cnn, signal_data, member, SETTINGS).backend == "autograd"
     with pytest.raises(ValueError, match="fused backend steps MLPs only"):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import tiny_condition
-from study import losses, train
+from study import calibration, losses, train
 from study.records import Record
 from study.train import Settings
 
@@ -85,8 +85,8 @@ def test_ece_own_of_a_softmax_loss_is_the_softmax_ece():
     logits = torch.randn(3, 400, 10, generator=generator) * 4
     labels = torch.randint(0, 10, (400,), generator=generator)
     confidence, predicted = logits.log_softmax(dim=2).exp().max(dim=2)
-    want = train.expected_calibration_error(confidence, predicted == labels, BINS).tolist()
-    assert train.own_calibration_error(logits, labels, ["softmax"] * 3, BINS) == want  # to the bit
+    want = calibration.expected_calibration_error(confidence, predicted == labels, BINS).tolist()
+    assert calibration.own_calibration_error(logits, labels, ["softmax"] * 3, BINS) == want  # to the bit
 
 
 def test_ece_own_of_sigmoids_hand_computed():
@@ -102,9 +102,9 @@ def test_ece_own_of_sigmoids_hand_computed():
                             [nine, 0.0, -1.0],  # 0.9, predicts 0, label 1: wrong
                             [quarter, -3.0, -3.0]]], dtype=torch.float64)  # 0.25, predicts 0, label 0: right
     labels = torch.tensor([0, 2, 0, 1, 0])
-    (got,) = train.own_calibration_error(logits, labels, ["sigmoid"], BINS)
+    (got,) = calibration.own_calibration_error(logits, labels, ["sigmoid"], BINS)
     assert got == pytest.approx(0.31, abs=1e-12)
-    (softmax,) = train.own_calibration_error(logits, labels, ["softmax"], BINS)
+    (softmax,) = calibration.own_calibration_error(logits, labels, ["softmax"], BINS)
     assert abs(softmax - 0.31) > 0.05
 
 
@@ -112,7 +112,7 @@ def test_ece_own_is_none_for_a_loss_without_probabilities_and_per_model_otherwis
     generator = torch.Generator().manual_seed(2)
     logits = torch.randn(3, 300, 10, generator=generator) * 3
     labels = torch.randint(0, 10, (300,), generator=generator)
-    got = train.own_calibration_error(logits, labels, ["sigmoid", "none", "softmax"], BINS)
+    got = calibration.own_calibration_error(logits, labels, ["sigmoid", "none", "softmax"], BINS)
     assert got[1] is None
     predicted = logits.argmax(dim=2)
     assert got[0] == pytest.approx(numpy_ece(logits[0].sigmoid().max(dim=1).values.double().numpy(),
@@ -120,7 +120,7 @@ def test_ece_own_is_none_for_a_loss_without_probabilities_and_per_model_otherwis
     assert got[2] == pytest.approx(numpy_ece(logits[2].softmax(dim=1).max(dim=1).values.double().numpy(),
                                              (predicted[2] == labels).numpy()), abs=1e-6)
     with pytest.raises(ValueError, match="kinds"):
-        train.own_calibration_error(logits, labels, ["softmax"], BINS)
+        calibration.own_calibration_error(logits, labels, ["softmax"], BINS)
 
 
 # ---- classwise ECE --------------------------------------------------------------------------------------------------
@@ -129,13 +129,13 @@ def test_ece_own_is_none_for_a_loss_without_probabilities_and_per_model_otherwis
 def test_classwise_ece_of_calibrated_probabilities_is_about_zero():
     # Exactly calibrated: every example at 1/2, half of them in each class.
     exact = torch.full((1, 4, 2), 0.5)
-    assert train.classwise_calibration_error(exact, torch.tensor([0, 1, 0, 1]), BINS).item() == 0.0
+    assert calibration.classwise_calibration_error(exact, torch.tensor([0, 1, 0, 1]), BINS).item() == 0.0
     # Labels drawn from the probabilities themselves: calibrated up to sampling noise (about 0.003 here).
     generator = torch.Generator().manual_seed(3)
     probs = (torch.randn(100_000, 10, generator=generator, dtype=torch.float64) * 1.5).softmax(dim=1)
     labels = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-    calibrated = train.classwise_calibration_error(probs[None], labels, BINS).item()
-    sharpened = train.classwise_calibration_error((probs.log() * 3).softmax(dim=1)[None], labels, BINS).item()
+    calibrated = calibration.classwise_calibration_error(probs[None], labels, BINS).item()
+    sharpened = calibration.classwise_calibration_error((probs.log() * 3).softmax(dim=1)[None], labels, BINS).item()
     assert calibrated < 0.01
     assert sharpened > 0.03
 
@@ -150,7 +150,7 @@ def test_classwise_ece_hand_computed():
                          dtype=torch.float64)
     labels = torch.tensor([0, 1, 2, 0])
     uniform = torch.full((4, 3), 1 / 3, dtype=torch.float64)  # a second model: classes at 2/4, 1/4, 1/4 vs 1/3
-    got = train.classwise_calibration_error(torch.stack([probs, uniform]), labels, BINS)
+    got = calibration.classwise_calibration_error(torch.stack([probs, uniform]), labels, BINS)
     assert got.shape == (2,)
     assert got[0].item() == pytest.approx(0.47 / 3, abs=1e-12)
     assert got[1].item() == pytest.approx((1 / 6 + 1 / 12 + 1 / 12) / 3, abs=1e-12)
@@ -161,7 +161,7 @@ def test_classwise_ece_matches_a_bin_by_bin_reference():
     probs = (torch.randn(3, 500, 10, generator=generator, dtype=torch.float64) * 3).softmax(dim=2)
     probs[0, 0] = torch.tensor([1.0] + [0.0] * 9, dtype=torch.float64)  # an underflowed 0 sits in the first bin
     labels = torch.randint(0, 10, (500,), generator=generator)
-    got = train.classwise_calibration_error(probs, labels, BINS)
+    got = calibration.classwise_calibration_error(probs, labels, BINS)
     for m in range(3):
         assert got[m].item() == pytest.approx(numpy_classwise_ece(probs[m].numpy(), labels.numpy()), abs=1e-9)
 

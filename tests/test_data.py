@@ -18,7 +18,7 @@ import pytest
 import torch
 import torchvision.datasets
 
-from study import data
+from study import data, mnist1d_generator
 
 N_TRAIN, N_TEST = 600, 100
 NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -434,7 +434,7 @@ def test_mnist1d_file_is_reproducible(mnist1d_root, tmp_path):
 def test_mnist1d_file_is_the_same_on_a_cpu_whose_float64_last_bits_differ(mnist1d_root, tmp_path, monkeypatch):
     """The generator's float64 output differs in its last bits between CPUs; the stored float32 file must not."""
     _, manifest, _ = mnist1d_root
-    generate = data._mnist1d_raw
+    generate = mnist1d_generator._mnist1d_raw
     rng = np.random.default_rng(0)
 
     def other_cpu(*args):
@@ -442,7 +442,7 @@ def test_mnist1d_file_is_the_same_on_a_cpu_whose_float64_last_bits_differ(mnist1
         ulps = rng.integers(-4, 5, size=x.shape)  # up to 4 float64 ulps either way, in every value
         return x + ulps * np.spacing(x), y
 
-    monkeypatch.setattr(data, "_mnist1d_raw", other_cpu)
+    monkeypatch.setattr(mnist1d_generator, "_mnist1d_raw", other_cpu)
     assert data.prepare("mnist1d", None, tmp_path, progress=False) == manifest
 
 

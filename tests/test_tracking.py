@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 
-from study import tracking
+from study import mlflow_store, tracking
 from study.records import Record
 from study.tracking import NullTracker, RunSpec, default_uri, open_tracker, owner_id, redact
 
@@ -244,7 +244,7 @@ def test_default_uri(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def test_database_is_locked_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tracking, "_RETRY_FIRST_WAIT_S", 0.001)
+    monkeypatch.setattr(mlflow_store, "_RETRY_FIRST_WAIT_S", 0.001)
     calls = []
 
     def flaky() -> str:
@@ -253,15 +253,15 @@ def test_database_is_locked_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
             raise RuntimeError("(sqlite3.OperationalError) database is locked")
         return "ok"
 
-    assert tracking._retry(flaky) == "ok" and len(calls) == 3
+    assert mlflow_store.retry(flaky) == "ok" and len(calls) == 3
 
     def always_locked() -> str:
         raise RuntimeError("database is locked")
 
     with pytest.raises(RuntimeError, match="locked"):
-        tracking._retry(always_locked)
+        mlflow_store.retry(always_locked)
     with pytest.raises(KeyError):
-        tracking._retry(lambda: {}["missing"])
+        mlflow_store.retry(lambda: {}["missing"])
 
 
 # A child process: pays the mlflow import, waits at a barrier, then opens the same store as its siblings.
@@ -399,13 +399,13 @@ def test_bulk_insert_stores_what_log_batch_stores(tmp_path: Path, empty_store: P
         shutil.copyfile(empty_store, tmp_path / kind / "mlflow.db")
         stores[kind] = f"sqlite:///{tmp_path / kind / 'mlflow.db'}"
     bulk_calls = []
-    real_insert = tracking._insert_metrics
-    monkeypatch.setattr(tracking, "_insert_metrics", lambda *a: bulk_calls.append(len(a[2])) or real_insert(*a))
+    real_insert = tracking.insert_metrics
+    monkeypatch.setattr(tracking, "insert_metrics", lambda *a: bulk_calls.append(len(a[2])) or real_insert(*a))
     with opened(stores["bulk"]) as tracker:
         tracker.log(logged)
         tracker.set_summary(RUNS[0].run, {"summary/final": 0.5})
     assert bulk_calls and max(bulk_calls) > 1000  # one transaction per run, not MLflow's 1,000-metric batches
-    monkeypatch.setattr(tracking, "_sql_store", lambda client: None)
+    monkeypatch.setattr(tracking, "sql_store", lambda client: None)
     with opened(stores["log_batch"]) as tracker:
         tracker.log(logged)
         tracker.set_summary(RUNS[0].run, {"summary/final": 0.5})
@@ -427,7 +427,7 @@ def test_a_metric_already_stored_falls_back_to_log_batch(uri: str, caplog: pytes
         from mlflow.entities import Metric
         again = [Metric("train/loss", m.value, stamp, m.step) for m in stored] + [Metric("train/loss", 0.01, stamp, 9)]
         with pytest.raises(Exception, match="UNIQUE|IntegrityError|unique"):
-            tracking._insert_metrics(tracker._store, run_id, again)  # all or nothing: the new step 9 is not stored
+            mlflow_store.insert_metrics(tracker._store, run_id, again)  # all or nothing: the new step 9 is not stored
         assert len(MlflowClient(uri).get_metric_history(run_id, "train/loss")) == 3
         tracker._send_run(run_id, again, {})
     history = MlflowClient(uri).get_metric_history(run_id, "train/loss")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import synthetic_dataset, tiny_condition
-from study import losses, train
+from study import calibration, losses, train
 from study.data import Dataset
 from study.model import MLPSpec, init_mlp
 from study.records import ExampleStats, Record
@@ -327,7 +327,7 @@ def test_ece_hand_computed_example():
     #   bin 13 (13/15, 14/15]: 0.9 right, 0.92 wrong -> acc 0.5, conf 0.91  -> 2 x 0.41
     #   bin 14 (14/15, 1]: 1.0 right -> acc 1, conf 1                      -> 0
     expected = (2 * (0.5 - (0.1 + 2 / 15) / 2) + 2 * 0.2 + 2 * 0.41) / 7
-    ece = train.expected_calibration_error(confidence, correct, 15)
+    ece = calibration.expected_calibration_error(confidence, correct, 15)
     assert ece.shape == (1,)
     assert ece.item() == pytest.approx(expected, abs=1e-6)
     # Had 2/15 landed in bin 2, bin 1 would hold 0.1 alone: |1 - 0.1| + |0 - 2/15| instead of 2 x 0.38333.
@@ -344,7 +344,7 @@ def test_ece_upper_edge_belongs_to_the_lower_bin(k):
     confidence = torch.stack([edge, middle])[None]
     correct = torch.tensor([[True, False]])
     together = abs(0.5 - (edge.item() + middle.item()) / 2)
-    assert train.expected_calibration_error(confidence, correct, 15).item() == pytest.approx(together, abs=1e-6)
+    assert calibration.expected_calibration_error(confidence, correct, 15).item() == pytest.approx(together, abs=1e-6)
 
 
 def numpy_ece(confidence: np.ndarray, correct: np.ndarray, bins: int) -> float:
@@ -362,10 +362,10 @@ def test_ece_matches_a_bin_by_bin_reference():
     generator = torch.Generator().manual_seed(0)
     confidence = torch.rand(3, 500, generator=generator, dtype=torch.float64) * 0.9 + 0.1
     correct = torch.rand(3, 500, generator=generator, dtype=torch.float64) < confidence**2
-    got = train.expected_calibration_error(confidence, correct, 15)
+    got = calibration.expected_calibration_error(confidence, correct, 15)
     for m in range(3):
         assert got[m].item() == pytest.approx(numpy_ece(confidence[m].numpy(), correct[m].numpy(), 15), abs=1e-9)
-    perfect = train.expected_calibration_error(torch.ones(1, 10), torch.ones(1, 10, dtype=torch.bool), 15)
+    perfect = calibration.expected_calibration_error(torch.ones(1, 10), torch.ones(1, 10, dtype=torch.bool), 15)
     assert perfect.item() == 0.0
 
 
@@ -375,7 +375,7 @@ def test_fit_temperature_recovers_a_known_temperature():
     labels = torch.multinomial(base.softmax(dim=1), 1, generator=generator).squeeze(1)
     temperatures = torch.tensor([0.5, 1.0, 2.5])
     logits = temperatures[:, None, None] * base  # [3, N, K]: dividing by T0 gives back the true model
-    fitted = train.fit_temperature(logits, labels)
+    fitted = calibration.fit_temperature(logits, labels)
     assert fitted.shape == (3,)
     torch.testing.assert_close(fitted, temperatures, rtol=0.05, atol=0.0)  # 5000 draws: about 2% off
 

@@ -1,7 +1,7 @@
 """The study's parameters as frozen dataclasses, validated before any work starts. The only YAML reader.
 
 Imports from the study only the loss registry (names looked up when a file is loaded), the model factory and the
-data module's dataset names and class count.
+data module's dataset names and its rule for held-out classes.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import yaml
 
 from study import losses as loss_registry
 from study import model
-from study.data import DATASETS, NUM_CLASSES
+from study.data import DATASETS, heldout_problem
 
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
@@ -251,11 +251,9 @@ def _condition(name: str, spec: Any, get: _Getter, path: Path, *, losses: tuple[
     heldout = _heldout_classes(sub, key("heldout_classes"), get, path)
     if "backend" in sub:
         backend = get.choice(sub, key("backend"), BACKENDS)
-    if backend == "fused" and not isinstance(network, model.MLPSpec):
-        raise ConfigError(
-            f"{path}: {key('backend')} is fused (set here or in study.backend), but the fused backend steps MLPs "
-            f"only and this model is {network.kind}; set backend: autograd (or auto) for this condition"
-        )
+    problem = model.backend_problem(backend, network)
+    if problem:
+        raise ConfigError(f"{path}: {key('backend')} (set here or in study.backend): {problem} for this condition")
     return Condition(
         name=name,
         dataset=get.choice(sub, key("dataset"), DATASETS),
@@ -304,13 +302,11 @@ def _lr_extend(mapping: dict, dotted: str, get: _Getter, path: Path) -> int:
 
 
 def _heldout_classes(mapping: dict, dotted: str, get: _Getter, path: Path) -> tuple[int, ...]:
-    """Class indices (0..9 in every dataset of the study), each once, leaving at least two classes to train on;
-    empty: every class is trained on."""
+    """The classes left out of training, checked by the data module's rule; empty: every class is trained on."""
     classes = tuple(get.items(mapping, dotted, int))
-    if (len(set(classes)) != len(classes) or not all(0 <= c < NUM_CLASSES for c in classes)
-            or len(classes) > NUM_CLASSES - 2):
-        raise ConfigError(f"{path}: {dotted} = {list(classes)}, but it must list class indices 0..{NUM_CLASSES - 1}, "
-                          f"each once, at most {NUM_CLASSES - 2} of them (e.g. [8, 9]); [] trains on every class")
+    problem = heldout_problem(classes)
+    if problem:
+        raise ConfigError(f"{path}: {dotted} = {list(classes)}, but {problem} (e.g. [8, 9]); [] trains on every class")
     return classes
 
 

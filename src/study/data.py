@@ -1,6 +1,7 @@
 """The datasets as normalised tensors in memory: `prepare` fetches, verifies and lays out the raw files, `load` reads.
 
-Imports nothing from the study package. torchvision reads the IDX files; the mnist1d package generates MNIST-1D offline.
+Imports nothing from the study package but ``mnist1d_generator`` (in ``prepare``, which generates MNIST-1D offline);
+torchvision reads the IDX files.
 """
 
 from __future__ import annotations
@@ -9,14 +10,13 @@ import contextlib
 import gzip
 import hashlib
 import os
-import random
 import shutil
 import struct
 import sys
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -76,22 +76,6 @@ VAL_NOISE_SEED_OFFSET = 1_000_003  # val_noise_seed(noise_seed) = noise_seed + t
 
 MNIST1D_FILE = "mnist1d.npz"
 MNIST1D_VERSION = "0.0.2.post1"  # the mnist1d release whose generator was checked against the constants below
-# mnist1d.data.get_dataset_args() as published (its download url left out: the set is generated, never downloaded).
-MNIST1D_ARGS = {
-    "num_samples": 5000,
-    "train_split": 0.8,
-    "template_len": 12,
-    "padding": [36, 60],
-    "scale_coeff": 0.4,
-    "max_translation": 48,
-    "corr_noise_scale": 0.25,
-    "iid_noise_scale": 2e-2,
-    "shear_scale": 0.75,
-    "shuffle_seq": False,
-    "final_seq_length": 40,
-    "seed": 42,
-}
-MNIST1D_TEMPLATES_SHA256 = "8a0e30f6b693eaa3acc8e8ccea0c0f662c521adb06ba2306b542ce52f53491f5"  # bytes of x, t, y
 # The arrays as make_dataset returns them, inputs stored as float32: the precision training reads, and the one that is
 # the same on every CPU. The generator's float64 output differs in its last bits between machines (a 2-core AVX2-only
 # AMD EPYC and the machines that made the committed results disagree there); rounded to float32 it does not, so the
@@ -158,7 +142,7 @@ def _check_dataset(dataset: str) -> None:
         raise DataError(f"unknown dataset {dataset!r}; known datasets: {', '.join(DATASETS)}")
 
 
-def _get_a_copy(dataset: str) -> str:
+def get_a_copy(dataset: str) -> str:
     if dataset == "fashion_mnist":
         return (
             "Get a good copy: apt-get install --reinstall dataset-fashion-mnist, or put the four IDX files "
@@ -177,9 +161,9 @@ def _get_a_copy(dataset: str) -> str:
 
 def _rebuild(dataset: str) -> str:
     if dataset == "mnist1d":
-        return _get_a_copy(dataset)
-    get_a_copy = _get_a_copy(dataset)
-    return f"Rebuild it with the data stage (dvc repro); if that fails too, {get_a_copy[0].lower()}{get_a_copy[1:]}"
+        return get_a_copy(dataset)
+    fix = get_a_copy(dataset)
+    return f"Rebuild it with the data stage (dvc repro); if that fails too, {fix[0].lower()}{fix[1:]}"
 
 
 def _source_file(directory: Path, name: str) -> Path | None:
@@ -206,14 +190,14 @@ def resolve_source(dataset: str, data_dir: str | None) -> Path | None:
     if named:
         base = Path(named).expanduser()
         if not base.is_dir():
-            raise DataError(f"{base} (from {origin}): no such directory. {_get_a_copy(dataset)}")
+            raise DataError(f"{base} (from {origin}): no such directory. {get_a_copy(dataset)}")
         for candidate in (base / TORCHVISION_CLASSES[dataset] / "raw", base):
             if all(_source_file(candidate, name) for name in names):
                 return candidate
         missing = [name for name in names if _source_file(base, name) is None]
         raise DataError(
             f"{base} (from {origin}): missing {', '.join(missing)} (each as .gz or decompressed, directly in it or "
-            f"under {TORCHVISION_CLASSES[dataset]}/raw/). {_get_a_copy(dataset)}"
+            f"under {TORCHVISION_CLASSES[dataset]}/raw/). {get_a_copy(dataset)}"
         )
     if dataset == "fashion_mnist" and all(_source_file(FASHION_SOURCES_DEBIAN, name) for name in names):
         return FASHION_SOURCES_DEBIAN
@@ -223,7 +207,7 @@ def resolve_source(dataset: str, data_dir: str | None) -> Path | None:
 # ---- verification ----------------------------------------------------------------------------------------------------
 
 
-def _digest(path: Path, algorithm: str) -> str:
+def file_digest(path: Path, algorithm: str) -> str:
     with path.open("rb") as f:
         return hashlib.file_digest(f, algorithm).hexdigest()
 
@@ -268,7 +252,7 @@ def _verify_raw(dataset: str, spec: RawFile, path: Path, *, shown: Path | None =
     if not path.is_file():
         raise DataError(f"{shown}: missing. {fix}")
     _check_idx(spec, path, shown, fix)
-    digest = _digest(path, "sha256")
+    digest = file_digest(path, "sha256")
     if spec.sha256 is not None and digest != spec.sha256:
         raise DataError(f"{shown}: checksum mismatch (file is corrupt or truncated). {fix}")
     fashion = {other.name: other.sha256 for other in RAW_FILES["fashion_mnist"]}
@@ -277,7 +261,7 @@ def _verify_raw(dataset: str, spec: RawFile, path: Path, *, shown: Path | None =
     return digest
 
 
-def _check_mnist1d(arrays: dict[str, np.ndarray], shown: str, fix: str) -> None:
+def check_mnist1d(arrays: dict[str, np.ndarray], shown: str, fix: str) -> None:
     expected = (
         (MNIST1D_ARRAYS, MNIST1D_SHA256, "not the published MNIST-1D set"),
         (MNIST1D_EXTRA_ARRAYS, MNIST1D_EXTRA_SHA256, f"not the extra examples of seed {MNIST1D_EXTRA_SEED}"),
@@ -303,7 +287,7 @@ def _check_mnist1d(arrays: dict[str, np.ndarray], shown: str, fix: str) -> None:
 
 
 @contextlib.contextmanager
-def _temporary_beside(dest: Path) -> Iterator[Path]:
+def temporary_beside(dest: Path) -> Iterator[Path]:
     """A temporary path in dest's directory, moved onto dest (atomically, os.replace) only if the block succeeds."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
@@ -318,12 +302,12 @@ def _temporary_beside(dest: Path) -> Iterator[Path]:
 
 def _install(dataset: str, spec: RawFile, src: Path, dest: Path, progress: bool) -> str:
     """Copies (decompressing a .gz) src to dest, verified before it lands there; returns its sha256."""
-    fix = _get_a_copy(dataset)
+    fix = get_a_copy(dataset)
     if progress:
         print(f"data: {src} -> {dest}", file=sys.stderr)
-    if src.suffix == ".gz" and spec.gz_md5 is not None and _digest(src, "md5") != spec.gz_md5:
+    if src.suffix == ".gz" and spec.gz_md5 is not None and file_digest(src, "md5") != spec.gz_md5:
         raise DataError(f"{src}: md5 differs from torchvision's list (file is corrupt, truncated or repacked). {fix}")
-    with _temporary_beside(dest) as tmp:
+    with temporary_beside(dest) as tmp:
         with tmp.open("wb") as out:
             if src.suffix == ".gz":
                 try:
@@ -371,81 +355,6 @@ def _download(dataset: str, root: Path, progress: bool) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def _global_rngs_kept() -> Iterator[None]:
-    """mnist1d seeds the global random and numpy generators; put them back so generating has no side effects."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    try:
-        yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
-
-
-def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez's format (readable by np.load with allow_pickle=False), with fixed zip timestamps so that the same
-    arrays always give the same bytes (a stable sha256 for the manifest and DVC)."""
-    with _temporary_beside(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
-        for key, array in arrays.items():
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            with archive.open(info, "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, array, allow_pickle=False)
-
-
-def _prepare_mnist1d(root: Path, progress: bool) -> dict[str, str]:
-    import mnist1d.data  # only the data stage generates; it also pulls in requests, which nothing here uses
-    import mnist1d.utils
-
-    fix = _get_a_copy("mnist1d")
-    args = mnist1d.data.get_dataset_args(as_dict=True)
-    published = {key: value for key, value in args.items() if key != "url"}
-    if published != MNIST1D_ARGS:
-        changed = ", ".join(
-            sorted(k for k in published.keys() | MNIST1D_ARGS.keys() if published.get(k) != MNIST1D_ARGS.get(k))
-        )
-        raise DataError(f"mnist1d.data.get_dataset_args(): defaults differ from the published ones ({changed}). {fix}")
-    templates = mnist1d.data.get_templates()
-    digest = hashlib.sha256()
-    for key in ("x", "t", "y"):
-        digest.update(np.ascontiguousarray(templates[key]).tobytes())
-    if digest.hexdigest() != MNIST1D_TEMPLATES_SHA256:
-        raise DataError(f"mnist1d.data.get_templates(): the digit templates differ from the published ones. {fix}")
-    if progress:
-        extra = MNIST1D_EXTRA_ARRAYS["y_extra"][0][0]
-        print(f"data: generating MNIST-1D and {extra} extra examples -> {root / MNIST1D_FILE}", file=sys.stderr)
-    with _global_rngs_kept():
-        x_raw, y = _mnist1d_raw(mnist1d.data, mnist1d.data.get_dataset_args(), templates)
-        extra_args = mnist1d.data.get_dataset_args(as_dict=True) | {"seed": MNIST1D_EXTRA_SEED}
-        x_extra_raw, y_extra = _mnist1d_raw(mnist1d.data, mnist1d.utils.ObjectView(extra_args), templates)
-    mean, std = x_raw.mean(), x_raw.std()  # make_dataset's standardisation of the published set, kept for the extra
-    x = (x_raw - mean) / std
-    split = int(len(y) * MNIST1D_ARGS["train_split"])
-    arrays = {"x": x[:split], "y": y[:split], "x_test": x[split:], "y_test": y[split:],
-              "x_extra": (x_extra_raw - mean) / std, "y_extra": y_extra}
-    arrays = {key: np.ascontiguousarray(array, dtype=np.float32 if key.startswith("x") else None)
-              for key, array in arrays.items()}
-    _check_mnist1d(arrays, "mnist1d.data (generated)", fix)
-    _write_npz(root / MNIST1D_FILE, arrays)
-    return {MNIST1D_FILE: _digest(root / MNIST1D_FILE, "sha256")}
-
-
-def _mnist1d_raw(generator, args, templates) -> tuple[np.ndarray, np.ndarray]:
-    """mnist1d.data.make_dataset's examples before its final standardisation: the same calls in the same order
-    (seed, one ``transform`` per example class by class, one shuffle), so that the published set comes out byte for
-    byte (its checksum proves it) and other seeds can be put on the published set's scale. ``generator`` is the
-    ``mnist1d.data`` module; returns inputs [N, 40] float64 and labels [N] int64."""
-    generator.set_seed(args.seed)
-    xs, ys = [], []
-    per_class = args.num_samples // len(templates["y"])
-    for label_ix in range(len(templates["y"])):
-        for _ in range(per_class):
-            x, _shifts = generator.transform(templates["x"][label_ix], templates["t"], args)
-            xs.append(x)
-            ys.append(templates["y"][label_ix])
-    shuffle = np.random.permutation(len(ys))
-    return np.stack(xs)[shuffle], np.stack(ys)[shuffle]
-
-
 def prepare(dataset: str, data_dir: str | None, root: Path, *, progress: bool = True) -> dict[str, str]:
     """The data stage: lays the dataset out under root, verified, and returns {file name: sha256} of what it wrote.
 
@@ -457,7 +366,9 @@ def prepare(dataset: str, data_dir: str | None, root: Path, *, progress: bool = 
     _check_dataset(dataset)
     root = Path(root)
     if dataset == "mnist1d":
-        return _prepare_mnist1d(root, progress)
+        from study import mnist1d_generator  # only the data stage generates (it needs the mnist1d package)
+
+        return mnist1d_generator.prepare(root, progress)
     raw = root / TORCHVISION_CLASSES[dataset] / "raw"
     source = resolve_source(dataset, data_dir)
     if source is not None:
@@ -506,7 +417,7 @@ def _read_mnist1d(root: Path) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, T
             arrays = {key: archive[key] for key in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise DataError(f"{path}: not a readable .npz ({err}); it is corrupt or truncated. {fix}") from err
-    _check_mnist1d(arrays, str(path), fix)
+    check_mnist1d(arrays, str(path), fix)
     return tuple(torch.from_numpy(arrays[key]).to(torch.float32 if key.startswith("x") else torch.int64)
                  for key in ("x", "y", "x_test", "y_test", "x_extra", "y_extra"))
 
@@ -525,6 +436,15 @@ def _mnist1d_splits(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Te
     order = torch.randperm(len(y_extra), generator=torch.Generator().manual_seed(split_seed))
     val, rest = order[:val_size], order[val_size:]
     return x_extra[val], y_extra[val], torch.cat([x_test, x_extra[rest]]), torch.cat([y_test, y_extra[rest]])
+
+
+def heldout_problem(classes: Sequence[int]) -> str | None:
+    """Why ``classes`` cannot be held out of training, or None (also for none at all: every class is trained on)."""
+    if (len(set(classes)) != len(classes) or not all(0 <= c < NUM_CLASSES for c in classes)
+            or len(classes) > NUM_CLASSES - 2):
+        return (f"it must list class indices 0..{NUM_CLASSES - 1}, each once, at most {NUM_CLASSES - 2} of them "
+                "(leaving at least two classes to train on)")
+    return None
 
 
 def val_noise_seed(noise_seed: int) -> int:
@@ -563,7 +483,7 @@ def load(
     or its first train_size when train_size > 0. Test: the first test_size examples when test_size > 0.
     MNIST-1D differs: validation is the first val_size of a permutation (split_seed) of the extra examples, the test
     set is the published 1,000 followed by the remaining extra examples, and training is the published 4,000 (or
-    their first train_size), so val_size no longer takes from training.
+    their first train_size), so validation takes nothing from training.
     Inputs are standardised with one scalar mean and std of the training split (after images are scaled to [0, 1]).
     Label noise touches the training labels; validation and test labels stay clean. ``y_val_noisy`` holds the
     validation labels flipped at the same rate with seed ``val_noise_seed(noise_seed)``, for the tune stage.
@@ -577,7 +497,7 @@ def load(
     if val_size < 0 or train_size < 0 or test_size < 0:
         sizes = f"val_size={val_size}, train_size={train_size}, test_size={test_size}"
         raise DataError(f"{sizes}: sizes cannot be negative.")
-    n_published = 0  # MNIST-1D: training examples of the published set, which validation no longer takes from
+    n_published = 0  # MNIST-1D: training examples of the published set, which validation never takes from
     if dataset == "mnist1d":
         x_all, y_all, x_test, y_test, x_extra, y_extra = _read_mnist1d(root)
         n_published = len(y_all)
@@ -601,10 +521,10 @@ def load(
     if not 0.0 <= label_noise <= 1.0:
         raise DataError(f"label_noise={label_noise}: a share of the training labels, between 0 and 1.")
 
-    heldout = tuple(sorted(set(heldout_classes)))
-    if any(not 0 <= c < NUM_CLASSES for c in heldout) or len(heldout) > NUM_CLASSES - 2:
-        raise DataError(f"heldout_classes={list(heldout_classes)}: class indices 0..{NUM_CLASSES - 1}, leaving at "
-                        "least two classes to train on.")
+    problem = heldout_problem(heldout_classes)
+    if problem:
+        raise DataError(f"heldout_classes={list(heldout_classes)}: {problem}.")
+    heldout = tuple(sorted(heldout_classes))
 
     if n_published:  # validation (drawn above, placed last), then the published training set in its own order
         order = torch.arange(n_all).roll(val_size)

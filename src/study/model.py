@@ -94,6 +94,13 @@ ModelSpec = MLPSpec | CNN1dSpec
 KINDS: dict[str, type[MLPSpec] | type[CNN1dSpec]] = {"mlp": MLPSpec, "cnn1d": CNN1dSpec}
 
 
+def backend_problem(backend: str, spec: ModelSpec) -> str | None:
+    """Why ``backend`` cannot step ``spec``, or None: the fused backend's hand-written backward knows MLPs only."""
+    if backend == "fused" and not isinstance(spec, MLPSpec):
+        return f"the fused backend steps MLPs only, not a {spec.kind} model; set backend: autograd (or auto)"
+    return None
+
+
 def init(spec: ModelSpec, input_dim: int, classes: int, seed: int) -> nn.Module:
     """PyTorch's default initialisation of ``spec``'s layers drawn from ``seed`` alone: the same seed gives
     bit-identical weights whatever loss the network will be trained with. The global RNG is left as it was."""

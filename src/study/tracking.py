@@ -1,14 +1,13 @@
-"""MLflow tracking for browsing: the ``Tracker`` protocol, ``MlflowTracker`` and ``NullTracker``, and the store
-they write to (where it is, its lock, runs a killed stage left open, the parent runs of finished stages).
+"""Live run logging for browsing: the ``Tracker`` protocol, ``MlflowTracker`` (a parent run per stage, a child run
+per model, metrics sent in batches from a thread of its own) and ``NullTracker``; where the store is, runs a killed
+stage left open, and the parent runs of finished stages. Opening the store and its bulk insert: ``mlflow_store``.
 
-Imports mlflow lazily (``NullTracker`` users never pay for it); so does ``server``'s load generator, nothing else.
-Imports only ``records`` from the study.
+Imports mlflow lazily (``NullTracker`` users never pay for it); from the study only ``records`` and ``mlflow_store``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import math
 import os
@@ -19,29 +18,25 @@ import socket
 import subprocess
 import threading
 import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
+from study.mlflow_store import connect, ensure_experiment, insert_metrics, retry, sql_store
 from study.records import Record, run_name
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 _log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 # MLflow's batch limits (mlflow.utils.validation): 1000 metrics, 100 params and 100 tags per log_batch call.
 _MAX_METRICS = 1000
 _MAX_PARAMS_TAGS = 100
 _MAX_ERROR_CHARS = 5000
 _OWNER_TAG = "study.owner"
-# On top of the 20 s SQLite busy timeout MLflow sets: 0.2, 0.4, ... 3.2 s between six attempts.
-_RETRY_ATTEMPTS = 6
-_RETRY_FIRST_WAIT_S = 0.2
 
 
 class Tracker(Protocol):
@@ -196,14 +191,14 @@ def open_tracker(
 
 def finished_parents(uri: str, experiment: str, names: Iterable[str]) -> dict[str, list[dict[str, str]]]:
     """The tags of each FINISHED run named ``<condition>/<stage>`` in ``names`` (a parent run), newest first."""
-    client = _connect(uri)
-    found = _retry(client.get_experiment_by_name, experiment)
+    client = connect(uri)
+    found = retry(client.get_experiment_by_name, experiment)
     held: dict[str, list[dict[str, str]]] = {name: [] for name in names}
     if found is None or found.lifecycle_stage == "deleted":
         return held
     for name in held:
         query = f"attributes.run_name = '{name}' and attributes.status = 'FINISHED'"
-        runs = _retry(client.search_runs, [found.experiment_id], query, max_results=1000,
+        runs = retry(client.search_runs, [found.experiment_id], query, max_results=1000,
                       order_by=["attributes.start_time DESC"])
         held[name] = [run.data.tags for run in runs if "mlflow.parentRunId" not in run.data.tags]
     return held
@@ -244,7 +239,7 @@ class MlflowTracker:
         self._broken = False  # the store failed even after retries: later batches are dropped, not retried
         self._dropped = 0
         self._closed = False
-        self._store = _sql_store(client)  # a database MLflow reaches directly: metrics go in one bulk insert
+        self._store = sql_store(client)  # a database MLflow reaches directly: metrics go in one bulk insert
         self._thread = threading.Thread(target=self._send_loop, name="mlflow-sender", daemon=True)
         self._thread.start()
 
@@ -262,8 +257,8 @@ class MlflowTracker:
         tags: dict[str, str],
     ) -> MlflowTracker:
         """Create the parent and child runs (after ending stale ones) and start the sender."""
-        client = _connect(uri)
-        experiment_id = _experiment_id(client, uri, experiment)
+        client = connect(uri)
+        experiment_id = ensure_experiment(client, uri, experiment)
         owner = owner_id(experiment, condition, stage)
         _end_stale_runs(client, experiment_id, owner)
         commit = _git_commit()
@@ -280,7 +275,7 @@ class MlflowTracker:
             **tags,
         }
         safe = _safe_params(params)
-        parent = _retry(client.create_run, experiment_id, run_name=f"{condition}/{stage}", tags=shared)
+        parent = retry(client.create_run, experiment_id, run_name=f"{condition}/{stage}", tags=shared)
         parent_id = parent.info.run_id
         children = _Children(experiment_id, parent_id, shared, safe, {spec.run: spec for spec in runs})
         run_ids: dict[str, str] = {}
@@ -298,10 +293,10 @@ class MlflowTracker:
     def attach(cls, handle: RunHandle) -> MlflowTracker:
         """A tracker for child runs another process opened (a Ray worker logging its shard); tags them with this
         host and pid. ``detach`` sends what is queued and leaves the runs open; ``end_runs`` ends them."""
-        client = _connect(handle.uri)
+        client = connect(handle.uri)
         worker = [_tag("study.worker_host", socket.gethostname()), _tag("study.worker_pid", str(os.getpid()))]
         for run_id in handle.run_ids.values():
-            _retry(client.log_batch, run_id, tags=worker, synchronous=True)
+            retry(client.log_batch, run_id, tags=worker, synchronous=True)
         return cls(client, handle.parent_id, handle.run_ids, uri=handle.uri)
 
     def handle(self) -> RunHandle:
@@ -317,7 +312,7 @@ class MlflowTracker:
         runs = list(runs)
         self.flush(60)
         for run in runs:
-            _retry(self._client.set_tag, self._run_ids[run], "killed_reason", reason[:_MAX_ERROR_CHARS])
+            retry(self._client.set_tag, self._run_ids[run], "killed_reason", reason[:_MAX_ERROR_CHARS])
             _terminate(self._client, self._run_ids[run], "KILLED", None)
             self._run_ids[run] = self._children.open(self._client, run, retry_of=self._run_ids[run])
         return self.handle().subset(runs)
@@ -356,9 +351,9 @@ class MlflowTracker:
                 raise FileNotFoundError(f"artifact {path} does not exist")
             try:
                 if path.is_dir():
-                    _retry(self._client.log_artifacts, self._parent_id, str(path), artifact_path=path.name)
+                    retry(self._client.log_artifacts, self._parent_id, str(path), artifact_path=path.name)
                 else:
-                    _retry(self._client.log_artifact, self._parent_id, str(path))
+                    retry(self._client.log_artifact, self._parent_id, str(path))
             except Exception as exc:  # tracking is for browsing: losing it must not stop the study
                 _log.warning("MLflow: could not attach %s: %s", path, redact(str(exc)))
 
@@ -387,7 +382,7 @@ class MlflowTracker:
             _log.warning("MLflow: %d metrics were not sent: %s", self._dropped, self._error)
         if self._error:
             with contextlib.suppress(Exception):
-                _retry(self._client.set_tag, self._parent_id, "tracking_error", self._error[:_MAX_ERROR_CHARS])
+                retry(self._client.set_tag, self._parent_id, "tracking_error", self._error[:_MAX_ERROR_CHARS])
         for run_id in [*self._run_ids.values(), self._parent_id]:
             _terminate(self._client, run_id, status, error)
 
@@ -454,7 +449,7 @@ class MlflowTracker:
         run_tags = [RunTag(k, v) for k, v in tags.items()]
         if metrics and self._store is not None:
             try:
-                _retry(_insert_metrics, self._store, run_id, metrics)
+                retry(insert_metrics, self._store, run_id, metrics)
                 metrics = []  # stored in one transaction; the tags (if any) still go through log_batch
             except Exception as exc:  # e.g. a metric already stored: log_batch below settles duplicates itself
                 _log.debug("MLflow: bulk insert refused (%s); sending through log_batch", exc)
@@ -464,7 +459,7 @@ class MlflowTracker:
             chunk = metrics[start : start + _MAX_METRICS]
             first = run_tags if start == 0 else []
             try:
-                _retry(self._client.log_batch, run_id, metrics=chunk, tags=first, synchronous=True)
+                retry(self._client.log_batch, run_id, metrics=chunk, tags=first, synchronous=True)
             except Exception as exc:
                 self._error = redact(f"{type(exc).__name__}: {exc}")
                 if getattr(exc, "error_code", None) == "INVALID_PARAMETER_VALUE":  # e.g. a bad key: this batch only
@@ -491,146 +486,8 @@ class MlflowTracker:
         return run_id
 
 
-def _sql_store(client: MlflowClient) -> Any:
-    """The client's store when it is MLflow's SQL store (SQLite, PostgreSQL reached directly), else None (a tracking
-    server: its REST API takes log_batch only)."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    store = client._tracking_client.store
-    return store if isinstance(store, SqlAlchemyStore) else None
-
-
-def _insert_metrics(store: Any, run_id: str, metrics: Sequence[Any]) -> None:
-    """What ``log_batch`` stores for ``metrics`` of one active run (the metric rows, each key's latest value), in one
-    transaction of two bulk statements, a thousand metrics per call, instead of one MLflow ORM object per row (the
-    slow part of importing a study's hundreds of thousands of values). Same rules: NaN stored as 0 with ``is_nan``,
-    infinities clipped to the largest float, exact duplicates in the batch dropped, "latest" the largest (step,
-    timestamp, value).
-    Raises (and stores nothing) when a row exists already; ``log_batch`` then settles it."""
-    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric
-    from mlflow.utils.validation import _validate_metric
-    from sqlalchemy import insert
-
-    rows: dict[tuple, dict[str, Any]] = {}
-    for metric in metrics:
-        is_nan, value = store.sanitize_metric_value(metric.value)
-        row = {"run_uuid": run_id, "key": metric.key, "value": value, "timestamp": metric.timestamp,
-               "step": metric.step, "is_nan": is_nan}
-        rows.setdefault((metric.key, metric.timestamp, metric.step, value, is_nan), row)
-    latest: dict[str, dict[str, Any]] = {}
-    for row in rows.values():
-        held = latest.get(row["key"])
-        if held is None or _recency(row) > _recency(held):
-            latest[row["key"]] = row
-    for row in latest.values():  # one check per key, as log_batch checks each metric
-        _validate_metric(row["key"], row["value"], row["timestamp"], row["step"])
-    with store.ManagedSessionMaker() as session:
-        store._check_run_is_active(store._get_run(run_uuid=run_id, session=session))
-        session.execute(insert(SqlMetric), list(rows.values()))
-        stored = session.query(SqlLatestMetric).filter(SqlLatestMetric.run_uuid == run_id,
-                                                       SqlLatestMetric.key.in_(list(latest))).all()
-        stored = {row.key: row for row in stored}
-        for key, row in latest.items():
-            old = stored.get(key)
-            if old is None:
-                session.add(SqlLatestMetric(**row))
-            elif _recency(row) > (old.step, old.timestamp, old.value):
-                old.value, old.timestamp, old.step, old.is_nan = row["value"], row["timestamp"], row["step"], \
-                    row["is_nan"]
-
-
-def _recency(row: dict[str, Any]) -> tuple:
-    return row["step"], row["timestamp"], row["value"]
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _retry(call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-    """Call, retrying SQLite's "database is locked" (another process is writing) with exponential backoff."""
-    for attempt in range(_RETRY_ATTEMPTS):
-        try:
-            return call(*args, **kwargs)
-        except Exception as exc:
-            if "database is locked" not in str(exc) or attempt == _RETRY_ATTEMPTS - 1:
-                raise
-            time.sleep(_RETRY_FIRST_WAIT_S * 2**attempt)
-    raise AssertionError("unreachable")
-
-
-def _quiet_mlflow() -> None:
-    """Before the first mlflow import: no telemetry, no async logging, warnings only, nothing on stdout."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    # Against a tracking server, every ended run would print two "View run" lines on stdout.
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    # Async logging would queue a second time and lose metrics on a crash; we batch on our own thread.
-    os.environ["MLFLOW_ENABLE_ASYNC_LOGGING"] = "false"
-    # MLflow logs each "database is locked" with a traceback; _retry handles it and warns if retries run out.
-    store_log = logging.getLogger("mlflow.store.db.utils")
-    if not any(isinstance(f, _DropLockedErrors) for f in store_log.filters):
-        store_log.addFilter(_DropLockedErrors())
-
-
-class _DropLockedErrors(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "database is locked" not in record.getMessage()
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None  # a server or another database: it creates its schema and serialises writes itself
-    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
-
-
-@contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
-    """Serialise schema creation and experiment creation across processes sharing one SQLite file."""
-    path = _sqlite_path(uri)
-    if path is None:
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _connect(uri: str) -> MlflowClient:
-    _quiet_mlflow()
-    from mlflow import MlflowClient
-
-    with _store_lock(uri), warnings.catch_warnings():  # building the client creates or migrates a new store's schema
-        warnings.simplefilter("ignore", DeprecationWarning)  # SQLAlchemy's, about MLflow's own mappers
-        return _retry(MlflowClient, tracking_uri=uri)
-
-
-def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
-    """Get or create the study's experiment; a concurrent creator winning the race is fine."""
-    from mlflow.exceptions import MlflowException
-
-    with _store_lock(uri):
-        found = _retry(client.get_experiment_by_name, name)
-        if found is None:
-            path = _sqlite_path(uri)
-            # Artifacts next to the database (as `mlflow server` does), not in ./mlruns of whatever directory runs.
-            location = str((path.parent / "mlartifacts").resolve()) if path else None
-            try:
-                return _retry(client.create_experiment, name, artifact_location=location)
-            except MlflowException as exc:
-                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                    raise
-                found = _retry(client.get_experiment_by_name, name)
-                if found is None:
-                    raise
-        if found.lifecycle_stage == "deleted":
-            _log.warning("MLflow: experiment %s was deleted; restoring it", name)
-            _retry(client.restore_experiment, found.experiment_id)
-        return found.experiment_id
 
 
 def _end_stale_runs(client: MlflowClient, experiment_id: str, owner: str) -> None:
@@ -641,7 +498,7 @@ def _end_stale_runs(client: MlflowClient, experiment_id: str, owner: str) -> Non
     stale = []
     token = None
     while True:
-        page = _retry(client.search_runs, [experiment_id], query, ViewType.ALL, 1000, page_token=token)
+        page = retry(client.search_runs, [experiment_id], query, ViewType.ALL, 1000, page_token=token)
         stale.extend(page)
         token = page.token
         if not token:
@@ -654,8 +511,8 @@ def _end_stale_runs(client: MlflowClient, experiment_id: str, owner: str) -> Non
                 and alive(int(pid))):
             _log.warning("MLflow: run %s of %s is still being written by pid %s", run.info.run_name, owner, pid)
             continue
-        _retry(client.set_tag, run.info.run_id, "killed_reason", "stale")
-        _retry(client.set_terminated, run.info.run_id, "KILLED")
+        retry(client.set_tag, run.info.run_id, "killed_reason", "stale")
+        retry(client.set_terminated, run.info.run_id, "KILLED")
 
 
 def alive(pid: int) -> bool:
@@ -675,15 +532,15 @@ def _log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> No
     items = [Param(k, v) for k, v in params.items()]
     for start in range(0, len(items), _MAX_PARAMS_TAGS):
         chunk = items[start : start + _MAX_PARAMS_TAGS]
-        _retry(client.log_batch, run_id, params=chunk, synchronous=True)
+        retry(client.log_batch, run_id, params=chunk, synchronous=True)
 
 
 def _terminate(client: MlflowClient, run_id: str, status: str, error: str | None) -> None:
     """End one run; failures are reported, not raised, so every run gets its try."""
     try:
         if error is not None:
-            _retry(client.set_tag, run_id, "error", redact(error)[:_MAX_ERROR_CHARS])
-        _retry(client.set_terminated, run_id, status)
+            retry(client.set_tag, run_id, "error", redact(error)[:_MAX_ERROR_CHARS])
+        retry(client.set_terminated, run_id, status)
     except Exception as exc:
         _log.warning("MLflow: could not end run %s as %s: %s", run_id, status, redact(str(exc)))
 
@@ -723,7 +580,7 @@ class _Children:
             "lr_tuned": str(spec.tuned).lower(),
             **({"retry_of": retry_of} if retry_of else {}),
         }
-        child = _retry(client.create_run, self.experiment_id, run_name=spec.run, tags=tags)
+        child = retry(client.create_run, self.experiment_id, run_name=spec.run, tags=tags)
         own = {"loss": spec.loss, "lr": f"{spec.lr:g}", "seed": str(spec.seed)}
         conventions = _safe_params({f"loss.{k}": str(v) for k, v in spec.conventions.items()})
         _log_params(client, child.info.run_id, {**self.params, **own, **conventions})
