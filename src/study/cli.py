@@ -34,9 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="study", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, func, help: str) -> argparse.ArgumentParser:
+    def command(name: str, func, help: str, *, out: str | None = None) -> argparse.ArgumentParser:
+        """A subcommand; ``out`` is the help of its required --out (the path it writes), where it has one."""
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
+        if out is not None:
+            p.add_argument("--out", type=Path, required=True, help=out)
         return p
 
     def with_params(p: argparse.ArgumentParser) -> None:
@@ -49,33 +52,29 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow (overrides the params)")
         p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
-    p = command("validate", validate_cmd, "check the whole params file; write a marker whose content never changes")
-    with_params(p)
-    p.add_argument("--out", type=Path, required=True, help="marker file the other stages depend on")
+    stages = (  # name, function, help, help of --out, what it reads
+        ("validate", validate_cmd, "check the whole params file; write a marker whose content never changes",
+         "marker file the other stages depend on", with_params),
+        ("data", data_cmd, "verify and prepare every dataset the conditions use", "directory to prepare the data in",
+         with_params),
+        ("tune", tune_cmd, "train each loss over the lr grid on the validation split; pick its lr",
+         "the condition's results directory", with_condition),
+        ("train", train_cmd, "train every loss x seed of a condition in lockstep with the tuned lrs",
+         "the condition's results directory", with_condition),
+        ("probe", probe_cmd, "closed-form loss and logit gradient against confidence; analytic claims",
+         "directory for penalty.csv and claims.csv", with_params),
+    )
+    for name, func, about, out, reads in stages:
+        reads(command(name, func, about, out=out))
+    train = sub.choices["train"]
+    train.add_argument("--lrs", type=Path, required=True, help="lr.json written by the tune stage")
+    train.add_argument("--checkpoint", type=Path, default=None, help="where an interrupted run saves and resumes")
 
-    p = command("data", data_cmd, "verify and prepare every dataset the conditions use")
-    with_params(p)
-    p.add_argument("--out", type=Path, required=True, help="directory to prepare the data in")
-
-    p = command("tune", tune_cmd, "train each loss over the lr grid on the validation split; pick its lr")
-    with_condition(p)
-    p.add_argument("--out", type=Path, required=True, help="the condition's results directory")
-
-    p = command("train", train_cmd, "train every loss x seed of a condition in lockstep with the tuned lrs")
-    with_condition(p)
-    p.add_argument("--lrs", type=Path, required=True, help="lr.json written by the tune stage")
-    p.add_argument("--out", type=Path, required=True, help="the condition's results directory")
-    p.add_argument("--checkpoint", type=Path, default=None, help="where an interrupted run saves and resumes")
-
-    p = command("probe", probe_cmd, "closed-form loss and logit gradient against confidence; analytic claims")
-    with_params(p)
-    p.add_argument("--out", type=Path, required=True, help="directory for penalty.csv and claims.csv")
-
-    p = command("report", report_cmd, "figures, report.md, index.html, metrics.json, test accuracies: from results/")
+    p = command("report", report_cmd, "figures, report.md, index.html, metrics.json, test accuracies: from results/",
+                out="report directory")
     with_params(p)
     p.add_argument("--results", type=Path, required=True, help="directory holding one results folder per condition")
     p.add_argument("--probe", type=Path, required=True, help="the probe stage's output directory")
-    p.add_argument("--out", type=Path, required=True, help="report directory")
     p.add_argument("--metrics", type=Path, required=True, help="JSON file of the headline numbers to write")
     p.add_argument("--accuracy", type=Path, default=None,
                    help="directory for <condition>.json, each loss's test accuracy (DVC's metrics)")
