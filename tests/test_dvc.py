@@ -91,13 +91,17 @@ def _closure(modules: set[str]) -> set[str]:
 
 
 def _entry_functions() -> dict[str, str]:
-    """`study <subcommand>` -> the cli function it dispatches to, from the `command("name", func, ...)` calls."""
+    """`study <subcommand>` -> the cli function it dispatches to, from the `command("name", func, ...)` calls and the
+    rows ("name", func, ...) of cli's table of stage subcommands."""
     entries = {}
     for node in ast.walk(_parse("cli")):
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "command"
                 and len(node.args) >= 2 and isinstance(node.args[0], ast.Constant)
                 and isinstance(node.args[1], ast.Name)):
             entries[node.args[0].value] = node.args[1].id
+        elif (isinstance(node, ast.Tuple) and len(node.elts) >= 2 and isinstance(node.elts[0], ast.Constant)
+              and isinstance(node.elts[1], ast.Name) and node.elts[1].id.endswith("_cmd")):
+            entries[node.elts[0].value] = node.elts[1].id  # a row of cli's table of stage subcommands
     return entries
 
 
