@@ -1,8 +1,11 @@
-"""Conclusions that do not hinge on the last bits of a float: the smoke study rerun with another thread count (a
-reliable way to change the order of floating-point reductions on one machine) chooses the same learning rates and
-states the same findings; only numbers may move."""
+"""Conclusions that do not hinge on the last bits of a float. The params fix the training loop's thread count
+(study.threads), so the environment's (OMP_NUM_THREADS) changes no byte of a table; another study.threads (a reliable
+way to change the order of floating-point reductions on one machine) chooses the same learning rates and states the
+same findings: only numbers may move."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import yaml
@@ -14,15 +17,38 @@ from study import findings, rerun, tables
 pytestmark = pytest.mark.slow
 
 TUNED = yaml.safe_load(SMOKE.read_text())["study"]["tune"]
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
 def one_thread(smoke_pipeline, tmp_path_factory):
-    """The same smoke study, run with one thread (the session's smoke pipeline runs with the machine's default)."""
+    """The same smoke study trained with one thread (study.threads: 1; the session's smoke pipeline has 2)."""
     smoke = copy_repo(tmp_path_factory.mktemp("one-thread"))
-    smoke.extra_env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    params = smoke.repo / "experiments" / "study.yaml"
+    text, count = re.subn(r"^(  threads:) 2\b", r"\1 1", params.read_text(), flags=re.M)
+    assert count == 1, "smoke.yaml sets study.threads: 2"
+    params.write_text(text)
+    smoke.extra_env = ONE_THREAD
     smoke.dvc("repro")
     return smoke
+
+
+@pytest.fixture(scope="module")
+def one_thread_environment(smoke_pipeline, tmp_path_factory):
+    """The same smoke study and params, in a process whose environment asks for one thread."""
+    smoke = copy_repo(tmp_path_factory.mktemp("one-thread-env"))
+    smoke.extra_env = ONE_THREAD
+    for condition in TUNED:  # the tune and train stages: where the thread count reaches the numbers
+        smoke.dvc("repro", f"train@{condition}")
+    return smoke
+
+
+def test_the_environments_thread_count_changes_no_byte_of_a_table(smoke_pipeline, one_thread_environment):
+    for condition in TUNED:
+        for name in ("tune.csv", "lr.json", "history.csv", "summary.csv"):
+            default = smoke_pipeline.repo / "results" / "conditions" / condition / name
+            other = one_thread_environment.repo / "results" / "conditions" / condition / name
+            assert default.read_bytes() == other.read_bytes(), f"{condition}/{name}"
 
 
 def test_another_thread_count_chooses_the_same_learning_rates(smoke_pipeline, one_thread):

@@ -86,6 +86,7 @@ class StudyConfig:
     ece_bins: int
     tracking: bool
     tune: tuple[str, ...]  # conditions whose learning rates are tuned; the others borrow them (lr_from)
+    threads: int  # intra-op threads of every training loop, whatever the machine or OMP_NUM_THREADS
     executor: str  # local | ray: where a condition's grid trains (study.ops.cluster); results equal to the last digits
     probe: Probe
     conditions: dict[str, Condition]
@@ -106,7 +107,7 @@ class StudyConfig:
 
 _STUDY_KEYS = {
     "experiment", "losses", "seeds", "device", "backend", "data_dir", "confident", "ece_bins", "tracking", "tune",
-    "executor",
+    "threads", "executor",
 }
 EXECUTORS = ("local", "ray")
 _TOP_KEYS = {"study", "probe", "conditions"}
@@ -177,6 +178,7 @@ def load(path: str | Path, **overrides: Any) -> StudyConfig:
         ece_bins=get.integer(study, "study.ece_bins", lo=1),
         tracking=get.flag(study, "study.tracking"),
         tune=tune,
+        threads=get.integer(study, "study.threads", lo=1),
         executor=get.choice(study, "study.executor", EXECUTORS),
         probe=probe,
         conditions=conditions,

@@ -54,10 +54,29 @@ FALLBACK_RULE = ("a loss whose rate diverged or collapsed in any training seed i
 SIDES = ("smallest", "largest")
 
 
+@contextmanager
+def fixed_threads(count: int | None) -> Iterator[None]:
+    """The process's intra-op thread count fixed at ``count`` (study.threads; None: left as it is), restored after.
+    Entered before any tensor work: set only around the training loop, the same count did not give the same bits
+    (mnist1d_sgd's tuning under OMP_NUM_THREADS=1, measured), set first it does."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def tune(cfg: StudyConfig, cond: Condition, *, data_root: Path, out: Path, tracking: bool, progress: bool) -> None:
     """Every loss over its lr grid on the validation split (test data is never looked at; under label noise the
     validation labels are noisy too), the grids extended beyond an edge where the choice sits there (GRID_RULE);
-    writes the chosen lr per loss with its evidence."""
+    writes the chosen lr per loss with its evidence. Runs at study.threads threads."""
+    with fixed_threads(cfg.threads):
+        _tune(cfg, cond, data_root=data_root, out=out, tracking=tracking, progress=progress)
+
+
+def _tune(cfg: StudyConfig, cond: Condition, *, data_root: Path, out: Path, tracking: bool, progress: bool) -> None:
     dataset = _load_tune_data(cond, data_root)
     short = dataclasses.replace(cond, epochs=cond.tune_epochs)
     names = cfg.tuned_losses(cond.name)
@@ -236,6 +255,15 @@ def train_condition(cfg: StudyConfig, cond: Condition, lrs: dict[str, float], *,
     loss, the condition's lr_grid where absent), and that loss trains again: a
     model's numbers do not depend on the models stacked beside it (``tests/test_backend.py``), so the other losses'
     models keep what they measured, and the tables are those of one pass at the final rates."""
+    with fixed_threads(cfg.threads):
+        _train_condition(cfg, cond, lrs, data_root=data_root, out=out, checkpoint=checkpoint, tracking=tracking,
+                         progress=progress, unstable=unstable, grids=grids)
+
+
+def _train_condition(cfg: StudyConfig, cond: Condition, lrs: dict[str, float], *, data_root: Path, out: Path,
+                     checkpoint: Path | None, tracking: bool, progress: bool,
+                     unstable: dict[str, list[float]] | None = None,
+                     grids: dict[str, list[float]] | None = None) -> None:
     dataset = _load_data(cond, data_root)
     for name in TRAIN_OUTPUTS:  # nothing from an earlier run may look like this run's output
         (out / name).unlink(missing_ok=True)
@@ -404,8 +432,8 @@ def _load_tune_data(cond: Condition, root: Path) -> data.Dataset:
 
 def _settings(cfg: StudyConfig, *, splits, instrument: bool, progress: bool) -> train.Settings:
     return train.Settings(
-        confident=cfg.confident,
-        ece_bins=cfg.ece_bins, device=cfg.device, splits=splits, instrument=instrument, progress=progress)
+        confident=cfg.confident, ece_bins=cfg.ece_bins, device=cfg.device, splits=splits, instrument=instrument,
+        progress=progress, threads=cfg.threads)
 
 
 @contextmanager

@@ -62,6 +62,10 @@ class Settings:
     # the run's steps) and at the condition's speed_resolution from there on; None: at speed_resolution throughout
     coarse_speed: tuple[float, float] | None = None
     progress: bool = True
+    # intra-op threads (study.threads), fixed by whoever runs the loop before any tensor work (runner.fixed_threads,
+    # a Ray shard); None: the process's. Another count reorders the sums inside a matmul, and training amplifies
+    # those last bits into another seed's spread
+    threads: int | None = None
 
 
 def resolve_device(name: str) -> torch.device:

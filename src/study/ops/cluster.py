@@ -21,7 +21,7 @@ from study.data import Dataset
 from study.records import ExampleStats, Record, run_name
 
 RETRIES = 1  # a shard whose worker died runs once more; a second death fails the stage
-SHARD_CPUS = 1  # declared per task: a shard's lockstep trainer uses one core's worth of threads
+SHARD_CPUS = 1  # declared per task, so that a 1-CPU worker takes shards; the trainer still runs Settings.threads
 # Ray's defaults size the object store at 30% of memory; shard results are a few MB (records, per-example arrays).
 OBJECT_STORE_BYTES = 512 * 2**20
 # The one seam for tests: "module:function" names ``hook(shard_index, attempt)``, which the driver calls for each
@@ -149,6 +149,15 @@ def _train_shard(cond: Condition, load_data: Callable[[], Dataset], members: lis
     """One Ray task: a lockstep trainer over one shard, its records logged to the shard's child runs. Returns the
     shard's items (records; example stats when kept) and its evaluation seconds. ``wrap``: see ``SHARD_HOOK_ENV``."""
     from study import runner  # here, not at the top: runner imports this module
+
+    with runner.fixed_threads(settings.threads):  # before the data: see fixed_threads
+        return _train_shard_here(cond, load_data, members, settings, handle, keep_examples, wrap)
+
+
+def _train_shard_here(cond: Condition, load_data: Callable[[], Dataset], members: list[train.Member],
+                      settings: train.Settings, handle: tracking.RunHandle | None, keep_examples: bool,
+                      wrap: Callable | None) -> tuple[list, float]:
+    from study import runner
 
     trainer = train.Trainer(cond, load_data(), members, settings)
     tracker = tracking.MlflowTracker.attach(handle) if handle else tracking.NullTracker()
