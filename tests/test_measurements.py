@@ -135,7 +135,8 @@ def test_train_stage_falls_back_to_the_next_stable_rate_when_a_rate_collapses(mo
 
     monkeypatch.setattr(runner, "_train_pass", fake_pass)
     monkeypatch.setattr(runner, "_load_data", lambda cond, root: synthetic_dataset())
-    cfg = type("C", (), {"losses": ("mse", "softmax_nll"), "seeds": (0,), "confident": 0.9, "ece_bins": 15})()
+    cfg = type("C", (), {"losses": ("mse", "softmax_nll"), "seeds": (0,), "confident": 0.9, "ece_bins": 15,
+                         "threads": None})()
     cond = tiny_condition(lr_grid=(0.05, 0.1, 0.2, 0.3), losses=("mse", "softmax_nll"))
     runner.train_condition(cfg, cond, {"mse": 0.3, "softmax_nll": 0.1}, data_root=tmp_path, out=tmp_path,
                            checkpoint=None, tracking=False, progress=False, unstable={"mse": [0.2]})

@@ -100,6 +100,7 @@ def test_the_train_stage_reads_the_clean_validation_labels(noisy_dataset, monkey
 
     monkeypatch.setattr(runner, "_train_pass", train_pass)
     cond = tiny_condition(label_noise=0.4)
-    runner.train_condition(None, cond, {loss: 0.1 for loss in cond.losses}, data_root=tmp_path, out=tmp_path,
+    cfg = type("C", (), {"threads": None})()  # the stage reads only the thread count before the data
+    runner.train_condition(cfg, cond, {loss: 0.1 for loss in cond.losses}, data_root=tmp_path, out=tmp_path,
                            checkpoint=None, tracking=False, progress=False)
     assert len(seen) == 1 and torch.equal(seen[0], noisy_dataset.y_val)
