@@ -239,6 +239,31 @@ def test_fashion_file_given_as_mnist_is_refused(tmp_path, files, monkeypatch):
 # ---- load ------------------------------------------------------------------------------------------------------------
 
 
+def test_idx_files_are_read_as_pixels_over_255_and_their_labels(root, files):
+    """The reader takes the bytes after each header: every pixel p becomes p / 255 in float32, in file order."""
+    x_train, y_train, x_test, y_test = data._read_idx("fashion_mnist", root)
+    for name, x, y in ((NAMES[0], x_train, y_train), (NAMES[2], x_test, y_test)):
+        n = len(x)
+        pixels = np.frombuffer(files[name], dtype=np.uint8, offset=16).reshape(n, 28 * 28)
+        labels = np.frombuffer(files[name.replace("images-idx3", "labels-idx1")], dtype=np.uint8, offset=8)
+        assert x.dtype == torch.float32 and y.dtype == torch.int64 and x.shape == (n, 784)
+        assert torch.equal(x, torch.from_numpy(pixels.astype(np.float32) / np.float32(255.0)))
+        assert y.tolist() == labels.tolist()
+    assert float(x_train.min()) == 0.0 and float(x_train.max()) == 1.0  # the look-alike's pixels span 0..255
+
+
+def test_idx_reader_gives_torchvisions_tensors_bit_for_bit(root):
+    """The committed results were made when torchvision read the files: the same bits, so nothing moved."""
+    tv = pytest.importorskip("torchvision.datasets")
+    ours = data._read_idx("fashion_mnist", root)
+    theirs = []
+    for train in (True, False):
+        split = tv.FashionMNIST(str(root), train=train, download=False)
+        theirs += [split.data.reshape(len(split.data), -1).to(torch.float32) / 255.0, split.targets.to(torch.int64)]
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.dtype == b.dtype and a.numpy().tobytes() == b.numpy().tobytes()
+
+
 def test_load_verifies_again(root):
     path = raw(root) / IMAGES
     content = bytearray(path.read_bytes())

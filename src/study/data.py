@@ -1,7 +1,7 @@
 """The datasets as normalised tensors in memory: `prepare` fetches, verifies and lays out the raw files, `load` reads.
 
 Imports nothing from the study package but ``mnist1d_generator`` (in ``prepare``, which generates MNIST-1D offline);
-torchvision reads the IDX files.
+the IDX files are read with numpy once verified (torchvision only downloads MNIST, when online).
 """
 
 from __future__ import annotations
@@ -212,11 +212,16 @@ def file_digest(path: Path, algorithm: str) -> str:
         return hashlib.file_digest(f, algorithm).hexdigest()
 
 
+def _idx_format(spec: RawFile) -> tuple[bool, int, int]:
+    """(labels?, magic number, dimensions) of an IDX file; its header is 4 bytes per field: magic, then each size."""
+    is_labels = "labels" in spec.name
+    return (True, IDX_LABELS_MAGIC, 1) if is_labels else (False, IDX_IMAGES_MAGIC, 3)
+
+
 def _check_idx(spec: RawFile, path: Path, shown: Path, fix: str) -> None:
     """Structure of an IDX file (magic, declared count and shape against the file length, label range), so that a
     bad file gets a specific message before torchvision reads it."""
-    is_labels = "labels" in spec.name
-    magic, dims = (IDX_LABELS_MAGIC, 1) if is_labels else (IDX_IMAGES_MAGIC, 3)
+    is_labels, magic, dims = _idx_format(spec)
     header_len = 4 * (1 + dims)
     size = path.stat().st_size
     with path.open("rb") as f:
@@ -392,18 +397,27 @@ def _manifest(dataset: str, raw: Path) -> dict[str, str]:
 
 
 def _read_idx(dataset: str, root: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Inputs in [0, 1] as float32 [N, 784] and labels int64 [N], train then test, read through torchvision."""
-    _manifest(dataset, root / TORCHVISION_CLASSES[dataset] / "raw")  # verified before torchvision touches them
-    cls = _torchvision_class(dataset)
+    """Inputs in [0, 1] as float32 [N, 784] and labels int64 [N], train then test. The files are verified first
+    (structure and pinned checksums), so reading them is taking the bytes after the header: no torchvision, whose
+    builds are tied to one torch release (the study runs on a CPU-only torch where torchvision has none)."""
+    raw = root / TORCHVISION_CLASSES[dataset] / "raw"
+    _manifest(dataset, raw)
+    specs = {spec.name: spec for spec in RAW_FILES[dataset]}
     arrays = []
-    for train in (True, False):
-        try:
-            split = cls(str(root), train=train, download=False)
-        except (RuntimeError, AssertionError, ValueError, TypeError) as err:
-            folder = root / TORCHVISION_CLASSES[dataset]
-            raise DataError(f"{folder}: torchvision could not read it ({err}). {_rebuild(dataset)}") from err
-        arrays += [split.data.reshape(len(split.data), -1).to(torch.float32) / 255.0, split.targets.to(torch.int64)]
+    for split in ("train", "t10k"):
+        images = _idx_bytes(specs[f"{split}-images-idx3-ubyte"], raw)
+        labels = _idx_bytes(specs[f"{split}-labels-idx1-ubyte"], raw)
+        arrays += [
+            torch.from_numpy(images.reshape(len(labels), -1).astype(np.float32)) / 255.0,
+            torch.from_numpy(labels.astype(np.int64)),
+        ]
     return tuple(arrays)
+
+
+def _idx_bytes(spec: RawFile, raw: Path) -> np.ndarray:
+    """The unsigned bytes after a verified IDX file's header."""
+    _, _, dims = _idx_format(spec)
+    return np.frombuffer((raw / spec.name).read_bytes(), dtype=np.uint8, offset=4 * (1 + dims))
 
 
 def _read_mnist1d(root: Path) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
