@@ -33,9 +33,13 @@ $(PY):
 
 # torch/torchvision first, pinned: these are the releases pip can take offline here (CPU machines run the CPU path).
 $(STAMP): pyproject.toml | $(PY)
+	@echo "setup 1/3: pip"
 	$(PY) -m pip install --quiet --upgrade pip
+	@echo "setup 2/3: torch and torchvision (about 5.5 GB unpacked: the CUDA build, which also runs on the CPU; 1-2 min)"
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	@echo "setup 3/3: the study and its dependencies (mlflow, dvc, ray, pandas, seaborn...; 1-2 min)"
 	$(PY) -m pip install --quiet -e '.[dev]'
+	@echo "setup: done ($$(du -sh $(VENV) | cut -f1) in $(VENV))"
 	touch $@
 
 # Fashion-MNIST's IDX files: STUDY_DATA_DIR when set, else Debian's dataset-fashion-mnist package.
