@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from study import analysis, claims, comparisons, confidence_figures, document, tables
+from study import analysis, claims, comparisons, confidence_figures, document, quantities, tables
 from study.records import Record
 
 CONDITION = "held"
@@ -18,14 +18,14 @@ LAST = 100
 
 
 def fabricate(values: dict[str, dict[str, float]]) -> pd.DataFrame:
-    """A history where loss L at seed s ends with ``values[L][quantity] + JITTER[s]`` for every HELDOUT quantity
+    """A history where loss L at seed s ends with ``values[L][quantity] + JITTER[s]`` for every held-out quantity
     (and some earlier, different value at step 50 that must not count)."""
     records = []
-    for loss, quantities in values.items():
+    for loss, ends in values.items():
         for seed, jitter in zip(SEEDS, JITTER):
-            for quantity, (split, metric) in comparisons.HELDOUT.items():
+            for quantity, (split, metric) in quantities.read_last("heldout").items():
                 records.append(Record(loss, 0.1, seed, 0.5, 50, split, metric, 0.5))
-                records.append(Record(loss, 0.1, seed, 1.0, LAST, split, metric, quantities[quantity] + jitter))
+                records.append(Record(loss, 0.1, seed, 1.0, LAST, split, metric, ends[quantity] + jitter))
             records.append(Record(loss, 0.1, seed, 1.0, LAST, "test", "accuracy", 0.8))
     return tables.history_frame(records, condition=CONDITION, dataset="fashion_mnist")
 

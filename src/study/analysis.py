@@ -37,10 +37,19 @@ SATURATION = 1e-3  # = study.grads.SATURATION, repeated to keep this module free
 TEMPERATURE_BOUNDS = (0.05, 20.0)  # = train.fit_temperature's search interval (a test holds them equal)
 CONFIDENT = 0.9  # a wrong prediction with max probability >= this is confidently wrong (setup.json carries it too)
 
-# Per-seed quantities of the headline table read at the model's last evaluation: {quantity: (split, metric)}, from the
-# quantity registry (the headline's estimates and the calibration in each loss's own terms).
-FINAL = {name: source for name, source in quantities.read_last().items()
-         if quantities.spec(name).headline or name == "ece_own"}
+
+def final() -> dict[str, tuple[str, str]]:
+    """The headline's per-seed quantities read at the model's last evaluation: {quantity: (split, metric)} of the
+    registry's headline quantities (``Quantity.headline``), asked at each call so that a quantity registered later
+    is compared too."""
+    return {name: source for name, source in quantities.read_last().items() if quantities.spec(name).headline}
+
+
+# Two quantities the report's statistics name, asked of the registry by how they are read.
+VAL_AUC = quantities.read_as("val", "accuracy", "auc")  # the threshold-free speed: validation accuracy over log-steps
+SATURATED = quantities.read_as("test", "logit_grad_norm", "saturation")  # the gradient question's primary quantity
+
+
 def loss_order() -> tuple[str, ...]:
     """The study's fixed order of losses: the registry's, including losses registered at run time."""
     return registry.names()
@@ -186,7 +195,7 @@ def headline(history: pd.DataFrame, targets: Mapping[str, Sequence[float]], refe
     ``saturation`` (from ``saturation()``) adds the per-seed saturated share, a primary comparison."""
     models = runs(history)
     parts = []
-    for quantity, (split, metric) in FINAL.items():
+    for quantity, (split, metric) in final().items():
         parts.append(healthy(last_values(history, split, metric), models).assign(quantity=quantity))
     readers = {"selected": val_selected, "auc": val_auc}  # the registry's other per-model readings of the history
     for q in quantities.QUANTITIES:

@@ -318,7 +318,7 @@ def gradients(head: analysis.Headline, saturation: pd.DataFrame, penalty: pd.Dat
     """The gradient answer: the losses whose logit gradient vanishes on wrong examples (in closed form, or a share
     of wrong test examples with a vanished gradient established as higher than the reference's in some
     condition), with where that holds; the losses that keep a gradient."""
-    tallies = tally(head.differences, "saturated_share", conditions)
+    tallies = tally(head.differences, analysis.SATURATED, conditions)
     form = closed_form(penalty, reference)
     if not tallies and form is None:
         return None

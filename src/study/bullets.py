@@ -128,15 +128,16 @@ def _speed_finding(c: str, inputs: Inputs, computed: Computed, figures: Figures)
 
 def _accuracy_finding(c: str, computed: Computed, figures: Figures) -> dict | None:
     head = computed.head
-    rows = head.summary[(head.summary["condition"] == c) & (head.summary["quantity"] == "final_accuracy")]
+    rows = head.summary[(head.summary["condition"] == c) & (head.summary["quantity"] == comparisons.FINAL_ACCURACY)]
     rows = rows[np.isfinite(rows["mean"].to_numpy(dtype=float))]
     if rows.empty:
         return None
-    by_verdict = _verdicts(head.differences, c, "final_accuracy")
+    final = comparisons.FINAL_ACCURACY
+    by_verdict = _verdicts(head.differences, c, final)
     return {"kind": "accuracy", "condition": c,
-            "leaders": _leaders(_by_loss(head.per_seed, c, "final_accuracy"), True, rows, "final_accuracy"),
+            "leaders": _leaders(_by_loss(head.per_seed, c, final), True, rows, final),
             "seeds": _paired_seeds(by_verdict),
-            "within_noise": [r["loss"] for r in by_verdict["same"]], "margin": _margin_text("final_accuracy"),
+            "within_noise": [r["loss"] for r in by_verdict["same"]], "margin": _margin_text(final),
             "unsure": [r["loss"] for r in by_verdict["unsure"]],
             "apart": [(r["loss"], r["diff"]) for r in by_verdict["lower"] + by_verdict["higher"]],
             "figure": figures.resolve("headline")}
@@ -261,7 +262,7 @@ def optimizer_findings(inputs: Inputs, head: analysis.Headline, figures: Figures
 def _label_noise_finding(c: str, summary: pd.DataFrame, per_seed: pd.DataFrame, figures: Figures) -> dict | None:
     rows = []
     for loss in analysis.ordered(summary["loss"]):
-        drop = _value(summary, loss=loss, quantity="accuracy_drop")
+        drop = _value(summary, loss=loss, quantity=comparisons.NOISE_DROP)
         mem = _value(summary, loss=loss, quantity="memorised")
         if drop is not None and mem is not None:
             rows.append({"loss": loss, "drop": drop["mean"], "memorised": mem["mean"]})
@@ -317,17 +318,18 @@ def heldout_findings(per_seed: pd.DataFrame, condition: str, sigmoid: str | None
                         "diff": d, "p_holm": float(row["p_holm"]), "verdict": verdict,
                         "margin": _margin_text("auroc_natural")})
     if sigmoid in losses:
-        d = comparisons.heldout_difference(per_seed, condition, (sigmoid, "none_share_heldout"),
-                                        (sigmoid, "none_share_test"))
+        d = comparisons.heldout_difference(per_seed, condition, (sigmoid, comparisons.NONE_HELDOUT),
+                                        (sigmoid, comparisons.NONE_TRAINED))
         row = analysis.decide(pd.DataFrame([analysis.compare(
-            series(sigmoid, "none_share_heldout"), series(sigmoid, "none_share_test"),
-            analysis.declared("none_share_heldout"))], columns=analysis.COMPARISON_COLUMNS)).iloc[0]
+            series(sigmoid, comparisons.NONE_HELDOUT), series(sigmoid, comparisons.NONE_TRAINED),
+            analysis.declared(comparisons.NONE_HELDOUT))], columns=analysis.COMPARISON_COLUMNS)).iloc[0]
         word = row["verdict"]
         shares = analysis.summarise(per_seed[per_seed["loss"] == sigmoid])
-        out.append({"kind": "heldout_none", "loss": sigmoid, "heldout": _value(shares, quantity="none_share_heldout"),
-                    "trained": _value(shares, quantity="none_share_test"), "diff": d,
+        out.append({"kind": "heldout_none", "loss": sigmoid,
+                    "heldout": _value(shares, quantity=comparisons.NONE_HELDOUT),
+                    "trained": _value(shares, quantity=comparisons.NONE_TRAINED), "diff": d,
                     "direction": (("more" if d.mean > 0 else "less") if word == analysis.DIFFERENT
                                   else word if word is not None else "no test"),
-                    "margin": _margin_text("none_share_heldout")})
+                    "margin": _margin_text(comparisons.NONE_HELDOUT)})
     return out
 

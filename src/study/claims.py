@@ -143,8 +143,8 @@ def claim_sigmoid_multiclass(head: Headline, reference: str = REFERENCE, losses:
     checks = []
     for condition in head.targets:
         for loss in losses:
-            row = lookup(head.differences, condition=condition, loss=loss, quantity="final_accuracy")
-            mine = lookup(head.summary, condition=condition, loss=loss, quantity="final_accuracy")
+            row = lookup(head.differences, condition=condition, loss=loss, quantity=comparisons.FINAL_ACCURACY)
+            mine = lookup(head.summary, condition=condition, loss=loss, quantity=comparisons.FINAL_ACCURACY)
             if row is None or mine is None:
                 continue
             text = (f"{condition}: {loss} final test accuracy {mine['mean']:.3f}, Δ vs {reference} "
@@ -172,7 +172,7 @@ def claim_penalty_clean(head: Headline, noisy: Sequence[str] = (), reference: st
         if condition in noisy:
             continue
         for loss in bounded:
-            row = lookup(head.differences, condition=condition, loss=loss, quantity="final_accuracy")
+            row = lookup(head.differences, condition=condition, loss=loss, quantity=comparisons.FINAL_ACCURACY)
             if row is None or row["evidence"] is None:
                 continue
             text = (f"{condition}: {loss} − {reference} final test accuracy {row['diff']:+.3f} "
@@ -353,7 +353,7 @@ def claim_reliable(head: Headline, reference: str = REFERENCE, others: Sequence[
     checks = []
     for condition in head.targets:
         acc = head.per_seed[(head.per_seed["condition"] == condition)
-                            & (head.per_seed["quantity"] == "final_accuracy")]
+                            & (head.per_seed["quantity"] == comparisons.FINAL_ACCURACY)]
         values = {loss: finite(g["value"]) for loss, g in acc.groupby("loss")}
         div = head.models[head.models["condition"] == condition].groupby("loss")["diverged"].sum()
         if reference not in values:

@@ -46,11 +46,11 @@ def final_table(history: pd.DataFrame, specs: Mapping[str, tuple[str, str]]) -> 
     return summarise(per_seed)
 
 
-# "None of the above": the held-out-class measurements at each model's last evaluation (study.ood), from the
-# quantity registry: {quantity: (split, metric)}.
-HELDOUT = quantities.read_last("heldout")
+# "None of the above": the held-out-class measurements (study.ood) are the quantity registry's "heldout" group.
 NATURAL = quantities.derived("heldout")[0]  # the AUROC of each loss's own score
-NONE_SHARES = (quantities.read_as("heldout", "none_share"), quantities.read_as("test", "none_share"))
+NONE_HELDOUT = quantities.read_as("heldout", "none_share")  # share of held-out-class images answered "none"
+NONE_TRAINED = quantities.read_as("test", "none_share")  # the same on the trained classes' test images
+NONE_SHARES = (NONE_HELDOUT, NONE_TRAINED)
 SOFTMAX_SCORE = quantities.max_probability_auroc("softmax")
 
 
@@ -66,12 +66,14 @@ NATURAL_SCORE = {loss: natural_score(loss) for loss in registry.names() if natur
 
 
 def heldout_per_seed(history: pd.DataFrame) -> pd.DataFrame:
-    """Per-seed HELDOUT quantities at each healthy model's last evaluation, plus NATURAL (the AUROC of the loss's
-    own score, ``natural_score``). Long: ``RUN, quantity, value``; empty without held-out classes."""
+    """Per-seed held-out quantities (the registry's "heldout" group) at each healthy model's last evaluation, plus
+    NATURAL (the AUROC of the loss's own score, ``natural_score``). Long: ``RUN, quantity, value``; empty without
+    held-out classes."""
     if not (history["split"] == "heldout").any():
         return pd.DataFrame(columns=[*RUN, "quantity", "value"])
     models = runs(history)
-    parts = [healthy(last_values(history, s, m), models).assign(quantity=q) for q, (s, m) in HELDOUT.items()]
+    parts = [healthy(last_values(history, split, metric), models).assign(quantity=q)
+             for q, (split, metric) in quantities.read_last("heldout").items()]
     parts = [p[[*RUN, "quantity", "value"]] for p in parts if not p.empty]
     per_seed = pd.concat(parts, ignore_index=True)
     scores = {loss: natural_score(loss) for loss in per_seed["loss"].unique()}
@@ -324,7 +326,7 @@ def metrics(head: Headline) -> dict:
                 return _plain(row.get(statistic, math.nan))
 
             out[condition][loss] = {
-                "test_accuracy": value("final_accuracy", "mean"),
+                "test_accuracy": value(FINAL_ACCURACY, "mean"),
                 "steps_to_target": value(steps_quantity(1), "median"),
                 "ece": value("ece", "mean"),
             }

@@ -220,8 +220,8 @@ def plot_label_noise(history: pd.DataFrame) -> Figure:
     per_seed = comparisons.label_noise(history)
     with style():
         fig, axes = subplots(1, 3, 14, 4.2, width_ratios=[max(1.0, len(losses) / 5), 1, 1])  # room for the names
-        _loss_points(axes[0, 0], per_seed, losses, {"selected_accuracy": "o", "final_accuracy": "s"},
-                     dict.fromkeys(losses, "selected_accuracy"), wrap=True)
+        _loss_points(axes[0, 0], per_seed, losses, {comparisons.SELECTED: "o", comparisons.FINAL_ACCURACY: "s"},
+                     dict.fromkeys(losses, comparisons.SELECTED), wrap=True)
         fraction_limits(axes[0, 0])
         axes[0, 0].set_ylabel("test accuracy (fraction)")
         axes[0, 0].set_title("val-selected (filled) vs final (hollow) test acc")
@@ -245,7 +245,7 @@ def plot_label_noise(history: pd.DataFrame) -> Figure:
 
 HELDOUT_PANELS = (
     (("auroc_max_softmax", "o", "max softmax"), ("auroc_max_sigmoid", "s", "max sigmoid")),
-    (("none_share_heldout", "o", "held-out classes"), ("none_share_test", "s", "trained classes")),
+    ((comparisons.NONE_HELDOUT, "o", "held-out classes"), (comparisons.NONE_TRAINED, "s", "trained classes")),
 )
 
 
@@ -263,8 +263,8 @@ def plot_heldout(history: pd.DataFrame) -> Figure:
                      else subplots(2, 1, max(7.5, width), 8.4))
         axes = grid.reshape(1, 2)
         # left: filled = the loss's own score; right: filled = held-out classes
-        own = {loss: comparisons.NATURAL_SCORE.get(loss, "auroc_max_softmax") for loss in losses}
-        for ax, panel, filled in zip(axes[0], HELDOUT_PANELS, (own, dict.fromkeys(losses, "none_share_heldout")),
+        own = {loss: comparisons.NATURAL_SCORE.get(loss, comparisons.SOFTMAX_SCORE) for loss in losses}
+        for ax, panel, filled in zip(axes[0], HELDOUT_PANELS, (own, dict.fromkeys(losses, comparisons.NONE_HELDOUT)),
                                      strict=True):
             _loss_points(ax, per_seed, losses, {quantity: marker for quantity, marker, _ in panel}, filled,
                          seeds=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from study import analysis, answers, comparisons, figures
+from study import analysis, answers, comparisons, figures, quantities
 from study import claims as checks
 from study.reader import Inputs, _chosen, _noise_conditions
 
@@ -30,20 +30,18 @@ class Computed:
     penalty_seeds: pd.DataFrame | None = None  # answers.penalty_per_seed
 
 
-CALIBRATION = {
-    "ece": ("test", "ece"), "ece_ts": ("test", "ece_ts"), "ece_own": ("test", "ece_own"),
-    "classwise_ece": ("test", "classwise_ece"), "test_nll": ("test", "nll"), "nll_ts": ("test", "nll_ts"),
-    "temperature": ("val", "temperature"), "confident_wrong_rate": ("test", "confident_wrong_rate"),
-    "confident_wrong_loss_share": ("test", "confident_wrong_loss_share"),
-    "confident_wrong_nll_share": ("test", "confident_wrong_nll_share"), "brier": ("test", "brier"),
-    "confidence": ("test", "confidence"), "accuracy": ("test", "accuracy"),
-}
+def calibration_quantities() -> dict[str, tuple[str, str]]:
+    """{quantity: (split, metric)} read at the last evaluation for the calibration and confident-wrong tables: the
+    registry's calibration group and whatever those tables show."""
+    tables = ("calibration", "confident_wrong")
+    return {q.name: q.source for q in quantities.QUANTITIES if q.reading == "last"
+            and (q.group == "calibration" or any(c.table in tables for c in q.columns))}
 
 
 def compute(inputs: Inputs) -> Computed:
     saturation = analysis.saturation(inputs.examples)
     head = analysis.headline(inputs.history, inputs.targets, saturation=saturation)
-    calibration = comparisons.final_table(inputs.history, CALIBRATION)
+    calibration = comparisons.final_table(inputs.history, calibration_quantities())
     noise_per_seed = {c: comparisons.label_noise(inputs.history[inputs.history["condition"] == c])
                       for c in _noise_conditions(inputs)}
     noise = {c: analysis.summarise(per_seed) for c, per_seed in noise_per_seed.items()}
@@ -62,7 +60,7 @@ def compute(inputs: Inputs) -> Computed:
     claims = checks.combine(inputs.claims, measured)
     metrics = comparisons.metrics(head)
     for row in analysis.summarise(heldout).itertuples():
-        if row.quantity == "auroc_natural" and row.condition in metrics and row.loss in metrics[row.condition]:
+        if row.quantity == comparisons.NATURAL and row.condition in metrics and row.loss in metrics[row.condition]:
             metrics[row.condition][row.loss]["heldout_auroc"] = row.mean
     penalty_seeds = answers.penalty_per_seed(inputs.history, noise_per_seed, heldout)
     return Computed(head, saturation, calibration, noise, noise_per_seed, views, heldout, claims.fillna(""),

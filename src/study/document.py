@@ -22,7 +22,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from study import analysis, answers, comparisons, confidence_figures, question_figures, tables, training_figures
+from study import (
+    analysis,
+    answers,
+    comparisons,
+    confidence_figures,
+    quantities,
+    question_figures,
+    tables,
+    training_figures,
+)
 from study.analysis import REFERENCE
 
 # The report's parts live in their own modules (reader, digest, bullets, sections, render); the names spelled
@@ -173,7 +182,7 @@ def question_context(inputs: Inputs, computed: Computed, figures: Figures) -> di
         "answer_figures": answer_figures(inputs, figures),
         "evidence": {
             "speed": _comparison_table(answers.speed_ratios(head), analysis.steps_quantity(1), conditions, _ratio_cell),
-            "gradients": {**_comparison_table(head.differences, "saturated_share", conditions,
+            "gradients": {**_comparison_table(head.differences, analysis.SATURATED, conditions,
                                               _share_cell(computed.saturation)),
                           "figure": gradient_figure,
                           "caption": f"{first}: measured ‖∂L/∂z‖ against p_true; dots correct, crosses wrong, "
@@ -300,25 +309,17 @@ def _calibration_summary(inputs: Inputs, computed: Computed, penalty: dict | Non
 
 
 def _margins() -> str:
-    """The declared equivalence margins, where analysis declares them (quantities registry), as one phrase."""
-    try:
-        from study import quantities
-    except ImportError:
-        return ""
-    parts = []
-    for q in getattr(quantities, "QUANTITIES", ()):
-        margin = getattr(q, "margin", None)
-        if margin:
-            unit = getattr(q, "unit", "") or ""
-            parts.append(f"{getattr(q, 'label', getattr(q, 'name', ''))} ±{margin:g}{(' ' + unit) if unit else ''}")
-    return ", ".join(parts)
+    """The declared equivalence margins of the compared quantities (the quantity registry), as one phrase."""
+    return ", ".join(f"{q.label} ±{q.margin:g}{(' ' + q.unit) if q.unit else ''}"
+                     for q in quantities.QUANTITIES if q.compared)
 
 
 def _accuracy_summary(inputs: Inputs, computed: Computed) -> list[dict]:
     """Per condition the highest-accuracy group (``_leaders`` on final test accuracy's declared margin)."""
     out = []
     for c in inputs.conditions:
-        lead = _leaders(_by_loss(computed.head.per_seed, c, "final_accuracy"), True, None, "final_accuracy")
+        final = comparisons.FINAL_ACCURACY
+        lead = _leaders(_by_loss(computed.head.per_seed, c, final), True, None, final)
         if lead is not None:
             out.append({"condition": c, "losses": [x["loss"] for x in lead["members"]], "group": lead})
     return out

@@ -79,7 +79,7 @@ def _find(setups: Mapping[str, Mapping], dataset: str, kind: str = "mlp") -> str
 
 def _accuracy_row(anchor: PublishedAccuracy, head: Headline, condition: str | None) -> list[str]:
     est = None if condition is None else lookup(head.summary, condition=condition, loss=REFERENCE,
-                                                quantity="final_accuracy")
+                                                quantity=comparisons.FINAL_ACCURACY)
     if est is None or not math.isfinite(est["mean"]):
         return [anchor.anchor, anchor.source, anchor.published, "–", NOT_MEASURED, "no such condition in this study"]
     low, high = est["ci_low"], est["ci_high"]
@@ -183,7 +183,7 @@ PUBLISHED = (
               "model is", by_temperature=True),
     Published("bounded_resists_noise", "bounded losses (GCE, MAE) resist label noise",
               "Zhang & Sabuncu 2018; Ghosh et al. 2017", "higher accuracy than cross-entropy under symmetric noise",
-              "final_accuracy", +1, "Δ final test accuracy {loss} − {reference} {diff:+.3f}",
+              comparisons.FINAL_ACCURACY, +1, "Δ final test accuracy {loss} − {reference} {diff:+.3f}",
               "a bounded loss gives a flipped label a bounded pull; it also learns the clean labels more slowly",
               noisy=True),
     Published("squared_error_slower", "squared error trains worse than cross-entropy from random initialisation",
@@ -192,7 +192,7 @@ PUBLISHED = (
               "each loss at its own tuned rate: a larger rate can make up for {loss}'s smaller gradients",
               words=("faster", "slower")),
     Published("square_loss_competitive", "square loss on logits is competitive with cross-entropy",
-              "Hui & Belkin 2021", "within about 1% accuracy", "final_accuracy", 0,
+              "Hui & Belkin 2021", "within about 1% accuracy", comparisons.FINAL_ACCURACY, 0,
               "Δ final test accuracy {loss} − {reference} {diff:+.3f}",
               "{loss} is the square loss on raw logits, not the squared error of softmax probabilities (Brier)",
               tolerance=0.01),

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 # How a quantity is read from a model's history (``Quantity.reading``).
@@ -32,6 +34,30 @@ QUESTIONS = {
 }
 # The report's groups of quantities (``Quantity.group``).
 GROUPS = ("accuracy", "speed", "calibration", "gradient", "label_noise", "heldout")
+# The report's tables (and figure) whose columns (panels) are quantities (``Column.table``).
+TABLES = (
+    "headline",  # the headline table: per condition, each loss's estimate and its paired difference to the reference
+    "headline_figure",  # the headline figure: one panel per column, the header its axis label
+    "calibration",  # the calibration section's table
+    "confident_wrong",  # the confident-wrong rates and loss shares
+    "label_noise",  # per condition with noisy training labels
+    "heldout",  # per condition with held-out classes
+)
+
+
+@dataclass(frozen=True)
+class Column:
+    """Where a quantity is shown in one of the report's ``TABLES``: its place among that table's columns (sorted by
+    it), its header, and, for a table of estimates, whether it is printed as a percentage (None: as it is declared)."""
+
+    table: str
+    place: int
+    header: str
+    percent: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.table not in TABLES:
+            raise ValueError(f"column {self.header!r}: table {self.table!r} is not one of {TABLES}")
 
 
 @dataclass(frozen=True)
@@ -50,9 +76,12 @@ class Quantity:
     percent: bool = False  # printed as a percentage
     reading: str = "last"  # one of READINGS
     group: str = "accuracy"  # one of GROUPS
-    headline: bool = False  # an estimate of the headline table (in the registry's order)
+    headline: bool = False  # in the headline's per-seed table and its paired comparisons (study.analysis.headline)
     question: str = ""  # the key of QUESTIONS this quantity answers as the primary comparison, else ""
     target: int = 0  # for reading == "steps": which target (1-based)
+    columns: tuple[Column, ...] = ()  # where the report's tables show it
+    compared: bool = True  # False: only shown, never compared between losses (its margin is not stated)
+    own_probabilities: bool = False  # read on the probabilities the loss is trained to output (none: not applicable)
 
     def __post_init__(self) -> None:
         if self.reading not in READINGS:
@@ -68,6 +97,13 @@ class Quantity:
             raise ValueError(f"quantity {self.name!r}: margin must be a positive number, got {self.margin!r}")
         if (self.reading == "steps") != (self.target > 0):
             raise ValueError(f"quantity {self.name!r}: a 'steps' reading needs its target (1-based), and only it")
+        if not self.compared and (self.headline or self.question):
+            raise ValueError(f"quantity {self.name!r}: a headline or primary quantity is compared (compared=True)")
+        tables = [c.table for c in self.columns]
+        if not self.headline and {"headline", "headline_figure"} & set(tables):
+            raise ValueError(f"quantity {self.name!r}: the headline table and figure show headline quantities only")
+        if len(tables) != len(set(tables)):
+            raise ValueError(f"quantity {self.name!r}: one column per table, got {tables}")
 
     @property
     def primary(self) -> bool:
@@ -99,49 +135,66 @@ QUANTITIES: tuple[Quantity, ...] = (
     Quantity(steps_name(2), "steps to the second target", ("val", "accuracy"), **_SPEED, target=2),
     Quantity("val_auc", "validation accuracy over log-steps", ("val", "accuracy"), True, 0.005, reading="auc",
              group="speed"),
-    Quantity("final_accuracy", "final test accuracy", ("test", "accuracy"), True, 0.005, headline=True),
+    Quantity("final_accuracy", "final test accuracy", ("test", "accuracy"), True, 0.005, headline=True,
+             columns=(Column("headline", 1, "final test acc"), Column("headline_figure", 1, "test accuracy (fraction)"),
+                      Column("label_noise", 2, "final test acc"))),
     Quantity("selected_accuracy", "validation-selected test accuracy", ("test", "accuracy"), True, 0.005,
-             reading="selected", headline=True),
-    Quantity("test_nll", "test NLL", ("test", "nll"), False, 0.02, unit="nats", headline=True),
-    Quantity("ece", "ECE (softmax)", ("test", "ece"), **_ECE, headline=True),
+             reading="selected", headline=True,
+             columns=(Column("headline", 2, "val-selected test acc"),
+                      Column("label_noise", 1, "val-selected test acc"))),
+    Quantity("test_nll", "test NLL", ("test", "nll"), False, 0.02, unit="nats", headline=True,
+             columns=(Column("headline", 3, "test NLL"), Column("headline_figure", 2, "test NLL (nats, log scale)"),
+                      Column("calibration", 6, "test NLL"))),
+    Quantity("ece", "ECE (softmax)", ("test", "ece"), **_ECE, headline=True,
+             columns=(Column("headline", 4, "ECE"), Column("headline_figure", 3, "ECE (expected calibration error)"),
+                      Column("calibration", 5, "ECE (softmax)"))),
     Quantity("ece_ts", "ECE after temperature scaling", ("test", "ece_ts"), **_ECE, question="confident_wrong",
-             headline=True),
-    Quantity("ece_own", "ECE on the loss's own probabilities", ("test", "ece_own"), **_ECE),
+             headline=True, columns=(Column("calibration", 1, "ECE after TS"),)),
+    Quantity("ece_own", "ECE on the loss's own probabilities", ("test", "ece_own"), **_ECE, headline=True,
+             own_probabilities=True, columns=(Column("calibration", 3, "ECE (own probabilities)"),)),
     Quantity("nll_ts", "test NLL after temperature scaling", ("test", "nll_ts"), False, 0.02, unit="nats",
-             group="calibration"),
-    Quantity("temperature", "fitted temperature", ("val", "temperature"), None, 0.1, digits=2, group="calibration"),
-    Quantity("brier", "Brier score", ("test", "brier"), False, 0.01, group="calibration"),
+             group="calibration", columns=(Column("calibration", 7, "NLL after TS"),)),
+    Quantity("temperature", "fitted temperature", ("val", "temperature"), None, 0.1, digits=2, group="calibration",
+             columns=(Column("calibration", 2, "temperature"),)),
+    Quantity("brier", "Brier score", ("test", "brier"), False, 0.01, group="calibration",
+             columns=(Column("calibration", 8, "Brier"),)),
     Quantity("confidence", "mean confidence", ("test", "confidence"), None, 0.01, group="calibration"),
     Quantity("confident_wrong_rate", "confidently wrong share of test examples", ("test", "confident_wrong_rate"),
-             False, **_SHARE, group="calibration"),
+             False, **_SHARE, group="calibration", columns=(Column("confident_wrong", 1, "confident-wrong rate"),)),
     Quantity("confident_wrong_loss_share", "share of the test loss carried by confidently wrong examples",
-             ("test", "confident_wrong_loss_share"), None, **_SHARE, group="calibration"),
+             ("test", "confident_wrong_loss_share"), None, **_SHARE, group="calibration",
+             columns=(Column("confident_wrong", 2, "share of own test loss"),)),
     Quantity("confident_wrong_nll_share", "share of the test NLL carried by confidently wrong examples",
-             ("test", "confident_wrong_nll_share"), None, **_SHARE, group="calibration"),
+             ("test", "confident_wrong_nll_share"), None, **_SHARE, group="calibration",
+             columns=(Column("confident_wrong", 3, "share of test NLL"),)),
     Quantity("saturated_share", "wrong test examples with a vanished logit gradient", ("test", "logit_grad_norm"),
              False, **_SHARE, reading="saturation", group="gradient", question="gradient"),
     Quantity("confident_wrong_corrected", "confidently wrong training examples corrected by the next evaluation",
              ("train_subset", "confident_wrong_corrected"), True, **_SHARE, reading="derived", group="gradient"),
     Quantity("memorised", "flipped training labels memorised", ("train_flipped", "memorised"), False, **_SHARE,
-             group="label_noise"),
+             group="label_noise", columns=(Column("label_noise", 4, "memorised"),)),
     Quantity("memorised_peak", "flipped training labels memorised at the peak", ("train_flipped", "memorised"),
-             False, **_SHARE, reading="peak", group="label_noise"),
+             False, **_SHARE, reading="peak", group="label_noise",
+             columns=(Column("label_noise", 5, "memorised (peak)"),)),
     Quantity("recovered", "flipped training labels recovered", ("train_flipped", "recovered"), True, **_SHARE,
-             group="label_noise"),
+             group="label_noise", columns=(Column("label_noise", 6, "recovered"),)),
     Quantity("clean_train_accuracy", "accuracy on the clean training labels", ("train_clean", "accuracy"), True,
-             0.005, group="label_noise"),
+             0.005, group="label_noise", columns=(Column("label_noise", 7, "clean train acc", percent=True),)),
     Quantity("accuracy_drop", "accuracy lost after the validation-selected best", ("test", "accuracy"), False, 0.005,
-             reading="derived", group="label_noise"),
+             reading="derived", group="label_noise", columns=(Column("label_noise", 3, "drop"),)),
     Quantity("auroc_max_softmax", "AUROC held-out vs known classes, max softmax", ("heldout", "auroc_max_softmax"),
-             True, 0.01, group="heldout"),
+             True, 0.01, group="heldout", columns=(Column("heldout", 1, "AUROC by max softmax"),)),
     Quantity("auroc_max_sigmoid", "AUROC held-out vs known classes, max sigmoid", ("heldout", "auroc_max_sigmoid"),
-             True, 0.01, group="heldout"),
+             True, 0.01, group="heldout", columns=(Column("heldout", 2, "AUROC by max sigmoid"),)),
     Quantity("auroc_natural", "AUROC held-out vs known classes, the loss's own score", ("heldout", "auroc_natural"),
              True, 0.01, reading="derived", group="heldout"),
     Quantity("none_share_heldout", "held-out images answered 'none'", ("heldout", "none_share"), None, **_SHARE,
-             group="heldout"),
+             group="heldout", columns=(Column("heldout", 3, "'none' on held-out classes"),)),
     Quantity("none_share_test", "known-class test images answered 'none'", ("test", "none_share"), None, **_SHARE,
-             group="heldout"),
+             group="heldout", columns=(Column("heldout", 4, "'none' on trained classes"),)),
+    # Shown beside the other ECEs in the calibration table, not compared between losses.
+    Quantity("classwise_ece", "classwise ECE of the softmax", ("test", "classwise_ece"), False, 0.01,
+             group="calibration", compared=False, columns=(Column("calibration", 4, "classwise ECE"),)),
 )
 
 
@@ -155,6 +208,24 @@ def _index() -> dict[str, Quantity]:
 
 
 _BY_NAME = _index()
+
+
+@contextmanager
+def registered(*added: Quantity) -> Iterator[tuple[Quantity, ...]]:
+    """Declare ``added`` after the registry's quantities for the duration of a ``with`` block (tests), then restore
+    the registry. Read at call time, as every function here is; the primary quantities (``study.analysis.PRIMARY``)
+    are read once at import, so a quantity registered here cannot answer a question."""
+    global QUANTITIES, _BY_NAME
+    if any(q.question for q in added):
+        raise ValueError("a quantity registered at run time cannot answer a question: declare it in QUANTITIES")
+    shipped = QUANTITIES
+    try:
+        QUANTITIES = (*shipped, *added)
+        _BY_NAME = _index()
+        yield added
+    finally:
+        QUANTITIES = shipped
+        _BY_NAME = _index()
 
 
 def get(name: str) -> Quantity | None:
@@ -194,8 +265,22 @@ def read_last(group: str | None = None) -> dict[str, tuple[str, str]]:
 
 
 def headline() -> tuple[str, ...]:
-    """The headline table's estimates, in the registry's order."""
+    """The quantities compared in the headline's paired comparisons, in the registry's order."""
     return tuple(q.name for q in QUANTITIES if q.headline)
+
+
+def table(name: str) -> tuple[tuple[Quantity, Column], ...]:
+    """The quantities of the report's table (or figure) ``name`` (one of TABLES) with their columns, in the
+    columns' order (ties in the registry's)."""
+    if name not in TABLES:
+        raise KeyError(f"unknown table {name!r}; declared: {', '.join(TABLES)}")
+    shown = [(q, c) for q in QUANTITIES for c in q.columns if c.table == name]
+    return tuple(sorted(shown, key=lambda pair: pair[1].place))
+
+
+def shown_percent(quantity: Quantity, column: Column) -> bool:
+    """Whether ``column`` prints ``quantity`` as a percentage."""
+    return quantity.percent if column.percent is None else column.percent
 
 
 def is_steps(name: str) -> bool:

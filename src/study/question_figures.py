@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.markers import MarkerStyle
 
-from study import analysis, comparisons, measures
+from study import analysis, comparisons, measures, quantities
 from study.figures import (
     FLOOR,
     category_ticks,
@@ -34,29 +34,29 @@ from study.figures import (
 
 
 def plot_headline(history: pd.DataFrame) -> Figure:
-    """Final test accuracy, test NLL and ECE per condition and loss: mean over seeds with 95% t-intervals."""
-    names = {"final_accuracy": "test accuracy (fraction)", "test_nll": "test NLL (nats, log scale)",
-             "ece": "ECE (expected calibration error)"}
+    """The quantity registry's headline-figure quantities (final test accuracy, test NLL and ECE) per condition and
+    loss: mean over seeds with 95% t-intervals, one panel each."""
+    panels = quantities.table("headline_figure")
     per_seed = analysis.headline(history, {}).per_seed  # each healthy model's last evaluation
     conditions = list(dict.fromkeys(history["condition"]))
     losses = analysis.ordered(history["loss"])
     with style():
         width = max(4.0, 0.65 * len(conditions) + 0.9)  # room for each condition's name, wrapped at underscores
-        fig, axes = subplots(1, 3, width * 3, 3.8)
-        for ax, quantity in zip(axes[0], names, strict=True):
-            rows = per_seed[per_seed["quantity"] == quantity]
+        fig, axes = subplots(1, len(panels), width * len(panels), 3.8)
+        for ax, (quantity, column) in zip(axes[0], panels, strict=True):
+            rows = per_seed[per_seed["quantity"] == quantity.name]
             sns.pointplot(data=rows, x="condition", y="value", hue="loss", order=conditions, hue_order=losses,
                           palette=palette(losses), estimator=t_mean, errorbar=t_interval,
                           dodge=dodge(len(losses)), linestyle="none", markersize=5, linewidth=1.5, capsize=0.1,
                           legend=False, ax=ax)
             category_ticks(ax, conditions, wrap=True)
-            if quantity == "test_nll":  # a collapsed, confidently wrong model reaches thousands of nats
+            if quantity.unit == "nats":  # a collapsed, confidently wrong model reaches thousands of nats
                 ax.set_yscale("log")  # after the means: pointplot's log_scale would average the logarithms
                 plain_log_ticks(ax)
             else:
                 fraction_limits(ax)
-            ax.set_ylabel(names[quantity])
-            ax.set_title(names[quantity].split(" (")[0])
+            ax.set_ylabel(column.header)
+            ax.set_title(column.header.split(" (")[0])
         fig.suptitle("Final test metrics per condition (mean over seeds, 95% t-interval)")
         loss_legend(fig, losses)
     return fig

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import pandas as pd
 
-from study import analysis, answers, comparisons, published
+from study import analysis, answers, comparisons, published, quantities
 from study import losses as registry
 from study.analysis import REFERENCE
 from study.bullets import heldout_findings
@@ -152,26 +152,24 @@ def _score_cell(scores: dict, lr: float, chosen: float | None) -> str:
     return text + (" *" if chosen is not None and math.isclose(lr, chosen) else "")
 
 
-HEADLINE = ("final_accuracy", "selected_accuracy", "test_nll", "ece")  # the headline table's estimates, in order
-
-
-PRIMARY_UNITS = {"steps_to_target_1": (0, "steps", False), "saturated_share": (3, "", True), "ece": (3, "", False)}
-
-
 def _units(quantity: str) -> tuple[int, str, bool]:
-    """(digits, unit, percent) of a quantity as its declaration in study.quantities prints it, where declared."""
-    try:
-        from study import quantities
-    except ImportError:
-        quantities = None
-    spec = next((q for q in getattr(quantities, "QUANTITIES", ()) if q.name == quantity), None)
-    if spec is not None:
-        return int(spec.digits), str(spec.unit), bool(spec.percent)
-    return PRIMARY_UNITS.get(quantity, (3, "", False))
+    """(digits, unit, percent) of a quantity as its declaration in study.quantities prints it."""
+    spec = quantities.spec(quantity)
+    return int(spec.digits), str(spec.unit), bool(spec.percent)
+
+
+def _headers(table: str) -> list[str]:
+    return [column.header for _, column in quantities.table(table)]
+
+
+def _cell(quantity: quantities.Quantity, column: quantities.Column) -> Callable[[dict | None], str]:
+    """How a table of estimates writes ``quantity``'s mean and t-interval: as a percentage or a number."""
+    return fmt_percent if quantities.shown_percent(quantity, column) else fmt_estimate
 
 
 def _headline(inputs: Inputs, computed: Computed, losses: list[str]) -> dict:
     head = computed.head
+    shown = quantities.table("headline")
     conditions = []
     for c in inputs.conditions:
         targets = inputs.targets.get(c, ())
@@ -183,11 +181,13 @@ def _headline(inputs: Inputs, computed: Computed, losses: list[str]) -> dict:
             m = mine[mine["loss"] == loss]
             rows.append([loss, f"{inputs.lrs[c].get(loss, math.nan):g}", str(m["seed"].nunique()),
                          str(int(m["diverged"].sum())), str(int(m["collapsed"].sum())),
-                         *(fmt_estimate(_value(head.summary, condition=c, loss=loss, quantity=q)) for q in HEADLINE),
+                         *(_cell(q, column)(_value(head.summary, condition=c, loss=loss, quantity=q.name))
+                           for q, column in shown),
                          *(fmt_steps(_value(head.summary, condition=c, loss=loss, quantity=q)) for q in steps)])
         has_reference = REFERENCE in set(mine["loss"])
-        differences = [[loss, *(fmt_difference(_value(head.differences, condition=c, loss=loss, quantity=q))
-                                for q in HEADLINE),
+        differences = [[loss, *(fmt_difference(_value(head.differences, condition=c, loss=loss, quantity=q.name),
+                                               percent=quantities.shown_percent(q, column))
+                                for q, column in shown),
                         *(fmt_difference(_value(head.differences, condition=c, loss=loss, quantity=q), 0, "steps")
                           for q in steps)]
                        for loss in (trained if has_reference else []) if loss != REFERENCE]
@@ -207,7 +207,8 @@ def _headline(inputs: Inputs, computed: Computed, losses: list[str]) -> dict:
                                     "p_holm": d["p_holm"],
                                     "evidence": None if answers.verdict(d) == answers.UNTESTED else answers.verdict(d),
                                     "n": int(d["n"])})
-    return {"conditions": conditions, "primary_questions": analysis.PRIMARY, "primary": comparisons}
+    return {"conditions": conditions, "quantities": _headers("headline"), "primary_questions": analysis.PRIMARY,
+            "primary": comparisons}
 
 
 def _convergence(inputs: Inputs, computed: Computed, losses: list[str]) -> dict:
@@ -215,10 +216,10 @@ def _convergence(inputs: Inputs, computed: Computed, losses: list[str]) -> dict:
     val_auc = []
     for c in inputs.conditions:
         for loss in losses:
-            est = _value(head.summary, condition=c, loss=loss, quantity="val_auc")
+            est = _value(head.summary, condition=c, loss=loss, quantity=analysis.VAL_AUC)
             if est is None:
                 continue
-            diff = _value(head.differences, condition=c, loss=loss, quantity="val_auc")
+            diff = _value(head.differences, condition=c, loss=loss, quantity=analysis.VAL_AUC)
             val_auc.append([c, loss, fmt_estimate(est), "–" if loss == REFERENCE else fmt_difference(diff)])
     views = []
     for source, view in computed.lr_views.items():
@@ -231,7 +232,7 @@ def _convergence(inputs: Inputs, computed: Computed, losses: list[str]) -> dict:
             own = _value(view, loss=loss, view="own lr")
             shared = _value(view, loss=loss, view="shared lr")
             views.append([source, target, loss] + [cell for row in (own, shared) for cell in _view_cells(row)])
-    return {"widest": _widest_bracket(head.steps), "val_auc": val_auc, "lr_views": views}
+    return {"widest": _widest_bracket(head.steps), analysis.VAL_AUC: val_auc, "lr_views": views}
 
 
 def _widest_bracket(steps: pd.DataFrame) -> dict | None:
@@ -264,7 +265,7 @@ def _gradients(inputs: Inputs, computed: Computed, losses: list[str]) -> dict:
             if rows_l.empty:
                 continue
             est = analysis.mean_ci(rows_l["value"])
-            diff = _value(computed.head.differences, condition=c, loss=loss, quantity="saturated_share")
+            diff = _value(computed.head.differences, condition=c, loss=loss, quantity=analysis.SATURATED)
             diff_text = "–" if loss == REFERENCE else fmt_difference(diff, percent=True)
             rows.append([c, loss, fmt_percent(est.as_dict()), str(int(rows_l["n_wrong"].sum())),
                          str(int(rows_l["n_saturated"].sum())), diff_text])
@@ -286,12 +287,14 @@ def _confident_wrong(inputs: Inputs, computed: Computed, losses: list[str]) -> d
                              f"{r['grad_true']:.4g}" if "grad_true" in p and math.isfinite(r["grad_true"]) else "–"])
         penalty = {"classes": analysis.classes_from_penalty(inputs.penalty), "rows": rows}
 
-    def estimates(quantities: Sequence[str], cell: Callable) -> list[list[str]]:
-        """[condition, loss, cells...] for every model with at least one of ``quantities``."""
+    def estimates(table: str) -> list[list[str]]:
+        """[condition, loss, cells...] of the registry's ``table`` for every model with at least one of its
+        quantities."""
         rows = []
         for c in inputs.conditions:
             for loss in losses:
-                cells = [cell(_value(cal, condition=c, loss=loss, quantity=q)) for q in quantities]
+                cells = [_cell(q, column)(_value(cal, condition=c, loss=loss, quantity=q.name))
+                         for q, column in quantities.table(table)]
                 if any(x != "–" for x in cells):
                     rows.append([c, loss, *cells])
         return rows
@@ -312,27 +315,21 @@ def _confident_wrong(inputs: Inputs, computed: Computed, losses: list[str]) -> d
         summary = computed.noise[c]
         noise.append({"condition": c, "noise": inputs.setups[c].get("params", {}).get("label_noise"),
                       "flipped": inputs.setups[c].get("sizes", {}).get("flipped"),
-                      "rows": [[loss, *(fmt_estimate(_value(summary, loss=loss, quantity=q)) for q in
-                                        ("selected_accuracy", "final_accuracy", "accuracy_drop")),
-                                *(fmt_percent(_value(summary, loss=loss, quantity=q)) for q in
-                                  ("memorised", "memorised_peak", "recovered", "clean_train_accuracy"))]
+                      "rows": [[loss, *(_cell(q, column)(_value(summary, loss=loss, quantity=q.name))
+                                        for q, column in quantities.table("label_noise"))]
                                for loss in analysis.ordered(summary["loss"])]})
     return {"penalty": penalty, "confident": _confident(inputs),
-            "rates": estimates(("confident_wrong_rate", "confident_wrong_loss_share", "confident_wrong_nll_share"),
-                               fmt_percent),
+            "rates": estimates("confident_wrong"), "rate_headers": _headers("confident_wrong"),
             "corrections": corrections, "bins": sorted({_bins(inputs, c) for c in inputs.conditions}),
-            "calibration": _calibration_rows(estimates(CALIBRATION_COLUMNS, fmt_estimate)),
-            "label_noise": noise}
-
-
-CALIBRATION_COLUMNS = ("ece_ts", "temperature", "ece_own", "classwise_ece", "ece", "test_nll", "nll_ts", "brier")
+            "calibration": _calibration_rows(estimates("calibration")), "calibration_headers": _headers("calibration"),
+            "label_noise": noise, "label_noise_headers": _headers("label_noise")}
 
 
 def _calibration_rows(rows: list[list[str]]) -> list[list[str]]:
-    """The folded calibration table's rows ([condition, loss, *CALIBRATION_COLUMNS]): a loss without probabilities
-    of its own says so in the own-probability ECE column instead of '–'."""
-    at = 2 + CALIBRATION_COLUMNS.index("ece_own")
-    return [[*row[:at], NO_PROBABILITIES if not _own_probabilities(row[1]) else row[at], *row[at + 1:]]
+    """The calibration table's rows ([condition, loss, *its columns]): a loss without probabilities of its own says
+    so in the column of the ECE on its own probabilities instead of '–'."""
+    own = [at for at, (q, _) in enumerate(quantities.table("calibration"), start=2) if q.own_probabilities]
+    return [[NO_PROBABILITIES if at in own and not _own_probabilities(row[1]) else cell for at, cell in enumerate(row)]
             for row in rows]
 
 
@@ -340,19 +337,15 @@ def _heldout_conditions(computed: Computed) -> list[str]:
     return list(dict.fromkeys(computed.heldout["condition"]))
 
 
-HELDOUT = ("auroc_max_softmax", "auroc_max_sigmoid", "none_share_heldout", "none_share_test")  # table columns
-
-
 def _heldout(inputs: Inputs, computed: Computed) -> list[dict]:
     out = []
     for c in _heldout_conditions(computed):
         per_seed = computed.heldout[computed.heldout["condition"] == c]
         summary = analysis.summarise(per_seed)
-        rows = [[loss, *((fmt_estimate if q.startswith("auroc") else fmt_percent)(_value(summary, loss=loss,
-                                                                                          quantity=q))
-                         for q in HELDOUT)] for loss in analysis.ordered(summary["loss"])]
+        rows = [[loss, *(_cell(q, column)(_value(summary, loss=loss, quantity=q.name))
+                         for q, column in quantities.table("heldout"))] for loss in analysis.ordered(summary["loss"])]
         out.append({"condition": c, "classes": inputs.setups[c].get("params", {}).get("heldout_classes", []),
-                    "rows": rows, "findings": heldout_findings(per_seed, c)})
+                    "headers": _headers("heldout"), "rows": rows, "findings": heldout_findings(per_seed, c)})
     return out
 
 
