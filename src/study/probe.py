@@ -186,9 +186,47 @@ def verdict(holds: bool, nuance: bool = False) -> str:
     return NUANCE if nuance else HOLDS
 
 
-def _agreement(claim_id: str, claim: str, measured: str, deviation: float, holds: bool, note: str, *,
-               nuance: bool = False, figure: str = "") -> Claim:
-    """A claim that two computations agree: ``deviation`` is how far apart they were measured, against 0."""
+# The source's claims that two computations agree: {claim id: (the sentence, what the measurement says of it)}.
+AGREEMENTS: dict[str, tuple[str, str]] = {
+    "softmax_sums_to_one": (
+        "What we want is a method which will take all the numbers and squish them between 0 and 1 in a manner "
+        "that the prediction across all the classes adds to 1.",
+        "Softmax divides each exp(z_k) by their sum, so the outputs add to 1 up to rounding.",
+    ),
+    "nll_loss_definition": (
+        "F.nll_loss takes the softmax and then takes the negative.",
+        "F.nll_loss applies neither softmax nor log: it returns -x[y] (averaged), which is a negative log "
+        "likelihood only when x already holds log-probabilities, i.e. after log_softmax.",
+    ),
+    "softmax_plus_nll": (
+        "Softmax + Negative Log = Cross Entropy Loss",
+        "Equal as mathematics, but softmax then log underflows to infinity on confidently wrong logits, which is "
+        "why the loss is computed with log_softmax in one step.",
+    ),
+    "gradient_linear": (
+        "The gradient of the Cross entropy loss is linear, that means we won’t see sudden jumps or exponential "
+        "increases in gradients, which should lead to smoother training of models.",
+        "The gradient is softmax(z) - onehot(y): linear in the probabilities, not in the logits, and what "
+        "rules out jumps and exponential growth is its bound, norm <= sqrt 2.",
+    ),
+    "mean_of_nll": (
+        "You take the mean of the NLL to get the Loss value.",
+        "PyTorch's default reduction is the batch mean; with class weights it becomes a weighted mean, and "
+        "reduction='none' keeps the per-example values.",
+    ),
+    "pytorch_cross_entropy": (
+        "In pyTorch, the implementation is log_softmax and then nll_loss(log is taken with the softmax only and "
+        "nll_loss only calculates the mean of the negative logs).",
+        "Agrees with the earlier sentence's error: F.nll_loss neither takes a softmax nor a log; it picks the "
+        "label's entry, negates it and averages.",
+    ),
+}
+
+
+def _agreement(claim_id: str, measured: str, deviation: float, holds: bool, *, nuance: bool = False,
+               figure: str = "") -> Claim:
+    """A claim of AGREEMENTS: ``deviation`` is how far apart the two computations were measured, against 0."""
+    claim, note = AGREEMENTS[claim_id]
     return Claim(claim_id, claim, measured, deviation, 0.0, verdict(holds, nuance), note, figure)
 
 
@@ -262,16 +300,11 @@ def check_softmax_sums_to_one() -> Claim:
     dev32 = float((logits64.float().softmax(dim=1).sum(dim=1) - 1).abs().max())
     dev64 = float((logits64.softmax(dim=1).sum(dim=1) - 1).abs().max())
     inside = bool(((logits64.softmax(dim=1) >= 0) & (logits64.softmax(dim=1) <= 1)).all())
-    return _agreement(
-        "softmax_sums_to_one",
-        "What we want is a method which will take all the numbers and squish them between 0 and 1 in a manner "
-        "that the prediction across all the classes adds to 1.",
+    measured = (
         f"max |sum_k softmax(z)_k - 1| over 1000 random logit rows (scale 10): {dev32:.1e} in float32, "
-        f"{dev64:.1e} in float64; every entry in [0, 1]: {inside}",
-        dev32,
-        dev32 < 1e-5 and inside,
-        "Softmax divides each exp(z_k) by their sum, so the outputs add to 1 up to rounding.",
+        f"{dev64:.1e} in float64; every entry in [0, 1]: {inside}"
     )
+    return _agreement("softmax_sums_to_one", measured, dev32, dev32 < 1e-5 and inside)
 
 
 def check_softmax_amplifies(bump: float = 0.5, small_gap: float = 0.1) -> Claim:
@@ -383,16 +416,11 @@ def check_nll_loss_definition() -> Claim:
         .abs()
         .max()
     )
-    return _agreement(
-        "nll_loss_definition",
-        "F.nll_loss takes the softmax and then takes the negative.",
+    measured = (
         f"on random inputs x: max |F.nll_loss(x, y) - (-softmax(x)[y])| = {value:.2f}; max |F.nll_loss(x, y) - "
-        f"(-x[y])| = {picks:g}; max |F.cross_entropy(x, y) - F.nll_loss(F.log_softmax(x), y)| = {fused:.1e}",
-        value,
-        value < 1e-6,
-        "F.nll_loss applies neither softmax nor log: it returns -x[y] (averaged), which is a negative log "
-        "likelihood only when x already holds log-probabilities, i.e. after log_softmax.",
+        f"(-x[y])| = {picks:g}; max |F.cross_entropy(x, y) - F.nll_loss(F.log_softmax(x), y)| = {fused:.1e}"
     )
+    return _agreement("nll_loss_definition", measured, value, value < 1e-6)
 
 
 def check_softmax_plus_nll() -> Claim:
@@ -406,18 +434,12 @@ def check_softmax_plus_nll() -> Claim:
     wrong[0, WRONG_CLASS] = 200.0
     naive_far = float(-torch.log(wrong.softmax(dim=1))[0, TRUE_CLASS])
     fused_far = float(build(ce)(wrong, torch.tensor([TRUE_CLASS]))[0])
-    return _agreement(
-        "softmax_plus_nll",
-        "Softmax + Negative Log = Cross Entropy Loss",
+    measured = (
         f"float32 random logits: max |F.cross_entropy - (-log softmax(z)[y])| = {value:.1e} (losses.{ce}: "
         f"{registry:.1e}); at a wrong-class margin of 200, -log(softmax) = {naive_far} but -log_softmax = "
-        f"{fused_far:g}",
-        value,
-        value < 1e-5,
-        "Equal as mathematics, but softmax then log underflows to infinity on confidently wrong logits, which is "
-        "why the loss is computed with log_softmax in one step.",
-        nuance=not math.isfinite(naive_far),
+        f"{fused_far:g}"
     )
+    return _agreement("softmax_plus_nll", measured, value, value < 1e-5, nuance=not math.isfinite(naive_far))
 
 
 def check_log_domain() -> Claim:
@@ -450,20 +472,13 @@ def check_gradient_linear() -> Claim:
     _, wild_grad = loss_and_grad(_cross_entropy(), wild, wild_labels)
     largest = float(wild_grad.norm(dim=1).max())
     bounded = largest <= math.sqrt(2) + 1e-12
-    return _agreement(
-        "gradient_linear",
-        "The gradient of the Cross entropy loss is linear, that means we won’t see sudden jumps or exponential "
-        "increases in gradients, which should lead to smoother training of models.",
+    measured = (
         f"dL/dz by autograd equals softmax(z) - onehot(y) to {in_probs:.1e}; along a straight line in logit space "
         f"it leaves the straight chord by up to {deviation:.3f}; its norm over 1000 logit rows of scale 1e3 "
-        f"peaks at {largest:.6f} <= sqrt 2",
-        deviation,
-        bounded and in_probs < 1e-12,
-        "The gradient is softmax(z) - onehot(y): linear in the probabilities, not in the logits, and what "
-        "rules out jumps and exponential growth is its bound, norm <= sqrt 2.",
-        nuance=deviation > 1e-3,
-        figure=PENALTY_FIGURE,
+        f"peaks at {largest:.6f} <= sqrt 2"
     )
+    holds = bounded and in_probs < 1e-12
+    return _agreement("gradient_linear", measured, deviation, holds, nuance=deviation > 1e-3, figure=PENALTY_FIGURE)
 
 
 def check_cross_entropy_bins() -> Claim:
@@ -511,16 +526,11 @@ def check_mean_of_nll() -> Claim:
     weighted = F.cross_entropy(logits, labels, weight=weights)
     w = weights[labels]
     weighted_dev = float((weighted - (w * per_example).sum() / w.sum()).abs())
-    return _agreement(
-        "mean_of_nll",
-        "You take the mean of the NLL to get the Loss value.",
+    measured = (
         f"|F.cross_entropy(z, y) - mean(-log_softmax(z)[y])| = {value:.1e} (default reduction='mean'); with class "
-        f"weights it is the weighted mean sum w_y l / sum w_y (to {weighted_dev:.1e})",
-        value,
-        value < 1e-12,
-        "PyTorch's default reduction is the batch mean; with class weights it becomes a weighted mean, and "
-        "reduction='none' keeps the per-example values.",
+        f"weights it is the weighted mean sum w_y l / sum w_y (to {weighted_dev:.1e})"
     )
+    return _agreement("mean_of_nll", measured, value, value < 1e-12)
 
 
 def check_pytorch_cross_entropy() -> Claim:
@@ -529,17 +539,11 @@ def check_pytorch_cross_entropy() -> Claim:
     value = float((F.cross_entropy(logits, labels) - composed).abs())
     picked = F.nll_loss(logits, labels)  # on raw numbers: no log, no softmax, only pick, negate and average
     only_mean = float((picked + logits.gather(1, labels[:, None]).mean()).abs())
-    return _agreement(
-        "pytorch_cross_entropy",
-        "In pyTorch, the implementation is log_softmax and then nll_loss(log is taken with the softmax only and "
-        "nll_loss only calculates the mean of the negative logs).",
+    measured = (
         f"|F.cross_entropy(z, y) - F.nll_loss(F.log_softmax(z), y)| = {value:.1e}; F.nll_loss(x, y) = "
-        f"-mean(x[y]) on raw numbers (to {only_mean:.1e}): it takes no log itself",
-        value,
-        value < 1e-12 and only_mean < 1e-12,
-        "Agrees with the earlier sentence's error: F.nll_loss neither takes a softmax nor a log; it picks the "
-        "label's entry, negates it and averages.",
+        f"-mean(x[y]) on raw numbers (to {only_mean:.1e}): it takes no log itself"
     )
+    return _agreement("pytorch_cross_entropy", measured, value, value < 1e-12 and only_mean < 1e-12)
 
 
 def check_entropy_randomness() -> Claim:
