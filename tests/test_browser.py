@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -231,10 +232,13 @@ def test_the_dashboard_rebuilds_a_fresh_store_from_results_and_lists_every_child
 
     uri = f"sqlite:///{tmp_path / 'fresh.db'}"
     with serve_dashboard(smoke_pipeline.repo, uri, "dashboard-rebuilt-server.log") as url:
-        said = (ARTIFACTS / "dashboard-rebuilt-server.log").read_text()
         smoke = yaml.safe_load(SMOKE.read_text())
         stages = len(smoke["conditions"]) + len(smoke["study"]["tune"])
-        assert "study dashboard: the store lacks" in said and f"imported {stages} stages" in said, said
+        deadline = time.monotonic() + 120  # the server answers first; the import fills the store meanwhile
+        while f"imported {stages} stages" not in (said := (ARTIFACTS / "dashboard-rebuilt-server.log").read_text()):
+            assert time.monotonic() < deadline, said
+            time.sleep(0.5)
+        assert "study dashboard: the store lacks" in said, said
         client = MlflowClient(uri)
         experiment = client.get_experiment_by_name("loss-study")
         runs = client.search_runs([experiment.experiment_id], "", max_results=1000)
