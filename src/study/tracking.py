@@ -157,9 +157,12 @@ def open_tracker(
     runs: Sequence[RunSpec],
     uri: str | None = None,
     tags: dict[str, str] | None = None,
+    dated_ms: int | None = None,
 ) -> Iterator[Tracker]:
     """A parent run ``<condition>/<stage>`` with one nested child run per spec, open for the block. ``tags`` go on
-    every run, beside the ones the tracker sets.
+    every run, beside the ones the tracker sets. ``dated_ms`` (an import) dates every run then instead of now: the
+    parent starts and every run ends at it, the children 1 ms apart before it, so that a runs table sorted by start
+    time lists the parents first and each one's children under it.
 
     On exit the runs end FINISHED; FAILED with tag ``error`` when the block raises; KILLED on
     KeyboardInterrupt or SystemExit (SIGTERM is turned into SystemExit while the block runs). The
@@ -174,19 +177,19 @@ def open_tracker(
         raise ValueError(f"duplicate runs in {names}")
     tracker = MlflowTracker.start(
         uri=uri, experiment=experiment, condition=condition, stage=stage, dataset=dataset, params=params, runs=runs,
-        tags=tags or {},
+        tags=tags or {}, dated_ms=dated_ms,
     )
     with _sigterm_as_exit():
         try:
             yield tracker
         except (KeyboardInterrupt, SystemExit) as exc:
             finished = isinstance(exc, SystemExit) and exc.code in (0, None)
-            tracker.close("FINISHED" if finished else "KILLED")
+            tracker.close("FINISHED" if finished else "KILLED", ended_ms=dated_ms)
             raise
         except BaseException as exc:
-            tracker.close("FAILED", error=f"{type(exc).__name__}: {exc}")
+            tracker.close("FAILED", error=f"{type(exc).__name__}: {exc}", ended_ms=dated_ms)
             raise
-        tracker.close("FINISHED")
+        tracker.close("FINISHED", ended_ms=dated_ms)
 
 
 def finished_parents(uri: str, experiment: str, names: Iterable[str]) -> dict[str, list[dict[str, str]]]:
@@ -255,6 +258,7 @@ class MlflowTracker:
         params: dict[str, str],
         runs: Sequence[RunSpec],
         tags: dict[str, str],
+        dated_ms: int | None = None,
     ) -> MlflowTracker:
         """Create the parent and child runs (after ending stale ones) and start the sender."""
         client = connect(uri)
@@ -272,17 +276,20 @@ class MlflowTracker:
             _OWNER_TAG: owner,
             "study.host": socket.gethostname(),
             "study.pid": str(os.getpid()),
+            **dvc_experiment(),
             **tags,
         }
         safe = _safe_params(params)
-        parent = retry(client.create_run, experiment_id, run_name=f"{condition}/{stage}", tags=shared)
+        parent = retry(client.create_run, experiment_id, run_name=f"{condition}/{stage}", tags=shared,
+                       start_time=dated_ms)
         parent_id = parent.info.run_id
         children = _Children(experiment_id, parent_id, shared, safe, {spec.run: spec for spec in runs})
         run_ids: dict[str, str] = {}
         try:
             _log_params(client, parent_id, safe)
-            for spec in runs:
-                run_ids[spec.run] = children.open(client, spec.run)
+            for index, spec in enumerate(runs):
+                started = None if dated_ms is None else dated_ms - 1 - index
+                run_ids[spec.run] = children.open(client, spec.run, start_time=started)
         except BaseException as exc:
             for run_id in [*run_ids.values(), parent_id]:
                 _terminate(client, run_id, "FAILED", f"{type(exc).__name__}: {exc}")
@@ -365,8 +372,9 @@ class MlflowTracker:
         self._queue.put(("flush", done))
         return done.wait(timeout_s)
 
-    def close(self, status: str, error: str | None = None) -> None:
-        """Send what is queued, then end every run with ``status`` (FINISHED, FAILED or KILLED)."""
+    def close(self, status: str, error: str | None = None, ended_ms: int | None = None) -> None:
+        """Send what is queued, then end every run with ``status`` (FINISHED, FAILED or KILLED), at ``ended_ms``
+        (default: now)."""
         if self._closed:
             return
         self._closed = True
@@ -384,7 +392,7 @@ class MlflowTracker:
             with contextlib.suppress(Exception):
                 retry(self._client.set_tag, self._parent_id, "tracking_error", self._error[:_MAX_ERROR_CHARS])
         for run_id in [*self._run_ids.values(), self._parent_id]:
-            _terminate(self._client, run_id, status, error)
+            _terminate(self._client, run_id, status, error, ended_ms)
 
     def _send_loop(self) -> None:
         stopping = False
@@ -535,14 +543,24 @@ def _log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> No
         retry(client.log_batch, run_id, params=chunk, synchronous=True)
 
 
-def _terminate(client: MlflowClient, run_id: str, status: str, error: str | None) -> None:
+def _terminate(client: MlflowClient, run_id: str, status: str, error: str | None,
+               ended_ms: int | None = None) -> None:
     """End one run; failures are reported, not raised, so every run gets its try."""
     try:
         if error is not None:
             retry(client.set_tag, run_id, "error", redact(error)[:_MAX_ERROR_CHARS])
-        retry(client.set_terminated, run_id, status)
+        retry(client.set_terminated, run_id, status, end_time=ended_ms)
     except Exception as exc:
         _log.warning("MLflow: could not end run %s as %s: %s", run_id, status, redact(str(exc)))
+
+
+def dvc_experiment() -> dict[str, str]:
+    """Under ``dvc exp run``: the experiment's name and the commit it started from (DVC sets ``DVC_EXP_NAME`` and
+    ``DVC_EXP_BASELINE_REV``), as tags, to find or delete an experiment's runs; outside an experiment, none."""
+    name = os.environ.get("DVC_EXP_NAME")
+    if not name:
+        return {}
+    return {"dvc_exp_name": name, "dvc_exp_baseline": os.environ.get("DVC_EXP_BASELINE_REV", "unknown")}
 
 
 def _git_commit() -> str:
@@ -569,7 +587,8 @@ class _Children:
     params: dict[str, str]
     specs: dict[str, RunSpec]
 
-    def open(self, client: MlflowClient, run: str, *, retry_of: str | None = None) -> str:
+    def open(self, client: MlflowClient, run: str, *, retry_of: str | None = None,
+             start_time: int | None = None) -> str:
         spec = self.specs[run]
         tags = {
             **self.shared,
@@ -580,7 +599,7 @@ class _Children:
             "lr_tuned": str(spec.tuned).lower(),
             **({"retry_of": retry_of} if retry_of else {}),
         }
-        child = retry(client.create_run, self.experiment_id, run_name=spec.run, tags=tags)
+        child = retry(client.create_run, self.experiment_id, run_name=spec.run, tags=tags, start_time=start_time)
         own = {"loss": spec.loss, "lr": f"{spec.lr:g}", "seed": str(spec.seed)}
         conventions = _safe_params({f"loss.{k}": str(v) for k, v in spec.conventions.items()})
         _log_params(client, child.info.run_id, {**self.params, **own, **conventions})

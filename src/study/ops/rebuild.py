@@ -8,6 +8,7 @@ Serves ``cli``; logs through ``tracking``'s tracker (the one training uses), rea
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -83,36 +84,66 @@ def missing(cfg: StudyConfig, results: Path, uri: str) -> list[Stage]:
     return [s for s in found if not holds(s)]
 
 
-def import_stage(cfg: StudyConfig, stage: Stage, uri: str) -> int:
-    """Log one stage as training logs it: a parent run with the condition's params and artifacts, a child run per
-    (loss, lr, seed) with every row of its table as a metric at its step, and (train) the summary metrics.
-    Returns the number of metric values sent."""
-    cond = cfg.condition(stage.condition)
-    history = tables.read_history(stage.table)
-    order = {loss: i for i, loss in enumerate(cfg.tuned_losses(cond.name) if stage.stage == "tune" else cond.losses)}
-    keys = sorted(set(zip(history["loss"], history["lr"], history["seed"], strict=True)),
-                  key=lambda key: (order[key[0]], key[1], key[2]))  # the trainer's grid order
-    # Each run's conventions from its loss's registry entry, as training logs them.
-    runs = [tracking.RunSpec(loss, lr, int(seed), tuned=stage.stage == "train",
-                             conventions=dict(losses.spec(loss).conventions))
-            for loss, lr, seed in keys]
+@dataclass(frozen=True)
+class Table:
+    """One stage's table read back: its child runs in the trainer's grid order, its rows, (train) the summaries."""
+
+    runs: list[tracking.RunSpec]
+    history: pd.DataFrame
+    summaries: dict[str, dict[str, float]]
+
+    @classmethod
+    def read(cls, cfg: StudyConfig, stage: Stage) -> Table:
+        cond = cfg.condition(stage.condition)
+        history = tables.read_history(stage.table)
+        grid = cfg.tuned_losses(cond.name) if stage.stage == "tune" else cond.losses
+        order = {loss: i for i, loss in enumerate(grid)}
+        keys = sorted(set(zip(history["loss"], history["lr"], history["seed"], strict=True)),
+                      key=lambda key: (order[key[0]], key[1], key[2]))  # the trainer's grid order
+        # Each run's conventions from its loss's registry entry, as training logs them.
+        runs = [tracking.RunSpec(loss, lr, int(seed), tuned=stage.stage == "train",
+                                 conventions=dict(losses.spec(loss).conventions))
+                for loss, lr, seed in keys]
+        summaries = {}
+        if stage.stage == "train":
+            summary = pd.read_csv(stage.directory / tables.SUMMARY)
+            for row in summary.to_dict("records"):
+                summaries[row["run"]] = {key: float(value) for key, value in row.items()
+                                         if key.startswith(tables.SUMMARY_PREFIXES) and math.isfinite(value)}
+        return cls(runs, history, summaries)
+
+
+def open_stage(cfg: StudyConfig, stage: Stage, table: Table, uri: str, dated_ms: int | None):
+    """The stage's runs as training opens them: a parent run with the condition's params, a child run per (loss,
+    lr, seed); dated ``dated_ms`` (``tracking.open_tracker`` says how), else now. A context manager."""
+    return tracking.open_tracker(
+        enabled=True, experiment=cfg.experiment, condition=stage.condition, stage=stage.stage,
+        dataset=cfg.condition(stage.condition).dataset, params=flatten(cfg, stage.condition), runs=table.runs,
+        uri=uri, tags={**imported_tags(stage.directory), "imported_sha256": stage.fingerprint()}, dated_ms=dated_ms)
+
+
+def fill_stage(tracker: tracking.Tracker, stage: Stage, table: Table) -> int:
+    """Every row of the table as a metric of its child run at its step, (train) the summary metrics, and the
+    parent's artifacts. Returns the number of metric values sent."""
     columns = ["loss", "lr", "seed", "epoch", "step", "split", "metric", "value"]
-    records = [Record(*row) for row in history[columns].itertuples(index=False, name=None)]
-    summaries = {}
-    if stage.stage == "train":
-        summary = pd.read_csv(stage.directory / tables.SUMMARY)
-        for row in summary.to_dict("records"):
-            summaries[row["run"]] = {key: float(value) for key, value in row.items()
-                                     if key.startswith(tables.SUMMARY_PREFIXES) and math.isfinite(value)}
-    with tracking.open_tracker(enabled=True, experiment=cfg.experiment, condition=stage.condition, stage=stage.stage,
-                               dataset=cond.dataset, params=flatten(cfg, stage.condition), runs=runs, uri=uri,
-                               tags={**imported_tags(stage.directory), "imported_sha256": stage.fingerprint()},
-                               ) as tracker:
-        tracker.log(records)
-        for run, metrics in summaries.items():
-            tracker.set_summary(run, metrics)
-        tracker.log_artifacts(stage.artifacts)
-    return len(records) + sum(map(len, summaries.values()))
+    records = [Record(*row) for row in table.history[columns].itertuples(index=False, name=None)]
+    tracker.log(records)
+    for run, metrics in table.summaries.items():
+        tracker.set_summary(run, metrics)
+    tracker.log_artifacts(stage.artifacts)
+    return len(records) + sum(map(len, table.summaries.values()))
+
+
+def committed_ms(directory: Path) -> int | None:
+    """When git last committed a file under ``directory`` (ms since the epoch); None outside git or uncommitted.
+    results/ hold no clock of their own (history.csv counts steps, setup.json holds no times), so this is the
+    closest honest date of a training: when its results were committed, some time after it ended."""
+    try:
+        out = subprocess.run(["git", "log", "-1", "--format=%ct", "--", str(directory)], cwd=tracking.repo_root(),
+                             capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return int(out.stdout.strip()) * 1000 if out.stdout.strip().isdigit() else None
 
 
 def imported_tags(directory: Path) -> dict[str, str]:
@@ -160,6 +191,10 @@ def check(cfg: StudyConfig, stage: Stage) -> None:
                           " check out the params the results were produced with, or rerun `dvc repro`")
 
 
+def _date(ms: int | None) -> str:
+    return "now (they differ from git)" if ms is None else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ms / 1000))
+
+
 def _plain(value):
     """As JSON wrote it: tuples become lists at any depth (a `model:` block holds its widths as a tuple)."""
     return json.loads(json.dumps(value))
@@ -173,9 +208,25 @@ def rebuild(cfg: StudyConfig, results: Path, uri: str, say) -> list[Stage]:
         return []
     for stage in todo:  # all of them before the first run is created
         check(cfg, stage)
+    dirty = any(imported_tags(stage.directory)["imported_commit"].endswith("-dirty") for stage in todo)
+    dated = None if dirty else committed_ms(results)
     say(f"the store lacks {', '.join(s.parent for s in todo)}: importing them from {results} "
-        f"(tagged imported_from, imported_commit)")
+        f"(tagged imported_from, imported_commit; dated {_date(dated)}, when the results were committed)")
     started = time.monotonic()
-    sent = sum(import_stage(cfg, stage, uri) for stage in todo)
+    # Every stage's runs first, so that the dashboard lists them all within seconds; their metric histories (most
+    # of the time) follow, stage by stage. A run is FINISHED once its history is in.
+    read = [(stage, Table.read(cfg, stage)) for stage in todo]
+    with contextlib.ExitStack() as all_open:
+        opened = []
+        for stage, table in read:
+            stack = all_open.enter_context(contextlib.ExitStack())  # closed below, or by all_open on an error
+            opened.append((stage, table, stack, stack.enter_context(open_stage(cfg, stage, table, uri, dated))))
+        say(f"created the {sum(len(table.runs) + 1 for _, table in read)} runs of {len(todo)} stages in "
+            f"{time.monotonic() - started:.1f} s; now their metric histories")
+        sent = 0
+        for done, (stage, table, stack, tracker) in enumerate(opened, 1):
+            sent += fill_stage(tracker, stage, table)
+            stack.close()  # sends what is queued and ends the stage's runs FINISHED
+            say(f"imported {stage.parent} ({done}/{len(todo)}, {time.monotonic() - started:.1f} s)")
     say(f"imported {len(todo)} stages, {sent:,} metric values in {time.monotonic() - started:.1f} s")
     return todo
