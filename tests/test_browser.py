@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -231,10 +232,13 @@ def test_the_dashboard_rebuilds_a_fresh_store_from_results_and_lists_every_child
 
     uri = f"sqlite:///{tmp_path / 'fresh.db'}"
     with serve_dashboard(smoke_pipeline.repo, uri, "dashboard-rebuilt-server.log") as url:
-        said = (ARTIFACTS / "dashboard-rebuilt-server.log").read_text()
         smoke = yaml.safe_load(SMOKE.read_text())
         stages = len(smoke["conditions"]) + len(smoke["study"]["tune"])
-        assert "study dashboard: the store lacks" in said and f"imported {stages} stages" in said, said
+        deadline = time.monotonic() + 120  # the server answers first; the import fills the store meanwhile
+        while f"imported {stages} stages" not in (said := (ARTIFACTS / "dashboard-rebuilt-server.log").read_text()):
+            assert time.monotonic() < deadline, said
+            time.sleep(0.5)
+        assert "study dashboard: the store lacks" in said, said
         client = MlflowClient(uri)
         experiment = client.get_experiment_by_name("loss-study")
         runs = client.search_runs([experiment.experiment_id], "", max_results=1000)
@@ -254,3 +258,50 @@ def test_the_dashboard_rebuilds_a_fresh_store_from_results_and_lists_every_child
             if parent.info.run_name == "fashion_sgd/train":
                 page.screenshot(path=str(ARTIFACTS / "dashboard-rebuilt-runs.png"), full_page=True)
             page.close()
+
+
+def test_the_runs_view_lists_every_parent_run_and_the_speed_chart_draws_one_line_per_run(smoke_pipeline, browser,
+                                                                                       dashboard):
+    """The URL `study dashboard` prints lists every condition's parent run; the chart view of one condition's child
+    runs draws `speed/val_accuracy` (validation accuracy against 100 * log10(step + 1)), a line per run."""
+    from urllib.parse import quote
+
+    from mlflow import MlflowClient
+
+    from study import tracking
+
+    client = MlflowClient(smoke_pipeline.tracking_uri)
+    experiment = client.get_experiment_by_name("loss-study")
+    runs = client.search_runs([experiment.experiment_id], "", max_results=1000)
+    parents = {run.info.run_name for run in runs if "mlflow.parentRunId" not in run.data.tags}
+    smoke = yaml.safe_load(SMOKE.read_text())
+    assert {name.split("/")[0] for name in parents} == set(smoke["conditions"])
+    said = (ARTIFACTS / "dashboard-server.log").read_text()
+    printed = said.split("MLflow dashboard: ")[1].split()[0]
+    assert printed == f"{dashboard}/#/experiments/{experiment.experiment_id}/runs", said
+    page = browser.new_page()
+    page.set_viewport_size({"width": 1400, "height": 1400})
+    page.goto(printed)
+    for name in sorted(parents):
+        page.get_by_text(name, exact=True).first.wait_for(timeout=90_000)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-parents.png"), full_page=True)
+
+    children = [run for run in runs if run.data.tags.get("condition") == "fashion_sgd"
+                and run.data.tags.get("stage") == "train" and "mlflow.parentRunId" in run.data.tags]
+    assert children and all(tracking.SPEED_METRIC in run.data.metrics for run in children)
+    query = quote("tags.condition = 'fashion_sgd' and tags.stage = 'train' and tags.lr_tuned = 'true'")
+    page.set_viewport_size({"width": 1900, "height": 1200})
+    page.goto(f"{printed}?searchFilter={query}&compareRunsMode=CHART")
+    # The chart view lists the matching children under their parent; charts are drawn for the runs shown.
+    page.get_by_text("fashion_sgd/train", exact=True).first.wait_for(timeout=90_000)
+    page.locator('button[data-component-id*="runnamecellrenderer"]').first.click()
+    card = page.locator("[data-testid='experiment-view-compare-runs-card']").filter(has_text=tracking.SPEED_METRIC)
+    card.first.wait_for(timeout=90_000)
+    shown = min(len(children), 10)  # MLflow charts the first ten runs unless told otherwise
+    deadline = time.monotonic() + 60
+    while (traces := card.first.locator(".scatterlayer .trace").count()) < shown:
+        assert time.monotonic() < deadline, f"{traces} lines drawn for {shown} runs"
+        time.sleep(0.5)
+    card.first.screenshot(path=str(ARTIFACTS / "dashboard-speed.png"))
+    page.screenshot(path=str(ARTIFACTS / "dashboard-speed-page.png"))
+    page.close()

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from conftest import SMOKE
-from study import config, tables
+from study import config, tables, tracking
 from study.config import ConfigError
 from study.ops import rebuild
 
@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationW
 
 # Tags that differ between two loggings of the same runs: who logged them, when, and the run ids they point to.
 VOLATILE = {"mlflow.parentRunId", "study.pid", "study.host", "git_commit", "mlflow.source.git.commit"}
-IMPORTED = {"imported_from", "imported_commit", "imported_sha256"}
+IMPORTED = {"imported_from", "imported_commit", "imported_sha256", "clock"}
 
 
 @pytest.fixture(scope="module")
@@ -105,17 +105,21 @@ def test_the_rebuilt_store_holds_the_runs_params_tags_and_histories_training_log
             assert {k: v for k, v in child.data.tags.items() if k not in VOLATILE | IMPORTED} == {
                 k: v for k, v in other.data.tags.items() if k not in VOLATILE}
             assert child.data.tags["imported_commit"] == f"{head}-dirty"
+            assert child.data.tags["clock"].startswith("not recorded")  # results/ hold no training times
+            assert child.info.start_time < parent.info.start_time == child.info.end_time  # parents list first
             rows = history[history["loss"] + "-lr" + history["lr"].map("{:g}".format) + "-s"
                            + history["seed"].astype(str) == run_name]
             keys = set(rows["split"] + "/" + rows["metric"])
-            assert {k for k in other.data.metrics if "/" in k} == keys
+            speed = {tracking.SPEED_METRIC} if tracking.SPEED_SOURCE in keys else set()
+            assert {k for k in other.data.metrics if "/" in k} == keys | speed
+            assert {k for k in child.data.metrics if "/" in k} == keys | speed
             assert set(other.data.metrics) <= set(child.data.metrics)  # the summary metrics too
             if stage == "train":
                 row = summary[summary["run"] == run_name].iloc[0]
-                assert set(child.data.metrics) - keys == {
+                assert set(child.data.metrics) - keys - speed == {
                     k for k, v in row.items() if k.startswith(tables.SUMMARY_PREFIXES) and pd.notna(v)}
             assert sum(len(rebuilt_values[child.info.run_id, key]) for key in keys) == len(rows)
-            for key in keys:
+            for key in keys | speed:
                 steps = rebuilt_values[child.info.run_id, key]
                 expected = trained_values[other.info.run_id, key]
                 assert [step for step, _ in steps] == [step for step, _ in expected], (run_name, key)

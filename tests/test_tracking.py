@@ -433,3 +433,30 @@ def test_a_metric_already_stored_falls_back_to_log_batch(uri: str, caplog: pytes
     history = MlflowClient(uri).get_metric_history(run_id, "train/loss")
     assert sorted(m.step for m in history) == [0, 1, 2, 9]
     assert "tracking_error" not in by_name(uri)["fashion_sgd/train"].data.tags
+
+
+def test_runs_of_a_dvc_experiment_carry_its_name_and_baseline(uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DVC_EXP_NAME", "longer-fashion")  # what `dvc exp run -n longer-fashion` sets
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0123abc")
+    with opened(uri):
+        pass
+    monkeypatch.delenv("DVC_EXP_NAME")
+    with opened(uri, condition="fashion_adam"):
+        pass
+    for run in study_runs(uri).values():
+        experiment = run.data.tags["condition"] == "fashion_sgd"
+        assert run.data.tags.get("dvc_exp_name") == ("longer-fashion" if experiment else None)
+        assert run.data.tags.get("dvc_exp_baseline") == ("0123abc" if experiment else None)
+        if experiment:
+            assert run.data.params["condition.epochs"] == "3"  # the params it ran with
+
+
+def test_dated_runs_list_each_parent_before_its_children(uri: str) -> None:
+    dated = 1_700_000_000_000
+    with opened(uri, dated_ms=dated):
+        pass
+    runs = by_name(uri)
+    parent = runs.pop("fashion_sgd/train")
+    assert parent.info.start_time == parent.info.end_time == dated
+    assert sorted(run.info.start_time for run in runs.values()) == [dated - 3, dated - 2, dated - 1]
+    assert {run.info.end_time for run in runs.values()} == {dated}

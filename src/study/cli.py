@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -133,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     with_results(p)
 
     p = command("dashboard", dashboard_cmd,
-                "start the MLflow dashboard on the study's store, importing results/ first when the store lacks it")
+                "start the MLflow dashboard on the study's store and import what it lacks of results/ meanwhile")
     with_results(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=5000)
@@ -251,20 +250,10 @@ def import_results_cmd(args: argparse.Namespace) -> None:
               f"{args.results}", file=sys.stderr)
 
 
-def dashboard_cmd(args: argparse.Namespace) -> None:
-    from study import tracking
-    from study.ops import rebuild
+def dashboard_cmd(args: argparse.Namespace) -> int:
+    from study.ops import dashboard
 
-    uri = tracking.default_uri()
-    try:
-        rebuild.rebuild(config.load(args.params), args.results, uri, say=_say(args))
-    except ConfigError as err:  # the dashboard still serves what the store holds
-        print(f"study dashboard: warning: results not imported: {err}", file=sys.stderr)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"study dashboard: warning: binding to {args.host} exposes every run to the network", file=sys.stderr)
-    print(f"MLflow dashboard on http://{args.host}:{args.port} (store: {tracking.redact(uri)})", file=sys.stderr)
-    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                               "--host", args.host, "--port", str(args.port)])
+    return dashboard.serve(config.load(args.params), args.results, host=args.host, port=args.port, say=_say(args))
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------

@@ -1,6 +1,9 @@
 """The MLflow store the trackers write to: opening it (schema and experiment creation serialised across processes,
 SQLite's "database is locked" retried) and writing a run's metrics into its SQL tables in bulk, the one place that
-reaches past MLflow's public API (``_Internals`` says why). Imports mlflow lazily and nothing from the study.
+reaches past MLflow's public API (``_Internals`` says why). The import of results/ goes further (``insert_runs``,
+``finish_runs``): whole runs, tags, params and metrics straight into MLflow's tables (its SQLAlchemy models name
+them), because creating 640 runs through the client took half a minute; tests/test_imported_store.py holds what
+they write equal to what training logs. Imports mlflow lazily and nothing from the study.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -184,3 +188,114 @@ def insert_metrics(store: Any, run_id: str, metrics: Sequence[Any]) -> None:
 
 def _recency(row: dict[str, Any]) -> tuple:
     return row["step"], row["timestamp"], row["value"]
+
+
+# ---- the import's bulk load: whole runs in a few statements -------------------------------------------------------
+
+_BULK_ROWS = 20_000  # rows per statement: a signal waits for one statement at most (a fraction of a second)
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """A run as ``create_run`` and ``log_batch`` of its params store it."""
+
+    run_id: str
+    name: str
+    start_ms: int
+    tags: dict[str, str]
+    params: dict[str, str]
+
+
+@contextmanager
+def bulk_transaction(store: Any) -> Iterator[Any]:
+    """One transaction on a connection of its own, committed at the end, rolled back on any exception (a signal's
+    SystemExit included). On SQLite, with ``synchronous=OFF``: the commit does not wait for the disk, so a power cut
+    during a load may corrupt the store; that is what the import writes, and a lost store is rebuilt from results/."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    sqlite = store.engine.dialect.name == "sqlite"
+    engine = create_engine(store.engine.url, poolclass=NullPool,
+                           connect_args={"timeout": 20} if sqlite else {})  # MLflow's busy timeout
+    try:
+        with engine.connect() as conn:
+            if sqlite:  # and a page cache of 256 MiB, for the indexes of the metrics table
+                conn.exec_driver_sql("PRAGMA synchronous=OFF")
+                conn.exec_driver_sql("PRAGMA cache_size=-262144")
+                conn.commit()  # ends the transaction the statement began; the setting stays with the connection
+            with conn.begin():
+                yield conn
+    finally:
+        engine.dispose()
+
+
+def _insert(conn: Any, table: Any, rows: Any) -> None:
+    """``rows`` (dicts of one set of keys, or a DataFrame) into ``table`` through the driver's executemany:
+    SQLAlchemy's own handling of each row's parameters took longer than the database's insert."""
+    if not len(rows):
+        return
+    if isinstance(rows, list):
+        columns = list(rows[0])
+        values = [tuple(row[c] for c in columns) for row in rows]
+    else:  # plain Python values: the drivers take no numpy scalars
+        columns = list(rows.columns)
+        values = list(rows.astype(object).itertuples(index=False, name=None))
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"  # sqlite3; psycopg2 and the like
+    sql = (f"INSERT INTO {table.name} ({', '.join(conn.dialect.identifier_preparer.quote(c) for c in columns)}) "
+           f"VALUES ({', '.join([mark] * len(columns))})")
+    for start in range(0, len(values), _BULK_ROWS):
+        conn.exec_driver_sql(sql, values[start:start + _BULK_ROWS])
+
+
+def insert_runs(store: Any, experiment_id: str, runs: Sequence[NewRun]) -> None:
+    """What ``create_run`` (status RUNNING, tag ``mlflow.runName``, user "unknown", artifacts under the experiment's
+    location) and ``log_batch`` of the params store for every run, in one transaction."""
+    from mlflow.entities import LifecycleStage, RunStatus, SourceType
+    from mlflow.store.tracking.dbmodels.models import SqlParam, SqlRun, SqlTag
+    from mlflow.utils.uri import append_to_uri_path
+
+    location = store.get_experiment(experiment_id).artifact_location
+    rows = [{"run_uuid": run.run_id, "name": run.name, "experiment_id": int(experiment_id),
+             "artifact_uri": append_to_uri_path(location, run.run_id, store.ARTIFACTS_FOLDER_NAME),
+             "source_type": SourceType.to_string(SourceType.UNKNOWN), "source_name": "", "entry_point_name": "",
+             "user_id": "unknown", "status": RunStatus.to_string(RunStatus.RUNNING), "start_time": run.start_ms,
+             "end_time": None, "deleted_time": None, "source_version": "", "lifecycle_stage": LifecycleStage.ACTIVE}
+            for run in runs]
+    tags = [{"run_uuid": run.run_id, "key": key, "value": value}
+            for run in runs for key, value in {**run.tags, "mlflow.runName": run.name}.items()]
+    params = [{"run_uuid": run.run_id, "key": key, "value": value} for run in runs for key, value in run.params.items()]
+    with bulk_transaction(store) as conn:
+        _insert(conn, SqlRun.__table__, rows)
+        _insert(conn, SqlTag.__table__, tags)
+        _insert(conn, SqlParam.__table__, params)
+
+
+def finish_runs(store: Any, run_ids: Sequence[str], status: str, end_ms: int, metrics: Any = None,
+                tags: dict[str, dict[str, str]] | None = None) -> None:
+    """End runs ``insert_runs`` wrote, with their metrics and tags, in one transaction. ``metrics``: a DataFrame of
+    ``run_uuid, key, value, timestamp, step``, stored by ``insert_metrics``'s rules (NaN as 0 with ``is_nan``,
+    infinities clipped, exact duplicates dropped, latest the largest (step, timestamp, value))."""
+    import numpy as np
+    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlRun, SqlTag
+    from sqlalchemy import update
+
+    with bulk_transaction(store) as conn:
+        if metrics is not None and len(metrics):
+            rows = metrics[["run_uuid", "key", "value", "timestamp", "step"]].copy()
+            values = rows["value"].to_numpy(dtype=float)
+            rows["is_nan"] = np.isnan(values)
+            rows["value"] = np.where(rows["is_nan"], 0.0, np.clip(values, -_FLOAT_MAX, _FLOAT_MAX))
+            rows = rows.drop_duplicates()
+            latest = rows.sort_values(["run_uuid", "key", "step", "timestamp", "value"]).drop_duplicates(
+                ["run_uuid", "key"], keep="last")
+            for row in latest.drop_duplicates("key").itertuples():  # one check per key, as insert_metrics
+                _Internals.validate_metric(row.key, row.value, row.timestamp, row.step)
+            _insert(conn, SqlMetric.__table__, rows)
+            _insert(conn, SqlLatestMetric.__table__, latest)
+        _insert(conn, SqlTag.__table__, [{"run_uuid": run_id, "key": key, "value": value}
+                                         for run_id, pairs in (tags or {}).items() for key, value in pairs.items()])
+        conn.execute(update(SqlRun.__table__).where(SqlRun.__table__.c.run_uuid.in_(list(run_ids)))
+                     .values(status=status, end_time=end_ms))
+
+
+_FLOAT_MAX = 1.7976931348623157e308  # what MLflow stores for an infinity

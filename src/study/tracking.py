@@ -39,6 +39,28 @@ _MAX_ERROR_CHARS = 5000
 _OWNER_TAG = "study.owner"
 
 
+# The speed question in the dashboard, whose step axis is linear: validation accuracy logged a second time with
+# 100 * log10(step + 1) as its step (100 = step 9, 200 = step 99, 300 = step 999), so that a chart of it against step
+# spreads out the early steps where the losses separate. MLflow only: results/ tables never hold it.
+SPEED_SOURCE = "val/accuracy"
+SPEED_METRIC = "speed/val_accuracy"
+EVENT_METRICS = ("train/diverged_step", "train/collapsed_step")
+
+
+def speed_step(step: int) -> int:
+    """The step ``SPEED_METRIC`` is logged at for a training step."""
+    return round(100 * math.log10(step + 1))
+
+
+def event_tags(key: str, value: float) -> dict[str, str]:
+    """The tags a metric value sets on its run: ``diverged``/``diverged_step`` when the loss went non-finite,
+    ``collapsed``/``collapsed_step`` when the model collapsed; none for other metrics."""
+    if key not in EVENT_METRICS or not math.isfinite(value):
+        return {}
+    kind = key.split("/")[1].removesuffix("_step")  # diverged | collapsed
+    return {kind: "true", f"{kind}_step": str(int(value))}
+
+
 class Tracker(Protocol):
     def log(self, records: Iterable[Record]) -> None:
         """Queue measurements; returns at once (a single Record is accepted too)."""
@@ -145,21 +167,55 @@ def owner_id(experiment: str, condition: str, stage: str) -> str:
     return f"{experiment}:{condition}/{stage}"
 
 
+@dataclass(frozen=True)
+class StageRuns:
+    """What a stage logs: in ``experiment``, a parent run ``<condition>/<stage>`` with the condition's ``params``
+    and one nested child run per spec; ``tags`` go on every run, beside the ones ``shared_tags`` sets."""
+
+    experiment: str
+    condition: str
+    stage: str
+    dataset: str
+    params: dict[str, str]
+    runs: Sequence[RunSpec]
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def parent(self) -> str:
+        return f"{self.condition}/{self.stage}"
+
+    @property
+    def owner(self) -> str:
+        return owner_id(self.experiment, self.condition, self.stage)
+
+    def shared_tags(self) -> dict[str, str]:
+        """The tags of the parent and of every child run."""
+        commit = _git_commit()
+        return {
+            "condition": self.condition,
+            "dataset": self.dataset,
+            "stage": self.stage,
+            "dvc_stage": f"{self.stage}@{self.condition}",
+            "git_commit": commit,
+            "mlflow.source.git.commit": commit,
+            _OWNER_TAG: self.owner,
+            "study.host": socket.gethostname(),
+            "study.pid": str(os.getpid()),
+            **dvc_experiment(),
+            **self.tags,
+        }
+
+    def safe_params(self) -> dict[str, str]:
+        """The parent's params: the condition's, fit to record."""
+        return _safe_params(self.params)
+
+
 @contextmanager
-def open_tracker(
-    *,
-    enabled: bool,
-    experiment: str,
-    condition: str,
-    stage: str,
-    dataset: str,
-    params: dict[str, str],
-    runs: Sequence[RunSpec],
-    uri: str | None = None,
-    tags: dict[str, str] | None = None,
-) -> Iterator[Tracker]:
-    """A parent run ``<condition>/<stage>`` with one nested child run per spec, open for the block. ``tags`` go on
-    every run, beside the ones the tracker sets.
+def open_tracker(*, enabled: bool, uri: str | None = None, dated_ms: int | None = None,
+                 **stage: Any) -> Iterator[Tracker]:
+    """The runs of ``StageRuns(**stage)`` (its fields, as keywords), open for the block. ``dated_ms`` (an import)
+    dates every run then instead of now: the parent starts and every run ends at it, the children 1 ms apart before
+    it, so that a runs table sorted by start time lists the parents first and each one's children under it.
 
     On exit the runs end FINISHED; FAILED with tag ``error`` when the block raises; KILLED on
     KeyboardInterrupt or SystemExit (SIGTERM is turned into SystemExit while the block runs). The
@@ -168,25 +224,22 @@ def open_tracker(
     if not enabled:
         yield NullTracker()
         return
-    uri = uri or default_uri()
-    names = [spec.run for spec in runs]
+    layout = StageRuns(**stage)
+    names = [spec.run for spec in layout.runs]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate runs in {names}")
-    tracker = MlflowTracker.start(
-        uri=uri, experiment=experiment, condition=condition, stage=stage, dataset=dataset, params=params, runs=runs,
-        tags=tags or {},
-    )
+    tracker = MlflowTracker.start(uri or default_uri(), layout, dated_ms=dated_ms)
     with _sigterm_as_exit():
         try:
             yield tracker
         except (KeyboardInterrupt, SystemExit) as exc:
             finished = isinstance(exc, SystemExit) and exc.code in (0, None)
-            tracker.close("FINISHED" if finished else "KILLED")
+            tracker.close("FINISHED" if finished else "KILLED", ended_ms=dated_ms)
             raise
         except BaseException as exc:
-            tracker.close("FAILED", error=f"{type(exc).__name__}: {exc}")
+            tracker.close("FAILED", error=f"{type(exc).__name__}: {exc}", ended_ms=dated_ms)
             raise
-        tracker.close("FINISHED")
+        tracker.close("FINISHED", ended_ms=dated_ms)
 
 
 def finished_parents(uri: str, experiment: str, names: Iterable[str]) -> dict[str, list[dict[str, str]]]:
@@ -225,7 +278,7 @@ class MlflowTracker:
     """Sends records to MLflow from a background thread in batches; ``log`` only enqueues."""
 
     def __init__(self, client: MlflowClient, parent_id: str, run_ids: dict[str, str], *, interval_s: float = 5.0,
-                 uri: str = "", children: _Children | None = None):
+                 uri: str = "", children: Children | None = None):
         self._client = client
         self._uri = uri
         self._children = children  # how to open a child run again (a retried shard); None in a worker
@@ -244,45 +297,21 @@ class MlflowTracker:
         self._thread.start()
 
     @classmethod
-    def start(
-        cls,
-        *,
-        uri: str,
-        experiment: str,
-        condition: str,
-        stage: str,
-        dataset: str,
-        params: dict[str, str],
-        runs: Sequence[RunSpec],
-        tags: dict[str, str],
-    ) -> MlflowTracker:
+    def start(cls, uri: str, layout: StageRuns, dated_ms: int | None = None) -> MlflowTracker:
         """Create the parent and child runs (after ending stale ones) and start the sender."""
         client = connect(uri)
-        experiment_id = ensure_experiment(client, uri, experiment)
-        owner = owner_id(experiment, condition, stage)
-        _end_stale_runs(client, experiment_id, owner)
-        commit = _git_commit()
-        shared = {
-            "condition": condition,
-            "dataset": dataset,
-            "stage": stage,
-            "dvc_stage": f"{stage}@{condition}",
-            "git_commit": commit,
-            "mlflow.source.git.commit": commit,
-            _OWNER_TAG: owner,
-            "study.host": socket.gethostname(),
-            "study.pid": str(os.getpid()),
-            **tags,
-        }
-        safe = _safe_params(params)
-        parent = retry(client.create_run, experiment_id, run_name=f"{condition}/{stage}", tags=shared)
+        experiment_id = ensure_experiment(client, uri, layout.experiment)
+        end_stale_runs(client, experiment_id, layout.owner)
+        shared = layout.shared_tags()
+        parent = retry(client.create_run, experiment_id, run_name=layout.parent, tags=shared, start_time=dated_ms)
         parent_id = parent.info.run_id
-        children = _Children(experiment_id, parent_id, shared, safe, {spec.run: spec for spec in runs})
+        children = Children(experiment_id, parent_id, layout, shared)
         run_ids: dict[str, str] = {}
         try:
-            _log_params(client, parent_id, safe)
-            for spec in runs:
-                run_ids[spec.run] = children.open(client, spec.run)
+            _log_params(client, parent_id, layout.safe_params())
+            for index, spec in enumerate(layout.runs):
+                started = None if dated_ms is None else dated_ms - 1 - index
+                run_ids[spec.run] = children.open(client, spec.run, start_time=started)
         except BaseException as exc:
             for run_id in [*run_ids.values(), parent_id]:
                 _terminate(client, run_id, "FAILED", f"{type(exc).__name__}: {exc}")
@@ -365,8 +394,9 @@ class MlflowTracker:
         self._queue.put(("flush", done))
         return done.wait(timeout_s)
 
-    def close(self, status: str, error: str | None = None) -> None:
-        """Send what is queued, then end every run with ``status`` (FINISHED, FAILED or KILLED)."""
+    def close(self, status: str, error: str | None = None, ended_ms: int | None = None) -> None:
+        """Send what is queued, then end every run with ``status`` (FINISHED, FAILED or KILLED), at ``ended_ms``
+        (default: now)."""
         if self._closed:
             return
         self._closed = True
@@ -384,7 +414,7 @@ class MlflowTracker:
             with contextlib.suppress(Exception):
                 retry(self._client.set_tag, self._parent_id, "tracking_error", self._error[:_MAX_ERROR_CHARS])
         for run_id in [*self._run_ids.values(), self._parent_id]:
-            _terminate(self._client, run_id, status, error)
+            _terminate(self._client, run_id, status, error, ended_ms)
 
     def _send_loop(self) -> None:
         stopping = False
@@ -424,10 +454,11 @@ class MlflowTracker:
                     if value is None:
                         continue
                     metrics.setdefault(run_id, []).append(Metric(key, value, timestamp, record.step))
+                    if key == SPEED_SOURCE:
+                        metrics[run_id].append(Metric(SPEED_METRIC, value, timestamp, speed_step(record.step)))
                     self._last_step[record.run] = max(record.step, self._last_step.get(record.run, 0))
-                    if key in ("train/diverged_step", "train/collapsed_step") and math.isfinite(value):
-                        kind = key.split("/")[1].removesuffix("_step")  # diverged | collapsed
-                        tags.setdefault(run_id, {}).update({kind: "true", f"{kind}_step": str(int(value))})
+                    if event := event_tags(key, value):
+                        tags.setdefault(run_id, {}).update(event)
             else:
                 _, timestamp, run, values = item
                 run_id = self._run_id(run)
@@ -490,7 +521,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _end_stale_runs(client: MlflowClient, experiment_id: str, owner: str) -> None:
+def end_stale_runs(client: MlflowClient, experiment_id: str, owner: str) -> None:
     """Mark KILLED the RUNNING runs of this owner whose process is gone (e.g. SIGKILLed)."""
     from mlflow.entities import ViewType
 
@@ -535,14 +566,24 @@ def _log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> No
         retry(client.log_batch, run_id, params=chunk, synchronous=True)
 
 
-def _terminate(client: MlflowClient, run_id: str, status: str, error: str | None) -> None:
+def _terminate(client: MlflowClient, run_id: str, status: str, error: str | None,
+               ended_ms: int | None = None) -> None:
     """End one run; failures are reported, not raised, so every run gets its try."""
     try:
         if error is not None:
             retry(client.set_tag, run_id, "error", redact(error)[:_MAX_ERROR_CHARS])
-        retry(client.set_terminated, run_id, status)
+        retry(client.set_terminated, run_id, status, end_time=ended_ms)
     except Exception as exc:
         _log.warning("MLflow: could not end run %s as %s: %s", run_id, status, redact(str(exc)))
+
+
+def dvc_experiment() -> dict[str, str]:
+    """Under ``dvc exp run``: the experiment's name and the commit it started from (DVC sets ``DVC_EXP_NAME`` and
+    ``DVC_EXP_BASELINE_REV``), as tags, to find or delete an experiment's runs; outside an experiment, none."""
+    name = os.environ.get("DVC_EXP_NAME")
+    if not name:
+        return {}
+    return {"dvc_exp_name": name, "dvc_exp_baseline": os.environ.get("DVC_EXP_BASELINE_REV", "unknown")}
 
 
 def _git_commit() -> str:
@@ -560,18 +601,21 @@ def _tag(key: str, value: str):
 
 
 @dataclass(frozen=True)
-class _Children:
-    """What opening a child run takes: its spec, the shared tags and the condition's params."""
+class Children:
+    """The child runs of one parent: their tags and params, and opening one (again, for a retried shard)."""
 
     experiment_id: str
     parent_id: str
-    shared: dict[str, str]
-    params: dict[str, str]
-    specs: dict[str, RunSpec]
+    layout: StageRuns
+    shared: dict[str, str]  # the layout's shared_tags(), taken once
 
-    def open(self, client: MlflowClient, run: str, *, retry_of: str | None = None) -> str:
+    @property
+    def specs(self) -> dict[str, RunSpec]:
+        return {spec.run: spec for spec in self.layout.runs}
+
+    def tags(self, run: str, retry_of: str | None = None) -> dict[str, str]:
         spec = self.specs[run]
-        tags = {
+        return {
             **self.shared,
             "mlflow.parentRunId": self.parent_id,
             "loss": spec.loss,
@@ -580,8 +624,17 @@ class _Children:
             "lr_tuned": str(spec.tuned).lower(),
             **({"retry_of": retry_of} if retry_of else {}),
         }
-        child = retry(client.create_run, self.experiment_id, run_name=spec.run, tags=tags)
+
+    def params(self, run: str) -> dict[str, str]:
+        """The condition's params, the run's own (loss, lr, seed) and its loss's conventions (``loss.*``)."""
+        spec = self.specs[run]
         own = {"loss": spec.loss, "lr": f"{spec.lr:g}", "seed": str(spec.seed)}
         conventions = _safe_params({f"loss.{k}": str(v) for k, v in spec.conventions.items()})
-        _log_params(client, child.info.run_id, {**self.params, **own, **conventions})
+        return {**self.layout.safe_params(), **own, **conventions}
+
+    def open(self, client: MlflowClient, run: str, *, retry_of: str | None = None,
+             start_time: int | None = None) -> str:
+        child = retry(client.create_run, self.experiment_id, run_name=run, tags=self.tags(run, retry_of),
+                      start_time=start_time)
+        _log_params(client, child.info.run_id, self.params(run))
         return child.info.run_id

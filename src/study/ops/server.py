@@ -96,7 +96,7 @@ def stop(root: Path) -> None:
     root = Path(root).resolve()
     server = read_state(root)
     if server is not None and alive(server.mlflow_pid) and _is_mlflow(server.mlflow_pid):
-        _stop_group(server.mlflow_pid)
+        stop_group(server.mlflow_pid)
     pg = root / "pg"
     if (pg / "postmaster.pid").exists():
         user = server.pg_user if server else (os.environ.get("STUDY_PG_USER", "nobody") if os.geteuid() == 0 else "")
@@ -239,7 +239,8 @@ def _is_mlflow(pid: int) -> bool:
         return False
 
 
-def _stop_group(pid: int, grace_s: float = 15.0) -> None:
+def stop_group(pid: int, grace_s: float = 15.0) -> None:
+    """SIGTERM the process group led by ``pid``, SIGKILL what is left after ``grace_s``; returns when none is left."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(pid, sig)
