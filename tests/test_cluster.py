@@ -104,20 +104,25 @@ class RayRun:
         return self.smoke.run(*argv, check=check)
 
     def runs(self, stage: str) -> list[dict]:
-        """Every run of the stage in the store, newest parent's children first: name, status, tags, metric count."""
+        """Every run of the stage in the store, newest parent's children first: name, status, tags, metric count
+        (the dashboard's speed metric counted apart)."""
         import sqlalchemy
+
+        from study import tracking
 
         engine = sqlalchemy.create_engine(self.server.backend_uri)
         query = sqlalchemy.text("""
             SELECT r.run_uuid, r.name, r.status, r.start_time,
                    (SELECT value FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = 'mlflow.parentRunId') AS parent,
                    (SELECT value FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = 'killed_reason') AS killed,
-                   (SELECT count(*) FROM metrics m WHERE m.run_uuid = r.run_uuid) AS metrics
+                   (SELECT count(*) FROM metrics m WHERE m.run_uuid = r.run_uuid AND m.key != :speed) AS metrics,
+                   (SELECT count(*) FROM metrics m WHERE m.run_uuid = r.run_uuid AND m.key = :speed) AS speed
             FROM runs r JOIN tags s ON s.run_uuid = r.run_uuid AND s.key = 'stage' AND s.value = :stage
             ORDER BY r.start_time""")
+        values = {"stage": stage, "speed": tracking.SPEED_METRIC}
         try:
             with engine.connect() as conn:
-                return [dict(row._mapping) for row in conn.execute(query, {"stage": stage})]
+                return [dict(row._mapping) for row in conn.execute(query, values)]
         finally:
             engine.dispose()
 
@@ -159,6 +164,18 @@ def assert_same_frames(got: pd.DataFrame, want: pd.DataFrame, name: str = "") ->
             assert got[column].tolist() == want[column].tolist(), column
 
 
+def _speed_values(table: pd.DataFrame) -> tuple[int, int]:
+    """The bounds on the dashboard's speed metric values the tracker logs for a history table: one per validation
+    accuracy reading, less the exact duplicates the store drops (two readings at steps one speed step apart, with one
+    value, logged in one batch: the same timestamp)."""
+    from study import tracking
+
+    val = table[(table["split"] + "/" + table["metric"]) == tracking.SPEED_SOURCE]
+    steps = val["step"].map(tracking.speed_step)
+    distinct = val.assign(step=steps).drop_duplicates(["loss", "lr", "seed", "step", "value"])
+    return len(distinct), len(val)
+
+
 def _summary_values(summary: pd.DataFrame) -> int:
     from study import tables
 
@@ -194,6 +211,8 @@ def test_the_smoke_condition_on_ray_matches_the_local_executor_and_logs_every_ru
         assert {r["parent"] for r in children} == {parents[0]["run_uuid"]}
         expected = len(got[table]) + (_summary_values(got["summary.csv"]) if stage == "train" else 0)
         assert sum(r["metrics"] for r in children) == expected
+        low, high = _speed_values(got[table])
+        assert 0 < low <= sum(r["speed"] for r in children) <= high
     assert len(ray_run.runs("train")) - 1 == len(got["summary.csv"])  # one child run per trained model
 
 

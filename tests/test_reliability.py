@@ -210,11 +210,12 @@ def test_checkpoints_never_unpickle_code(tmp_path, recwarn):
 
 def test_the_dashboard_binds_to_loopback_unless_asked(monkeypatch):
     from study import cli
+    from study.ops import dashboard
 
     calls = []
-    monkeypatch.setattr(cli.os, "execvp", lambda file, argv: calls.append(argv))
+    monkeypatch.setattr(dashboard, "serve", lambda cfg, results, *, host, port, say: calls.append((host, port)) or 0)
     cli.main(["dashboard"])
     cli.main(["dashboard", "--host", "0.0.0.0", "--port", "5123"])
-    first, second = calls
-    assert first[first.index("--host") + 1] == "127.0.0.1"
-    assert second[second.index("--host") + 1] == "0.0.0.0" and second[second.index("--port") + 1] == "5123"
+    assert calls == [("127.0.0.1", 5000), ("0.0.0.0", 5123)]
+    argv = dashboard.server_command("sqlite:///x.db", "127.0.0.1", 5000)
+    assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--port") + 1] == "5000"

@@ -16,7 +16,8 @@ from mlflow.entities import Run, ViewType
 
 from study import mlflow_store, tracking
 from study.records import Record
-from study.tracking import NullTracker, RunSpec, default_uri, open_tracker, owner_id, redact
+from study.run_identity import default_uri, owner_id, redact
+from study.tracking import NullTracker, RunSpec, open_tracker
 
 # SQLAlchemy deprecation warnings about MLflow's own ORM mappers, raised when a test builds the first client.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -241,12 +241,12 @@ def tracking_server_cmd(args: argparse.Namespace) -> int:
 
 
 def import_results_cmd(args: argparse.Namespace) -> None:
-    from study import tracking
+    from study import run_identity
     from study.ops import rebuild
 
-    uri = tracking.default_uri()
+    uri = run_identity.default_uri()
     if not rebuild.rebuild(config.load(args.params), args.results, uri, say=_say(args)):
-        print(f"study import-results: the store ({tracking.redact(uri)}) already holds every finished stage under "
+        print(f"study import-results: the store ({run_identity.redact(uri)}) already holds every finished stage under "
               f"{args.results}", file=sys.stderr)
 
 

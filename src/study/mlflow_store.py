@@ -11,6 +11,8 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -193,6 +195,28 @@ def _recency(row: dict[str, Any]) -> tuple:
 # ---- the import's bulk load: whole runs in a few statements -------------------------------------------------------
 
 _BULK_ROWS = 20_000  # rows per statement: a signal waits for one statement at most (a fraction of a second)
+_HELD = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM held back until the block ends, then handled as they would have been. Their handlers'
+    exception raised inside a statement makes SQLAlchemy invalidate the connection mid-transaction, and SQLite then
+    keeps the store locked from the connection that ends the interrupted runs (for its whole busy timeout); raised
+    between statements, the transaction rolls back cleanly. Handlers, not the signal mask: another thread would take
+    a masked signal and the interpreter would still run the handler in the main thread, mid-statement."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in _HELD}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])  # the handler it was meant for runs now
 
 
 @dataclass(frozen=True)
@@ -223,8 +247,15 @@ def bulk_transaction(store: Any) -> Iterator[Any]:
                 conn.exec_driver_sql("PRAGMA synchronous=OFF")
                 conn.exec_driver_sql("PRAGMA cache_size=-262144")
                 conn.commit()  # ends the transaction the statement began; the setting stays with the connection
-            with conn.begin():
+            transaction = conn.begin()
+            try:
                 yield conn
+            except BaseException:
+                with _signals_held():
+                    transaction.rollback()
+                raise
+            with _signals_held():
+                transaction.commit()
     finally:
         engine.dispose()
 
@@ -244,7 +275,8 @@ def _insert(conn: Any, table: Any, rows: Any) -> None:
     sql = (f"INSERT INTO {table.name} ({', '.join(conn.dialect.identifier_preparer.quote(c) for c in columns)}) "
            f"VALUES ({', '.join([mark] * len(columns))})")
     for start in range(0, len(values), _BULK_ROWS):
-        conn.exec_driver_sql(sql, values[start:start + _BULK_ROWS])
+        with _signals_held():
+            conn.exec_driver_sql(sql, values[start:start + _BULK_ROWS])
 
 
 def insert_runs(store: Any, experiment_id: str, runs: Sequence[NewRun]) -> None:

@@ -12,10 +12,8 @@ import logging
 import math
 import os
 import queue
-import re
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from study.mlflow_store import connect, ensure_experiment, insert_metrics, retry, sql_store
 from study.records import Record, run_name
+from study.run_identity import alive, default_uri, dvc_experiment, git_commit, owner_id, redact, safe_params
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -130,43 +129,6 @@ class RunSpec:
         return run_name(self.loss, self.lr, self.seed)
 
 
-def repo_root() -> Path:
-    """The repository the study lives in: the working directory, except that ``dvc exp run --queue`` runs in a
-    temporary copy under ``<repo>/.dvc/tmp/exps/``, whose runs belong to the repository above it."""
-    parts = Path.cwd().resolve().parts
-    for i in range(len(parts) - 2):
-        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    return Path(*parts)
-
-
-def default_uri(root: Path | None = None) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else the SQLite store ``mlflow.db`` at the repo root (absolute)."""
-    root = repo_root() if root is None else root
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
-
-
-_USERINFO_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s]*):[^@/?#\s]*@")
-_QUERY_SECRET = re.compile(r"(?P<head>[?&](?:password|passwd|pwd|token|secret|api_key)=)[^&#\s]*", re.IGNORECASE)
-_SECRET_KEY = re.compile(r"(^|[._-])(password|passwd|secret|token|api_key)($|[._-])", re.IGNORECASE)
-
-
-def redact(uri: str) -> str:
-    """Hide passwords in a URI, or in any text holding URIs: ``user:pw@host`` -> ``user:***@host``, and
-    ``?password=``/``token=``/``secret=`` query values."""
-    return _QUERY_SECRET.sub(r"\g<head>***", _USERINFO_PASSWORD.sub(r"\g<head>:***@", uri))
-
-
-def _safe_params(params: dict[str, str]) -> dict[str, str]:
-    """Params fit to record: URIs redacted, and the value of a key named like a secret hidden whole."""
-    return {k: "***" if _SECRET_KEY.search(k) else redact(str(v)) for k, v in params.items()}
-
-
-def owner_id(experiment: str, condition: str, stage: str) -> str:
-    """The ``study.owner`` tag: which (experiment, condition, stage) a run belongs to, to find stale runs."""
-    return f"{experiment}:{condition}/{stage}"
-
-
 @dataclass(frozen=True)
 class StageRuns:
     """What a stage logs: in ``experiment``, a parent run ``<condition>/<stage>`` with the condition's ``params``
@@ -190,7 +152,7 @@ class StageRuns:
 
     def shared_tags(self) -> dict[str, str]:
         """The tags of the parent and of every child run."""
-        commit = _git_commit()
+        commit = git_commit()
         return {
             "condition": self.condition,
             "dataset": self.dataset,
@@ -207,7 +169,7 @@ class StageRuns:
 
     def safe_params(self) -> dict[str, str]:
         """The parent's params: the condition's, fit to record."""
-        return _safe_params(self.params)
+        return safe_params(self.params)
 
 
 @contextmanager
@@ -546,17 +508,6 @@ def end_stale_runs(client: MlflowClient, experiment_id: str, owner: str) -> None
         retry(client.set_terminated, run.info.run_id, "KILLED")
 
 
-def alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists (one of another user counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
     from mlflow.entities import Param
 
@@ -575,23 +526,6 @@ def _terminate(client: MlflowClient, run_id: str, status: str, error: str | None
         retry(client.set_terminated, run_id, status, end_time=ended_ms)
     except Exception as exc:
         _log.warning("MLflow: could not end run %s as %s: %s", run_id, status, redact(str(exc)))
-
-
-def dvc_experiment() -> dict[str, str]:
-    """Under ``dvc exp run``: the experiment's name and the commit it started from (DVC sets ``DVC_EXP_NAME`` and
-    ``DVC_EXP_BASELINE_REV``), as tags, to find or delete an experiment's runs; outside an experiment, none."""
-    name = os.environ.get("DVC_EXP_NAME")
-    if not name:
-        return {}
-    return {"dvc_exp_name": name, "dvc_exp_baseline": os.environ.get("DVC_EXP_BASELINE_REV", "unknown")}
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
 
 
 def _tag(key: str, value: str):
@@ -629,7 +563,7 @@ class Children:
         """The condition's params, the run's own (loss, lr, seed) and its loss's conventions (``loss.*``)."""
         spec = self.specs[run]
         own = {"loss": spec.loss, "lr": f"{spec.lr:g}", "seed": str(spec.seed)}
-        conventions = _safe_params({f"loss.{k}": str(v) for k, v in spec.conventions.items()})
+        conventions = safe_params({f"loss.{k}": str(v) for k, v in spec.conventions.items()})
         return {**self.layout.safe_params(), **own, **conventions}
 
     def open(self, client: MlflowClient, run: str, *, retry_of: str | None = None,

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from study import tracking
+from study import run_identity
 from study.config import ConfigError, StudyConfig
 from study.mlflow_store import connect, ensure_experiment
 from study.ops import rebuild, server
@@ -33,22 +33,30 @@ def runs_url(host: str, port: int, experiment_id: str) -> str:
     return f"http://{host}:{port}/#/experiments/{experiment_id}/runs"
 
 
+def server_command(uri: str, host: str, port: int) -> list[str]:
+    """``mlflow ui`` on the store ``uri``, bound to ``host`` only."""
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+            "--workers", "1"]
+
+
 def serve(cfg: StudyConfig, results: Path, *, host: str, port: int, say: Callable[[str], None]) -> int:
     """Serve the store, import what it lacks of ``results`` meanwhile, and wait until the server exits or a signal
     arrives; returns the exit status."""
-    uri = tracking.default_uri()
+    uri = run_identity.default_uri()
     # The schema and the experiment first: the server must not race the importer to create them.
     experiment_id = ensure_experiment(connect(uri), uri, cfg.experiment)
     if host not in LOOPBACK:
         say(f"warning: binding to {host} exposes every run to the network")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # before the server starts: never left behind
+    started: list[int] = []  # the server's pid, once it runs
+    # Before the server starts, so that it is never left behind. The handler stops the server first, then the import
+    # cleans up (rolls back the stage being loaded, ends the runs not loaded KILLED) as its exception unwinds.
+    previous = {sig: signal.signal(sig, _stop_server_first(started)) for sig in (signal.SIGTERM, signal.SIGINT)}
     proc = None
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
-             "--workers", "1"],
-            env=env, stdin=subprocess.DEVNULL, start_new_session=True)  # a group of its own: stopped as one
+        proc = subprocess.Popen(server_command(uri, host, port), env=env, stdin=subprocess.DEVNULL,
+                                start_new_session=True)  # a group of its own: stopped as one
+        started.append(proc.pid)
         os.nice(IMPORT_NICENESS)  # this process only, the server started: on two busy cores the page answers first
         url = runs_url(host, port, experiment_id)
         ready = threading.Thread(target=_announce, args=(url, proc, uri, say), daemon=True)
@@ -61,7 +69,8 @@ def serve(cfg: StudyConfig, results: Path, *, host: str, port: int, say: Callabl
     finally:
         if proc is not None:
             server.stop_group(proc.pid)
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _announce(url: str, proc: subprocess.Popen, uri: str, say: Callable[[str], None]) -> None:
@@ -70,8 +79,17 @@ def _announce(url: str, proc: subprocess.Popen, uri: str, say: Callable[[str], N
     except (RuntimeError, TimeoutError) as err:
         say(f"error: the MLflow server did not start: {err}")
         return
-    say(f"MLflow dashboard: {url} (store: {tracking.redact(uri)}; Ctrl-C stops it)")
+    say(f"MLflow dashboard: {url} (store: {run_identity.redact(uri)}; Ctrl-C stops it)")
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
+def _stop_server_first(started: list[int]) -> Callable[[int, object], None]:
+    """A handler for SIGTERM and SIGINT: stop the server's group, then leave as the signal asks."""
+
+    def handler(signum: int, frame: object) -> None:
+        for pid in started:
+            server.stop_group(pid)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    return handler

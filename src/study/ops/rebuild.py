@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from study import losses, tables, tracking
+from study import losses, run_identity, tables, tracking
 from study.config import ConfigError, StudyConfig, flatten
 from study.mlflow_store import NewRun, connect, ensure_experiment, finish_runs, insert_runs, retry, sql_store
 from study.records import Record
@@ -144,7 +144,7 @@ def committed_ms(directory: Path) -> int | None:
     results/ hold no clock of their own (history.csv counts steps, setup.json holds no times), so this is the
     closest honest date of a training: when its results were committed, some time after it ended."""
     try:
-        out = subprocess.run(["git", "log", "-1", "--format=%ct", "--", str(directory)], cwd=tracking.repo_root(),
+        out = subprocess.run(["git", "log", "-1", "--format=%ct", "--", str(directory)], cwd=run_identity.repo_root(),
                              capture_output=True, text=True, timeout=30, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -154,7 +154,7 @@ def committed_ms(directory: Path) -> int | None:
 def imported_tags(directory: Path) -> dict[str, str]:
     """``imported_from``: the directory, relative to the repository; ``imported_commit``: the commit it was read at,
     suffixed ``-dirty`` when the directory differs from that commit (git's own convention)."""
-    root = tracking.repo_root()
+    root = run_identity.repo_root()
     where = os.path.relpath(Path(directory).resolve(), root)
 
     def git(*argv: str) -> str:

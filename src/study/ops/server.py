@@ -1,5 +1,5 @@
 """A shared MLflow tracking server on PostgreSQL: start and stop it in a directory (``.tracking/`` for the team,
-a temporary one for tests), listening on loopback only. Imports nothing from the study but ``tracking.alive``.
+a temporary one for tests), listening on loopback only. Imports nothing from the study but ``run_identity.alive``.
 
 ``study tracking-server start|stop|status DIR`` (``make tracking-server``) prints the ``MLFLOW_TRACKING_URI``.
 """
@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from study.tracking import alive
+from study.run_identity import alive
 
 HOST = "127.0.0.1"  # loopback only: a team reaches it through an SSH tunnel or a proxy with its own auth
 DB_USER = "mlflow"
