@@ -83,16 +83,16 @@ class Stack:
             opt.step(self.backward(grad_logits))
         return per_example, None, None
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits [M, B, K] from inputs [M, B, D] (one batch per model) or [B, D] (shared by all models)."""
-        last = len(self.weights) - 1
-        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+    def forward(self, x: Tensor, features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits [M, B, K] from inputs [M, B, D] (one batch per model) or [B, D] (shared by all models); with
+        ``features`` also the last hidden layer's output [M, B, H] (after its ReLU)."""
+        for i, (weight, bias) in enumerate(zip(self.weights[:-1], self.biases[:-1])):
             # A shared [B, D] input is expanded (stride 0, not copied) so that one baddbmm adds the bias in the
             # product itself rather than in a second pass over [M, B, H].
             x = torch.baddbmm(bias[:, None], x if x.dim() == 3 else x.expand(len(weight), *x.shape), weight)
-            if i < last:
-                x = x.relu_()  # in place: the product is a fresh tensor
-        return x
+            x = x.relu_()  # in place: the product is a fresh tensor
+        logits = torch.baddbmm(self.biases[-1][:, None], x, self.weights[-1])
+        return (x, logits) if features else logits
 
     def train_forward(self, x: Tensor) -> Tensor:
         """Logits [M, K, B] from inputs [M, B, D], keeping what ``backward`` needs. Classes come before the batch
@@ -186,8 +186,12 @@ class Autograd:
         def run(params: Sequence[Tensor], x: Tensor) -> Tensor:  # one model: [B, D] -> [B, K]
             return functional_call(skeleton, dict(zip(self.names, params)), (x,))
 
+        def run_features(params: Sequence[Tensor], x: Tensor) -> tuple[Tensor, Tensor]:  # ([B, H], [B, K])
+            return functional_call(skeleton, dict(zip(self.names, params)), (x,), {"features": True})
+
         self._own = vmap(run, in_dims=(0, 0))  # x [M, B, D]: a batch per model
         self._shared = vmap(run, in_dims=(0, None))  # x [B, D]: one batch for every model
+        self._shared_features = vmap(run_features, in_dims=(0, None))
         self._lay_out_like_gradients(device)
         # cuDNN may pick nondeterministic convolution algorithms (backward weight gradients accumulate atomically):
         # on CUDA the step asks for deterministic ones, so that the same seed gives the same records.
@@ -204,9 +208,12 @@ class Autograd:
             if g.stride() != p.stride() and _dense(g):
                 self.params[i] = torch.empty_like(g).copy_(p).requires_grad_(True)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits [M, B, K] from inputs [M, B, D] (one batch per model) or [B, D] (shared by all models)."""
+    def forward(self, x: Tensor, features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits [M, B, K] from inputs [M, B, D] (one batch per model) or [B, D] (shared by all models); with
+        ``features`` (shared inputs only) also the penultimate layer's output [M, B, H]."""
         with torch.no_grad():
+            if features:
+                return self._shared_features(self.params, x)
             return (self._own if x.dim() == 3 else self._shared)(self.params, x)
 
     def step(self, x: Tensor, y: Tensor, groups: Sequence[tuple[Callable, Callable, slice]], opt,

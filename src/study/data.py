@@ -72,6 +72,7 @@ RAW_FILES: dict[str, tuple[RawFile, ...]] = {
 }
 TORCHVISION_CLASSES = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST"}  # also the folder names under root
 
+TRANSFER_SIZE = 10_000  # training images of every class that a linear probe on frozen features is fitted on
 VAL_NOISE_SEED_OFFSET = 1_000_003  # val_noise_seed(noise_seed) = noise_seed + this
 
 MNIST1D_FILE = "mnist1d.npz"
@@ -113,6 +114,12 @@ class Dataset:
     # and the original class of each kept label: label k of every split above is class ``classes[k]``.
     x_heldout: Tensor = field(default_factory=lambda: torch.empty(0))
     classes: tuple[int, ...] = ()
+    # With held-out classes: the original class of each held-out test image [H], and training images of every
+    # class, held-out ones included, with their original classes (the first TRANSFER_SIZE of the training part of
+    # the split): what a linear probe on the frozen features is fitted on (study.features.linear_probe).
+    y_heldout: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    x_transfer: Tensor = field(default_factory=lambda: torch.empty(0))
+    y_transfer: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
     # The validation labels with the training labels' noise (same rate, flips seeded by val_noise_seed(noise_seed)):
     # what the tune stage scores on, as a practitioner with noisy labels only would. Empty: none were made.
     y_val_noisy: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
@@ -131,6 +138,8 @@ class Dataset:
     def sizes(self) -> dict[str, int]:
         sizes = {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)}
         sizes["flipped"] = int(self.flipped.sum())
+        if len(self.x_transfer):
+            sizes["transfer"] = len(self.x_transfer)
         return {**sizes, "heldout": len(self.x_heldout)} if len(self.x_heldout) else sizes
 
 
@@ -550,6 +559,7 @@ def load(
     if test_size > 0:
         x_test, y_test = x_test[:test_size], y_test[:test_size]
 
+    transfer_index = train_index[:TRANSFER_SIZE] if heldout else train_index[:0]
     kept = torch.tensor([c for c in range(NUM_CLASSES) if c not in heldout])
     relabel = torch.full((NUM_CLASSES,), -1, dtype=torch.long)
     relabel[kept] = torch.arange(len(kept))
@@ -584,5 +594,8 @@ def load(
         num_classes=len(kept),
         x_heldout=standardise(x_test[out_of_classes]),
         classes=tuple(kept.tolist()),
+        y_heldout=y_test[out_of_classes],
+        x_transfer=standardise(x_all[transfer_index]),
+        y_transfer=y_all[transfer_index],
         y_val_noisy=y_val_noisy,
     )

@@ -1,5 +1,6 @@
 """The model factory, keyed by a condition's ``model:`` block (``mlp``, ``cnn1d``). Every model maps inputs [B, D]
-to raw logits [B, K] (never probabilities). Imports only torch."""
+to raw logits [B, K] (never probabilities), and with ``forward(x, features=True)`` also gives the penultimate
+layer's output (the features that the class-separation and transfer measures read). Imports only torch."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ class MLP(nn.Module):
         self.sizes = tuple(sizes)
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
 
-    def forward(self, x: Tensor) -> Tensor:  # [B, D] -> logits [B, K]
+    def forward(self, x: Tensor, features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits [B, K] of inputs [B, D]; with ``features`` also the penultimate layer's output (after its ReLU)."""
         for layer in self.layers[:-1]:
             x = torch.relu(layer(x))
-        return self.layers[-1](x)
+        logits = self.layers[-1](x)
+        return (x, logits) if features else logits
 
 
 class CNN1d(nn.Module):
@@ -35,11 +38,15 @@ class CNN1d(nn.Module):
                                    for a, b in zip(ins, channels))
         self.head = nn.Linear(channels[-1] * conv_length(length, len(channels), kernel, stride, padding), classes)
 
-    def forward(self, x: Tensor) -> Tensor:  # [B, D] -> logits [B, K]
+    def forward(self, x: Tensor, features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits [B, K] of inputs [B, D]; with ``features`` also what the head reads (the last convolution's
+        output after its ReLU, flattened)."""
         x = x.unsqueeze(1)  # [B, 1, D]
         for conv in self.convs:
             x = torch.relu(conv(x))
-        return self.head(x.flatten(1))
+        x = x.flatten(1)
+        logits = self.head(x)
+        return (x, logits) if features else logits
 
 
 def conv_length(length: int, layers: int, kernel: int, stride: int, padding: int) -> int:

@@ -33,7 +33,7 @@ QUESTIONS = {
                        "can enter it)",
 }
 # The report's groups of quantities (``Quantity.group``).
-GROUPS = ("accuracy", "speed", "calibration", "gradient", "label_noise", "heldout")
+GROUPS = ("accuracy", "speed", "calibration", "gradient", "label_noise", "heldout", "features")
 # The report's tables (and figure) whose columns (panels) are quantities (``Column.table``).
 TABLES = (
     "headline",  # the headline table: per condition, each loss's estimate and its paired difference to the reference
@@ -192,6 +192,18 @@ QUANTITIES: tuple[Quantity, ...] = (
              group="heldout", columns=(Column("heldout", 3, "'none' on held-out classes"),)),
     Quantity("none_share_test", "known-class test images answered 'none'", ("test", "none_share"), None, **_SHARE,
              group="heldout", columns=(Column("heldout", 4, "'none' on trained classes"),)),
+    # What a loss leaves in the penultimate layer (study.features): Kornblith et al. 2021's class separation, and a
+    # linear probe's accuracy on frozen features (fitted on every class, the held-out ones included). Neither
+    # direction of the separation is better: it goes with in-task accuracy and, by Kornblith et al., against transfer.
+    Quantity("class_separation", "class separation R² of the penultimate features (test)",
+             ("test", "class_separation"), None, 0.02, group="features", headline=True),
+    Quantity("class_separation_train", "class separation R² of the penultimate features (training subset)",
+             ("train_subset", "class_separation"), None, 0.02, group="features", headline=True),
+    Quantity("transfer_heldout", "linear-probe accuracy on the classes never trained on",
+             ("transfer", "heldout_accuracy"), True, 0.01, **{k: v for k, v in _SHARE.items() if k != "margin"},
+             group="features", headline=True),
+    Quantity("transfer_accuracy", "linear-probe accuracy on every class", ("transfer", "accuracy"), True, 0.005,
+             group="features", headline=True),
     # Shown beside the other ECEs in the calibration table, not compared between losses.
     Quantity("classwise_ece", "classwise ECE of the softmax", ("test", "classwise_ece"), False, 0.01,
              group="calibration", compared=False, columns=(Column("calibration", 4, "classwise ECE"),)),

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from study import grads, losses, ood
+from study import features, grads, losses, ood
 from study.backends import Autograd, Stack, StackedAdam, StackedSGD, resolve_backend
 from study.calibration import (
     classwise_calibration_error,
@@ -24,7 +24,7 @@ from study.calibration import (
     own_calibration_error,
 )
 from study.config import Condition
-from study.data import Dataset
+from study.data import NUM_CLASSES, Dataset
 from study.records import ExampleStats, Record
 
 PROBE_SEED = 0  # which test examples form the probe set: fixed, independent of every training seed
@@ -120,6 +120,7 @@ class Trainer:
         self.train_x, self.train_y = data.x_train.to(dev), data.y_train.to(dev)
         self.splits = {"val": _Split(data.x_val.to(dev), data.y_val.to(dev)),
                        "test": _Split(data.x_test.to(dev), data.y_test.to(dev))}
+        self.num_classes = data.num_classes
         self.steps_per_epoch = len(data.y_train) // cond.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(
@@ -150,8 +151,16 @@ class Trainer:
         self.probe_index = probe_order[: cond.probe_size].sort().values
         # Test images of the classes left out of training (heldout_classes): scored against the test set's.
         self.heldout = data.x_heldout.to(dev) if len(data.x_heldout) else None
+        # Training images of every class with their original classes, and the test images' original classes: the
+        # linear probe on frozen features at the last evaluation (transfer to the classes never trained on).
+        self.transfer = None
+        if len(data.x_transfer) and self.heldout is not None:
+            classes = torch.tensor(data.classes, dtype=torch.long)
+            self.transfer = (data.x_transfer.to(dev), data.y_transfer.to(dev),
+                             torch.cat([classes[data.y_test], data.y_heldout]).to(dev))
         watch = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(PROBE_SEED))
         self.watch = watch[:MEMO_SIZE].to(dev)  # a fixed training subset (flipped labels included, as trained on)
+        self.watch_classes = data.y_train_clean.to(dev)[self.watch]  # their true classes: class separation's
         self.memo = None
         if data.flipped.any():
             self.memo = (data.y_train_clean.to(dev)[self.watch], data.flipped.to(dev)[self.watch])
@@ -319,13 +328,23 @@ class Trainer:
         last = self.step == self.total_steps
         outputs: dict[str, Tensor] = {}
         columns: dict[tuple[str, str], list[float]] = {}  # (split, metric) -> one value per model
+        instrument = self.settings.instrument
         with torch.no_grad():
             for split in self.settings.splits:
-                outputs[split] = self._logits(self.splits[split].x)
-                metrics = self._metrics(outputs[split], self.splits[split].y)
+                labels = self.splits[split].y
+                if instrument and split == "test":
+                    outputs[split], columns[(split, "class_separation")] = self._separated(self.splits[split].x,
+                                                                                           labels)
+                else:
+                    outputs[split] = self._logits(self.splits[split].x)
+                metrics = self._metrics(outputs[split], labels)
                 columns.update({(split, metric): values for metric, values in metrics.items()})
-            watch_needed = self.settings.instrument or self.memo is not None
-            watched = self._logits(self.train_x[self.watch]) if watch_needed else None
+            watched = None
+            if instrument:
+                watched, columns[("train_subset", "class_separation")] = self._separated(
+                    self.train_x[self.watch], self.watch_classes)
+            elif self.memo is not None:
+                watched = self._logits(self.train_x[self.watch])
             if self.memo is not None:
                 columns.update(self._memorisation(watched))
             if self.settings.instrument and "test" in outputs:
@@ -335,6 +354,8 @@ class Trainer:
                     columns.update({key: values.tolist() for key, values in found.items()})
             if self.settings.instrument and last and "val" in outputs and "test" in outputs:
                 columns.update(self._calibration(outputs["val"], outputs["test"]))
+            if self.settings.instrument and last and self.transfer is not None:
+                columns.update(self._transfer())
         # Weights that overflowed in the last update before any loss went non-finite: diverged at this step.
         # A None value is a metric that does not apply to that model (ece_own of a loss without probabilities).
         self._flag_nonfinite([(m, values[m]) for values in columns.values() for m in self._alive()
@@ -355,6 +376,35 @@ class Trainer:
 
     def _logits(self, x: Tensor) -> Tensor:
         return torch.cat([self.stack.forward(x[i:i + EVAL_CHUNK]) for i in range(0, len(x), EVAL_CHUNK)], dim=1)
+
+    def _separated(self, x: Tensor, classes: Tensor) -> tuple[Tensor, list[float]]:
+        """``_logits`` of ``x`` and, from the same forward pass, each model's class separation (R^2 of its
+        penultimate features, study.features) with ``classes`` the examples' true classes."""
+        separation = features.ClassSeparation(len(self.members), self.num_classes, x.device)
+        chunks = []
+        for i in range(0, len(x), EVAL_CHUNK):
+            hidden, logits = self.stack.forward(x[i:i + EVAL_CHUNK], features=True)
+            separation.add(hidden, classes[i:i + EVAL_CHUNK])
+            chunks.append(logits)
+        return torch.cat(chunks, dim=1), separation.value().tolist()
+
+    def _features(self, x: Tensor) -> Tensor:
+        return torch.cat([self.stack.forward(x[i:i + EVAL_CHUNK], features=True)[0]
+                          for i in range(0, len(x), EVAL_CHUNK)], dim=1)
+
+    def _transfer(self) -> dict[tuple[str, str], list[float]]:
+        """A linear probe per model on its frozen penultimate features (study.features.linear_probe), fitted on
+        training images of every class, the held-out ones included, and scored on the test images of all classes:
+        accuracy over them all, on the classes the network never saw, and on the classes it trained on."""
+        x_fit, y_fit, y_test = self.transfer
+        test = torch.cat([self._features(self.splits["test"].x), self._features(self.heldout)], dim=1)
+        predicted = features.linear_probe(self._features(x_fit), y_fit, test, NUM_CLASSES)
+        correct = (predicted == y_test).float()  # [M, N]
+        unseen = torch.zeros(len(y_test), dtype=torch.bool, device=y_test.device)
+        unseen[len(self.splits["test"].y):] = True
+        return {("transfer", "accuracy"): correct.mean(dim=1).tolist(),
+                ("transfer", "heldout_accuracy"): correct[:, unseen].mean(dim=1).tolist(),
+                ("transfer", "trained_accuracy"): correct[:, ~unseen].mean(dim=1).tolist()}
 
     def _metrics(self, logits: Tensor, labels: Tensor) -> dict[str, list[float]]:
         """Per-model metrics of logits [M, N, K] against labels [N]; softmax-based ones hold for every loss."""

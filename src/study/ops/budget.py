@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from study import config, data, losses, model, runner, train
+from study import config, data, features, losses, model, runner, train
 from study.config import Condition, StudyConfig
 
 PROBE_BATCH = 8  # examples pushed through the counter (per-example FLOPs are its total / PROBE_BATCH)
@@ -84,9 +84,22 @@ def arithmetic(cfg: StudyConfig, cond: Condition, sizes: dict[str, int], input_d
         elif sizes.get("flipped"):
             full_examples += min(train.MEMO_SIZE, sizes["train"])
         evals = (len(full) + 1) * full_examples + len(speed) * sizes["val"]
+        probe_fit = 0.0
+        if instrument and sizes.get("transfer"):  # the last evaluation's linear probe on frozen features
+            evals += sizes["transfer"] + sizes["test"] + sizes.get("heldout", 0)
+            probe_fit = probe_flops(cond, sizes["transfer"], input_dim, classes)
         out.append(Arithmetic(cond.name, stage, models, total, models * total * cond.batch_size * step,
-                              models * evals * forward))
+                              models * (evals * forward + probe_fit)))
     return out
+
+
+def probe_flops(cond: Condition, examples: int, input_dim: int, classes: int) -> float:
+    """One model's linear-probe fit (study.features.linear_probe): at most PROBE_ITERATIONS L-BFGS iterations, each
+    counted as two objective evaluations (the line search's), each a forward and backward pass (3 x 2 FLOPs per
+    multiply-add) of a [features, every class] map over ``examples``."""
+    with torch.no_grad():
+        hidden, _ = model_spec(cond).build(input_dim, classes)(torch.zeros(1, input_dim), features=True)
+    return features.PROBE_ITERATIONS * 2 * 6 * examples * hidden.shape[1] * data.NUM_CLASSES
 
 
 def study_arithmetic(cfg: StudyConfig, data_root: Path) -> list[Arithmetic]:
