@@ -70,7 +70,8 @@ def test_chunks_accumulate_to_the_whole_and_models_stay_apart():
 def test_the_probe_reads_linearly_separable_features_and_not_noise():
     generator = torch.Generator().manual_seed(4)
     centres = torch.randn(10, 16, generator=generator) * 4
-    y_fit, y_test = torch.randint(0, 10, (2000,), generator=generator), torch.randint(0, 10, (500,), generator=generator)
+    y_fit = torch.randint(0, 10, (2000,), generator=generator)
+    y_test = torch.randint(0, 10, (500,), generator=generator)
     separable = torch.stack([centres[y_fit] + torch.randn(2000, 16, generator=generator) * 0.5,
                              torch.randn(2000, 16, generator=generator)])  # model 0 separates, model 1 is noise
     test = torch.stack([centres[y_test] + torch.randn(500, 16, generator=generator) * 0.5,
@@ -94,9 +95,10 @@ def test_the_trainer_records_class_separation_and_with_held_out_classes_the_prob
     data = synthetic_dataset(n_train=160, n_test=80, classes=8)
     generator = torch.Generator().manual_seed(6)
     heldout = dataclasses.replace(
-        data, x_heldout=torch.randn(30, 12, generator=generator), y_heldout=torch.randint(8, 10, (30,), generator=generator),
-        x_transfer=torch.randn(120, 12, generator=generator), y_transfer=torch.randint(0, 10, (120,), generator=generator),
-        classes=tuple(range(8)))
+        data, classes=tuple(range(8)),
+        x_heldout=torch.randn(30, 12, generator=generator), y_heldout=torch.randint(8, 10, (30,), generator=generator),
+        x_transfer=torch.randn(120, 12, generator=generator),
+        y_transfer=torch.randint(0, 10, (120,), generator=generator))
     cond = tiny_condition(seeds=(0,), losses=("softmax_nll",), epochs=1)
     members = [Member("softmax_nll", 0.1, 0)]
     settings = Settings(progress=False)

@@ -86,7 +86,7 @@ class Stack:
     def forward(self, x: Tensor, features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Logits [M, B, K] from inputs [M, B, D] (one batch per model) or [B, D] (shared by all models); with
         ``features`` also the last hidden layer's output [M, B, H] (after its ReLU)."""
-        for i, (weight, bias) in enumerate(zip(self.weights[:-1], self.biases[:-1])):
+        for weight, bias in zip(self.weights[:-1], self.biases[:-1]):
             # A shared [B, D] input is expanded (stride 0, not copied) so that one baddbmm adds the bias in the
             # product itself rather than in a second pass over [M, B, H].
             x = torch.baddbmm(bias[:, None], x if x.dim() == 3 else x.expand(len(weight), *x.shape), weight)
