@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from study import analysis, comparisons
+from study import analysis, comparisons, quantities
 from study import losses as registry
 from study.analysis import REFERENCE
 from study.measures import healthy, last_values, runs
@@ -358,7 +358,11 @@ def gradients(head: analysis.Headline, saturation: pd.DataFrame, penalty: pd.Dat
 # quantity -> (split, metric) at each healthy model's last evaluation; ece_own is the training helpers' ECE on each
 # loss's own probabilities (none for logit_mse), read where it exists, else the ECE on the softmax.
 PENALTY_FINAL = {"confident_wrong_loss_share": ("test", "confident_wrong_loss_share"), "ece_ts": ("test", "ece_ts"),
-                 "ece_own": ("test", "ece_own"), "ece": ("test", "ece")}
+                 "ece_own": ("test", "ece_own"), "ece": ("test", "ece"),
+                 **{q: quantities.spec(q).source for q in (comparisons.SEPARATION, comparisons.TRANSFER,
+                                                           comparisons.FINAL_ACCURACY)}}
+CORRELATION_WORDS = {comparisons.FINAL_ACCURACY: "in-task test accuracy", comparisons.SEPARATION: "class separation",
+                     comparisons.TRANSFER: "transfer to the unseen classes"}
 
 
 def penalty_per_seed(history: pd.DataFrame, noise_per_seed: Mapping[str, pd.DataFrame],
@@ -422,9 +426,15 @@ def penalty(per_seed: pd.DataFrame | None, conditions: Sequence[str], reference:
                 "all": versus(tallies, means=by_condition, reference=reference)}
 
     found = {q: quantity(q) for q in ("confident_wrong_loss_share", "confident_wrong_corrected", "memorised",
-                                      "ece_ts", "ece_own", "ece", "auroc_natural")}
+                                      "ece_ts", "ece_own", "ece", "auroc_natural", comparisons.SEPARATION,
+                                      comparisons.TRANSFER)}
     return {"reference": reference, "bounded": bounded, "conditions": len(conditions),
             **{q: v for q, v in found.items()},
+            # what the loss leaves in the penultimate layer, under names the answer's template reads
+            "separation": found[comparisons.SEPARATION], "transfer": found[comparisons.TRANSFER],
+            "correlations": [{**row, "x_words": CORRELATION_WORDS[row["x"]], "y_words": CORRELATION_WORDS[row["y"]]}
+                             for row in comparisons.transfer_correlations(per_seed).to_dict("records")
+                             if comparisons.TRANSFER in (row["x"], row["y"])],
             "ece_own_measured": found["ece_own"] is not None}
 
 

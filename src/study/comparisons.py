@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from study import losses as registry
 from study import quantities
@@ -98,6 +99,56 @@ SELECTED = quantities.read_as("test", "accuracy", "selected")
 FINAL_ACCURACY = quantities.read_as("test", "accuracy")
 NOISE_DROP = quantities.derived("label_noise")[0]
 TEMPERATURE = quantities.read_as("val", "temperature")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What the losses leave in the penultimate layer: class separation and transfer (study.features)
+
+SEPARATION = quantities.read_as("test", "class_separation")  # Kornblith et al.'s R^2 on the test set
+TRANSFER = quantities.read_as("transfer", "heldout_accuracy")  # a linear probe's accuracy on never-seen classes
+# (x, y, the sign Kornblith et al. 2021 found across objectives): per-model quantities whose rank correlation the
+# features section reports. Their objectives with higher accuracy separated classes more and transferred worse.
+CORRELATED = ((FINAL_ACCURACY, SEPARATION, +1), (SEPARATION, TRANSFER, -1), (FINAL_ACCURACY, TRANSFER, -1))
+CORRELATION_ALPHA = 0.05  # a rank correlation is read as shown when its two-sided p is below this
+AS_PUBLISHED, OPPOSITE, NO_CORRELATION = "in Kornblith et al.'s direction", "against Kornblith et al.'s direction", (
+    "no correlation shown")
+
+
+def correlation_reading(rho: float, p_value: float, sign: int) -> str:
+    """How a rank correlation reads against the published sign: shown (p below CORRELATION_ALPHA) in its
+    direction, shown against it, or not shown."""
+    if not (math.isfinite(p_value) and p_value < CORRELATION_ALPHA):
+        return NO_CORRELATION
+    return AS_PUBLISHED if np.sign(rho) == sign else OPPOSITE
+
+
+CORRELATION_COLUMNS = ["condition", "x", "y", "rho", "p_value", "n", "reading"]
+
+
+def transfer_correlations(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Per condition with a transfer probe, Spearman's rank correlation over every model (loss and seed) of each
+    pair in CORRELATED: does higher in-task accuracy or class separation go with worse transfer (Kornblith et
+    al. 2021)? Columns CORRELATION_COLUMNS (``reading``: ``correlation_reading``); scipy's two-sided test of rho = 0
+    (an asymptotic t approximation, fair from about 10 models)."""
+    rows = []
+    wide = per_seed.pivot_table(index=["condition", "loss", "seed"], columns="quantity", values="value",
+                                aggfunc="first")
+    if TRANSFER not in wide:
+        return pd.DataFrame(columns=CORRELATION_COLUMNS)
+    for condition, group in wide.groupby(level="condition", sort=False):
+        if group[TRANSFER].notna().sum() < 3:
+            continue
+        for x, y, sign in CORRELATED:
+            if x not in group or y not in group:
+                continue
+            pair = group[[x, y]].dropna()
+            if len(pair) < 3 or pair[x].nunique() < 2 or pair[y].nunique() < 2:
+                continue
+            found = stats.spearmanr(pair[x], pair[y])
+            rho, p_value = float(found.statistic), float(found.pvalue)
+            rows.append({"condition": condition, "x": x, "y": y, "rho": rho, "p_value": p_value, "n": len(pair),
+                         "reading": correlation_reading(rho, p_value, sign)})
+    return pd.DataFrame(rows, columns=CORRELATION_COLUMNS)
 
 
 def label_noise(history: pd.DataFrame) -> pd.DataFrame:

@@ -98,6 +98,7 @@ def draw_figures(inputs: Inputs, computed: Computed, figures: Figures) -> None:
 
 
 SPEED_FOREST, GRADIENT_ANSWER, PENALTY_ANSWER = "speed_forest", "gradient_answer", "penalty_answer"
+FEATURES = "features"  # the confident-wrong answer's second figure: class separation and transfer
 
 
 def draw_answer_figures(inputs: Inputs, computed: Computed, figures: Figures) -> None:
@@ -108,6 +109,9 @@ def draw_answer_figures(inputs: Inputs, computed: Computed, figures: Figures) ->
     if (inputs.examples["split"] == "test").any():
         figures.save(GRADIENT_ANSWER, question_figures.plot_gradient_answer, inputs.examples, inputs.penalty)
     figures.save(PENALTY_ANSWER, question_figures.plot_penalty_answer, inputs.history)
+    seeds = computed.penalty_seeds
+    if seeds is not None and (seeds["quantity"] == comparisons.SEPARATION).any():
+        figures.save(FEATURES, question_figures.plot_features, seeds)
 
 
 def answer_figures(inputs: Inputs, figures: Figures) -> list[tuple[str, str]]:
@@ -127,6 +131,8 @@ def answer_figures(inputs: Inputs, figures: Figures) -> list[tuple[str, str]]:
           "carried by confident mistakes."),
          ("penalty", "Confident-wrong penalty in closed form: loss and logit-gradient norm against the probability "
           "of the true class.")),
+        ((FEATURES, "Features: class separation R² of the penultimate layer per loss and condition (Kornblith et "
+          "al. 2021), and, per model, a linear probe's accuracy on the classes never trained on against it."),) * 2,
     ]
     out = []
     for preferred, fallback in choices:
@@ -248,6 +254,8 @@ PENALTY_COLUMNS = {  # quantity -> (column header, words for a difference's dire
     "memorised": ("flipped labels memorised (label noise)", ("more", "fewer"), "{:.1%}"),
     "ece_ts": ("ECE after temperature scaling", ("higher", "lower"), "{:.3f}"),
     "auroc_natural": ("held-out AUROC by its own score", ("higher", "lower"), "{:.3f}"),
+    comparisons.SEPARATION: ("class separation R² of the penultimate features", ("higher", "lower"), "{:.2f}"),
+    comparisons.TRANSFER: ("linear-probe accuracy on classes never trained on", ("higher", "lower"), "{:.1%}"),
 }
 
 

@@ -37,6 +37,7 @@ CLAIMS = (
     "square_loss_competitive",  # Hui & Belkin 2021: square loss on logits within about 1% of cross-entropy
     "focal_calibrates",  # Mukhoti et al. 2020: focal loss lowers ECE
     "bounded_resists_noise",  # Zhang & Sabuncu 2018, Ghosh et al. 2017: bounded losses resist label noise
+    "separates_more",  # Kornblith et al. 2021: these objectives separate classes more than cross-entropy (higher R²)
 )
 
 # What probabilities a loss is trained to output (``LossSpec.probabilities``): its own terms for calibration. "softmax":
@@ -326,7 +327,7 @@ BUILTIN = (
         conventions={"link": "sigmoid per class", "targets": "one-hot", "class_reduction": "sum"},
         formula="Σ_k BCE(sigmoid(z_k), onehot(y)_k)", with_grad=sigmoid_bce_with_grad,
         uniform=lambda k: k * math.log(2), family="sigmoid per class",
-        claims=_COMPARED | {"sigmoid_multiclass"}, probabilities="sigmoid",
+        claims=_COMPARED | {"sigmoid_multiclass", "separates_more"}, probabilities="sigmoid",
     ),
     LossSpec(
         "softmax_nll", softmax_nll, label="softmax + NLL (cross-entropy)", colour="#0173b2",
@@ -339,13 +340,14 @@ BUILTIN = (
         conventions={"link": "softmax", "targets": "one-hot smoothed by eps/K", "class_reduction": "sum"},
         formula="(1−ε)·nll + ε·mean_k(−log softmax(z)_k)", options={"eps": 0.1}, with_grad=smoothed_ce_with_grad,
         uniform=lambda k, eps: math.log(k),  # every class at 1/K: both terms equal ln K
-        family="smoothed cross-entropy", claims={"smoothing_calibrates"},
+        family="smoothed cross-entropy", claims={"smoothing_calibrates", "separates_more"},
     ),
     LossSpec(
         "logit_mse", logit_mse, label="square loss on logits", colour="#d55e00",
         conventions={"link": "none (raw logits)", "targets": "one-hot", "class_reduction": "sum"},
         formula="Σ_k (z_k − onehot(y)_k)² on raw logits", with_grad=logit_mse_with_grad, uniform=lambda k: 1.0,
-        family="squared error on logits", claims={"square_loss_competitive"}, source="Hui & Belkin 2021",
+        family="squared error on logits", claims={"square_loss_competitive", "separates_more"},
+        source="Hui & Belkin 2021",
         probabilities="none", no_probabilities="raw logits regressed onto one-hot targets: no probability is modelled",
     ),
     LossSpec(

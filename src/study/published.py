@@ -130,7 +130,28 @@ def anchors(head: Headline, history: pd.DataFrame, setups: Mapping[str, Mapping]
             rows.extend(_published_values(anchor, head))
         else:
             rows.extend(_published_rows(anchor, head, noisy if anchor.noisy else clean))
+    rows.extend(_transfer_rows(head))
     return pd.DataFrame(rows, columns=ANCHOR_COLUMNS)
+
+
+TRANSFER_ANCHOR = ("better-separated classes transfer worse", "Kornblith et al. 2021 (ImageNet, ResNet-50)",
+                   "across objectives, higher class separation R² goes with lower linear-probe transfer accuracy")
+TRANSFER_VERDICTS = {comparisons.AS_PUBLISHED: REPRODUCED, comparisons.OPPOSITE: CONTRADICTED,
+                     comparisons.NO_CORRELATION: UNSETTLED}
+
+
+def _transfer_rows(head: Headline) -> list[list[str]]:
+    """Kornblith et al.'s transfer finding per condition with a transfer probe: Spearman's rank correlation of class
+    separation and the probe's accuracy on the never-trained classes over every model (loss and seed)."""
+    found = comparisons.transfer_correlations(head.per_seed)
+    found = found[(found["x"] == comparisons.SEPARATION) & (found["y"] == comparisons.TRANSFER)]
+    if found.empty:
+        return [[*TRANSFER_ANCHOR, "–", NOT_MEASURED, "no condition with held-out classes measured a transfer probe"]]
+    return [[*TRANSFER_ANCHOR, f"Spearman ρ = {row.rho:+.2f} over {row.n} models (loss × seed), p = "
+             f"{row.p_value:.2g} ({row.condition})", TRANSFER_VERDICTS[row.reading],
+             "the probe is fitted on training images of all ten classes and scored on the test images of the two "
+             "classes the network never trained on; the losses and seeds are the models ranked"]
+            for row in found.itertuples(index=False)]
 
 
 @dataclass(frozen=True)
@@ -196,6 +217,13 @@ PUBLISHED = (
               "Δ final test accuracy {loss} − {reference} {diff:+.3f}",
               "{loss} is the square loss on raw logits, not the squared error of softmax probabilities (Brier)",
               tolerance=0.01),
+    Published("separates_more", "other objectives separate the classes more than cross-entropy",
+              "Kornblith et al. 2021 (ImageNet, ResNet-50)",
+              "higher class separation R² of the penultimate layer than softmax cross-entropy (label smoothing, "
+              "sigmoid cross-entropy, squared error)", comparisons.SEPARATION, +1,
+              "Δ R² {loss} − {reference} {diff:+.3f}",
+              "R² = 1 − mean within-class / mean overall cosine distance of the penultimate features, on the test set "
+              "at the last evaluation", words=("lower", "higher")),
     Published("focal_calibrates", "focal loss lowers the calibration error of cross-entropy", "Mukhoti et al. 2020",
               "lower ECE than cross-entropy", "ece", -1, "Δ ECE {loss} − {reference} {diff:+.3f}",
               "down-weighting confident examples keeps logits smaller", by_temperature=True),

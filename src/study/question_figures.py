@@ -21,6 +21,7 @@ from study.figures import (
     category_ticks,
     colour,
     dodge,
+    empty_panel,
     fraction_limits,
     label,
     loss_legend,
@@ -280,6 +281,58 @@ def plot_penalty_answer(history: pd.DataFrame) -> Figure:
         for tick, loss in zip(ax.get_yticklabels(), losses, strict=True):
             tick.set_color(colour(loss))
         fig.suptitle("The confident-wrong penalty: what it corrects, what it memorises, how much loss it carries")
+        extra = [Line2D([], [], color="grey", marker=markers[c], ls="", ms=7, label=c) for c in conditions]
+        loss_legend(fig, losses, extra)
+    return fig
+
+
+def plot_features(per_seed: pd.DataFrame) -> Figure:
+    """What each loss leaves in the penultimate layer. Left: class separation R² on the test set at the last
+    evaluation (Kornblith et al. 2021), mean over seeds with its 95% t-interval, one row per loss and one marker per
+    condition. Right: per model of each condition with held-out classes, a linear probe's accuracy on the classes
+    the network never trained on against its class separation (Kornblith et al. found better-separated features
+    transfer worse). ``per_seed``: ``answers.penalty_per_seed`` (``RUN, quantity, value``)."""
+    separation = per_seed[per_seed["quantity"] == comparisons.SEPARATION]
+    separation = separation[np.isfinite(separation["value"].to_numpy(dtype=float))]
+    losses = analysis.ordered(separation["loss"])
+    conditions = list(dict.fromkeys(separation["condition"]))
+    markers = {c: CONDITION_MARKERS[i % len(CONDITION_MARKERS)] for i, c in enumerate(conditions)}
+    offsets = {c: 0.5 * (i / max(len(conditions) - 1, 1) - 0.5) for i, c in enumerate(conditions)}
+    wide = per_seed.pivot_table(index=["condition", "loss", "seed"], columns="quantity", values="value",
+                                aggfunc="first")
+    transfer = (wide[[comparisons.SEPARATION, comparisons.TRANSFER]].dropna().reset_index()
+                if {comparisons.SEPARATION, comparisons.TRANSFER} <= set(wide.columns) else pd.DataFrame())
+    with style():
+        fig, axes = subplots(1, 2, 12.5, 1.8 + 0.42 * max(len(losses), 3), width_ratios=(1.3, 1))
+        ax = axes[0, 0]
+        for y, loss in enumerate(losses):
+            for condition, rows in separation[separation["loss"] == loss].groupby("condition", sort=False):
+                low, high = t_interval(rows["value"])
+                at = y + offsets[condition]
+                if math.isfinite(low):
+                    ax.plot([low, high], [at, at], color=colour(loss), lw=1.4, alpha=0.8)
+                _marked(ax, [t_mean(rows["value"])], [at], [markers[condition]], colour(loss), [True], size=45,
+                        zorder=3)
+        ax.set_yticks(range(len(losses)), losses)
+        ax.set_ylim(len(losses) - 0.5, -0.5)
+        for tick, loss in zip(ax.get_yticklabels(), losses, strict=True):
+            tick.set_color(colour(loss))
+        ax.set_xlabel("class separation R² (test set, last evaluation; mean, 95% interval)")
+        ax.set_title("how far apart the classes lie in the penultimate layer")
+        ax = axes[0, 1]
+        if transfer.empty:
+            empty_panel(ax, "no condition with held-out classes\nmeasured a transfer probe")
+        else:
+            for condition, rows in transfer.groupby("condition", sort=False):
+                for loss, mine in rows.groupby("loss", sort=False):
+                    _marked(ax, mine[comparisons.SEPARATION], mine[comparisons.TRANSFER],
+                            [markers.get(condition, "o")] * len(mine), colour(loss), [True] * len(mine), size=40,
+                            alpha=0.85, zorder=3)
+            ax.yaxis.set_major_formatter(mticker.PercentFormatter(1.0, decimals=0))
+            ax.set_xlabel("class separation R² (test set)")
+            ax.set_ylabel("linear-probe accuracy on the\nclasses never trained on")
+            ax.set_title(f"transfer ({', '.join(dict.fromkeys(transfer['condition']))}): one dot per model")
+        fig.suptitle("What each loss leaves in the features: class separation and transfer")
         extra = [Line2D([], [], color="grey", marker=markers[c], ls="", ms=7, label=c) for c in conditions]
         loss_legend(fig, losses, extra)
     return fig
