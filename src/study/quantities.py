@@ -107,6 +107,10 @@ class Quantity:
         if len(tables) != len(set(tables)):
             raise ValueError(f"quantity {self.name!r}: one column per table, got {tables}")
 
+    def text(self, value: float) -> str:
+        """``value`` as the report prints it: a percentage with ``digits - 2`` decimals, else ``digits`` decimals."""
+        return f"{value:.{self.digits - 2}%}" if self.percent else f"{value:.{self.digits}f}"
+
     @property
     def primary(self) -> bool:
         return bool(self.question)
