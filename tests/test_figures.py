@@ -451,7 +451,7 @@ def test_heldout_draws_the_mean_and_every_seed_with_the_losss_own_score_filled()
     for ax, panel in zip(fig.axes[:2], confidence_figures.HELDOUT_PANELS, strict=True):
         assert [t.get_text() for t in ax.get_xticklabels()] == LOSSES
         for loss in LOSSES:
-            for quantity, marker, _ in panel:
+            for quantity, marker in panel.items():
                 line = one_line(ax, loss, marker=marker)
                 values = pick(per_seed, loss=loss, quantity=quantity)["value"]
                 np.testing.assert_allclose(line.get_ydata(), [values.mean()], rtol=1e-12)

@@ -93,7 +93,7 @@ def test_the_figure_draws_the_means_of_the_table():
         losses = analysis.ordered(SIGMOID_BETTER)
         for ax, panel in ((left, confidence_figures.HELDOUT_PANELS[0]), (right, confidence_figures.HELDOUT_PANELS[1])):
             drawn = sorted(float(line.get_ydata()[0]) for line in ax.lines if line.get_marker() in ("o", "s"))
-            want = sorted(SIGMOID_BETTER[loss][q] + np.mean(JITTER) for loss in losses for q, _, _ in panel)
+            want = sorted(SIGMOID_BETTER[loss][q] + np.mean(JITTER) for loss in losses for q in panel)
             np.testing.assert_allclose(drawn, want, atol=1e-9)
         assert [t.get_text() for t in left.get_xticklabels()] == losses
     finally:

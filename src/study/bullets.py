@@ -56,14 +56,14 @@ def _margin_text(quantity: str | None) -> str:
     return f"±{spec.margin:g}{(' ' + spec.unit) if spec.unit else ''}"
 
 
-def _leaders(by_loss: dict[str, pd.Series], higher_is_better: bool, summary: pd.DataFrame | None = None,
-             quantity: str | None = None) -> dict | None:
-    """analysis.leaders (on ``quantity``'s declared margin) as the templates word it: the group of the best mean
+def _leaders(by_loss: dict[str, pd.Series], quantity: str, summary: pd.DataFrame | None = None, *,
+             higher_is_better: bool | None = None) -> dict | None:
+    """analysis.leaders (on ``quantity``'s declared margin and, unless ``higher_is_better`` asks the other way, its
+    declared direction) as the templates word it: the group of the best mean
     and every loss not established as different from it (registry order), each member with its estimate; which
     members were shown equivalent to the best within the margin and which are only not established as different
     (a ranking inside the group is noise's to change, so the words never say which member has the best mean)."""
-    lead = analysis.leaders(by_loss, higher_is_better, quantity=quantity if analysis.declared(quantity or "")
-                            else None)
+    lead = analysis.leaders(by_loss, higher_is_better, quantity=quantity)
     if lead is None:
         return None
     same = (analysis.EQUIVALENT, analysis.IDENTICAL)
@@ -135,7 +135,7 @@ def _accuracy_finding(c: str, computed: Computed, figures: Figures) -> dict | No
     final = comparisons.FINAL_ACCURACY
     by_verdict = _verdicts(head.differences, c, final)
     return {"kind": "accuracy", "condition": c,
-            "leaders": _leaders(_by_loss(head.per_seed, c, final), True, rows, final),
+            "leaders": _leaders(_by_loss(head.per_seed, c, final), final, rows),
             "seeds": _paired_seeds(by_verdict),
             "within_noise": [r["loss"] for r in by_verdict["same"]], "margin": _margin_text(final),
             "unsure": [r["loss"] for r in by_verdict["unsure"]],
@@ -179,7 +179,7 @@ def _calibration_finding(c: str, inputs: Inputs, computed: Computed, figures: Fi
             break
     else:
         return None
-    lowest = _leaders(by_loss, False, rows, quantity)
+    lowest = _leaders(by_loss, quantity, rows)
     temperature = None
     temp = _value(cal, condition=c, loss=REFERENCE, quantity="temperature")
     if temp is not None and math.isfinite(temp["mean"]):
@@ -270,8 +270,8 @@ def _label_noise_finding(c: str, summary: pd.DataFrame, per_seed: pd.DataFrame, 
         return None
     memorised = _by_loss(per_seed, c, "memorised")
     return {"kind": "label_noise", "condition": c, "losses": rows,
-            "most": _leaders(memorised, True, None, "memorised"),
-            "fewest": _leaders(memorised, False, None, "memorised"),
+            "most": _leaders(memorised, "memorised", higher_is_better=True),
+            "fewest": _leaders(memorised, "memorised"),
             "figure": figures.resolve(f"label_noise_{c}")}
 
 

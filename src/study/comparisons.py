@@ -53,6 +53,7 @@ NONE_HELDOUT = quantities.read_as("heldout", "none_share")  # share of held-out-
 NONE_TRAINED = quantities.read_as("test", "none_share")  # the same on the trained classes' test images
 NONE_SHARES = (NONE_HELDOUT, NONE_TRAINED)
 SOFTMAX_SCORE = quantities.max_probability_auroc("softmax")
+SIGMOID_SCORE = quantities.max_probability_auroc("sigmoid")
 
 
 def natural_score(loss: str) -> str:

@@ -13,7 +13,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from study import analysis, comparisons, measures
+from study import analysis, comparisons, measures, quantities
 from study.figures import (
     FLOOR,
     MAX_POINTS,
@@ -213,29 +213,30 @@ def _loss_points(ax, per_seed: pd.DataFrame, losses: Sequence[str], markers: Map
 
 def plot_label_noise(history: pd.DataFrame) -> Figure:
     """Label noise, one condition: validation-selected vs final test accuracy per loss (mean, 95% t-interval), and
-    the shares of flipped training examples predicted as their noisy label (memorised) or their true label
-    (recovered)."""
+    over steps the quantity registry's "label_noise_figure" shares of flipped training examples (predicted as their
+    noisy label, memorised, or as their true label, recovered)."""
     condition = single(history)
     losses = analysis.ordered(history["loss"])
     per_seed = comparisons.label_noise(history)
+    shares = quantities.table("label_noise_figure")
     with style():
-        fig, axes = subplots(1, 3, 14, 4.2, width_ratios=[max(1.0, len(losses) / 5), 1, 1])  # room for the names
+        fig, axes = subplots(1, 1 + len(shares), 7 + 3.5 * len(shares), 4.2,
+                             width_ratios=[max(1.0, len(losses) / 5), *[1] * len(shares)])  # room for the names
         _loss_points(axes[0, 0], per_seed, losses, {comparisons.SELECTED: "o", comparisons.FINAL_ACCURACY: "s"},
                      dict.fromkeys(losses, comparisons.SELECTED), wrap=True)
         fraction_limits(axes[0, 0])
         axes[0, 0].set_ylabel("test accuracy (fraction)")
         axes[0, 0].set_title("val-selected (filled) vs final (hollow) test acc")
-        for ax, metric, title in ((axes[0, 1], "memorised", "memorised: predicted as the noisy label"),
-                                  (axes[0, 2], "recovered", "recovered: predicted as the true label")):
-            rows = measures.select(history, "train_flipped", metric)
+        for ax, (quantity, column) in zip(axes[0, 1:], shares, strict=True):
+            rows = measures.select(history, *quantity.source)
             if rows.empty:
-                empty_panel(ax, f"no {metric} measured")
+                empty_panel(ax, f"no {quantity.source[1]} measured")
             else:
                 band_lines(ax, rows, "step")
             ax.set_ylim(0, 1)
             ax.set_xlabel("optimizer step")
             ax.set_ylabel("share of flipped training examples")
-            ax.set_title(title)
+            ax.set_title(column.header)
         fig.suptitle(f"{condition}: label noise (mean over seeds, 95% t-interval)")
         extra = [Line2D([], [], color="grey", marker="o", ls="", label="at the best validation accuracy"),
                  Line2D([], [], color="grey", marker="s", mfc="white", ls="", label="final")]
@@ -243,9 +244,11 @@ def plot_label_noise(history: pd.DataFrame) -> Figure:
     return fig
 
 
+# The held-out figure's two panels, {quantity: its marker}: the AUROCs by max softmax and by max sigmoid, and the
+# 'none' shares on held-out and on trained classes.
 HELDOUT_PANELS = (
-    (("auroc_max_softmax", "o", "max softmax"), ("auroc_max_sigmoid", "s", "max sigmoid")),
-    ((comparisons.NONE_HELDOUT, "o", "held-out classes"), (comparisons.NONE_TRAINED, "s", "trained classes")),
+    {comparisons.SOFTMAX_SCORE: "o", comparisons.SIGMOID_SCORE: "s"},
+    {comparisons.NONE_HELDOUT: "o", comparisons.NONE_TRAINED: "s"},
 )
 
 
@@ -266,8 +269,7 @@ def plot_heldout(history: pd.DataFrame) -> Figure:
         own = {loss: comparisons.NATURAL_SCORE.get(loss, comparisons.SOFTMAX_SCORE) for loss in losses}
         for ax, panel, filled in zip(axes[0], HELDOUT_PANELS, (own, dict.fromkeys(losses, comparisons.NONE_HELDOUT)),
                                      strict=True):
-            _loss_points(ax, per_seed, losses, {quantity: marker for quantity, marker, _ in panel}, filled,
-                         seeds=True)
+            _loss_points(ax, per_seed, losses, panel, filled, seeds=True)
         axes[0, 0].axhline(0.5, color="grey", lw=1, ls=":")
         axes[0, 0].set_ylim(0.4, 1.0)
         axes[0, 0].set_ylabel("AUROC, held-out vs trained classes")

@@ -241,21 +241,21 @@ def _share_cell(saturation: pd.DataFrame) -> Callable:
             return None
         mine = saturation[(saturation["condition"] == row["condition"]) & (saturation["loss"] == row["loss"])]
         holm = row.get("p_holm", math.nan)
-        return {"text": f"{analysis.mean_ci(mine['value']).mean:.1%}",
+        return {"text": quantities.spec(analysis.SATURATED).text(analysis.mean_ci(mine["value"]).mean),
                 "holm": answers.fmt_holm(holm, int(row["n"])) if math.isfinite(holm) else "",
                 "word": answers.direction(row)}
     return cell
 
 
-PENALTY_COLUMNS = {  # quantity -> (column header, words for a difference's direction, formatter of a mean)
-    "confident_wrong_loss_share": ("share of test loss carried by confident mistakes", ("more", "less"), "{:.1%}"),
+PENALTY_COLUMNS = {  # quantity -> (column header, words for a difference's direction); means print as declared
+    "confident_wrong_loss_share": ("share of test loss carried by confident mistakes", ("more", "less")),
     "confident_wrong_corrected": ("confidently wrong training examples corrected by the next evaluation",
-                                  ("more", "fewer"), "{:.1%}"),
-    "memorised": ("flipped labels memorised (label noise)", ("more", "fewer"), "{:.1%}"),
-    "ece_ts": ("ECE after temperature scaling", ("higher", "lower"), "{:.3f}"),
-    "auroc_natural": ("held-out AUROC by its own score", ("higher", "lower"), "{:.3f}"),
-    comparisons.SEPARATION: ("class separation R² of the penultimate features", ("higher", "lower"), "{:.2f}"),
-    comparisons.TRANSFER: ("linear-probe accuracy on classes never trained on", ("higher", "lower"), "{:.1%}"),
+                                  ("more", "fewer")),
+    "memorised": ("flipped labels memorised (label noise)", ("more", "fewer")),
+    "ece_ts": ("ECE after temperature scaling", ("higher", "lower")),
+    "auroc_natural": ("held-out AUROC by its own score", ("higher", "lower")),
+    comparisons.SEPARATION: ("class separation R² of the penultimate features", ("higher", "lower")),
+    comparisons.TRANSFER: ("linear-probe accuracy on classes never trained on", ("higher", "lower")),
 }
 
 
@@ -271,11 +271,11 @@ def _penalty_table(penalty: dict | None) -> dict:
         cells = []
         for q in shown:
             means = penalty[q]["means"].get(loss) or []
-            header, (up, down), spec = PENALTY_COLUMNS[q]
+            _, (up, down) = PENALTY_COLUMNS[q]
             if not means:
                 cells.append(None)
                 continue
-            low, high = spec.format(min(means)), spec.format(max(means))
+            low, high = quantities.spec(q).text(min(means)), quantities.spec(q).text(max(means))
             tally = next((t for t in penalty[q]["tallies"] if t.loss == loss), None)
             cells.append({"range": low if low == high else f"{low} to {high}", "tally": tally,
                           "words": {"higher": up, "lower": down}})
@@ -294,25 +294,26 @@ def _calibration_summary(inputs: Inputs, computed: Computed, penalty: dict | Non
     ts = penalty["ece_ts"]
     own = penalty.get("ece_own")
 
-    def spread(values: Sequence[float], spec: str) -> str:
+    def spread(values: Sequence[float], quantity: str) -> str:
         values = [v for v in values if math.isfinite(v)]
         if not values:
             return "–"
-        low, high = spec.format(min(values)), spec.format(max(values))
+        spec = quantities.spec(quantity)
+        low, high = spec.text(min(values)), spec.text(max(values))
         return low if low == high else f"{low} to {high}"
 
     rows = []
     for loss in analysis.ordered(ts["means"]):
-        temps = [float(r["mean"]) for r in cal[(cal["loss"] == loss) & (cal["quantity"] == "temperature")
+        temps = [float(r["mean"]) for r in cal[(cal["loss"] == loss) & (cal["quantity"] == comparisons.TEMPERATURE)
                                               & cal["condition"].isin(ts["conditions"])].to_dict("records")]
         tally = next((t for t in ts["tallies"] if t.loss == loss), None)
         if not _own_probabilities(loss):
             own_text = NO_PROBABILITIES
         else:
-            own_text = spread((own or {}).get("means", {}).get(loss) or [], "{:.3f}")
-        rows.append({"loss": loss, "ece_ts": {"range": spread(ts["means"].get(loss) or [], "{:.3f}"), "tally": tally,
+            own_text = spread((own or {}).get("means", {}).get(loss) or [], "ece_own")
+        rows.append({"loss": loss, "ece_ts": {"range": spread(ts["means"].get(loss) or [], "ece_ts"), "tally": tally,
                                               "words": {"higher": "higher", "lower": "lower"}},
-                     "temperature": spread(temps, "{:.2f}"), "own": own_text})
+                     "temperature": spread(temps, comparisons.TEMPERATURE), "own": own_text})
     return {"rows": rows, "own_measured": own is not None, "conditions": ts["conditions"]}
 
 
@@ -327,7 +328,7 @@ def _accuracy_summary(inputs: Inputs, computed: Computed) -> list[dict]:
     out = []
     for c in inputs.conditions:
         final = comparisons.FINAL_ACCURACY
-        lead = _leaders(_by_loss(computed.head.per_seed, c, final), True, None, final)
+        lead = _leaders(_by_loss(computed.head.per_seed, c, final), final)
         if lead is not None:
             out.append({"condition": c, "losses": [x["loss"] for x in lead["members"]], "group": lead})
     return out

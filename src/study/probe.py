@@ -186,48 +186,77 @@ def verdict(holds: bool, nuance: bool = False) -> str:
     return NUANCE if nuance else HOLDS
 
 
-# The source's claims that two computations agree: {claim id: (the sentence, what the measurement says of it)}.
-AGREEMENTS: dict[str, tuple[str, str]] = {
-    "softmax_sums_to_one": (
+@dataclass(frozen=True)
+class Agreement:
+    """A claim of the source that two computations agree, worded once; its check supplies only numbers."""
+
+    claim: str  # the source's sentence
+    measured: str  # what the check measured: a str.format template of its numbers, ``deviation`` among them
+    note: str  # what the measurement says of the sentence
+
+
+AGREEMENTS: dict[str, Agreement] = {
+    "softmax_sums_to_one": Agreement(
         "What we want is a method which will take all the numbers and squish them between 0 and 1 in a manner "
         "that the prediction across all the classes adds to 1.",
+        "max |sum_k softmax(z)_k - 1| over 1000 random logit rows (scale 10): {deviation:.1e} in float32, "
+        "{dev64:.1e} in float64; every entry in [0, 1]: {inside}",
         "Softmax divides each exp(z_k) by their sum, so the outputs add to 1 up to rounding.",
     ),
-    "nll_loss_definition": (
+    "nll_loss_definition": Agreement(
         "F.nll_loss takes the softmax and then takes the negative.",
+        "on random inputs x: max |F.nll_loss(x, y) - (-softmax(x)[y])| = {deviation:.2f}; max |F.nll_loss(x, y) - "
+        "(-x[y])| = {picks:g}; max |F.cross_entropy(x, y) - F.nll_loss(F.log_softmax(x), y)| = {fused:.1e}",
         "F.nll_loss applies neither softmax nor log: it returns -x[y] (averaged), which is a negative log "
         "likelihood only when x already holds log-probabilities, i.e. after log_softmax.",
     ),
-    "softmax_plus_nll": (
+    "softmax_plus_nll": Agreement(
         "Softmax + Negative Log = Cross Entropy Loss",
+        "float32 random logits: max |F.cross_entropy - (-log softmax(z)[y])| = {deviation:.1e} (losses.{ce}: "
+        "{registry:.1e}); at a wrong-class margin of 200, -log(softmax) = {naive_far} but -log_softmax = "
+        "{fused_far:g}",
         "Equal as mathematics, but softmax then log underflows to infinity on confidently wrong logits, which is "
         "why the loss is computed with log_softmax in one step.",
     ),
-    "gradient_linear": (
+    "gradient_linear": Agreement(
         "The gradient of the Cross entropy loss is linear, that means we won’t see sudden jumps or exponential "
         "increases in gradients, which should lead to smoother training of models.",
+        "dL/dz by autograd equals softmax(z) - onehot(y) to {in_probs:.1e}; along a straight line in logit space "
+        "it leaves the straight chord by up to {deviation:.3f}; its norm over 1000 logit rows of scale 1e3 "
+        "peaks at {largest:.6f} <= sqrt 2",
         "The gradient is softmax(z) - onehot(y): linear in the probabilities, not in the logits, and what "
         "rules out jumps and exponential growth is its bound, norm <= sqrt 2.",
     ),
-    "mean_of_nll": (
+    "mean_of_nll": Agreement(
         "You take the mean of the NLL to get the Loss value.",
+        "|F.cross_entropy(z, y) - mean(-log_softmax(z)[y])| = {deviation:.1e} (default reduction='mean'); with "
+        "class weights it is the weighted mean sum w_y l / sum w_y (to {weighted:.1e})",
         "PyTorch's default reduction is the batch mean; with class weights it becomes a weighted mean, and "
         "reduction='none' keeps the per-example values.",
     ),
-    "pytorch_cross_entropy": (
+    "pytorch_cross_entropy": Agreement(
         "In pyTorch, the implementation is log_softmax and then nll_loss(log is taken with the softmax only and "
         "nll_loss only calculates the mean of the negative logs).",
+        "|F.cross_entropy(z, y) - F.nll_loss(F.log_softmax(z), y)| = {deviation:.1e}; F.nll_loss(x, y) = "
+        "-mean(x[y]) on raw numbers (to {only_mean:.1e}): it takes no log itself",
         "Agrees with the earlier sentence's error: F.nll_loss neither takes a softmax nor a log; it picks the "
         "label's entry, negates it and averages.",
     ),
 }
 
 
-def _agreement(claim_id: str, measured: str, deviation: float, holds: bool, *, nuance: bool = False,
-               figure: str = "") -> Claim:
-    """A claim of AGREEMENTS: ``deviation`` is how far apart the two computations were measured, against 0."""
-    claim, note = AGREEMENTS[claim_id]
-    return Claim(claim_id, claim, measured, deviation, 0.0, verdict(holds, nuance), note, figure)
+def _agreement(claim_id: str, deviation: float, holds: bool, *, nuance: bool = False, figure: str = "",
+               **numbers: object) -> Claim:
+    """A claim of AGREEMENTS: ``deviation`` is how far apart the two computations were measured, against 0;
+    ``numbers`` fill the rest of its ``measured`` template."""
+    agreement = AGREEMENTS[claim_id]
+    measured = agreement.measured.format(deviation=deviation, **numbers)
+    return Claim(claim_id, agreement.claim, measured, deviation, 0.0, verdict(holds, nuance), agreement.note, figure)
+
+
+def _gap(a: Tensor, b: Tensor | float) -> float:
+    """The largest absolute difference between two computations of the same values."""
+    return float((a - b).abs().max())
 
 
 def _close(a: float, b: float, tol: float = 1e-9) -> bool:
@@ -297,14 +326,10 @@ def check_sigmoid_monotone() -> Claim:
 
 def check_softmax_sums_to_one() -> Claim:
     logits64, _ = _random_logits(rows=1000, scale=10.0)
-    dev32 = float((logits64.float().softmax(dim=1).sum(dim=1) - 1).abs().max())
-    dev64 = float((logits64.softmax(dim=1).sum(dim=1) - 1).abs().max())
+    dev32 = _gap(logits64.float().softmax(dim=1).sum(dim=1), 1)
+    dev64 = _gap(logits64.softmax(dim=1).sum(dim=1), 1)
     inside = bool(((logits64.softmax(dim=1) >= 0) & (logits64.softmax(dim=1) <= 1)).all())
-    measured = (
-        f"max |sum_k softmax(z)_k - 1| over 1000 random logit rows (scale 10): {dev32:.1e} in float32, "
-        f"{dev64:.1e} in float64; every entry in [0, 1]: {inside}"
-    )
-    return _agreement("softmax_sums_to_one", measured, dev32, dev32 < 1e-5 and inside)
+    return _agreement("softmax_sums_to_one", dev32, dev32 < 1e-5 and inside, dev64=dev64, inside=inside)
 
 
 def check_softmax_amplifies(bump: float = 0.5, small_gap: float = 0.1) -> Claim:
@@ -406,40 +431,24 @@ def check_nll_loss_definition() -> Claim:
     nll = F.nll_loss(logits, labels, reduction="none")
     picked = -logits.gather(1, labels[:, None]).squeeze(1)
     as_claimed = -logits.softmax(dim=1).gather(1, labels[:, None]).squeeze(1)
-    value = float((nll - as_claimed).abs().max())
-    picks = float((nll - picked).abs().max())
-    fused = float(
-        (
-            F.cross_entropy(logits, labels, reduction="none")
-            - F.nll_loss(F.log_softmax(logits, dim=1), labels, reduction="none")
-        )
-        .abs()
-        .max()
-    )
-    measured = (
-        f"on random inputs x: max |F.nll_loss(x, y) - (-softmax(x)[y])| = {value:.2f}; max |F.nll_loss(x, y) - "
-        f"(-x[y])| = {picks:g}; max |F.cross_entropy(x, y) - F.nll_loss(F.log_softmax(x), y)| = {fused:.1e}"
-    )
-    return _agreement("nll_loss_definition", measured, value, value < 1e-6)
+    value = _gap(nll, as_claimed)
+    fused = _gap(F.cross_entropy(logits, labels, reduction="none"),
+                 F.nll_loss(F.log_softmax(logits, dim=1), labels, reduction="none"))
+    return _agreement("nll_loss_definition", value, value < 1e-6, picks=_gap(nll, picked), fused=fused)
 
 
 def check_softmax_plus_nll() -> Claim:
     logits, labels = _random_logits()
     logits32 = logits.float()
     naive = -torch.log(logits32.softmax(dim=1)).gather(1, labels[:, None]).squeeze(1)
-    value = float((F.cross_entropy(logits32, labels, reduction="none") - naive).abs().max())
+    value = _gap(F.cross_entropy(logits32, labels, reduction="none"), naive)
     ce = _cross_entropy()
-    registry = float((build(ce)(logits32, labels) - naive).abs().max())
     wrong = torch.zeros(1, 10)
     wrong[0, WRONG_CLASS] = 200.0
     naive_far = float(-torch.log(wrong.softmax(dim=1))[0, TRUE_CLASS])
     fused_far = float(build(ce)(wrong, torch.tensor([TRUE_CLASS]))[0])
-    measured = (
-        f"float32 random logits: max |F.cross_entropy - (-log softmax(z)[y])| = {value:.1e} (losses.{ce}: "
-        f"{registry:.1e}); at a wrong-class margin of 200, -log(softmax) = {naive_far} but -log_softmax = "
-        f"{fused_far:g}"
-    )
-    return _agreement("softmax_plus_nll", measured, value, value < 1e-5, nuance=not math.isfinite(naive_far))
+    return _agreement("softmax_plus_nll", value, value < 1e-5, nuance=not math.isfinite(naive_far), ce=ce,
+                      registry=_gap(build(ce)(logits32, labels), naive), naive_far=naive_far, fused_far=fused_far)
 
 
 def check_log_domain() -> Claim:
@@ -466,19 +475,14 @@ def check_gradient_linear() -> Claim:
     labels = torch.zeros(len(steps), dtype=torch.long)
     _, grad = loss_and_grad(_cross_entropy(), line, labels)
     chord = grad[0] + steps[:, None] * (grad[-1] - grad[0])  # what a linear (affine) gradient would be
-    deviation = float((grad - chord).abs().max())
-    in_probs = float((grad - (line.softmax(dim=1) - F.one_hot(labels, 10))).abs().max())
+    deviation = _gap(grad, chord)
+    in_probs = _gap(grad, line.softmax(dim=1) - F.one_hot(labels, 10))
     wild, wild_labels = _random_logits(rows=1000, scale=1e3)
     _, wild_grad = loss_and_grad(_cross_entropy(), wild, wild_labels)
     largest = float(wild_grad.norm(dim=1).max())
     bounded = largest <= math.sqrt(2) + 1e-12
-    measured = (
-        f"dL/dz by autograd equals softmax(z) - onehot(y) to {in_probs:.1e}; along a straight line in logit space "
-        f"it leaves the straight chord by up to {deviation:.3f}; its norm over 1000 logit rows of scale 1e3 "
-        f"peaks at {largest:.6f} <= sqrt 2"
-    )
-    holds = bounded and in_probs < 1e-12
-    return _agreement("gradient_linear", measured, deviation, holds, nuance=deviation > 1e-3, figure=PENALTY_FIGURE)
+    return _agreement("gradient_linear", deviation, bounded and in_probs < 1e-12, nuance=deviation > 1e-3,
+                      figure=PENALTY_FIGURE, in_probs=in_probs, largest=largest)
 
 
 def check_cross_entropy_bins() -> Claim:
@@ -521,29 +525,20 @@ def check_shannon_information() -> Claim:
 def check_mean_of_nll() -> Claim:
     logits, labels = _random_logits()
     per_example = build(_cross_entropy())(logits, labels)
-    value = float((F.cross_entropy(logits, labels) - per_example.mean()).abs())
+    value = _gap(F.cross_entropy(logits, labels), per_example.mean())
     weights = torch.linspace(0.5, 2.0, 10, dtype=torch.float64)
     weighted = F.cross_entropy(logits, labels, weight=weights)
     w = weights[labels]
-    weighted_dev = float((weighted - (w * per_example).sum() / w.sum()).abs())
-    measured = (
-        f"|F.cross_entropy(z, y) - mean(-log_softmax(z)[y])| = {value:.1e} (default reduction='mean'); with class "
-        f"weights it is the weighted mean sum w_y l / sum w_y (to {weighted_dev:.1e})"
-    )
-    return _agreement("mean_of_nll", measured, value, value < 1e-12)
+    return _agreement("mean_of_nll", value, value < 1e-12, weighted=_gap(weighted, (w * per_example).sum() / w.sum()))
 
 
 def check_pytorch_cross_entropy() -> Claim:
     logits, labels = _random_logits()
     composed = F.nll_loss(F.log_softmax(logits, dim=1), labels)
-    value = float((F.cross_entropy(logits, labels) - composed).abs())
+    value = _gap(F.cross_entropy(logits, labels), composed)
     picked = F.nll_loss(logits, labels)  # on raw numbers: no log, no softmax, only pick, negate and average
-    only_mean = float((picked + logits.gather(1, labels[:, None]).mean()).abs())
-    measured = (
-        f"|F.cross_entropy(z, y) - F.nll_loss(F.log_softmax(z), y)| = {value:.1e}; F.nll_loss(x, y) = "
-        f"-mean(x[y]) on raw numbers (to {only_mean:.1e}): it takes no log itself"
-    )
-    return _agreement("pytorch_cross_entropy", measured, value, value < 1e-12 and only_mean < 1e-12)
+    only_mean = _gap(picked, -logits.gather(1, labels[:, None]).mean())
+    return _agreement("pytorch_cross_entropy", value, value < 1e-12 and only_mean < 1e-12, only_mean=only_mean)
 
 
 def check_entropy_randomness() -> Claim:

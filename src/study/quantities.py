@@ -42,6 +42,8 @@ TABLES = (
     "confident_wrong",  # the confident-wrong rates and loss shares
     "label_noise",  # per condition with noisy training labels
     "heldout",  # per condition with held-out classes
+    "label_noise_figure",  # the label-noise figure: one panel per column of the shares over steps, the header its title
+    "penalty_figure",  # the confident-wrong answer's figure: one panel per column, the header its title
 )
 
 
@@ -105,6 +107,10 @@ class Quantity:
         if len(tables) != len(set(tables)):
             raise ValueError(f"quantity {self.name!r}: one column per table, got {tables}")
 
+    def text(self, value: float) -> str:
+        """``value`` as the report prints it: a percentage with ``digits - 2`` decimals, else ``digits`` decimals."""
+        return f"{value:.{self.digits - 2}%}" if self.percent else f"{value:.{self.digits}f}"
+
     @property
     def primary(self) -> bool:
         return bool(self.question)
@@ -163,21 +169,28 @@ QUANTITIES: tuple[Quantity, ...] = (
              False, **_SHARE, group="calibration", columns=(Column("confident_wrong", 1, "confident-wrong rate"),)),
     Quantity("confident_wrong_loss_share", "share of the test loss carried by confidently wrong examples",
              ("test", "confident_wrong_loss_share"), None, **_SHARE, group="calibration",
-             columns=(Column("confident_wrong", 2, "share of own test loss"),)),
+             columns=(Column("confident_wrong", 2, "share of own test loss"),
+                      Column("penalty_figure", 3, "share of the test loss carried\nby confident mistakes (own loss)"))),
     Quantity("confident_wrong_nll_share", "share of the test NLL carried by confidently wrong examples",
              ("test", "confident_wrong_nll_share"), None, **_SHARE, group="calibration",
              columns=(Column("confident_wrong", 3, "share of test NLL"),)),
     Quantity("saturated_share", "wrong test examples with a vanished logit gradient", ("test", "logit_grad_norm"),
              False, **_SHARE, reading="saturation", group="gradient", question="gradient"),
     Quantity("confident_wrong_corrected", "confidently wrong training examples corrected by the next evaluation",
-             ("train_subset", "confident_wrong_corrected"), True, **_SHARE, reading="derived", group="gradient"),
+             ("train_subset", "confident_wrong_corrected"), True, **_SHARE, reading="derived", group="gradient",
+             columns=(Column("penalty_figure", 1, "confidently wrong training examples\ncorrected by the next "
+                                                  "evaluation"),)),
     Quantity("memorised", "flipped training labels memorised", ("train_flipped", "memorised"), False, **_SHARE,
-             group="label_noise", columns=(Column("label_noise", 4, "memorised"),)),
+             group="label_noise",
+             columns=(Column("label_noise", 4, "memorised"),
+                      Column("label_noise_figure", 1, "memorised: predicted as the noisy label"),
+                      Column("penalty_figure", 2, "flipped labels memorised\n(label noise, last evaluation)"))),
     Quantity("memorised_peak", "flipped training labels memorised at the peak", ("train_flipped", "memorised"),
              False, **_SHARE, reading="peak", group="label_noise",
              columns=(Column("label_noise", 5, "memorised (peak)"),)),
     Quantity("recovered", "flipped training labels recovered", ("train_flipped", "recovered"), True, **_SHARE,
-             group="label_noise", columns=(Column("label_noise", 6, "recovered"),)),
+             group="label_noise", columns=(Column("label_noise", 6, "recovered"),
+                                           Column("label_noise_figure", 2, "recovered: predicted as the true label"))),
     Quantity("clean_train_accuracy", "accuracy on the clean training labels", ("train_clean", "accuracy"), True,
              0.005, group="label_noise", columns=(Column("label_noise", 7, "clean train acc", percent=True),)),
     Quantity("accuracy_drop", "accuracy lost after the validation-selected best", ("test", "accuracy"), False, 0.005,

@@ -226,32 +226,27 @@ CONDITION_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
 
 def penalty_shares(history: pd.DataFrame) -> pd.DataFrame:
-    """The three shares of ``plot_penalty_answer`` per model: ``condition, loss, lr, seed, quantity, value``."""
+    """The shares of ``plot_penalty_answer`` per model (the quantity registry's "penalty_figure"): the corrections
+    pooled over evaluations (``comparisons.corrections``), the others read at the model's last evaluation.
+    Long: ``condition, loss, lr, seed, quantity, value``."""
+    shown = [quantity for quantity, _ in quantities.table("penalty_figure")]
     corrected = comparisons.corrections(history)
-    corrected = corrected[corrected["quantity"] == "confident_wrong_corrected"]
+    corrected = corrected[corrected["quantity"].isin([q.name for q in shown])]
     parts = [corrected[[*measures.RUN, "quantity", "value"]]]
-    for split, metric in (("train_flipped", "memorised"), ("test", "confident_wrong_loss_share")):
-        rows = measures.select(history, split, metric)
+    for quantity in (q for q in shown if q.reading == "last"):
+        rows = measures.select(history, *quantity.source)
         rows = rows[rows["step"] == rows.groupby(measures.RUN)["step"].transform("max")]
-        parts.append(rows[measures.RUN].assign(quantity=metric, value=rows["value"].to_numpy(dtype=float)))
+        parts.append(rows[measures.RUN].assign(quantity=quantity.name, value=rows["value"].to_numpy(dtype=float)))
     return pd.concat(parts, ignore_index=True)
 
 
-PENALTY_PANELS = {
-    "confident_wrong_corrected": "confidently wrong training examples\ncorrected by the next evaluation",
-    "memorised": "flipped labels memorised\n(label noise, last evaluation)",
-    "confident_wrong_loss_share": "share of the test loss carried\nby confident mistakes (own loss)",
-}
-
-
 def plot_penalty_answer(history: pd.DataFrame) -> Figure:
-    """The confident-wrong penalty across conditions, three shares per loss (mean over seeds, one marker per
-    condition): of the watched training examples confidently wrong at one evaluation, the share classified right
-    at the next (``train_subset/confident_wrong_corrected``, pooled over evaluations as ``comparisons.corrections``);
-    of the flipped training labels, the share predicted as the flipped label at the last evaluation
-    (``train_flipped/memorised``, label-noise conditions only); of each loss's own test loss (not the NLL), the
-    share carried by wrong predictions with confidence >= 0.9 at the last evaluation
-    (``test/confident_wrong_loss_share``). ``history``: the long history table of every condition."""
+    """The confident-wrong penalty across conditions, the quantity registry's "penalty_figure" shares per loss (mean
+    over seeds, one marker per condition): of the watched training examples confidently wrong at one evaluation, the
+    share classified right at the next (pooled over evaluations as ``comparisons.corrections``); of the flipped
+    training labels, the share predicted as the flipped label at the last evaluation (label-noise conditions only);
+    of each loss's own test loss (not the NLL), the share carried by wrong predictions with confidence >= 0.9 at the
+    last evaluation. ``history``: the long history table of every condition."""
     shares = penalty_shares(history)
     means = shares.groupby(["quantity", "condition", "loss"], sort=False)["value"].mean().reset_index()
     losses = analysis.ordered(history["loss"])
@@ -260,9 +255,10 @@ def plot_penalty_answer(history: pd.DataFrame) -> Figure:
     # Each condition a little above or below the loss's line, so that equal shares do not hide each other.
     offsets = {c: 0.5 * (i / max(len(conditions) - 1, 1) - 0.5) for i, c in enumerate(conditions)}
     with style():
-        fig, axes = subplots(1, 3, 12.5, 1.6 + 0.42 * max(len(losses), 3), sharey=True)
-        for ax, (quantity, title) in zip(axes[0], PENALTY_PANELS.items(), strict=True):
-            rows = means[(means["quantity"] == quantity) & np.isfinite(means["value"].to_numpy(dtype=float))]
+        panels = quantities.table("penalty_figure")
+        fig, axes = subplots(1, len(panels), 12.5 * len(panels) / 3, 1.6 + 0.42 * max(len(losses), 3), sharey=True)
+        for ax, (quantity, column) in zip(axes[0], panels, strict=True):
+            rows = means[(means["quantity"] == quantity.name) & np.isfinite(means["value"].to_numpy(dtype=float))]
             for y, loss in enumerate(losses):
                 mine = rows[rows["loss"] == loss]
                 if not mine.empty:
@@ -273,7 +269,7 @@ def plot_penalty_answer(history: pd.DataFrame) -> Figure:
                 ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
             ax.set_xlim(-0.03, 1.03)
             ax.xaxis.set_major_formatter(mticker.PercentFormatter(1.0, decimals=0))
-            ax.set_title(title)
+            ax.set_title(column.header)
             ax.set_xlabel("share (mean over seeds)")
         ax = axes[0, 0]
         ax.set_yticks(range(len(losses)), losses)

@@ -188,7 +188,7 @@ def _headline(inputs: Inputs, computed: Computed, losses: list[str]) -> dict:
         differences = [[loss, *(fmt_difference(_value(head.differences, condition=c, loss=loss, quantity=q.name),
                                                percent=quantities.shown_percent(q, column))
                                 for q, column in shown),
-                        *(fmt_difference(_value(head.differences, condition=c, loss=loss, quantity=q), 0, "steps")
+                        *(fmt_difference(_value(head.differences, condition=c, loss=loss, quantity=q), *_units(q))
                           for q in steps)]
                        for loss in (trained if has_reference else []) if loss != REFERENCE]
         conditions.append({"condition": c, "targets": targets, "rows": rows, "differences": differences,
