@@ -324,7 +324,7 @@ def plot_features(per_seed: pd.DataFrame) -> Figure:
                     _marked(ax, mine[comparisons.SEPARATION], mine[comparisons.TRANSFER],
                             [markers.get(condition, "o")] * len(mine), colour(loss), [True] * len(mine), size=40,
                             alpha=0.85, zorder=3)
-            ax.yaxis.set_major_formatter(mticker.PercentFormatter(1.0, decimals=0))
+            ax.yaxis.set_major_formatter(mticker.PercentFormatter(1.0, decimals=1))
             ax.set_xlabel("class separation R² (test set)")
             ax.set_ylabel("linear-probe accuracy on the\nclasses never trained on")
             ax.set_title(f"transfer ({', '.join(dict.fromkeys(transfer['condition']))}): one dot per model")
